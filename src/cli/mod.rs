@@ -1,0 +1,1 @@
+//! What `numacachectl` renders or runs without a daemon.

@@ -1,0 +1,1 @@
+//! The D-Bus adapter: org.opdbus.NumaCache interfaces over the engine.
