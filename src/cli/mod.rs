@@ -1,1 +1,4 @@
 //! What `numacachectl` renders or runs without a daemon.
+
+pub mod diagnose;
+pub mod topology;

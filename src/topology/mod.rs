@@ -2,5 +2,6 @@
 //! process's cpuset, and watched for hotplug.
 
 mod model;
+pub mod watcher;
 
 pub use model::{NumaNode, Topology};

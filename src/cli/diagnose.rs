@@ -1,0 +1,1 @@
+//! `numacachectl diagnose`: a check, needing no daemon, that placement works on this host.

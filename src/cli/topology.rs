@@ -1,0 +1,1 @@
+//! `numacachectl topology`: the readable table and the JSON of a topology.
