@@ -77,12 +77,13 @@ pub fn create(
     std::fs::create_dir_all(root)
         .map_err(|e| StoreError::io(format!("creating {}", root.display()), e))?;
     let base = crate::store::index::compact_timestamp(now);
-    let mut name = base.clone();
-    let mut n = 1;
-    while root.join(&name).exists() {
-        n += 1;
-        name = format!("{base}-{n}");
-    }
+    // Within one second, later snapshots get -2, -3, ...: always above any name of that
+    // second still present, so the order of names stays the order of snapshots.
+    let taken: Vec<u32> = list(root)?.iter().map(|n| order_key(n)).filter(|(b, _)| *b == base).map(|(_, s)| s.max(1)).collect();
+    let name = match taken.iter().max() {
+        None => base.clone(),
+        Some(n) => format!("{base}-{}", n + 1),
+    };
     let partial = root.join(format!(".{name}.partial"));
     let res = (|| {
         std::fs::create_dir(&partial)
