@@ -30,7 +30,9 @@ fn size_of(key: &str, i: u64) -> usize {
 /// sequential and the last acknowledged one is known from its log.
 #[test]
 fn crash_child_writer() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let (dir, ns) = spec.split_once('|').expect("dir|namespace");
     let cache = Cache::open(config(Path::new(dir)), topo1()).expect("child opens the cache");
     let cache = std::sync::Arc::new(cache);
@@ -51,7 +53,9 @@ fn crash_child_writer() {
                             cache.delete(&ns, &key, &me).expect("delete");
                         } else {
                             let v = value_for(&key, i, size_of(&key, i));
-                            cache.put(&ns, &key, &v, &PutOptions::default(), &me).expect("put");
+                            cache
+                                .put(&ns, &key, &v, &PutOptions::default(), &me)
+                                .expect("put");
                         }
                         writeln!(log, "{key} {i}").expect("ack");
                     }
@@ -86,21 +90,34 @@ fn sigkill_during_concurrent_puts_20_times() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let Some(m) = Mount::btrfs(512, false) else { return };
+    let Some(m) = Mount::btrfs(512, false) else {
+        return;
+    };
     let dir = m.dir();
     let me = Caller::default();
     let exe = std::env::current_exe().unwrap();
     for round in 0..20u64 {
         let ns = format!("r{round}");
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, format!("{}|{ns}", dir.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         // Random moments: 150-650 ms into the child's life.
-        let jitter = xxhash_rust::xxh3::xxh3_64(&std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos().to_le_bytes()) % 500;
+        let jitter = xxhash_rust::xxh3::xxh3_64(
+            &std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+                .to_le_bytes(),
+        ) % 500;
         std::thread::sleep(Duration::from_millis(150 + jitter));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -129,12 +146,25 @@ fn sigkill_during_concurrent_puts_20_times() {
                     Err(StoreError::NotFound { .. }) => None,
                     Err(e) => panic!("round {round}: {key}: {e}"),
                 };
-                assert!(allowed.contains(&got), "round {round}: {key} reads {got:?}, allowed {allowed:?} (last ack {:?})", acks.get(&key));
+                assert!(
+                    allowed.contains(&got),
+                    "round {round}: {key} reads {got:?}, allowed {allowed:?} (last ack {:?})",
+                    acks.get(&key)
+                );
             }
         }
-        assert!(store_util::temp_files(&dir).is_empty(), "round {round}: temp files left");
+        assert!(
+            store_util::temp_files(&dir).is_empty(),
+            "round {round}: temp files left"
+        );
         let files = store_util::blob_files(&dir).len() as u64;
-        assert_eq!(files, cache.totals().entries, "round {round}: orphan blob files or rows without a file");
-        eprintln!("round {round}: {ops} acknowledged operations, {present} keys present, {files} blobs");
+        assert_eq!(
+            files,
+            cache.totals().entries,
+            "round {round}: orphan blob files or rows without a file"
+        );
+        eprintln!(
+            "round {round}: {ops} acknowledged operations, {present} keys present, {files} blobs"
+        );
     }
 }

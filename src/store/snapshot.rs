@@ -79,7 +79,12 @@ pub fn create(
     let base = crate::store::index::compact_timestamp(now);
     // Within one second, later snapshots get -2, -3, ...: always above any name of that
     // second still present, so the order of names stays the order of snapshots.
-    let taken: Vec<u32> = list(root)?.iter().map(|n| order_key(n)).filter(|(b, _)| *b == base).map(|(_, s)| s.max(1)).collect();
+    let taken: Vec<u32> = list(root)?
+        .iter()
+        .map(|n| order_key(n))
+        .filter(|(b, _)| *b == base)
+        .map(|(_, s)| s.max(1))
+        .collect();
     let name = match taken.iter().max() {
         None => base.clone(),
         Some(n) => format!("{base}-{}", n + 1),

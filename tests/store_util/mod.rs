@@ -54,7 +54,14 @@ impl Mount {
             mkfs.arg("-M");
         }
         assert!(run(mkfs.arg(&img)), "mkfs.btrfs failed");
-        assert!(run(Command::new("mount").arg("-o").arg("loop").arg(&img).arg(&path)), "mounting the btrfs image failed");
+        assert!(
+            run(Command::new("mount")
+                .arg("-o")
+                .arg("loop")
+                .arg(&img)
+                .arg(&path)),
+            "mounting the btrfs image failed"
+        );
         Some(Mount { _tmp: tmp, path })
     }
 
@@ -66,7 +73,9 @@ impl Mount {
         let tmp = tempfile::tempdir().expect("temp dir");
         let path = tmp.path().join("mnt");
         std::fs::create_dir(&path).expect("mount point");
-        assert!(run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"]).arg(&path)));
+        assert!(run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+            .arg(&path)));
         Some(Mount { _tmp: tmp, path })
     }
 
@@ -98,7 +107,9 @@ fn node(id: u32, cpus: Vec<u32>, nodes: u32) -> NumaNode {
         has_cpu: true,
         has_memory: true,
         allowed: true,
-        distances: (0..nodes).map(|o| (o, if o == id { 10 } else { 20 })).collect(),
+        distances: (0..nodes)
+            .map(|o| (o, if o == id { 10 } else { 20 }))
+            .collect(),
     }
 }
 
@@ -146,13 +157,19 @@ pub fn config(dir: &Path) -> CacheConfig {
 /// so a reader can tell a whole value from a torn or mixed one.
 pub fn value_for(key: &str, version: u64, len: usize) -> Vec<u8> {
     let mut out = format!("{key}#{version}#{len}|").into_bytes();
-    let mut x = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) ^ version.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut x = xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+        ^ version.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        | 1;
     while out.len() < len {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         // Half text-like, half noise: exercises both compressed and raw blobs.
-        let b = if version % 2 == 0 { b'a' + (x % 7) as u8 } else { (x >> 32) as u8 };
+        let b = if version % 2 == 0 {
+            b'a' + (x % 7) as u8
+        } else {
+            (x >> 32) as u8
+        };
         out.push(b);
     }
     out
@@ -166,14 +183,20 @@ pub fn check_value(key: &str, v: &[u8]) -> u64 {
     assert_eq!(k, Some(key), "value of {key} names another key");
     let ver: u64 = ver.and_then(|s| s.parse().ok()).expect("version in value");
     let len: usize = len.and_then(|s| s.parse().ok()).expect("length in value");
-    assert_eq!(v, value_for(key, ver, len).as_slice(), "value of {key} v{ver} is torn or mixed");
+    assert_eq!(
+        v,
+        value_for(key, ver, len).as_slice(),
+        "value of {key} v{ver} is torn or mixed"
+    );
     ver
 }
 
 /// Files under `dir` (recursively) whose name ends with `.tmp`.
 pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.filter_map(|e| e.ok()) {
         let p = e.path();
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -188,9 +211,13 @@ pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
 /// Blob files of every shard under `cache/shards`.
 pub fn blob_files(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(shards) = std::fs::read_dir(cache.join("shards")) else { return out };
+    let Ok(shards) = std::fs::read_dir(cache.join("shards")) else {
+        return out;
+    };
     for s in shards.filter_map(|e| e.ok()) {
-        let Ok(fans) = std::fs::read_dir(s.path()) else { continue };
+        let Ok(fans) = std::fs::read_dir(s.path()) else {
+            continue;
+        };
         for fan in fans.filter_map(|e| e.ok()) {
             if fan.file_name() == "tmp" {
                 continue;
