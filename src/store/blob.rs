@@ -88,7 +88,8 @@ fn pays(raw: usize, compressed: usize) -> bool {
     (compressed as f64) < raw as f64 * (1.0 - MIN_SAVING)
 }
 
-/// Encode a whole blob file: header then payload (compressed when it saves ≥ 10%).
+/// Encode a whole blob file: header then payload, compressed when the value has at least
+/// `min_compress` bytes and compression saves ≥ 10%. Returns the file and the checksum.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     id: u64,
@@ -96,15 +97,17 @@ pub fn encode(
     key: &str,
     value: &[u8],
     level: i32,
+    min_compress: usize,
     created: u64,
     expires: u64,
-) -> Vec<u8> {
+) -> (Vec<u8>, u64) {
     let checksum = xxh3_64(value);
-    let sampled_ok = value.len() <= SAMPLE_ABOVE
-        || compress(level, &value[..SAMPLE_LEN])
-            .map(|c| pays(SAMPLE_LEN, c.len()))
-            .unwrap_or(false);
-    let compressed = if value.len() >= 64 && sampled_ok {
+    let worth_trying = value.len() >= min_compress.max(64)
+        && (value.len() <= SAMPLE_ABOVE
+            || compress(level, &value[..SAMPLE_LEN])
+                .map(|c| pays(SAMPLE_LEN, c.len()))
+                .unwrap_or(false));
+    let compressed = if worth_trying {
         compress(level, value).filter(|c| pays(value.len(), c.len()))
     } else {
         None
@@ -136,7 +139,7 @@ pub fn encode(
     let hh = xxh3_64(&out);
     out.extend_from_slice(&hh.to_le_bytes());
     out.extend_from_slice(payload);
-    out
+    (out, checksum)
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -254,7 +257,7 @@ mod tests {
     #[test]
     fn round_trip_compressed_and_raw() {
         let text = b"hello world ".repeat(500);
-        let f = encode(7, "ns", "k", &text, 3, 10, 0);
+        let (f, _) = encode(7, "ns", "k", &text, 3, 0, 10, 0);
         let h = parse_header(&f).unwrap();
         assert_eq!(h.flags, FLAG_ZSTD);
         assert!(f.len() < text.len() / 4);
@@ -269,7 +272,7 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect();
-        let f = encode(8, "ns", "k2", &noise, 3, 10, 99);
+        let (f, _) = encode(8, "ns", "k2", &noise, 3, 0, 10, 99);
         let h = parse_header(&f).unwrap();
         assert_eq!((h.flags, h.expires, h.key.as_str()), (0, 99, "k2"));
         assert_eq!(decode(&f, 8, h.checksum).unwrap(), noise);
@@ -278,7 +281,7 @@ mod tests {
     #[test]
     fn any_flipped_byte_is_detected() {
         let text = b"some text to compress ".repeat(40);
-        let f = encode(1, "ns", "key", &text, 3, 1, 0);
+        let (f, _) = encode(1, "ns", "key", &text, 3, 0, 1, 0);
         let sum = parse_header(&f).unwrap().checksum;
         for i in 0..f.len() {
             let mut g = f.clone();

@@ -162,6 +162,9 @@ pub struct Shared {
     pub next_id: AtomicU64,
     /// Entries with a TTL (the expiry sweep is skipped when 0).
     pub ttl_entries: AtomicU64,
+    /// Puts writing their blob or queued, not yet answered: the committer waits briefly
+    /// for them so that they share one flush.
+    pub puts_in_flight: AtomicU64,
     rr: AtomicU64,
 }
 
@@ -246,6 +249,10 @@ impl Cache {
             None => config.strategy,
         };
         {
+            // This one commit is fsynced (a WAL fsync, far cheaper than a syncfs): the clean
+            // flag must be cleared on disk before any write can happen.
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| StoreError::sql("opening", e))?;
             let tx = conn
                 .transaction()
                 .map_err(|e| StoreError::sql("opening", e))?;
@@ -255,6 +262,8 @@ impl Cache {
             index::meta_set(&tx, "next_id", rec.next_id as i64)
                 .map_err(|e| StoreError::sql("opening", e))?;
             tx.commit().map_err(|e| StoreError::sql("opening", e))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| StoreError::sql("opening", e))?;
         }
         let tiers = if config.memory_bytes > 0 {
             let share = tier_share(&config, placeable.len());
@@ -283,6 +292,7 @@ impl Cache {
             namespaces: RwLock::new(rec.namespaces.into_iter().collect()),
             next_id: AtomicU64::new(rec.next_id),
             ttl_entries: AtomicU64::new(0),
+            puts_in_flight: AtomicU64::new(0),
             rr: AtomicU64::new(0),
         });
         let now_ns = unix_ns();
@@ -300,10 +310,6 @@ impl Cache {
                 r.id, r.node, r.size, r.stored, r.checksum, r.created, expires_ns, la, r.hits,
             );
             shared.map.insert(&r.namespace, &r.key, e);
-        }
-        // The clean flag is cleared durably before any write can happen.
-        if let Some(s) = shared.layout().shards.values().next() {
-            s.syncfs()?;
         }
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(conn, Arc::clone(&shared));
@@ -451,12 +457,13 @@ impl Cache {
             .map(|t| (now + t.as_nanos() as u64).div_ceil(1_000_000_000));
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let id = self.shared.next_id.fetch_add(1, Relaxed);
-        let bytes = blob::encode(
+        let (bytes, checksum) = blob::encode(
             id,
             ns,
             key,
             value,
             self.shared.cfg.zstd_level,
+            self.shared.cfg.compress_min_bytes,
             created,
             expires.unwrap_or(0),
         );
@@ -474,6 +481,8 @@ impl Cache {
             .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
         let tier = layout.tiers.get(&node).cloned();
         let owned: Option<Vec<u8>> = tier.as_ref().map(|_| value.to_vec());
+        // The committer answers (and un-counts) every put that reaches its queue.
+        self.shared.puts_in_flight.fetch_add(1, Relaxed);
         let written = layout.on_node(node, move || {
             shard.write_blob(id, &bytes)?;
             if let (Some(t), Some(v)) = (tier, owned) {
@@ -483,6 +492,7 @@ impl Cache {
             Ok::<(), StoreError>(())
         });
         if let Err(e) = written {
+            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
             if matches!(e, StoreError::NoSpace(_)) {
                 // Make room for the next put: the least recently used entries go.
                 let _ = self.send(Op::Pressure(
@@ -500,18 +510,21 @@ impl Cache {
             node,
             size: value.len() as u64,
             stored,
-            checksum: xxh3_64(value),
+            checksum,
             created,
             last_access: created,
             hits: 0,
             expires,
         };
         let (rtx, rrx) = mpsc::sync_channel(1);
-        self.send(Op::Put {
+        if let Err(e) = self.send(Op::Put {
             row,
             new_namespace,
             reply: rtx,
-        })?;
+        }) {
+            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
         Self::wait(rrx)?;
         Ok(node)
     }

@@ -61,7 +61,10 @@ pub fn is_btrfs(dir: &Path) -> Result<bool, StoreError> {
     }
     // SAFETY: statfs returned 0, so it filled the buffer.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_type as i64 == BTRFS_SUPER_MAGIC)
+    // f_type is i64 on 64-bit glibc targets but narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = st.f_type as i64;
+    Ok(f_type == BTRFS_SUPER_MAGIC)
 }
 
 /// Is `path` the root of a btrfs subvolume (inode 256 on btrfs)?
