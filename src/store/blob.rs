@@ -213,6 +213,10 @@ pub fn decode_payload(h: &Header, file: &[u8]) -> Result<Vec<u8>, BlobError> {
                 h.payload_len
             ))
         })?;
+    decode_payload_bytes(h, payload)
+}
+
+fn decode_payload_bytes(h: &Header, payload: &[u8]) -> Result<Vec<u8>, BlobError> {
     let value = if h.flags & FLAG_ZSTD != 0 {
         DECOMPRESSOR.with(|d| {
             let mut d = d.borrow_mut();
@@ -236,6 +240,39 @@ pub fn decode_payload(h: &Header, file: &[u8]) -> Result<Vec<u8>, BlobError> {
         ));
     }
     Ok(value)
+}
+
+/// Decode a blob read as header and payload, checking it belongs to `id` and has `checksum`.
+/// A raw payload is returned as it is, without a copy.
+pub fn decode_parts(
+    header: &[u8],
+    payload: Vec<u8>,
+    id: u64,
+    checksum: u64,
+) -> Result<Vec<u8>, BlobError> {
+    let h = parse_header(header)?;
+    if h.id != id || h.checksum != checksum || h.header_len != header.len() {
+        return Err(BlobError::Header(format!(
+            "file is entry {} with checksum {:016x}, the index expects entry {id} with {checksum:016x}",
+            h.id, h.checksum
+        )));
+    }
+    if h.payload_len != payload.len() as u64 {
+        return Err(BlobError::Payload(format!(
+            "payload is {} bytes, header says {}",
+            payload.len(),
+            h.payload_len
+        )));
+    }
+    if h.flags & FLAG_ZSTD != 0 {
+        return decode_payload_bytes(&h, &payload);
+    }
+    if payload.len() as u64 != h.logical_len || xxh3_64(&payload) != h.checksum {
+        return Err(BlobError::Payload(
+            "xxh3 of the stored bytes differs from the header".into(),
+        ));
+    }
+    Ok(payload)
 }
 
 /// Decode a whole file, checking it belongs to `id` and has `checksum`.
@@ -287,6 +324,9 @@ mod tests {
             let mut g = f.clone();
             g[i] ^= 0x20;
             assert!(decode(&g, 1, sum).is_err(), "flip at {i} went unnoticed");
+            let hl = parse_header(&f).unwrap().header_len;
+            let parts = decode_parts(&g[..hl], g[hl..].to_vec(), 1, sum);
+            assert!(parts.is_err(), "flip at {i} went unnoticed by decode_parts");
         }
     }
 }

@@ -584,9 +584,16 @@ impl Cache {
             ));
         };
         let tier = tier.cloned();
+        let header_len = blob::FIXED_LEN + ns.len() + key.len() + 8;
+        let payload_len = (stored as usize).saturating_sub(header_len);
         let read = layout.on_node(node, move || {
-            let file = shard.read_blob(id, stored)?;
-            let value = blob::decode(&file, id, checksum);
+            let value = match shard.read_blob(id, header_len, payload_len) {
+                Ok((header, payload)) => blob::decode_parts(&header, payload, id, checksum),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(
+                    blob::BlobError::Payload(format!("file is shorter than indexed: {e}")),
+                ),
+                Err(e) => return Err(e),
+            };
             if let (Ok(v), Some(t)) = (&value, tier) {
                 t.insert(id, Arc::from(v.as_slice()));
             }
