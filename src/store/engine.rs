@@ -296,21 +296,22 @@ impl Cache {
             rr: AtomicU64::new(0),
         });
         let now_ns = unix_ns();
-        for r in rec.rows {
+        for r in &rec.rows {
+            if r.expires.is_some() {
+                shared.ttl_entries.fetch_add(1, Relaxed);
+            }
+            shared.stats.add_entry(r.node, r.size, r.stored);
+        }
+        shared.map.load(rec.rows, |r| {
             let expires_ns = r
                 .expires
                 .map(|s| s.saturating_mul(1_000_000_000))
                 .unwrap_or(0);
-            if expires_ns != 0 {
-                shared.ttl_entries.fetch_add(1, Relaxed);
-            }
-            shared.stats.add_entry(r.node, r.size, r.stored);
             let la = r.last_access.saturating_mul(1_000_000_000).min(now_ns);
-            let e = Entry::new(
+            Entry::new(
                 r.id, r.node, r.size, r.stored, r.checksum, r.created, expires_ns, la, r.hits,
-            );
-            shared.map.insert(&r.namespace, &r.key, e);
-        }
+            )
+        });
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(conn, Arc::clone(&shared));
         let handle = std::thread::Builder::new()
