@@ -548,7 +548,7 @@ impl Cache {
             if e.expires_ns != 0 && e.expires_ns <= now {
                 return Err(e.id);
             }
-            self.shared.map.touch(ns, key, e, now);
+            self.shared.map.touch(e, now);
             Ok((e.id, e.node, e.stored, e.checksum))
         });
         let (id, node, stored, checksum) = match found {

@@ -7,7 +7,7 @@ use crate::store::index::Row;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{RwLock, RwLockReadGuard};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 const SHARDS: usize = 64;
@@ -109,8 +109,8 @@ type NsMap = HashMap<String, KeyMap, SeededXxh3>;
 /// The map, split into shards by key hash.
 pub struct EntryMap {
     shards: Box<[RwLock<NsMap>]>,
-    /// Keys touched since the last write-back.
-    touched: Mutex<Vec<(String, String)>>,
+    /// Some entry was touched since the last write-back.
+    any_touched: AtomicBool,
     hasher: SeededXxh3,
 }
 
@@ -121,7 +121,7 @@ impl Default for EntryMap {
             shards: (0..SHARDS)
                 .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
                 .collect(),
-            touched: Mutex::new(Vec::new()),
+            any_touched: AtomicBool::new(false),
             hasher,
         }
     }
@@ -147,32 +147,36 @@ impl EntryMap {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Mark an entry read now: access time and hit count, queued for write-back once.
+    /// Mark an entry read now: access time and hit count, flagged for the next write-back.
+    /// No allocation or lock here: with 1M keys nearly every get is a first touch.
     #[inline]
-    pub fn touch(&self, ns: &str, key: &str, e: &Entry, now_ns: u64) {
+    pub fn touch(&self, e: &Entry, now_ns: u64) {
         e.last_access_ns.store(now_ns, Relaxed);
         e.hits.fetch_add(1, Relaxed);
-        if !e.dirty.swap(true, Relaxed) {
-            let mut t = self.touched.lock().unwrap_or_else(|p| p.into_inner());
-            t.push((ns.to_string(), key.to_string()));
+        if !e.dirty.load(Relaxed) {
+            e.dirty.store(true, Relaxed);
+            self.any_touched.store(true, Relaxed);
         }
     }
 
-    /// Take the touched keys with their current (id, last_access_s, hits).
+    /// Take the touched entries' current (id, last_access_s, hits), clearing their flags
+    /// (a scan of the map, done every few seconds by the committer and only after gets).
     pub fn take_touched(&self) -> Vec<(u64, u64, u64)> {
-        let keys = std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()));
-        keys.into_iter()
-            .filter_map(|(ns, key)| {
-                self.with(&ns, &key, |e| {
-                    e.dirty.store(false, Relaxed);
-                    (
-                        e.id,
-                        e.last_access_ns.load(Relaxed) / 1_000_000_000,
-                        e.hits.load(Relaxed),
-                    )
-                })
-            })
-            .collect()
+        if !self.any_touched.swap(false, Relaxed) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        self.for_each(|_, _, e| {
+            if e.dirty.load(Relaxed) {
+                e.dirty.store(false, Relaxed);
+                out.push((
+                    e.id,
+                    e.last_access_ns.load(Relaxed) / 1_000_000_000,
+                    e.hits.load(Relaxed),
+                ));
+            }
+        });
+        out
     }
 
     /// Insert or replace; returns the replaced entry.
