@@ -8,6 +8,7 @@ mod mask;
 mod mempolicy;
 mod pages;
 mod privilege;
+mod uevent;
 
 pub use affinity::{
     current_tid, get_affinity, getcpu, possible_cpu_bits, set_affinity, set_process_affinity,
@@ -21,3 +22,4 @@ pub use mempolicy::{
 };
 pub use pages::{AnonPages, migrate_pages, move_pages_to, page_nodes, process_pages_per_node};
 pub use privilege::{CAP_SYS_NICE, check_other_process, has_sys_nice};
+pub use uevent::{Uevent, UeventSocket};
