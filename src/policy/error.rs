@@ -92,7 +92,7 @@ impl PolicyError {
 }
 
 /// Render ids as a compact list such as `0-3,8`.
-pub(crate) fn id_list(ids: &[u32]) -> String {
+pub fn id_list(ids: &[u32]) -> String {
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();

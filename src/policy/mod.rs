@@ -15,7 +15,7 @@ pub use affinity::{
     task_ids,
 };
 pub use error::PolicyError;
-pub(crate) use error::id_list;
+pub use error::id_list;
 pub use mask::Bitmask;
 pub use mempolicy::{
     MemPolicyMode, MoveFlags, get_mempolicy, mbind, mems_allowed, set_mempolicy, supported,
