@@ -13,6 +13,7 @@ use crate::policy::{self, MemPolicyMode, PolicyError};
 use crate::topology::Topology;
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -256,12 +257,12 @@ impl NodePools {
         // Dropping a pool's sender lets its workers finish queued work and exit.
         inner.pools.retain(|node, _| with_cpus.contains(node));
         for &node in &with_cpus {
-            if !inner.pools.contains_key(&node) {
+            if let Entry::Vacant(slot) = inner.pools.entry(node) {
                 let cpus = nodes::node(topology, node)
                     .map(|n| n.allowed_cpus.len())
                     .unwrap_or_else(|| nodes::all_allowed_cpus(topology).len());
                 if let Some(pool) = Pool::start(node, threads_for(cpus), &self.shared) {
-                    inner.pools.insert(node, pool);
+                    slot.insert(pool);
                 }
             }
         }
