@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 const THREADS: usize = 64;
 
+/// An order to a worker: set this policy (None: exit).
+type Order = Option<(MemPolicyMode, Vec<u32>)>;
+
 struct Workers {
     tids: Vec<i32>,
-    orders: Vec<mpsc::Sender<Option<(MemPolicyMode, Vec<u32>)>>>,
+    orders: Vec<mpsc::Sender<Order>>,
     done: mpsc::Receiver<()>,
 }
 
@@ -23,7 +26,7 @@ fn start_workers() -> Workers {
     let (tid_tx, tid_rx) = mpsc::channel();
     let mut orders = Vec::new();
     for _ in 0..THREADS {
-        let (tx, rx) = mpsc::channel::<Option<(MemPolicyMode, Vec<u32>)>>();
+        let (tx, rx) = mpsc::channel::<Order>();
         let done_tx = done_tx.clone();
         let tid_tx = tid_tx.clone();
         std::thread::spawn(move || {

@@ -345,6 +345,9 @@ fn check_watcher_topology(m: &LabMachine, s: &BTreeMap<String, Value>) {
     });
 }
 
+/// A check over every section one VM printed.
+type Check = fn(&LabMachine, &BTreeMap<String, Value>);
+
 fn section<'a>(s: &'a BTreeMap<String, Value>, name: &str) -> &'a Value {
     s.get(name)
         .unwrap_or_else(|| panic!("no JSON from `{name}` in the console"))
@@ -539,7 +542,7 @@ fn numa_lab_multi_node_vms() {
             continue;
         }
         let s = sections(console);
-        let checks: [(&str, fn(&LabMachine, &BTreeMap<String, Value>)); 6] = [
+        let checks: [(&str, Check); 6] = [
             ("topology", check_topology),
             ("watcher-topology", check_watcher_topology),
             ("diagnose", check_diagnose),
