@@ -494,4 +494,20 @@ mod tests {
         }
         assert_eq!(pools.run(home, || policy::getcpu().unwrap().0), one);
     }
+
+    #[test]
+    fn pinning_the_host_refuses_degrades_to_unpinned_workers() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        // CPU 4000 does not exist here: the kernel refuses the mask, the pool goes on.
+        t.nodes[0].allowed_cpus = vec![4000];
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        assert_eq!(
+            pools.apply(&StrategyConfig::default()),
+            0,
+            "no thread could be pinned"
+        );
+        let (cpu, _) = pools.run(home, || policy::getcpu().unwrap());
+        assert!(policy::get_affinity(0).unwrap().contains(&cpu));
+    }
 }
