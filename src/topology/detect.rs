@@ -485,3 +485,317 @@ fn single_node(d: &mut Detection, online: Option<&[u32]>) -> NumaNode {
         distances: BTreeMap::from([(0, LOCAL_DISTANCE)]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Robustness: what real firmware and old kernels write, on synthetic trees.
+    use super::*;
+    use crate::topology::optimal_strategy;
+    use crate::topology::synthetic::SyntheticMachine;
+    use std::fs;
+
+    fn tree(machine: &SyntheticMachine) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        machine.write(dir.path()).unwrap();
+        dir
+    }
+
+    fn node_file(dir: &tempfile::TempDir, node: u32, file: &str) -> std::path::PathBuf {
+        dir.path()
+            .join(format!("sys/devices/system/node/node{node}/{file}"))
+    }
+
+    fn detect(dir: &tempfile::TempDir) -> Topology {
+        detect_with(dir.path(), None)
+    }
+
+    fn warned(t: &Topology, words: &str) -> bool {
+        t.warnings.iter().any(|w| w.contains(words))
+    }
+
+    #[test]
+    fn a_clean_tree_reads_without_warnings() {
+        let dir = tree(&SyntheticMachine::uniform(4, 2, 1 << 20));
+        let t = detect(&dir);
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert!(t.numa_available);
+        assert_eq!(t.node_ids(), vec![0, 1, 2, 3]);
+        assert_eq!(t.node(2).unwrap().cpus, vec![4, 5]);
+        assert_eq!(t.node(2).unwrap().memory_total_bytes, 1 << 30);
+        assert_eq!(t.node(2).unwrap().distances[&3], 20);
+        assert_eq!(t.allowed_cpus, (0..8).collect::<Vec<_>>());
+        assert_eq!(t.allowed_nodes, vec![0, 1, 2, 3]);
+        assert_eq!(optimal_strategy(&t).as_str(), "local_node");
+    }
+
+    #[test]
+    fn trailing_nuls_and_newlines_change_nothing() {
+        let machine = SyntheticMachine::uniform(2, 2, 1 << 20);
+        let clean = detect(&tree(&machine));
+        let dir = tree(&machine);
+        fs::write(node_file(&dir, 1, "cpulist"), "2-3\n\n\0\0\0\0").unwrap();
+        fs::write(node_file(&dir, 0, "distance"), "10 20\n\0\0").unwrap();
+        fs::write(
+            dir.path().join("sys/devices/system/node/online"),
+            "0-1\0\0\0\0\n",
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("sys/devices/system/cpu/online"),
+            "0-3\n\n\n",
+        )
+        .unwrap();
+        assert_eq!(detect(&dir), clean);
+    }
+
+    #[test]
+    fn cpumap_is_used_when_cpulist_is_missing() {
+        let machine = SyntheticMachine::uniform(2, 40, 1 << 20);
+        let clean = detect(&tree(&machine));
+        let dir = tree(&machine);
+        fs::remove_file(node_file(&dir, 0, "cpulist")).unwrap();
+        fs::remove_file(node_file(&dir, 1, "cpulist")).unwrap();
+        assert_eq!(detect(&dir), clean);
+    }
+
+    #[test]
+    fn a_missing_meminfo_is_a_warning_not_a_guess() {
+        let dir = tree(&SyntheticMachine::uniform(2, 2, 1 << 20));
+        fs::remove_file(node_file(&dir, 1, "meminfo")).unwrap();
+        let t = detect(&dir);
+        assert!(warned(&t, "node 1"), "{:?}", t.warnings);
+        assert_eq!(t.node(1).unwrap().memory_total_bytes, 0);
+        // has_memory falls back to node/has_memory, which says node 1 has memory.
+        assert!(t.node(1).unwrap().has_memory);
+        assert!(t.numa_available);
+    }
+
+    #[test]
+    fn missing_cpu_files_make_placement_unavailable() {
+        let dir = tree(&SyntheticMachine::uniform(2, 2, 1 << 20));
+        fs::remove_file(node_file(&dir, 1, "cpulist")).unwrap();
+        fs::remove_file(node_file(&dir, 1, "cpumap")).unwrap();
+        let t = detect(&dir);
+        assert!(!t.numa_available);
+        assert!(
+            warned(&t, "node 1 has neither cpulist nor cpumap"),
+            "{:?}",
+            t.warnings
+        );
+        assert_eq!(optimal_strategy(&t).as_str(), "disabled");
+    }
+
+    #[test]
+    fn garbage_cpulist_is_named_and_disables_placement() {
+        let dir = tree(&SyntheticMachine::uniform(2, 2, 1 << 20));
+        fs::write(node_file(&dir, 0, "cpulist"), "0-1,zz\n").unwrap();
+        let t = detect(&dir);
+        assert!(!t.numa_available);
+        assert!(warned(&t, "\"zz\""), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn missing_online_files_fall_back_to_folders() {
+        let machine = SyntheticMachine::uniform(3, 2, 1 << 20);
+        let clean = detect(&tree(&machine));
+        let dir = tree(&machine);
+        fs::remove_file(dir.path().join("sys/devices/system/node/online")).unwrap();
+        let t = detect(&dir);
+        assert_eq!(t, clean);
+
+        // No cpu/online and no cpu<N> folders: every CPU a node lists counts, with a warning.
+        fs::remove_file(dir.path().join("sys/devices/system/cpu/online")).unwrap();
+        let t = detect(&dir);
+        assert_eq!(t.allowed_cpus, clean.allowed_cpus);
+        assert!(
+            warned(&t, "says nothing about online CPUs"),
+            "{:?}",
+            t.warnings
+        );
+
+        // cpu<N> folders with online files: cpu3 offline drops out of node 1.
+        for cpu in 0..6 {
+            let d = dir.path().join(format!("sys/devices/system/cpu/cpu{cpu}"));
+            fs::create_dir_all(&d).unwrap();
+            if cpu > 0 {
+                fs::write(d.join("online"), if cpu == 3 { "0\n" } else { "1\n" }).unwrap();
+            }
+        }
+        let t = detect(&dir);
+        assert_eq!(t.node(1).unwrap().cpus, vec![2]);
+        assert_eq!(t.allowed_cpus, vec![0, 1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn distance_rows_of_the_wrong_length() {
+        let dir = tree(&SyntheticMachine::uniform(2, 2, 1 << 20));
+        // Longer than the online count but indexable by node number: read by number.
+        fs::write(node_file(&dir, 1, "distance"), "20 10 30\n").unwrap();
+        let t = detect(&dir);
+        assert!(warned(
+            &t,
+            "has 3 values for 2 online nodes; read it by node number"
+        ));
+        assert_eq!(
+            t.node(1).unwrap().distances,
+            BTreeMap::from([(0, 20), (1, 10)])
+        );
+        assert!(t.numa_available);
+
+        // Too short: unknown, never invented.
+        fs::write(node_file(&dir, 1, "distance"), "10\n").unwrap();
+        let t = detect(&dir);
+        assert!(warned(
+            &t,
+            "has 1 values for 2 online nodes; its distances are unknown"
+        ));
+        assert!(t.node(1).unwrap().distances.is_empty());
+        // Node 0's row still says where node 1 is.
+        assert_eq!(t.node(0).unwrap().distances[&1], 20);
+
+        // A row that makes another node nearer than the node itself.
+        fs::write(node_file(&dir, 1, "distance"), "10 20\n").unwrap();
+        let t = detect(&dir);
+        assert!(
+            warned(&t, "does not make it nearest to itself"),
+            "{:?}",
+            t.warnings
+        );
+        assert!(t.node(1).unwrap().distances.is_empty());
+    }
+
+    #[test]
+    fn every_node_claiming_the_same_cpus_disables_placement() {
+        let dir = tree(&SyntheticMachine::uniform(4, 2, 1 << 20));
+        for n in 0..4 {
+            fs::write(node_file(&dir, n, "cpulist"), "0-7\n").unwrap();
+        }
+        let t = detect(&dir);
+        assert!(!t.numa_available);
+        assert!(
+            warned(&t, "CPUs 0-7 are claimed by more than one node"),
+            "{:?}",
+            t.warnings
+        );
+        assert_eq!(optimal_strategy(&t).as_str(), "disabled");
+        assert_eq!(t.to_json()["optimal_strategy"], "disabled");
+    }
+
+    #[test]
+    fn an_online_node_without_folder_is_left_out_with_a_warning() {
+        let dir = tree(&SyntheticMachine::uniform(2, 2, 1 << 20));
+        fs::write(dir.path().join("sys/devices/system/node/online"), "0-2\n").unwrap();
+        let t = detect(&dir);
+        assert_eq!(t.node_ids(), vec![0, 1]);
+        assert!(warned(&t, "node 2 is listed"), "{:?}", t.warnings);
+        // Rows of 2 values for 3 "online" nodes cannot be matched: unknown, not guessed.
+        assert!(t.node(1).unwrap().distances.is_empty());
+        assert!(
+            warned(&t, "has 2 values for 3 online nodes"),
+            "{:?}",
+            t.warnings
+        );
+    }
+
+    #[test]
+    fn cpuset_limits_and_nearest_node() {
+        let mut machine = SyntheticMachine::uniform(4, 2, 1 << 20);
+        machine.nodes[3].cpus.clear(); // a CPU-less (CXL-like) node
+        machine.nodes[3].distances = vec![30, 15, 25, 10];
+        for (i, n) in machine.nodes.iter_mut().enumerate().take(3) {
+            n.distances[3] = [30, 15, 25][i];
+        }
+        machine.cpuset = Some((vec![0, 1, 4, 5], vec![0, 2, 3]));
+        let dir = tree(&machine);
+        let t = detect(&dir);
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert_eq!(t.allowed_cpus, vec![0, 1, 4, 5]);
+        assert_eq!(t.allowed_nodes, vec![0, 2, 3]);
+        assert!(!t.node(1).unwrap().allowed);
+        assert!(t.node(1).unwrap().allowed_cpus.is_empty());
+        assert!(!t.node(3).unwrap().has_cpu);
+        assert!(t.node(3).unwrap().has_memory);
+        // Node 3 is nearest to node 1, but node 1 has no allowed CPU: next is node 2 (25).
+        assert_eq!(t.nearest_node_with_cpus(3), Some(2));
+        assert_eq!(t.nearest_node_with_cpus(1), Some(0)); // tie at 20: lower number
+        assert_eq!(t.nearest_node_with_cpus(0), Some(0));
+        assert_eq!(t.nearest_node_with_cpus(9), None);
+        assert_eq!(t.node_of_cpu(5), Some(2));
+        assert_eq!(t.node_of_cpu(99), None);
+        assert_eq!(t.total_memory_bytes(), 4 << 30);
+
+        // A cpuset that leaves nothing runnable.
+        machine.cpuset = Some((vec![], vec![0]));
+        let t = detect(&tree(&machine));
+        assert!(!t.numa_available);
+        assert!(warned(&t, "no online CPU is allowed"), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn no_node_folder_is_one_node_and_no_numa() {
+        let dir = tree(&SyntheticMachine::uniform(1, 4, 1 << 20));
+        fs::remove_dir_all(dir.path().join("sys/devices/system/node")).unwrap();
+        let t = detect(&dir);
+        assert!(!t.numa_available);
+        assert_eq!(t.node_ids(), vec![0]);
+        assert_eq!(t.node(0).unwrap().cpus, vec![0, 1, 2, 3]);
+        assert_eq!(t.node(0).unwrap().memory_total_bytes, 1 << 30);
+        assert!(warned(&t, "kernel without NUMA"), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn an_empty_or_missing_root_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = detect(&dir);
+        assert!(!t.numa_available);
+        assert!(!t.warnings.is_empty());
+        let t = detect_with(Path::new("/nonexistent/numa-cache-root"), None);
+        assert!(!t.numa_available);
+    }
+
+    #[test]
+    fn json_has_exactly_the_documented_fields() {
+        let t = detect(&tree(&SyntheticMachine::uniform(2, 2, 1 << 20)));
+        let j = t.to_json();
+        let mut keys: Vec<&str> = j.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "allowed_cpus",
+                "allowed_nodes",
+                "nodes",
+                "numa_available",
+                "optimal_strategy",
+                "total_memory_mb",
+                "warnings"
+            ]
+        );
+        let node = &j["nodes"][1];
+        let mut keys: Vec<&str> = node
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "allowed",
+                "cpu_count",
+                "cpu_list",
+                "distances",
+                "has_cpu",
+                "has_memory",
+                "memory_mb",
+                "node_id"
+            ]
+        );
+        assert_eq!(node["cpu_list"], serde_json::json!([2, 3]));
+        assert_eq!(node["cpu_count"], 2);
+        assert_eq!(node["memory_mb"], 1024);
+        assert_eq!(node["distances"], serde_json::json!({"0": 20, "1": 10}));
+        assert_eq!(j["total_memory_mb"], 2048);
+    }
+}

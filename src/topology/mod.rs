@@ -11,6 +11,7 @@ pub mod distance;
 pub mod meminfo;
 mod model;
 mod reader;
+pub mod synthetic;
 pub mod watcher;
 
 pub use cpulist::{CpuListError, format_cpulist, parse_cpulist, parse_cpumap};
