@@ -562,3 +562,26 @@ fn fixtures_that_hwloc_reads_as_numa_are_placeable_and_the_rest_say_why() {
         }
     }
 }
+
+#[test]
+fn the_cli_prints_the_same_json_for_a_captured_tree() {
+    if !support::require_tool("tar", "tar") || !support::require_tool("bzip2", "bzip2") {
+        return;
+    }
+    let (_tmp, root) = unpack(&data_dir().join("16amd64-8n2c-cpusets.tar.bz2"));
+    let out = Command::new(env!("CARGO_BIN_EXE_numacachectl"))
+        .args(["topology", "--json", "--fs-root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, topology::detect(&root).to_json());
+    assert_eq!(printed["allowed_nodes"], serde_json::json!([1, 2, 3, 4]));
+    assert_eq!(printed["nodes"][0]["allowed"], false);
+    assert_eq!(printed["optimal_strategy"], "local_node");
+}

@@ -65,7 +65,10 @@ impl Topology {
 
     /// Total memory of every node, in bytes.
     pub fn total_memory_bytes(&self) -> u64 {
-        self.nodes.iter().map(|n| n.memory_total_bytes).sum()
+        // Saturating: a corrupt meminfo must not overflow (and panic) the sum.
+        self.nodes
+            .iter()
+            .fold(0u64, |acc, n| acc.saturating_add(n.memory_total_bytes))
     }
 
     /// The node whose workers should serve node `id`: `id` itself when it has allowed CPUs,
