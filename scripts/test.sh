@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs every test of numa-cache: formatting, lints, unit tests, integration tests on a real
+# btrfs, a real dbus-daemon + polkitd, and the NUMA lab (QEMU with 2-4 emulated nodes).
+# As root it installs what is missing (Debian/Ubuntu: apt-get); otherwise it prints exactly
+# what is missing and stops. With CI=true nothing may skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use, each with the command that proves it is there.
+need=(
+  "mkfs.btrfs:btrfs-progs"
+  "qemu-system-x86_64:qemu-system-x86"
+  "busybox:busybox-static"
+  "cpio:cpio"
+  "lstopo-no-graphics:hwloc"
+  "numactl:numactl"
+  "hyperfine:hyperfine"
+  "dbus-daemon:dbus-daemon"
+  "/usr/lib/polkit-1/polkitd:polkitd"
+  "pkaction:polkitd"
+  "busctl:systemd"
+  "gdbus:libglib2.0-bin"
+  "runuser:util-linux"
+  "curl:curl"
+  "promtool:prometheus"
+  "zstd:zstd"
+)
+missing=()
+for pair in "${need[@]}"; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  if [[ $cmd == /* ]]; then [[ -e $cmd ]] || missing+=("$pkg"); else command -v "$cmd" >/dev/null || missing+=("$pkg"); fi
+done
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing packages: ${missing[*]}" >&2
+    echo "install them as root: apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 2
+  fi
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "the integration tests mount btrfs images and start a private system bus: run as root" >&2
+  [[ ${CI:-} == true ]] && exit 2
+fi
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup)" >&2; exit 2; }
+if [[ -f scripts/test-extra-prereqs.sh ]]; then bash scripts/test-extra-prereqs.sh; fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "==> cargo build --release (binaries the lab boots)"
+cargo build --release --quiet --bins --examples
+echo "==> cargo test"
+cargo test --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-2}"
+echo "==> doc tests"
+cargo test --doc --quiet
+echo "==> benches compile"
+cargo bench --no-run --quiet
+echo "all tests passed"
