@@ -192,7 +192,7 @@ fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
         .arg(initrd)
         .args([
             "-append",
-            "console=ttyS0 quiet loglevel=1 panic=-1",
+            "console=ttyS0 quiet loglevel=1 panic=-1 no_timer_check",
             "-nographic",
             "-no-reboot",
         ])
@@ -229,22 +229,27 @@ fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
     out
 }
 
-/// The JSON each `@@BEGIN name` .. `@@END name` section printed.
+/// The JSON each `@@BEGIN name` .. `@@END name` section printed (one line or pretty-printed;
+/// the console may prefix a line with terminal escapes, and stray lines are skipped).
 fn sections(console: &str) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
-    let mut current: Option<String> = None;
+    let mut current: Option<(String, String)> = None;
     for line in console.lines() {
-        if let Some(name) = line.strip_prefix("@@BEGIN ") {
-            current = Some(name.trim().to_string());
-        } else if line.starts_with("@@END") {
-            current = None;
-        } else if let Some(name) = &current {
-            let t = line.trim();
-            if t.starts_with('{')
-                && let Ok(v) = serde_json::from_str::<Value>(t)
-            {
-                out.insert(name.clone(), v);
+        if let Some(at) = line.find("@@BEGIN ") {
+            current = Some((line[at + 8..].trim().to_string(), String::new()));
+        } else if line.contains("@@END") {
+            if let Some((name, text)) = current.take() {
+                let json = match (text.find('{'), text.rfind('}')) {
+                    (Some(a), Some(b)) if a < b => &text[a..=b],
+                    _ => continue,
+                };
+                if let Ok(v) = serde_json::from_str::<Value>(json) {
+                    out.insert(name, v);
+                }
             }
+        } else if let Some((_, text)) = &mut current {
+            text.push_str(line);
+            text.push('\n');
         }
     }
     out
