@@ -149,7 +149,11 @@ fn pools() -> Res<Value> {
         pages.insert(n.node_id.to_string(), json!({ "pages": 32, "on_node": on }));
         serving.insert(n.node_id.to_string(), json!(pools.serving_node(n.node_id)));
     }
-    Ok(json!({ "pools": out, "pages": pages, "serving": serving }))
+    let modes = json!({
+        "preferred_many": policy::supported(policy::MemPolicyMode::PreferredMany),
+        "weighted_interleave": policy::supported(policy::MemPolicyMode::WeightedInterleave),
+    });
+    Ok(json!({ "pools": out, "pages": pages, "serving": serving, "modes": modes }))
 }
 
 fn child(cpus: &str) -> Res<()> {

@@ -94,6 +94,9 @@ fn machines() -> Vec<LabMachine> {
     ]
 }
 
+/// The kernel the VMs boot (for version-dependent expectations).
+static LAB_KERNEL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -405,7 +408,31 @@ fn check_pools(m: &LabMachine, s: &BTreeMap<String, Value>) {
     check_pools_json(m, section(s, "pools"))
 }
 
+/// The kernel version in the vmlinuz file name (`vmlinuz-6.1.0-56-amd64` -> (6, 1)).
+fn kernel_version(kernel: &Path) -> Option<(u32, u32)> {
+    let name = kernel.file_name()?.to_str()?.strip_prefix("vmlinuz-")?;
+    let mut it = name.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 fn check_pools_json(m: &LabMachine, p: &Value) {
+    // Mode detection must agree with the kernel's version: MPOL_PREFERRED_MANY came in 5.15,
+    // MPOL_WEIGHTED_INTERLEAVE in 6.9.
+    if let Some(v) = LAB_KERNEL.get().and_then(|k| kernel_version(k)) {
+        let modes = &p["modes"];
+        assert_eq!(
+            modes["preferred_many"].as_bool(),
+            Some(v >= (5, 15)),
+            "{}: {modes} on {v:?}",
+            m.name
+        );
+        assert_eq!(
+            modes["weighted_interleave"].as_bool(),
+            Some(v >= (6, 9)),
+            "{}: {modes} on {v:?}",
+            m.name
+        );
+    }
     for (id, cpus, _) in &m.nodes {
         if !cpus.is_empty() {
             let pool = &p["pools"][id.to_string()];
@@ -517,6 +544,7 @@ fn check_hotplug_json(m: &LabMachine, h: &Value) {
 #[test]
 fn numa_lab_multi_node_vms() {
     let Some(kernel) = kernel() else { return };
+    let _ = LAB_KERNEL.set(kernel.clone());
     let (ctl, probe) = binaries();
     let work = tempfile::tempdir().expect("temporary directory");
     let initrd = initramfs(work.path(), &ctl, &probe);
