@@ -73,6 +73,7 @@ impl StatsIface {
 
     /// Statistics as JSON: the seed's node_distribution (cache_entries, memory_usage_mb,
     /// hit_rate per node) and numa_benefits, plus totals, btrfs and strategy.
+    #[zbus(out_args("stats_json"))]
     async fn get_stats(&self) -> Result<String, ServiceError> {
         let _call = self.svc.enter()?;
         let cache = Arc::clone(&self.svc.cache);
@@ -85,6 +86,7 @@ impl StatsIface {
 
     /// The numa_cache_stats rows taken between the two Unix times (seconds, inclusive) as
     /// a JSON array; until_unix 0 means now.
+    #[zbus(out_args("rows_json"))]
     async fn get_history(&self, since_unix: u64, until_unix: u64) -> Result<String, ServiceError> {
         let _call = self.svc.enter()?;
         let until = if until_unix == 0 {

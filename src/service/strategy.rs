@@ -140,6 +140,7 @@ impl StrategyIface {
     /// Switch the placement strategy (persisted, restored at start). node_preference -1
     /// means none. Returns status ("applied"), strategy, node_preference, memory_policy and
     /// affected_processes. polkit action org.opdbus.NumaCache.set-strategy.
+    #[zbus(out_args("result"))]
     async fn set_strategy(
         &self,
         strategy: &str,
@@ -177,6 +178,7 @@ impl StrategyIface {
     /// balanced; target_node -1 for none; memory_policy "" to let the workload decide.
     /// Returns status ("optimized"), workload_type, strategy, node_preference,
     /// memory_policy and affected_processes. polkit action org.opdbus.NumaCache.optimize.
+    #[zbus(out_args("result"))]
     async fn optimize(
         &self,
         workload_type: &str,
@@ -224,6 +226,7 @@ impl StrategyIface {
     /// under `memory_policy` (bind, preferred, interleaved, default; "" for bind). Returns
     /// status ("bound"), pid, node, memory_policy, threads, pages_migrated and
     /// affected_processes. polkit action org.opdbus.NumaCache.bind-process.
+    #[zbus(out_args("result"))]
     async fn bind_process(
         &self,
         pid: u32,

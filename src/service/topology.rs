@@ -146,6 +146,7 @@ impl TopologyIface {
 
     /// The topology as JSON: the seed's "Get NUMA Topology" response plus has_cpu,
     /// has_memory, allowed, allowed_nodes, allowed_cpus, numa_available and warnings.
+    #[zbus(out_args("topology_json"))]
     async fn get_topology(&self) -> Result<String, ServiceError> {
         let _call = self.svc.enter()?;
         serde_json::to_string(&topology_json(&self.svc.topology()))
@@ -153,6 +154,7 @@ impl TopologyIface {
     }
 
     /// The node whose CPU list holds `cpu`; InvalidArgument for a CPU that is not online.
+    #[zbus(out_args("node"))]
     async fn node_of_cpu(&self, cpu: u32) -> Result<u32, ServiceError> {
         let _call = self.svc.enter()?;
         let t = self.svc.topology();

@@ -4,7 +4,7 @@
 
 use crate::service::errors::ServiceError;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
@@ -28,6 +28,9 @@ pub fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut file = File::from(fd);
     file.write_all(bytes)?;
+    // The offset is shared with whoever receives the fd: leave it at the start so a plain
+    // read() sees the value.
+    file.rewind()?;
     let seals = REQUIRED_SEALS | libc::F_SEAL_SEAL;
     // SAFETY: F_ADD_SEALS on a descriptor we own, with a plain int argument.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {

@@ -118,6 +118,7 @@ impl CacheIface {
     /// Store value under (namespace, key); options ttl_seconds (t) and node (i, explicit
     /// placement). Returns the node the entry was placed on. A namespace belongs to the uid
     /// that first wrote to it; other non-root callers get AccessDenied.
+    #[zbus(out_args("node"))]
     async fn put(
         &self,
         namespace: String,
@@ -143,6 +144,7 @@ impl CacheIface {
 
     /// The value stored under (namespace, key); NotFound when there is none. Values larger
     /// than 16 MiB must be read with GetFd.
+    #[zbus(out_args("value"))]
     async fn get(
         &self,
         namespace: String,
@@ -192,6 +194,7 @@ impl CacheIface {
 
     /// Store the contents of fd, which must be a memfd sealed with F_SEAL_WRITE,
     /// F_SEAL_SHRINK and F_SEAL_GROW; options and the reply as for Put.
+    #[zbus(out_args("node"))]
     async fn put_fd(
         &self,
         namespace: String,
@@ -215,6 +218,7 @@ impl CacheIface {
 
     /// Remove the entry; true when there was one. Refused (AccessDenied) in another user's
     /// namespace for non-root callers.
+    #[zbus(out_args("existed"))]
     async fn delete(
         &self,
         namespace: String,
@@ -230,6 +234,7 @@ impl CacheIface {
 
     /// What is known of an entry without reading it: size, stored_size, node, created,
     /// last_access, hits (t/u) and expires (Unix seconds, 0 for never).
+    #[zbus(out_args("info"))]
     async fn lookup(
         &self,
         namespace: String,
@@ -255,6 +260,7 @@ impl CacheIface {
 
     /// Remove every entry of a namespace; returns how many. polkit action
     /// org.opdbus.NumaCache.manage-cache, and the namespace must be the caller's (or root).
+    #[zbus(out_args("removed"))]
     async fn clear(
         &self,
         namespace: String,
@@ -275,6 +281,7 @@ impl CacheIface {
 
     /// Take a read-only snapshot of every shard; returns its name (UTC time, e.g.
     /// 20261125T041500Z). polkit action org.opdbus.NumaCache.manage-cache.
+    #[zbus(out_args("name"))]
     async fn create_snapshot(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -292,6 +299,7 @@ impl CacheIface {
 
     /// The names of the kept snapshots, oldest first. polkit action
     /// org.opdbus.NumaCache.manage-cache.
+    #[zbus(out_args("names"))]
     async fn list_snapshots(
         &self,
         #[zbus(header)] header: Header<'_>,
