@@ -55,11 +55,14 @@ fn seals_of(fd: &OwnedFd) -> io::Result<libc::c_int> {
 pub fn read_sealed(fd: OwnedFd, limit: u64) -> Result<Vec<u8>, ServiceError> {
     let how = "pass a memfd created with MFD_ALLOW_SEALING and sealed with \
                F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW (numacachectl put does this)";
-    let seals = seals_of(&fd)
-        .map_err(|e| ServiceError::invalid(format!("the fd cannot be sealed ({e}): {how}")))?;
+    let seals = seals_of(&fd).map_err(|e| {
+        ServiceError::invalid(format!(
+            "the fd is not sealed: it cannot carry seals ({e}); {how}"
+        ))
+    })?;
     if seals & REQUIRED_SEALS != REQUIRED_SEALS {
         return Err(ServiceError::invalid(format!(
-            "the fd is not sealed against changes (seals {seals:#x}): {how}"
+            "the fd is not sealed against changes (seals {seals:#x}); {how}"
         )));
     }
     let file = File::from(fd);
