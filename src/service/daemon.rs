@@ -25,9 +25,6 @@ pub enum DaemonError {
     /// The engine could not open its state.
     #[error("cannot open the cache: {0}")]
     Store(#[from] crate::store::StoreError),
-    /// The topology could not be read or watched.
-    #[error("cannot read the NUMA topology: {0}")]
-    Topology(String),
     /// The bus could not be reached or the name taken.
     #[error(
         "D-Bus: {0} (is the system bus running, and may this user own {BUS_NAME}? see dbus/org.opdbus.NumaCache.conf)"
@@ -40,6 +37,8 @@ pub enum DaemonError {
 
 /// How long SIGTERM waits for running calls before flushing anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+/// The topology is re-read this often even without hotplug events (containers get none).
+const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 /// Statistics properties are compared and signalled at most this often.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
 
@@ -50,8 +49,7 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         max_value_bytes: config.max_value_bytes,
         ..Limits::default()
     };
-    let watcher =
-        TopologyWatcher::start("/".into()).map_err(|e| DaemonError::Topology(e.to_string()))?;
+    let watcher = Arc::new(TopologyWatcher::start("/", RESCAN_INTERVAL));
     let topology = watcher.current();
     if !topology.numa_available || topology.nodes.len() < 2 {
         tracing::info!(

@@ -2,7 +2,10 @@
 //! polkit-gated methods that change it (SetStrategy, Optimize) or act on another process
 //! (BindProcess).
 
-use crate::placement::{self, MemoryPolicy, Strategy, StrategyConfig};
+use crate::placement::{
+    self, MemoryPolicy, PlacementError, Strategy, StrategyConfig, WorkloadType,
+};
+use crate::policy::PolicyError;
 use crate::service::errors::ServiceError;
 use crate::service::polkit::actions;
 use crate::service::{ROOT_PATH, Service, blocking, emit_properties, parse_node_arg};
@@ -80,6 +83,24 @@ impl StrategyIface {
 }
 
 const STRATEGY_IFACE: &str = "org.opdbus.NumaCache.Strategy";
+
+/// Map placement failures to the contract's errors: a vanished process is NotFound, a
+/// missing privilege of the daemon is Unavailable (the caller cannot fix it), a bad node is
+/// InvalidArgument.
+fn placement_error(e: PlacementError) -> ServiceError {
+    let msg = e.to_string();
+    match e {
+        PlacementError::NodeNotUsable { .. } => ServiceError::InvalidArgument(msg),
+        PlacementError::NoCpus { .. } => ServiceError::InvalidArgument(msg),
+        PlacementError::Policy(PolicyError::NoSuchProcess { .. }) => ServiceError::NotFound(msg),
+        PlacementError::Policy(PolicyError::MissingCapability { .. }) => {
+            ServiceError::Unavailable(format!(
+                "{msg}; numa-cached needs CAP_SYS_NICE to move other processes (see systemd/numa-cached.service)"
+            ))
+        }
+        PlacementError::Policy(_) => ServiceError::Unavailable(msg),
+    }
+}
 
 fn node_pref_i32(n: Option<u32>) -> i32 {
     n.and_then(|n| i32::try_from(n).ok()).unwrap_or(-1)
@@ -188,12 +209,9 @@ impl StrategyIface {
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<Reply, ServiceError> {
         let _call = self.svc.enter()?;
-        if !WORKLOAD_TYPES.contains(&workload_type) {
-            return Err(ServiceError::invalid(format!(
-                "unknown workload type {workload_type:?}: allowed values are {}",
-                WORKLOAD_TYPES.join(", ")
-            )));
-        }
+        let workload = workload_type
+            .parse::<WorkloadType>()
+            .map_err(|e| ServiceError::invalid(e.to_string()))?;
         let topology = self.svc.topology();
         let node = parse_node_arg(&topology, target_node, "target_node")?;
         let policy = if memory_policy.is_empty() {
@@ -202,8 +220,8 @@ impl StrategyIface {
             Some(parse_policy(memory_policy, MemoryPolicy::Default)?)
         };
         self.svc.polkit.check(&header, actions::OPTIMIZE).await?;
-        let cfg = placement::optimize_plan(&topology, workload_type, node, policy)
-            .map_err(|e| ServiceError::invalid(e.to_string()))?;
+        let cfg =
+            placement::optimize_plan(workload, node, policy, &topology).map_err(placement_error)?;
         if let Ok(mut w) = self.svc.workload_type.lock() {
             *w = workload_type.to_string();
         }
@@ -222,9 +240,10 @@ impl StrategyIface {
         ]))
     }
 
-    /// Pin every thread of process `pid` to the CPUs of `node` and migrate its pages there
-    /// under `memory_policy` (bind, preferred, interleaved, default; "" for bind). Returns
-    /// status ("bound"), pid, node, memory_policy, threads, pages_migrated and
+    /// Pin every thread of process `pid` to the CPUs of `node` and, for bind and preferred,
+    /// migrate its pages there (memory_policy bind, preferred, interleaved, default; "" for
+    /// bind). Returns status ("bound"), pid, node, memory_policy, threads, cpus,
+    /// memory_node, pages_on_node_before/after, pages_elsewhere, pages_not_migrated and
     /// affected_processes. polkit action org.opdbus.NumaCache.bind-process.
     #[zbus(out_args("result"))]
     async fn bind_process(
@@ -252,33 +271,43 @@ impl StrategyIface {
             .polkit
             .check(&header, actions::BIND_PROCESS)
             .await?;
+        let pid_arg = i32::try_from(pid)
+            .map_err(|_| ServiceError::NotFound(format!("no process with pid {pid} is running")))?;
         let report = blocking(move || {
-            placement::bind_process(&topology, pid, node, policy).map_err(|e| {
-                let msg = e.to_string();
-                if msg.contains("no process") || msg.contains("No such process") {
-                    ServiceError::NotFound(msg)
-                } else {
-                    ServiceError::Unavailable(format!(
-                        "could not bind pid {pid} to node {node}: {msg}"
-                    ))
-                }
-            })
+            placement::bind_process(&topology, pid_arg, node, policy).map_err(placement_error)
         })
         .await?;
         self.svc.set_affected(1);
         if let Err(e) = self.affected_processes_changed(&emitter).await {
             tracing::warn!(error = %e, "could not emit AffectedProcesses");
         }
-        tracing::info!(pid, node, threads = report.threads, "process bound");
+        tracing::info!(pid, node, threads = report.threads_pinned, "process bound");
         Ok(HashMap::from([
             ("status".to_string(), v("bound")),
             ("pid".to_string(), Variant::from(pid)),
             ("node".to_string(), Variant::from(node)),
             ("memory_policy".to_string(), v(policy.as_str())),
-            ("threads".to_string(), Variant::from(report.threads as u64)),
             (
-                "pages_migrated".to_string(),
-                Variant::from(report.pages_migrated),
+                "threads".to_string(),
+                Variant::from(report.threads_pinned as u64),
+            ),
+            ("cpus".to_string(), Variant::from(report.cpus.clone())),
+            ("memory_node".to_string(), Variant::from(report.memory_node)),
+            (
+                "pages_on_node_before".to_string(),
+                Variant::from(report.pages_on_node_before),
+            ),
+            (
+                "pages_on_node_after".to_string(),
+                Variant::from(report.pages_on_node_after),
+            ),
+            (
+                "pages_elsewhere".to_string(),
+                Variant::from(report.pages_elsewhere_after),
+            ),
+            (
+                "pages_not_migrated".to_string(),
+                Variant::from(report.pages_not_migrated),
             ),
             ("affected_processes".to_string(), Variant::from(1u32)),
         ]))

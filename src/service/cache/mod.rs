@@ -6,7 +6,7 @@ pub mod memfd;
 use crate::service::errors::ServiceError;
 use crate::service::polkit::actions;
 use crate::service::{Service, blocking};
-use crate::store::PutOptions;
+use crate::store::{PutOptions, validate_key, validate_namespace};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,39 +25,14 @@ impl CacheIface {
     }
 }
 
-/// Check a namespace against `[a-z0-9][a-z0-9_.-]{0,63}`.
+/// Check a namespace with the engine's rule (`[a-z0-9][a-z0-9_.-]{0,63}`) before any work.
 pub fn check_namespace(ns: &str) -> Result<(), ServiceError> {
-    let b = ns.as_bytes();
-    let first_ok = b
-        .first()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let rest_ok = b
-        .iter()
-        .skip(1)
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-'));
-    if first_ok && rest_ok && b.len() <= 64 {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid(format!(
-            "invalid namespace {ns:?}: use 1-64 characters of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
-        )))
-    }
-}
-
-/// Check a key: 1-1024 bytes (D-Bus strings are UTF-8 already).
-pub fn check_key(key: &str) -> Result<(), ServiceError> {
-    if key.is_empty() || key.len() > 1024 {
-        return Err(ServiceError::invalid(format!(
-            "invalid key of {} bytes: keys are 1-1024 bytes of UTF-8",
-            key.len()
-        )));
-    }
-    Ok(())
+    Ok(validate_namespace(ns)?)
 }
 
 fn check_entry(ns: &str, key: &str) -> Result<(), ServiceError> {
-    check_namespace(ns)?;
-    check_key(key)
+    validate_namespace(ns)?;
+    Ok(validate_key(key)?)
 }
 
 /// Put options: `ttl_seconds` (t) and `node` (i); anything else is refused by name.
@@ -343,15 +318,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn namespace_and_key_rules() {
-        assert!(check_namespace("embeddings.v1-a_b").is_ok());
-        assert!(check_namespace("").is_err());
-        assert!(check_namespace("_x").is_err());
-        assert!(check_namespace("Upper").is_err());
-        assert!(check_namespace(&"a".repeat(65)).is_err());
-        assert!(check_namespace(&"a".repeat(64)).is_ok());
-        assert!(check_key("").is_err());
-        assert!(check_key(&"k".repeat(2000)).is_err());
-        assert!(check_key(&"k".repeat(1024)).is_ok());
+    fn arguments_are_checked_with_named_errors() {
+        assert!(check_entry("embeddings.v1-a_b", "k").is_ok());
+        for (ns, key) in [
+            ("", "k"),
+            ("_x", "k"),
+            ("ns", ""),
+            ("ns", &"k".repeat(2000)),
+        ] {
+            assert!(
+                matches!(check_entry(ns, key), Err(ServiceError::InvalidArgument(_))),
+                "{ns:?} {}",
+                key.len()
+            );
+        }
+        let opts = HashMap::from([(
+            "colour".to_string(),
+            OwnedVariant::try_from(Variant::from(1u32)).unwrap(),
+        )]);
+        let e = parse_put_options(&opts).unwrap_err().to_string();
+        assert!(e.contains("colour") && e.contains("ttl_seconds"), "{e}");
+        let opts = HashMap::from([(
+            "node".to_string(),
+            OwnedVariant::try_from(Variant::from(-1i32)).unwrap(),
+        )]);
+        assert_eq!(parse_put_options(&opts).unwrap().node, None);
     }
 }
