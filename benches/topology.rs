@@ -39,13 +39,16 @@ fn detection(c: &mut Criterion) {
     let synthetic = tmp.path().join("synthetic-64");
     let mut machine = SyntheticMachine::uniform(64, 4, 16 << 20);
     machine.cpuset = Some(((0..128).collect(), (0..32).collect()));
-    machine.write(&synthetic).expect("writing the synthetic tree");
+    machine
+        .write(&synthetic)
+        .expect("writing the synthetic tree");
     let t = topology::detect(&synthetic);
     assert_eq!(t.nodes.len(), 64);
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
-    c.bench_function("detect synthetic 64 nodes x 4 CPUs + cgroup v2 cpuset", |b| {
-        b.iter(|| topology::detect(black_box(&synthetic)))
-    });
+    c.bench_function(
+        "detect synthetic 64 nodes x 4 CPUs + cgroup v2 cpuset",
+        |b| b.iter(|| topology::detect(black_box(&synthetic))),
+    );
     c.bench_function("to_json 64 nodes", |b| b.iter(|| black_box(&t).to_json()));
 }
 

@@ -32,26 +32,41 @@ for f in "${fixtures[@]}"; do
   roots+=("$f=$(find "$work/$f" -mindepth 1 -maxdepth 1 -type d | head -n1)")
 done
 
-# A synthetic 64-node machine, 4 CPUs per node, spelled as the kernel spells sysfs.
+# A synthetic 64-node machine, 4 CPUs per node, spelled as the kernel spells sysfs (hwloc
+# needs each node's cpumap and each CPU's topology/ folder; numacachectl reads cpulist).
 syn="$work/synthetic-64n"
 nodes=64 per=4
+ncpus=$((nodes * per)) nwords=$(((nodes * per + 31) / 32))
+mask() { # cpumap of CPUs $1..$2: nwords 32-bit words, most significant first
+  local words=() i c v
+  for ((i = nwords - 1; i >= 0; i--)); do
+    v=0
+    for ((c = $1; c <= $2; c++)); do ((c / 32 == i)) && v=$((v | (1 << (c % 32)))); done
+    words+=("$(printf '%08x' "$v")")
+  done
+  (IFS=,; echo "${words[*]}")
+}
 mkdir -p "$syn/sys/devices/system/node" "$syn/sys/devices/system/cpu" "$syn/proc"
 echo "0-$((nodes - 1))" >"$syn/sys/devices/system/node/online"
-echo "0-$((nodes * per - 1))" >"$syn/sys/devices/system/cpu/online"
+echo "0-$((ncpus - 1))" >"$syn/sys/devices/system/cpu/online"
 echo "MemTotal: $((nodes * 16777216)) kB" >"$syn/proc/meminfo"
 for ((n = 0; n < nodes; n++)); do
   d="$syn/sys/devices/system/node/node$n"
   mkdir -p "$d"
   echo "$((n * per))-$((n * per + per - 1))" >"$d/cpulist"
+  mask $((n * per)) $((n * per + per - 1)) >"$d/cpumap"
   row=()
   for ((m = 0; m < nodes; m++)); do if ((m == n)); then row+=(10); else row+=(20); fi; done
   echo "${row[*]}" >"$d/distance"
   printf 'Node %d MemTotal:       16777216 kB\nNode %d MemFree:        8388608 kB\n' "$n" "$n" >"$d/meminfo"
 done
-for ((c = 0; c < nodes * per; c++)); do
-  mkdir -p "$syn/sys/devices/system/cpu/cpu$c/topology"
-  echo "$((c / per))" >"$syn/sys/devices/system/cpu/cpu$c/topology/physical_package_id"
-  echo "$((c % per))" >"$syn/sys/devices/system/cpu/cpu$c/topology/core_id"
+for ((c = 0; c < ncpus; c++)); do
+  t="$syn/sys/devices/system/cpu/cpu$c/topology"
+  mkdir -p "$t"
+  echo "$((c / per))" >"$t/physical_package_id"
+  echo "$((c % per))" >"$t/core_id"
+  mask $c $c >"$t/thread_siblings"
+  mask $((c / per * per)) $((c / per * per + per - 1)) >"$t/core_siblings"
 done
 roots+=("synthetic-64n=$syn")
 
