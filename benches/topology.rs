@@ -50,6 +50,9 @@ fn detection(c: &mut Criterion) {
         |b| b.iter(|| topology::detect(black_box(&synthetic))),
     );
     c.bench_function("to_json 64 nodes", |b| b.iter(|| black_box(&t).to_json()));
+    c.bench_function("to_json_string_pretty 64 nodes", |b| {
+        b.iter(|| black_box(&t).to_json_string_pretty())
+    });
 }
 
 fn parsers(c: &mut Criterion) {

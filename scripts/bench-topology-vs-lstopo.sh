@@ -87,5 +87,8 @@ for entry in "${roots[@]}"; do
   summary+=("$(printf '%-26s %16s %12s %7sx' "$name" "$ours" "$theirs" "$ratio")")
   echo "${summary[-1]}"
 done
+# The floor: starting any process at all on this machine (what no reader can go below).
+hyperfine -N --warmup 5 --min-runs 30 --style none --export-json "$out/floor.json" true >/dev/null
 echo
+echo "process start floor (true): $(awk '/"median":/ { gsub(/[",]/, "", $2); printf "%.3f", $2 * 1000 }' "$out/floor.json") ms"
 echo "medians of hyperfine -N --warmup 5 (JSON in $out/); ratio = lstopo / numacachectl"

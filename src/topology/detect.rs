@@ -797,5 +797,9 @@ mod tests {
         assert_eq!(node["memory_mb"], 1024);
         assert_eq!(node["distances"], serde_json::json!({"0": 20, "1": 10}));
         assert_eq!(j["total_memory_mb"], 2048);
+        let text = t.to_json_string_pretty();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), j);
+        // The seed's field order: nodes first, then the totals.
+        assert!(text.find("\"nodes\"").unwrap() < text.find("\"total_memory_mb\"").unwrap());
     }
 }
