@@ -545,4 +545,37 @@ mod tests {
         let (cpu, _) = pools.run(home, || policy::getcpu().unwrap());
         assert!(policy::get_affinity(0).unwrap().contains(&cpu));
     }
+
+    #[test]
+    fn a_node_gaining_cpus_gets_a_pool_and_losing_them_hands_over_to_the_nearest() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        assert_eq!(pools.pool_nodes(), vec![home]);
+        // Node 7 comes online with one of our CPUs (and still no memory).
+        let cpu = t.allowed_cpus[0];
+        t.nodes[1].cpus = vec![cpu];
+        t.nodes[1].allowed_cpus = vec![cpu];
+        t.nodes[1].has_cpu = true;
+        pools.update(&t);
+        assert_eq!(pools.pool_nodes(), vec![home, 7]);
+        assert_eq!(pools.serving_node(7), 7);
+        let (ran_on, mpol) = pools.run(7, || {
+            (
+                policy::getcpu().unwrap().0,
+                policy::get_mempolicy().unwrap(),
+            )
+        });
+        assert_eq!(ran_on, cpu);
+        // Node 7 has no memory: its work allocates on the nearest node with memory.
+        assert_eq!(mpol, (MemPolicyMode::Bind, vec![home]));
+        // Its CPU goes away again: the pool stops, the nearest node serves it.
+        t.nodes[1].cpus.clear();
+        t.nodes[1].allowed_cpus.clear();
+        t.nodes[1].has_cpu = false;
+        pools.update(&t);
+        assert_eq!(pools.pool_nodes(), vec![home]);
+        assert_eq!(pools.serving_node(7), home);
+        assert_eq!(pools.run(7, || 7), 7);
+    }
 }
