@@ -47,6 +47,8 @@ pub fn bind_process(
     node: u32,
     memory_policy: MemoryPolicy,
 ) -> Result<BindReport, PlacementError> {
+    // First, so a missing privilege is reported as such and not as an unreadable numa_maps.
+    policy::check_other_process(pid, "binding another process to a node")?;
     let n = nodes::node(topology, node).ok_or_else(|| PlacementError::NodeNotUsable {
         node: i64::from(node),
         reason: "no such node",
