@@ -411,41 +411,24 @@ mod tests {
     use super::*;
     use crate::topology::NumaNode;
 
-    /// This machine as a topology (one node), plus optionally a memory-less CPU-less node 7
-    /// whose work must be served by node `home`.
+    /// This machine as a topology (one node), plus a node 7 without CPUs or memory whose
+    /// work must be served by the real node.
     fn local_topology() -> Topology {
-        let cpus = policy::get_affinity(0).unwrap();
-        let home = policy::mems_allowed().unwrap()[0];
-        Topology {
-            nodes: vec![
-                NumaNode {
-                    node_id: home,
-                    cpus: cpus.clone(),
-                    allowed_cpus: cpus.clone(),
-                    memory_total_bytes: 1 << 30,
-                    memory_free_bytes: 1 << 29,
-                    has_cpu: true,
-                    has_memory: true,
-                    allowed: true,
-                    distances: [(home, 10), (7, 40)].into(),
-                },
-                NumaNode {
-                    node_id: 7,
-                    cpus: vec![],
-                    allowed_cpus: vec![],
-                    memory_total_bytes: 0,
-                    memory_free_bytes: 0,
-                    has_cpu: false,
-                    has_memory: false,
-                    allowed: false,
-                    distances: [(home, 40), (7, 10)].into(),
-                },
-            ],
-            allowed_cpus: cpus,
-            allowed_nodes: vec![home],
-            numa_available: true,
-            warnings: vec![],
-        }
+        let mut t = nodes::this_machine();
+        let home = t.nodes[0].node_id;
+        t.nodes[0].distances.insert(7, 40);
+        t.nodes.push(NumaNode {
+            node_id: 7,
+            cpus: vec![],
+            allowed_cpus: vec![],
+            memory_total_bytes: 0,
+            memory_free_bytes: 0,
+            has_cpu: false,
+            has_memory: false,
+            allowed: false,
+            distances: [(home, 40), (7, 10)].into(),
+        });
+        t
     }
 
     #[test]
