@@ -125,6 +125,8 @@ pub fn start_time_of(stat: &str) -> Option<u64> {
 /// even while the bus is down and recovers when it returns.
 #[derive(Debug, Default)]
 pub struct Polkit {
+    /// A bus address to use instead of the system bus (tests run a private one).
+    address: Option<String>,
     conn: Mutex<Option<zbus::Connection>>,
 }
 
@@ -132,9 +134,18 @@ pub struct Polkit {
 const POLKIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Polkit {
-    /// A client that connects on first use.
+    /// A client of the system bus's authority that connects on first use.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A client of the authority on the bus at `address` (a D-Bus address such as
+    /// `unix:path=/run/dbus/system_bus_socket`).
+    pub fn with_address(address: impl Into<String>) -> Self {
+        Polkit {
+            address: Some(address.into()),
+            conn: Mutex::default(),
+        }
     }
 
     /// Ask polkit whether `subject` may perform `action`, without user interaction.
@@ -174,7 +185,11 @@ impl Polkit {
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let c = tokio::time::timeout(POLKIT_TIMEOUT, zbus::Connection::system())
+        let builder = match &self.address {
+            Some(a) => zbus::connection::Builder::address(a.as_str()),
+            None => zbus::connection::Builder::system(),
+        };
+        let c = tokio::time::timeout(POLKIT_TIMEOUT, builder.build())
             .await
             .map_err(|_| AuthzError::Unreachable("the system bus did not answer".into()))?
             .map_err(|e| AuthzError::Unreachable(e.to_string()))?;

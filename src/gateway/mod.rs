@@ -94,6 +94,13 @@ impl GatewayState {
             polkit: Arc::new(Polkit::new()),
         }
     }
+
+    /// Ask the polkit authority on the bus at `address` instead of the system bus
+    /// (`DBUS_SYSTEM_BUS_ADDRESS` or the standard socket).
+    pub fn with_polkit_bus(mut self, address: impl Into<String>) -> Self {
+        self.polkit = Arc::new(Polkit::with_address(address));
+        self
+    }
 }
 
 /// Why the gateway could not start or stopped.

@@ -114,7 +114,7 @@ async fn set_strategy(
         cache.set_strategy(cfg).map(|n| (n, cfg))
     })
     .await??;
-    Ok(Json(applied_json(applied.0, &applied.1, None)))
+    Ok(Json(applied_json("applied", applied.0, &applied.1, None)))
 }
 
 async fn optimize(
@@ -130,13 +130,24 @@ async fn optimize(
     authorize(&s, creds, Action::Optimize).await?;
     let cache = s.cache.clone();
     let affected = blocking(move || cache.set_strategy(cfg)).await??;
-    Ok(Json(applied_json(affected, &cfg, Some(workload))))
+    Ok(Json(applied_json(
+        "optimized",
+        affected,
+        &cfg,
+        Some(workload),
+    )))
 }
 
-/// The seed's response to a strategy change, plus what was applied.
-fn applied_json(affected: usize, cfg: &StrategyConfig, workload: Option<&str>) -> Value {
+/// The seed's response to a strategy change, plus what was applied (the same fields as the
+/// D-Bus replies of SetStrategy and Optimize).
+fn applied_json(
+    status: &str,
+    affected: usize,
+    cfg: &StrategyConfig,
+    workload: Option<&str>,
+) -> Value {
     let mut v = json!({
-        "status": "applied",
+        "status": status,
         "strategy": cfg.strategy.as_str(),
         "affected_processes": affected,
         "node_preference": cfg.node_preference.map_or(-1, i64::from),
