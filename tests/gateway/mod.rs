@@ -3,3 +3,4 @@
 #![allow(dead_code)]
 
 pub mod polkit;
+pub mod http;
