@@ -98,6 +98,15 @@ impl OptimizeRequest {
 impl HistoryQuery {
     /// `(since, until)` with defaults applied, or a 400 when the range is reversed.
     pub fn range(&self, now_unix: u64) -> Result<(u64, u64), ApiError> {
+        // Unix times are int64 on the wire (openapi.yaml, SQLite); larger ones are not times.
+        for (name, v) in [("since", self.since), ("until", self.until)] {
+            if let Some(v) = v.filter(|v| *v > i64::MAX as u64) {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    format!("{name}={v} is past the largest Unix time ({})", i64::MAX),
+                ));
+            }
+        }
         let until = self.until.unwrap_or(now_unix);
         let since = self.since.unwrap_or(until.saturating_sub(24 * 3600));
         if since > until {
