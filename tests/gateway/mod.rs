@@ -2,5 +2,5 @@
 //! test user, and the HTTP gateway in-process over a real cache driven with curl.
 #![allow(dead_code)]
 
-pub mod polkit;
 pub mod http;
+pub mod polkit;
