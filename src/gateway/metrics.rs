@@ -141,9 +141,15 @@ pub struct MetricsInput<'a> {
     pub generation: u64,
     /// The active strategy.
     pub strategy: &'a StrategyConfig,
-    /// Request latencies, when this process has them (the daemon does; a client may not).
+    /// Request latencies, when this process has them (the daemon does). When `None`, they
+    /// are taken from `stats[STATS_LATENCY_KEY]` if the daemon put them there (so that a
+    /// client rendering the D-Bus `GetStats()` JSON shows them too), else left out.
     pub latency: Option<&'a LatencySnapshot>,
 }
+
+/// The key under which a daemon may add [`CacheLatency::snapshot`] to the statistics JSON it
+/// publishes (`GetStats()`), for clients such as `numacachectl stats --prometheus`.
+pub const STATS_LATENCY_KEY: &str = "request_latency";
 
 /// One per-node gauge or counter, taken from a field of each `node_distribution` entry.
 struct NodeFamily {
@@ -306,7 +312,13 @@ pub fn render_prometheus(input: &MetricsInput<'_>) -> String {
         let _ = writeln!(out, "numa_cache_btrfs {}", u8::from(btrfs));
     }
 
-    if let Some(latency) = input.latency {
+    let from_stats = input
+        .latency
+        .is_none()
+        .then(|| input.stats.get(STATS_LATENCY_KEY))
+        .flatten()
+        .and_then(|v| serde_json::from_value::<LatencySnapshot>(v.clone()).ok());
+    if let Some(latency) = input.latency.or(from_stats.as_ref()) {
         let name = "numa_cache_request_duration_seconds";
         header(
             &mut out,
@@ -500,6 +512,24 @@ mod tests {
         assert!(!text.contains("numa_cache_total_evictions_total"), "{text}");
         assert!(!text.contains("request_duration"), "{text}");
         assert!(text.contains("node_preference=\"-1\""), "{text}");
+    }
+
+    #[test]
+    fn a_client_renders_the_latency_the_daemon_put_in_the_stats() {
+        let latency = CacheLatency::default();
+        latency.put.observe(Duration::from_millis(3));
+        let mut stats = sample_stats();
+        stats[STATS_LATENCY_KEY] = serde_json::to_value(latency.snapshot()).unwrap();
+        let text = render_prometheus(&MetricsInput {
+            stats: &stats,
+            generation: 1,
+            strategy: &StrategyConfig::default(),
+            latency: None,
+        });
+        assert!(
+            text.contains("numa_cache_request_duration_seconds_bucket{op=\"put\",le=\"0.005\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]
