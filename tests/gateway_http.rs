@@ -159,6 +159,14 @@ async fn posts_are_authorized_by_transport_and_polkit(s: &Served) {
         .await;
     r.expect_error(403, "not_authorized");
     assert_eq!(s.cache.strategy().strategy, Strategy::Interleave);
+
+    // Both applied changes, and only they, were handed on for the daemon to announce.
+    let changes = s.changes.lock().expect("lock").clone();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0].config.strategy, Strategy::RoundRobin);
+    assert_eq!(changes[0].workload_type, None);
+    assert_eq!(changes[1].config.strategy, Strategy::Interleave);
+    assert_eq!(changes[1].workload_type.as_deref(), Some("memory_intensive"));
 }
 
 async fn bad_requests_are_refused_before_the_engine(s: &Served) {

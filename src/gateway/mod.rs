@@ -76,6 +76,19 @@ pub struct GatewayState {
     generation: Arc<dyn Fn() -> u64 + Send + Sync>,
     latency: Arc<CacheLatency>,
     polkit: Arc<Polkit>,
+    on_change: Option<Arc<dyn Fn(StrategyChange) + Send + Sync>>,
+}
+
+/// What an authorized POST changed, for the daemon to announce the same way as a change made
+/// over D-Bus (StrategyChanged, PropertiesChanged), since the engine itself emits nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategyChange {
+    /// The strategy now active.
+    pub config: crate::placement::StrategyConfig,
+    /// What `Cache::set_strategy` returned (worker pools re-applied).
+    pub affected_processes: usize,
+    /// The workload type, when the change came from `POST /api/v1/numa/optimize`.
+    pub workload_type: Option<String>,
 }
 
 impl GatewayState {
@@ -92,7 +105,18 @@ impl GatewayState {
             generation: Arc::new(generation),
             latency,
             polkit: Arc::new(Polkit::new()),
+            on_change: None,
         }
+    }
+
+    /// Call `listener` after every strategy change made through the gateway. It runs on the
+    /// request's task, so it should only hand the change on (e.g. spawn the signal emission).
+    pub fn on_strategy_change(
+        mut self,
+        listener: impl Fn(StrategyChange) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_change = Some(Arc::new(listener));
+        self
     }
 
     /// Ask the polkit authority on the bus at `address` instead of the system bus

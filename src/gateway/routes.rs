@@ -5,7 +5,7 @@ use crate::gateway::authz::{Action, AuthzError, UnixProcess};
 use crate::gateway::errors::ApiError;
 use crate::gateway::metrics::{MetricsInput, render_prometheus};
 use crate::gateway::request::{HistoryQuery, OptimizeRequest, StrategyRequest, read_json};
-use crate::gateway::{GatewayState, Peer};
+use crate::gateway::{GatewayState, Peer, StrategyChange};
 use crate::placement::{MemoryPolicy, Strategy, StrategyConfig};
 use crate::topology::Topology;
 use axum::Json;
@@ -114,6 +114,7 @@ async fn set_strategy(
         cache.set_strategy(cfg).map(|n| (n, cfg))
     })
     .await??;
+    announce(&s, applied.1, applied.0, None);
     Ok(Json(applied_json("applied", applied.0, &applied.1, None)))
 }
 
@@ -130,12 +131,23 @@ async fn optimize(
     authorize(&s, creds, Action::Optimize).await?;
     let cache = s.cache.clone();
     let affected = blocking(move || cache.set_strategy(cfg)).await??;
+    announce(&s, cfg, affected, Some(workload));
     Ok(Json(applied_json(
         "optimized",
         affected,
         &cfg,
         Some(workload),
     )))
+}
+
+fn announce(s: &GatewayState, config: StrategyConfig, affected: usize, workload: Option<&str>) {
+    if let Some(listener) = &s.on_change {
+        listener(StrategyChange {
+            config,
+            affected_processes: affected,
+            workload_type: workload.map(str::to_string),
+        });
+    }
 }
 
 /// The seed's response to a strategy change, plus what was applied (the same fields as the

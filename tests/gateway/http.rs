@@ -2,13 +2,13 @@
 //! temporary unix socket and an ephemeral loopback port, and `curl` to talk to it.
 
 use numa_cache::gateway::metrics::CacheLatency;
-use numa_cache::gateway::{GatewayArgs, GatewayHandle, GatewayState};
+use numa_cache::gateway::{GatewayArgs, GatewayHandle, GatewayState, StrategyChange};
 use numa_cache::store::{Cache, CacheConfig};
 use numa_cache::topology::{NumaNode, Topology};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A running gateway and what it serves.
@@ -23,6 +23,8 @@ pub struct Served {
     pub socket: PathBuf,
     /// The cache directory (and the socket's).
     pub dir: tempfile::TempDir,
+    /// Every change the gateway announced, in order.
+    pub changes: Arc<Mutex<Vec<StrategyChange>>>,
     handle: Option<GatewayHandle>,
 }
 
@@ -63,7 +65,10 @@ pub async fn serve(polkit_bus: Option<&str>) -> Served {
     };
     let cache = Arc::new(Cache::open(config, Arc::new(one_node_topology())).expect("open cache"));
     let latency = Arc::new(CacheLatency::default());
-    let mut state = GatewayState::new(cache.clone(), || 7, latency.clone());
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let seen = changes.clone();
+    let mut state = GatewayState::new(cache.clone(), || 7, latency.clone())
+        .on_strategy_change(move |c| seen.lock().expect("lock").push(c));
     if let Some(address) = polkit_bus {
         state = state.with_polkit_bus(address);
     }
@@ -83,6 +88,7 @@ pub async fn serve(polkit_bus: Option<&str>) -> Served {
         base,
         socket,
         dir,
+        changes,
         handle: Some(handle),
     }
 }
