@@ -326,7 +326,8 @@ pub async fn serve(state: GatewayState, cfg: GatewayConfig) -> Result<(), Gatewa
         .await
 }
 
-/// A gateway running on its own task.
+/// A gateway running on its own task. Keep it for as long as the gateway should serve:
+/// dropping it stops the gateway like [`GatewayHandle::shutdown`], without waiting.
 pub struct GatewayHandle {
     tcp_addr: Option<SocketAddr>,
     socket_path: Option<PathBuf>,
