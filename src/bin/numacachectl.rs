@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use numa_cache::cli;
 
 #[derive(Parser)]
-#[command(name = "numacachectl", version, about = "Inspect and use the numa-cache service")]
+#[command(
+    name = "numacachectl",
+    version,
+    about = "Inspect and use the numa-cache service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

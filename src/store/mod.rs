@@ -1,2 +1,55 @@
-//! The cache engine: per-node shards, blob files, the SQLite index, the memory tier,
-//! eviction, snapshots and statistics.
+//! The cache engine: per-node shards (BTRFS subvolumes), self-describing zstd blob files, the
+//! SQLite index with group commit, a node-local memory tier, eviction, snapshots and
+//! statistics. Usable in-process; the daemon wraps it for D-Bus.
+//!
+//! ```no_run
+//! use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions};
+//! use numa_cache::topology::{NumaNode, Topology};
+//! use std::sync::Arc;
+//!
+//! # fn main() -> Result<(), numa_cache::store::StoreError> {
+//! // One node with every CPU; the daemon passes the detected topology instead.
+//! let cpus: Vec<u32> = (0..std::thread::available_parallelism().map_or(1, |n| n.get() as u32)).collect();
+//! let topology = Topology {
+//!     nodes: vec![NumaNode {
+//!         node_id: 0,
+//!         cpus: cpus.clone(),
+//!         allowed_cpus: cpus.clone(),
+//!         memory_total_bytes: 8 << 30,
+//!         memory_free_bytes: 4 << 30,
+//!         has_cpu: true,
+//!         has_memory: true,
+//!         allowed: true,
+//!         distances: [(0, 10)].into(),
+//!     }],
+//!     allowed_cpus: cpus,
+//!     allowed_nodes: vec![0],
+//!     numa_available: true,
+//!     warnings: vec![],
+//! };
+//! let config = CacheConfig { dir: "/tmp/numa-cache-example".into(), ..CacheConfig::default() };
+//! let cache = Cache::open(config, Arc::new(topology))?;
+//! let me = Caller::default();
+//! let node = cache.put("embeddings", "doc-1", b"\x00\x01\x02", &PutOptions::default(), &me)?;
+//! assert_eq!(cache.get("embeddings", "doc-1", &me)?, b"\x00\x01\x02");
+//! println!("stored on node {node}: {}", cache.stats_json());
+//! # Ok(()) }
+//! ```
+
+pub mod blob;
+mod commit;
+pub mod config;
+mod engine;
+mod entries;
+pub mod error;
+pub mod index;
+pub mod memtier;
+mod recovery;
+pub mod shard;
+pub mod snapshot;
+pub mod stats;
+
+pub use config::{CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace};
+pub use engine::Cache;
+pub use error::StoreError;
+pub use stats::{NodeStats, NumaBenefits, StatsTotals};

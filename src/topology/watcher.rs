@@ -1,2 +1,392 @@
 //! The hotplug watcher: uevents for cpu, memory and node changes, a periodic re-scan as a
-//! fallback, and a new topology generation published only when something changed.
+//! fallback (a container with its own network namespace gets no uevents), bursts debounced,
+//! and a new topology generation published to listeners only when something changed.
+
+use crate::policy::{self, UeventSocket};
+use crate::topology::Topology;
+use event_listener::{Event, EventListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Quiet time after a uevent before re-scanning: onlining a node's CPUs and memory is a
+/// burst of dozens of events, one re-scan covers them all.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+/// How long one wait on the socket (or the stop flag) lasts.
+const TICK: Duration = Duration::from_millis(100);
+
+struct Shared {
+    fs_root: PathBuf,
+    current: RwLock<Arc<Topology>>,
+    generation: AtomicU64,
+    uevents_seen: AtomicU64,
+    changed: Event,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Topology> {
+        match self.current.read() {
+            Ok(t) => Arc::clone(&t),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Re-read the topology; publish a new generation when it differs. True if it did.
+    fn rescan(&self) -> bool {
+        let fresh = scan(&self.fs_root);
+        // MemFree moves all the time: it is not a topology change.
+        let same = {
+            let cur = self.current();
+            strip_volatile(&cur) == strip_volatile(&fresh)
+        };
+        if same {
+            return false;
+        }
+        match self.current.write() {
+            Ok(mut t) => *t = Arc::new(fresh),
+            Err(p) => *p.into_inner() = Arc::new(fresh),
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!("NUMA topology changed: generation {generation}");
+        self.changed.notify(usize::MAX);
+        true
+    }
+}
+
+fn strip_volatile(t: &Topology) -> Topology {
+    let mut t = t.clone();
+    for n in &mut t.nodes {
+        n.memory_free_bytes = 0;
+    }
+    t
+}
+
+/// Watches the machine's NUMA topology and publishes each change as a new generation.
+///
+/// Dropping it stops its thread.
+pub struct TopologyWatcher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    uevents: bool,
+}
+
+impl TopologyWatcher {
+    /// Read the topology under `fs_root` now (generation 1) and watch it: uevents when
+    /// `fs_root` is `/` and the kernel delivers them here, plus a re-scan every
+    /// `rescan_interval` in any case.
+    pub fn start(fs_root: impl Into<PathBuf>, rescan_interval: Duration) -> TopologyWatcher {
+        let fs_root = fs_root.into();
+        let first = scan(&fs_root);
+        let socket = if fs_root == Path::new("/") {
+            match UeventSocket::open() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::info!(
+                        "no hotplug notifications ({e}); re-scanning the topology every {rescan_interval:?}"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let uevents = socket.is_some();
+        let shared = Arc::new(Shared {
+            fs_root,
+            current: RwLock::new(Arc::new(first)),
+            generation: AtomicU64::new(1),
+            uevents_seen: AtomicU64::new(0),
+            changed: Event::new(),
+            stop: AtomicBool::new(false),
+        });
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("topology-watch".into())
+            .spawn(move || watch(&worker, socket, rescan_interval.max(TICK)))
+            .map_err(|e| tracing::error!("cannot start the topology watcher thread: {e}"))
+            .ok();
+        TopologyWatcher {
+            shared,
+            thread,
+            uevents,
+        }
+    }
+
+    /// The topology as of the latest generation.
+    pub fn current(&self) -> Arc<Topology> {
+        self.shared.current()
+    }
+
+    /// The generation: 1 at start, bumped once per change.
+    pub fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// A listener notified at the next new generation. Take it before reading
+    /// `generation()` so no change can slip between the two.
+    pub fn listen(&self) -> EventListener {
+        self.shared.changed.listen()
+    }
+
+    /// Re-scan now (D-Bus `Refresh()`); true when a new generation was published.
+    pub fn refresh(&self) -> bool {
+        self.shared.rescan()
+    }
+
+    /// True when hotplug uevents are being received (else only the periodic re-scan runs).
+    pub fn uevents_enabled(&self) -> bool {
+        self.uevents
+    }
+
+    /// How many relevant (cpu, memory, node) uevents arrived so far.
+    pub fn uevents_seen(&self) -> u64 {
+        self.shared.uevents_seen.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TopologyWatcher {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(shared: &Shared, socket: Option<UeventSocket>, rescan_interval: Duration) {
+    let mut next_rescan = Instant::now() + rescan_interval;
+    let mut pending: Option<Instant> = None;
+    while !shared.stop.load(Ordering::Acquire) {
+        match &socket {
+            Some(s) => match s.recv_timeout(TICK) {
+                Ok(Some(ev)) if matches!(ev.subsystem.as_str(), "cpu" | "memory" | "node") => {
+                    shared.uevents_seen.fetch_add(1, Ordering::Relaxed);
+                    pending = Some(Instant::now() + DEBOUNCE);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("hotplug notifications failed ({e}); re-scanning instead");
+                    std::thread::sleep(TICK);
+                }
+            },
+            None => std::thread::sleep(TICK),
+        }
+        let now = Instant::now();
+        if pending.is_some_and(|at| now >= at) || now >= next_rescan {
+            pending = None;
+            next_rescan = now + rescan_interval;
+            shared.rescan();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A minimal sysfs reader: a stand-in until `topology::detect` (the topology engineer's
+// reader) lands in main; then `scan` becomes a call to it.
+
+fn parse_list(s: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
+                    out.extend(a..=b.min(a.saturating_add(1 << 20)));
+                }
+            }
+            None => {
+                if let Ok(v) = part.trim().parse() {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn meminfo_kb(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find(|l| l.contains(key))
+        .and_then(|l| l.split_whitespace().rev().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Read the topology under `fs_root`. The live machine (`/`) also applies this process's
+/// affinity and cpuset mems; a captured tree allows everything in it.
+pub(crate) fn scan(fs_root: &Path) -> Topology {
+    use crate::topology::NumaNode;
+    let live = fs_root == Path::new("/");
+    let node_dir = fs_root.join("sys/devices/system/node");
+    let mut ids: Vec<u32> = std::fs::read_dir(&node_dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("node")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    let affinity = if live {
+        policy::get_affinity(0).ok()
+    } else {
+        None
+    };
+    let mems = if live {
+        policy::mems_allowed().ok()
+    } else {
+        None
+    };
+    let mut warnings = Vec::new();
+    let numa_available = !ids.is_empty();
+    if ids.is_empty() {
+        warnings.push(format!(
+            "{} is missing: one node assumed",
+            node_dir.display()
+        ));
+        ids.push(0);
+    }
+    let mut nodes = Vec::new();
+    for &id in &ids {
+        let dir = node_dir.join(format!("node{id}"));
+        let cpus = if numa_available {
+            parse_list(&std::fs::read_to_string(dir.join("cpulist")).unwrap_or_default())
+        } else {
+            parse_list(
+                &std::fs::read_to_string(fs_root.join("sys/devices/system/cpu/online"))
+                    .unwrap_or_default(),
+            )
+        };
+        let meminfo = if numa_available {
+            std::fs::read_to_string(dir.join("meminfo")).unwrap_or_default()
+        } else {
+            std::fs::read_to_string(fs_root.join("proc/meminfo")).unwrap_or_default()
+        };
+        let total = meminfo_kb(&meminfo, "MemTotal:") * 1024;
+        let free = meminfo_kb(&meminfo, "MemFree:") * 1024;
+        let row: Vec<u32> = std::fs::read_to_string(dir.join("distance"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|d| d.parse().ok())
+            .collect();
+        let distances = ids.iter().copied().zip(row).collect();
+        let allowed_cpus = match &affinity {
+            Some(a) => cpus.iter().copied().filter(|c| a.contains(c)).collect(),
+            None => cpus.clone(),
+        };
+        let allowed = mems.as_ref().is_none_or(|m| m.contains(&id));
+        nodes.push(NumaNode {
+            node_id: id,
+            has_cpu: !cpus.is_empty(),
+            cpus,
+            allowed_cpus,
+            memory_total_bytes: total,
+            memory_free_bytes: free,
+            has_memory: total > 0,
+            allowed,
+            distances,
+        });
+    }
+    let mut allowed_cpus: Vec<u32> = nodes
+        .iter()
+        .flat_map(|n| n.allowed_cpus.iter().copied())
+        .collect();
+    allowed_cpus.sort_unstable();
+    let allowed_nodes = nodes
+        .iter()
+        .filter(|n| n.allowed)
+        .map(|n| n.node_id)
+        .collect();
+    Topology {
+        nodes,
+        allowed_cpus,
+        allowed_nodes,
+        numa_available,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_listener::Listener;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn two_nodes(root: &Path, node1_cpus: &str) {
+        for (n, cpus) in [(0, "0-1"), (1, node1_cpus)] {
+            let d = format!("sys/devices/system/node/node{n}");
+            write(root, &format!("{d}/cpulist"), &format!("{cpus}\n"));
+            write(
+                root,
+                &format!("{d}/meminfo"),
+                &format!(
+                    "Node {n} MemTotal: 1048576 kB\nNode {n} MemFree: {} kB\n",
+                    1000 + n
+                ),
+            );
+            write(
+                root,
+                &format!("{d}/distance"),
+                if n == 0 { "10 21\n" } else { "21 10\n" },
+            );
+        }
+    }
+
+    #[test]
+    fn a_cpu_going_offline_is_a_new_generation_and_memfree_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        two_nodes(dir.path(), "2-3");
+        let w = TopologyWatcher::start(dir.path(), Duration::from_millis(100));
+        assert_eq!(w.generation(), 1);
+        let t = w.current();
+        assert_eq!(t.nodes.len(), 2);
+        assert_eq!(t.nodes[1].cpus, vec![2, 3]);
+        assert_eq!(t.nodes[1].distances.get(&0), Some(&21));
+
+        // MemFree changes only: no new generation.
+        write(
+            dir.path(),
+            "sys/devices/system/node/node1/meminfo",
+            "Node 1 MemTotal: 1048576 kB\nNode 1 MemFree: 5 kB\n",
+        );
+        assert!(!w.refresh());
+        assert_eq!(w.generation(), 1);
+
+        let listener = w.listen();
+        two_nodes(dir.path(), "2");
+        assert!(
+            listener.wait_timeout(Duration::from_secs(5)).is_some(),
+            "the re-scan published no generation"
+        );
+        assert_eq!(w.generation(), 2);
+        assert_eq!(w.current().nodes[1].cpus, vec![2]);
+    }
+
+    #[test]
+    fn the_live_machine_scans_with_allowed_sets() {
+        let t = scan(Path::new("/"));
+        assert!(!t.nodes.is_empty());
+        assert!(!t.allowed_cpus.is_empty());
+        let (cpu, _) = policy::getcpu().unwrap();
+        assert!(t.allowed_cpus.contains(&cpu));
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_list("0-2,5,7-8\n"), vec![0, 1, 2, 5, 7, 8]);
+        assert_eq!(parse_list("\n"), Vec::<u32>::new());
+    }
+}

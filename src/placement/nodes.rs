@@ -1,0 +1,61 @@
+//! Questions about a topology that placement asks: which nodes can hold memory, which can run
+//! workers, the node of a CPU, and the nearest node of a set by SLIT distance.
+
+use crate::topology::{NumaNode, Topology};
+
+/// Allowed nodes with memory, ascending: where entries and bound pages may go.
+pub(crate) fn memory_nodes(t: &Topology) -> Vec<u32> {
+    t.nodes
+        .iter()
+        .filter(|n| n.has_memory && is_allowed(t, n))
+        .map(|n| n.node_id)
+        .collect()
+}
+
+/// Nodes with at least one allowed CPU, ascending: the nodes that get a worker pool.
+pub(crate) fn cpu_nodes(t: &Topology) -> Vec<u32> {
+    t.nodes
+        .iter()
+        .filter(|n| !n.allowed_cpus.is_empty())
+        .map(|n| n.node_id)
+        .collect()
+}
+
+fn is_allowed(t: &Topology, n: &NumaNode) -> bool {
+    n.allowed || t.allowed_nodes.contains(&n.node_id)
+}
+
+/// The node `node_id`, if the topology has it.
+pub(crate) fn node(t: &Topology, node_id: u32) -> Option<&NumaNode> {
+    t.nodes.iter().find(|n| n.node_id == node_id)
+}
+
+/// The node whose CPU list holds `cpu`.
+pub(crate) fn node_of_cpu(t: &Topology, cpu: u32) -> Option<u32> {
+    t.nodes
+        .iter()
+        .find(|n| n.cpus.contains(&cpu) || n.allowed_cpus.contains(&cpu))
+        .map(|n| n.node_id)
+}
+
+/// Of `candidates`, the one nearest to `from` by SLIT distance (itself when it is one; ties
+/// and missing distances go to the lowest id).
+pub(crate) fn nearest(t: &Topology, from: u32, candidates: &[u32]) -> Option<u32> {
+    if candidates.contains(&from) {
+        return Some(from);
+    }
+    let row = node(t, from).map(|n| &n.distances);
+    candidates.iter().copied().min_by_key(|c| {
+        let d = row.and_then(|r| r.get(c).copied()).unwrap_or(u32::MAX);
+        (d, *c)
+    })
+}
+
+/// The CPUs every worker may use when nothing is pinned: the topology's allowed CPUs, or
+/// this process's affinity when the topology has none.
+pub(crate) fn all_allowed_cpus(t: &Topology) -> Vec<u32> {
+    if !t.allowed_cpus.is_empty() {
+        return t.allowed_cpus.clone();
+    }
+    crate::policy::get_affinity(0).unwrap_or_default()
+}

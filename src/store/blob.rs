@@ -1,0 +1,289 @@
+//! The blob file format: a self-describing header (so the index can be rebuilt from the files
+//! alone) followed by a zstd frame, or the raw bytes when compression does not pay.
+//!
+//! Layout, little endian: magic `NCB1`, version u16, flags u16, id u64, logical length u64,
+//! payload length u64, xxh3-64 of the logical bytes u64, created u64, expires u64 (0: never),
+//! namespace length u16, key length u16, reserved u32, namespace, key, xxh3-64 of everything
+//! before it (the header checksum), then the payload.
+
+use std::cell::RefCell;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// File magic.
+pub const MAGIC: &[u8; 4] = b"NCB1";
+/// Format version written by this build.
+pub const VERSION: u16 = 1;
+/// Flag: the payload is a zstd frame.
+pub const FLAG_ZSTD: u16 = 1;
+/// Size of the fixed part of the header.
+pub const FIXED_LEN: usize = 64;
+/// Largest header: fixed part, longest namespace and key, header checksum.
+pub const MAX_HEADER_LEN: usize = FIXED_LEN + 64 + 1024 + 8;
+/// Values whose compressed form saves less than this share are stored raw.
+const MIN_SAVING: f64 = 0.10;
+/// Values above this size are sampled before a full compression attempt.
+const SAMPLE_ABOVE: usize = 128 << 10;
+const SAMPLE_LEN: usize = 64 << 10;
+
+/// What a blob header says about its entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Entry id (also the file name).
+    pub id: u64,
+    /// FLAG_* bits.
+    pub flags: u16,
+    /// Logical (uncompressed) length.
+    pub logical_len: u64,
+    /// Payload length on disk.
+    pub payload_len: u64,
+    /// xxh3-64 of the logical bytes.
+    pub checksum: u64,
+    /// Creation time, unix seconds.
+    pub created: u64,
+    /// Expiry, unix seconds (0: never).
+    pub expires: u64,
+    /// Namespace.
+    pub namespace: String,
+    /// Key.
+    pub key: String,
+    /// Bytes of the header, checksum included.
+    pub header_len: usize,
+}
+
+impl Header {
+    /// Size of the whole file.
+    pub fn stored_len(&self) -> u64 {
+        self.header_len as u64 + self.payload_len
+    }
+}
+
+/// Why a blob could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// Structure is wrong (magic, version, lengths, header checksum).
+    #[error("bad blob header: {0}")]
+    Header(String),
+    /// The payload did not decode to the logical bytes the header promises.
+    #[error("blob payload does not match its checksum: {0}")]
+    Payload(String),
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress(level: i32, data: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = zstd::bulk::Compressor::new(level).ok().map(|z| (level, z));
+        }
+        let (_, z) = c.as_mut()?;
+        z.compress(data).ok()
+    })
+}
+
+fn pays(raw: usize, compressed: usize) -> bool {
+    (compressed as f64) < raw as f64 * (1.0 - MIN_SAVING)
+}
+
+/// Encode a whole blob file: header then payload (compressed when it saves ≥ 10%).
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    id: u64,
+    namespace: &str,
+    key: &str,
+    value: &[u8],
+    level: i32,
+    created: u64,
+    expires: u64,
+) -> Vec<u8> {
+    let checksum = xxh3_64(value);
+    let sampled_ok = value.len() <= SAMPLE_ABOVE
+        || compress(level, &value[..SAMPLE_LEN])
+            .map(|c| pays(SAMPLE_LEN, c.len()))
+            .unwrap_or(false);
+    let compressed = if value.len() >= 64 && sampled_ok {
+        compress(level, value).filter(|c| pays(value.len(), c.len()))
+    } else {
+        None
+    };
+    let (flags, payload): (u16, &[u8]) = match &compressed {
+        Some(c) => (FLAG_ZSTD, c),
+        None => (0, value),
+    };
+    let header_len = FIXED_LEN + namespace.len() + key.len() + 8;
+    let mut out = Vec::with_capacity(header_len + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
+    for v in [
+        id,
+        value.len() as u64,
+        payload.len() as u64,
+        checksum,
+        created,
+        expires,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&(namespace.len() as u16).to_le_bytes());
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(namespace.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    let hh = xxh3_64(&out);
+    out.extend_from_slice(&hh.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Parse and check the header at the start of `b` (which may hold just the header).
+pub fn parse_header(b: &[u8]) -> Result<Header, BlobError> {
+    if b.len() < FIXED_LEN + 8 {
+        return Err(BlobError::Header(format!(
+            "file is {} bytes, shorter than a header",
+            b.len()
+        )));
+    }
+    if &b[0..4] != MAGIC {
+        return Err(BlobError::Header("wrong magic".into()));
+    }
+    let version = u16_at(b, 4);
+    if version != VERSION {
+        return Err(BlobError::Header(format!(
+            "format version {version}, this build reads {VERSION}"
+        )));
+    }
+    let ns_len = u16_at(b, 56) as usize;
+    let key_len = u16_at(b, 58) as usize;
+    let header_len = FIXED_LEN + ns_len + key_len + 8;
+    if ns_len > 64 || key_len > 1024 || b.len() < header_len {
+        return Err(BlobError::Header(
+            "namespace or key length out of range".into(),
+        ));
+    }
+    let body = FIXED_LEN + ns_len + key_len;
+    if xxh3_64(&b[..body]) != u64_at(b, body) {
+        return Err(BlobError::Header("header checksum mismatch".into()));
+    }
+    let namespace = std::str::from_utf8(&b[FIXED_LEN..FIXED_LEN + ns_len])
+        .map_err(|_| BlobError::Header("namespace is not UTF-8".into()))?
+        .to_string();
+    let key = std::str::from_utf8(&b[FIXED_LEN + ns_len..body])
+        .map_err(|_| BlobError::Header("key is not UTF-8".into()))?
+        .to_string();
+    Ok(Header {
+        flags: u16_at(b, 6),
+        id: u64_at(b, 8),
+        logical_len: u64_at(b, 16),
+        payload_len: u64_at(b, 24),
+        checksum: u64_at(b, 32),
+        created: u64_at(b, 40),
+        expires: u64_at(b, 48),
+        namespace,
+        key,
+        header_len,
+    })
+}
+
+/// Decode the payload that follows `h` in `file` and verify it against the header checksum.
+pub fn decode_payload(h: &Header, file: &[u8]) -> Result<Vec<u8>, BlobError> {
+    let payload = file
+        .get(h.header_len..)
+        .filter(|p| p.len() as u64 == h.payload_len)
+        .ok_or_else(|| {
+            BlobError::Payload(format!(
+                "file holds {} payload bytes, header says {}",
+                file.len().saturating_sub(h.header_len),
+                h.payload_len
+            ))
+        })?;
+    let value = if h.flags & FLAG_ZSTD != 0 {
+        DECOMPRESSOR.with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = zstd::bulk::Decompressor::new().ok();
+            }
+            let d = d
+                .as_mut()
+                .ok_or_else(|| BlobError::Payload("no zstd decompression context".into()))?;
+            let mut out = Vec::with_capacity(h.logical_len as usize);
+            d.decompress_to_buffer(payload, &mut out)
+                .map_err(|e| BlobError::Payload(format!("zstd: {e}")))?;
+            Ok::<_, BlobError>(out)
+        })?
+    } else {
+        payload.to_vec()
+    };
+    if value.len() as u64 != h.logical_len || xxh3_64(&value) != h.checksum {
+        return Err(BlobError::Payload(
+            "xxh3 of the decoded bytes differs from the header".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// Decode a whole file, checking it belongs to `id` and has `checksum`.
+pub fn decode(file: &[u8], id: u64, checksum: u64) -> Result<Vec<u8>, BlobError> {
+    let h = parse_header(file)?;
+    if h.id != id || h.checksum != checksum {
+        return Err(BlobError::Header(format!(
+            "file is entry {} with checksum {:016x}, the index expects entry {id} with {checksum:016x}",
+            h.id, h.checksum
+        )));
+    }
+    decode_payload(&h, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_compressed_and_raw() {
+        let text = b"hello world ".repeat(500);
+        let f = encode(7, "ns", "k", &text, 3, 10, 0);
+        let h = parse_header(&f).unwrap();
+        assert_eq!(h.flags, FLAG_ZSTD);
+        assert!(f.len() < text.len() / 4);
+        assert_eq!(decode(&f, 7, h.checksum).unwrap(), text);
+
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..5000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        let f = encode(8, "ns", "k2", &noise, 3, 10, 99);
+        let h = parse_header(&f).unwrap();
+        assert_eq!((h.flags, h.expires, h.key.as_str()), (0, 99, "k2"));
+        assert_eq!(decode(&f, 8, h.checksum).unwrap(), noise);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let text = b"some text to compress ".repeat(40);
+        let f = encode(1, "ns", "key", &text, 3, 1, 0);
+        let sum = parse_header(&f).unwrap().checksum;
+        for i in 0..f.len() {
+            let mut g = f.clone();
+            g[i] ^= 0x20;
+            assert!(decode(&g, 1, sum).is_err(), "flip at {i} went unnoticed");
+        }
+    }
+}
