@@ -8,8 +8,8 @@ mod support;
 
 use gateway::http::{Served, serve};
 use gateway::polkit::{GRANTED_USER, PolkitBus, TestUser};
-use numa_cache::placement::{MemoryPolicy, Strategy};
-use numa_cache::store::{Caller, PutOptions};
+use numa_cache::placement::{MemoryPolicy, Strategy, WorkloadType};
+use numa_cache::store::Caller;
 use serde_json::json;
 
 const STRATEGY: &str = "/api/v1/numa/strategy";
@@ -34,10 +34,7 @@ async fn seed_endpoints_authorization_and_errors_over_curl() {
     let served = serve(Some(&bus.address)).await;
     let me = Caller::default();
     for key in ["a", "b"] {
-        served
-            .cache
-            .put("gw", key, &[7u8; 3000], &PutOptions::default(), &me)
-            .expect("put");
+        served.put("gw", key, &[7u8; 3000]);
     }
     assert_eq!(served.cache.get("gw", "a", &me).expect("get").len(), 3000);
     served.cache.record_stats().expect("record a stats row");
@@ -54,20 +51,32 @@ async fn reads_return_the_seed_fields(s: &Served) {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.content_type.starts_with("application/json"), "{r:?}");
     let t = r.json();
+    // The cache's own topology (detected on this machine) in the seed's shape.
+    let topo = s.cache.topology();
+    let first = &topo.nodes[0];
     let node = &t["nodes"][0];
-    assert_eq!(node["node_id"], 0);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(node["cpu_count"], cpus);
-    assert_eq!(node["cpu_list"].as_array().map(Vec::len), Some(cpus));
-    assert_eq!(node["memory_mb"], 8192);
-    assert_eq!(node["distances"], json!({"0": 10}));
-    assert_eq!(t["total_memory_mb"], 8192);
+    assert_eq!(node["node_id"], first.node_id, "{t}");
+    assert_eq!(node["cpu_count"], first.cpus.len(), "{t}");
+    assert_eq!(node["cpu_list"], json!(first.cpus), "{t}");
+    assert_eq!(node["memory_mb"], first.memory_total_bytes >> 20, "{t}");
+    let self_distance = node["distances"][first.node_id.to_string()].as_u64();
+    assert_eq!(
+        self_distance,
+        first.distances.get(&first.node_id).map(|d| u64::from(*d)),
+        "{t}"
+    );
+    assert_eq!(
+        t["nodes"].as_array().map(Vec::len),
+        Some(topo.nodes.len()),
+        "{t}"
+    );
+    assert_eq!(t["total_memory_mb"], topo.total_memory_bytes() >> 20, "{t}");
     assert!(t["optimal_strategy"].is_string(), "{t}");
 
     let r = s.get("/api/v1/numa/cache/stats").await;
     assert_eq!(r.status, 200, "{r:?}");
     let st = r.json();
-    let n0 = &st["node_distribution"]["0"];
+    let n0 = &st["node_distribution"][&s.home().to_string()];
     assert_eq!(n0["cache_entries"], 2, "{st}");
     assert!(n0["memory_usage_mb"].is_u64(), "{st}");
     assert_eq!(n0["hit_rate"], 1.0, "one get, one hit: {st}");
@@ -83,8 +92,10 @@ async fn reads_return_the_seed_fields(s: &Served) {
     let r = s.get("/api/v1/numa/cache/history?since=0").await;
     assert_eq!(r.status, 200, "{r:?}");
     let rows = r.json();
-    let row = &rows[0];
-    assert_eq!(row["node_id"], 0, "{rows}");
+    let row = rows
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["node_id"] == s.home()))
+        .unwrap_or_else(|| panic!("no row for node {}: {rows}", s.home()));
     assert_eq!(row["cache_entries"], 2, "{rows}");
     for field in ["timestamp", "memory_usage_mb", "hit_rate"] {
         assert!(!row[field].is_null(), "{field} missing: {rows}");
@@ -96,7 +107,8 @@ async fn reads_return_the_seed_fields(s: &Served) {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.content_type.starts_with("text/plain"), "{r:?}");
     assert!(
-        r.body.contains("numa_cache_entries{node=\"0\"} 2"),
+        r.body
+            .contains(&format!("numa_cache_entries{{node=\"{}\"}} 2", s.home())),
         "{}",
         r.body
     );
@@ -166,7 +178,10 @@ async fn posts_are_authorized_by_transport_and_polkit(s: &Served) {
     assert_eq!(changes[0].config.strategy, Strategy::RoundRobin);
     assert_eq!(changes[0].workload_type, None);
     assert_eq!(changes[1].config.strategy, Strategy::Interleave);
-    assert_eq!(changes[1].workload_type.as_deref(), Some("memory_intensive"));
+    assert_eq!(
+        changes[1].workload_type,
+        Some(WorkloadType::MemoryIntensive)
+    );
 }
 
 async fn bad_requests_are_refused_before_the_engine(s: &Served) {
@@ -204,6 +219,18 @@ async fn bad_requests_are_refused_before_the_engine(s: &Served) {
     )
     .await
     .expect_error(400, "invalid_argument");
+    let msg = s
+        .post_json(
+            None,
+            OPTIMIZE,
+            r#"{"workload_type":"balanced","target_node":9}"#,
+        )
+        .await
+        .expect_error(400, "invalid_node");
+    assert!(msg.contains("node 9"), "{msg}");
+    s.post_json(None, OPTIMIZE, r#"{"workload_type":"gaming"}"#)
+        .await
+        .expect_error(400, "unknown_workload_type");
     s.post_socket(
         None,
         STRATEGY,

@@ -6,25 +6,21 @@ mod gateway;
 mod support;
 
 use gateway::http::serve;
-use numa_cache::store::{Caller, PutOptions};
+use numa_cache::store::Caller;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_carry_the_engine_figures() {
-    if !(support::require_tool("curl", "curl") && support::require_tool("promtool", "prometheus"))
-    {
+    if !(support::require_tool("curl", "curl") && support::require_tool("promtool", "prometheus")) {
         return;
     }
     let served = serve(None).await;
     let me = Caller::default();
     for i in 0..3 {
         let started = Instant::now();
-        served
-            .cache
-            .put("metrics", &format!("k{i}"), b"value", &PutOptions::default(), &me)
-            .expect("put");
+        served.put("metrics", &format!("k{i}"), b"value");
         served.latency.put.observe(started.elapsed());
     }
     let started = Instant::now();
@@ -36,30 +32,46 @@ async fn metrics_pass_promtool_and_carry_the_engine_figures() {
     let r = served.get("/metrics").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let home = served.home();
     for line in [
-        "numa_cache_entries{node=\"0\"} 3",
-        "numa_cache_hits_total{node=\"0\"} 1",
-        "numa_cache_misses_total{node=\"0\"} 1",
-        "numa_cache_hit_ratio{node=\"0\"} 0.5",
-        "numa_cache_total_evictions_total 0",
-        "numa_cache_topology_generation 7",
-        "numa_cache_request_duration_seconds_count{op=\"put\"} 3",
-        "numa_cache_request_duration_seconds_count{op=\"get\"} 2",
+        format!("numa_cache_entries{{node=\"{home}\"}} 3"),
+        format!("numa_cache_hits_total{{node=\"{home}\"}} 1"),
+        format!("numa_cache_logical_bytes{{node=\"{home}\"}} 15"),
+        "numa_cache_total_evictions_total 0".into(),
+        "numa_cache_topology_generation 7".into(),
+        "numa_cache_request_duration_seconds_count{op=\"put\"} 3".into(),
+        "numa_cache_request_duration_seconds_count{op=\"get\"} 2".into(),
         // The 3 s get is above every bound: only +Inf counts it.
-        "numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"2.5\"} 1",
-        "numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"+Inf\"} 2",
+        "numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"2.5\"} 1".into(),
+        "numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"+Inf\"} 2".into(),
     ] {
-        assert!(r.body.lines().any(|l| l == line), "{line:?} missing:\n{}", r.body);
+        assert!(
+            r.body.lines().any(|l| l == line),
+            "{line:?} missing:\n{}",
+            r.body
+        );
+    }
+    // The miss is counted on whichever node served the caller.
+    let misses: f64 = r
+        .body
+        .lines()
+        .filter(|l| l.starts_with("numa_cache_misses_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(misses, 1.0, "{}", r.body);
+    for family in [
+        "numa_cache_strategy_info{strategy=\"local_node\"",
+        "numa_cache_memory_tier_bytes{node=",
+        "numa_cache_stored_bytes{node=",
+        "numa_cache_hit_ratio{node=",
+    ] {
+        assert!(r.body.contains(family), "{family} missing:\n{}", r.body);
     }
     assert!(
-        r.body.contains("numa_cache_strategy_info{strategy=\"local_node\""),
+        r.body.contains("numa_cache_total_local_hit_ratio"),
         "{}",
         r.body
     );
-    assert!(r.body.contains("numa_cache_memory_tier_bytes{node=\"0\"}"), "{}", r.body);
-    assert!(r.body.contains("numa_cache_stored_bytes{node=\"0\"}"), "{}", r.body);
-    assert!(r.body.contains("numa_cache_logical_bytes{node=\"0\"} 15"), "{}", r.body);
-    assert!(r.body.contains("numa_cache_total_local_hit_ratio"), "{}", r.body);
 
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

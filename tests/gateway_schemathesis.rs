@@ -35,7 +35,10 @@ fn schemathesis(base: &str, workdir: &Path) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "schemathesis against {base} failed:\n{text}");
+    assert!(
+        out.status.success(),
+        "schemathesis against {base} failed:\n{text}"
+    );
     // The summary (operations, test cases, checks passed) stays in the test log.
     let lines: Vec<&str> = text.lines().collect();
     eprintln!("{}", lines[lines.len().saturating_sub(25)..].join("\n"));
@@ -44,10 +47,7 @@ fn schemathesis(base: &str, workdir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     if !(support::require_root()
-        && support::require_tool(
-            "schemathesis",
-            "python3-pip && pip install schemathesis",
-        )
+        && support::require_tool("schemathesis", "python3-pip && pip install schemathesis")
         && support::require_tool("socat", "socat")
         && support::require_tool("dbus-daemon", "dbus-daemon")
         && support::require_tool("/usr/lib/polkit-1/polkitd", "polkitd")

@@ -88,7 +88,7 @@ pub struct StrategyChange {
     /// What `Cache::set_strategy` returned (worker pools re-applied).
     pub affected_processes: usize,
     /// The workload type, when the change came from `POST /api/v1/numa/optimize`.
-    pub workload_type: Option<String>,
+    pub workload_type: Option<crate::placement::WorkloadType>,
 }
 
 impl GatewayState {

@@ -2,7 +2,7 @@
 //! POST endpoints, checked here so that a malformed or oversized body never reaches the engine.
 
 use crate::gateway::errors::ApiError;
-use crate::placement::{MemoryPolicy, Strategy};
+use crate::placement::{MemoryPolicy, Strategy, WorkloadType};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -48,14 +48,6 @@ pub struct HistoryQuery {
     pub until: Option<u64>,
 }
 
-/// The workload types `optimize` knows.
-pub const WORKLOAD_TYPES: [&str; 4] = [
-    "cpu_intensive",
-    "memory_intensive",
-    "io_intensive",
-    "balanced",
-];
-
 impl StrategyRequest {
     /// The strategy and node preference, or a 400 naming the bad value and the allowed ones.
     pub fn validate(&self) -> Result<(Strategy, Option<u32>), ApiError> {
@@ -70,20 +62,11 @@ impl StrategyRequest {
 
 impl OptimizeRequest {
     /// The workload type, target node and memory policy, or a 400 naming the bad value.
-    pub fn validate(&self) -> Result<(&str, Option<u32>, Option<MemoryPolicy>), ApiError> {
-        let workload = WORKLOAD_TYPES
-            .iter()
-            .find(|w| **w == self.workload_type)
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "unknown_workload_type",
-                    format!(
-                        "unknown workload_type {:?}: allowed values are {}",
-                        self.workload_type,
-                        WORKLOAD_TYPES.join(", ")
-                    ),
-                )
-            })?;
+    pub fn validate(&self) -> Result<(WorkloadType, Option<u32>, Option<MemoryPolicy>), ApiError> {
+        let workload = self
+            .workload_type
+            .parse::<WorkloadType>()
+            .map_err(|e| ApiError::bad_request("unknown_workload_type", e.to_string()))?;
         let node = node_argument("target_node", self.target_node)?;
         let policy = self
             .memory_policy
@@ -302,7 +285,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             r.validate().unwrap(),
-            ("cpu_intensive", Some(0), Some(MemoryPolicy::Bind))
+            (
+                WorkloadType::CpuIntensive,
+                Some(0),
+                Some(MemoryPolicy::Bind)
+            )
         );
         let r: OptimizeRequest =
             parse_json(&json_headers(), br#"{"workload_type":"gaming"}"#).unwrap();

@@ -6,8 +6,7 @@ use crate::gateway::errors::ApiError;
 use crate::gateway::metrics::{MetricsInput, render_prometheus};
 use crate::gateway::request::{HistoryQuery, OptimizeRequest, StrategyRequest, read_json};
 use crate::gateway::{GatewayState, Peer, StrategyChange};
-use crate::placement::{MemoryPolicy, Strategy, StrategyConfig};
-use crate::topology::Topology;
+use crate::placement::{self, StrategyConfig, WorkloadType};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -44,8 +43,7 @@ async fn blocking<T: Send + 'static>(
 
 async fn topology(State(s): State<GatewayState>) -> Result<Json<Value>, ApiError> {
     let cache = s.cache.clone();
-    let topo = blocking(move || cache.topology()).await?;
-    Ok(Json(topology_json(&topo)))
+    Ok(Json(blocking(move || cache.topology().to_json()).await?))
 }
 
 async fn stats(State(s): State<GatewayState>) -> Result<Json<Value>, ApiError> {
@@ -127,7 +125,9 @@ async fn optimize(
     let creds = socket_peer(peer)?;
     let req: OptimizeRequest = read_json(&headers, body).await?;
     let (workload, target_node, memory_policy) = req.validate()?;
-    let cfg = workload_config(workload, target_node, memory_policy);
+    // The same plan as D-Bus Optimize; a target node this machine cannot use is a 400.
+    let cfg = placement::optimize_plan(workload, target_node, memory_policy, &s.cache.topology())
+        .map_err(|e| ApiError::bad_request("invalid_node", e.to_string()))?;
     authorize(&s, creds, Action::Optimize).await?;
     let cache = s.cache.clone();
     let affected = blocking(move || cache.set_strategy(cfg)).await??;
@@ -140,12 +140,17 @@ async fn optimize(
     )))
 }
 
-fn announce(s: &GatewayState, config: StrategyConfig, affected: usize, workload: Option<&str>) {
+fn announce(
+    s: &GatewayState,
+    config: StrategyConfig,
+    affected: usize,
+    workload: Option<WorkloadType>,
+) {
     if let Some(listener) = &s.on_change {
         listener(StrategyChange {
             config,
             affected_processes: affected,
-            workload_type: workload.map(str::to_string),
+            workload_type: workload,
         });
     }
 }
@@ -156,7 +161,7 @@ fn applied_json(
     status: &str,
     affected: usize,
     cfg: &StrategyConfig,
-    workload: Option<&str>,
+    workload: Option<WorkloadType>,
 ) -> Value {
     let mut v = json!({
         "status": status,
@@ -166,30 +171,9 @@ fn applied_json(
         "memory_policy": cfg.memory_policy.as_str(),
     });
     if let Some(w) = workload {
-        v["workload_type"] = json!(w);
+        v["workload_type"] = json!(w.as_str());
     }
     v
-}
-
-/// The strategy a workload type asks for: compute-bound work wants its data on its own node,
-/// bandwidth-bound work wants pages spread over every controller, I/O-bound work wants the
-/// node with the most room for page cache, and a mixed load takes nodes in turn.
-fn workload_config(
-    workload: &str,
-    target_node: Option<u32>,
-    memory_policy: Option<MemoryPolicy>,
-) -> StrategyConfig {
-    let (strategy, default_policy) = match workload {
-        "cpu_intensive" => (Strategy::LocalNode, MemoryPolicy::Bind),
-        "memory_intensive" => (Strategy::Interleave, MemoryPolicy::Interleaved),
-        "io_intensive" => (Strategy::MostMemory, MemoryPolicy::Preferred),
-        _ => (Strategy::RoundRobin, MemoryPolicy::Preferred),
-    };
-    StrategyConfig {
-        strategy,
-        node_preference: target_node,
-        memory_policy: memory_policy.unwrap_or(default_policy),
-    }
 }
 
 /// POSTs change the service; over TCP nobody can be identified, so they are refused there.
@@ -251,109 +235,14 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     )
 }
 
-/// The seed's "Get NUMA Topology" response with the extra fields of ARCHITECTURE.md.
-fn topology_json(t: &Topology) -> Value {
-    let nodes: Vec<Value> = t
-        .nodes
-        .iter()
-        .map(|n| {
-            let distances: serde_json::Map<String, Value> = n
-                .distances
-                .iter()
-                .map(|(k, v)| (k.to_string(), json!(v)))
-                .collect();
-            json!({
-                "node_id": n.node_id,
-                "cpu_count": n.cpus.len(),
-                "cpu_list": n.cpus,
-                "memory_mb": n.memory_total_bytes / (1024 * 1024),
-                "distances": distances,
-                "has_cpu": n.has_cpu,
-                "has_memory": n.has_memory,
-                "allowed": n.allowed,
-            })
-        })
-        .collect();
-    let total_mb: u64 = t
-        .nodes
-        .iter()
-        .map(|n| n.memory_total_bytes / (1024 * 1024))
-        .sum();
-    let usable = t.nodes.iter().filter(|n| n.allowed && n.has_memory).count();
-    // Placement by node only pays when there is more than one node to choose from.
-    let optimal = if t.numa_available && usable > 1 {
-        Strategy::LocalNode
-    } else {
-        Strategy::Disabled
-    };
-    json!({
-        "nodes": nodes,
-        "total_memory_mb": total_mb,
-        "optimal_strategy": optimal.as_str(),
-        "allowed_nodes": t.allowed_nodes,
-        "allowed_cpus": t.allowed_cpus,
-        "numa_available": t.numa_available,
-        "warnings": t.warnings,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn workloads_map_to_strategies_and_explicit_choices_win() {
-        let c = workload_config("cpu_intensive", Some(0), None);
-        assert_eq!(
-            (c.strategy, c.node_preference, c.memory_policy),
-            (Strategy::LocalNode, Some(0), MemoryPolicy::Bind)
-        );
-        let c = workload_config("memory_intensive", None, Some(MemoryPolicy::Default));
-        assert_eq!(
-            (c.strategy, c.memory_policy),
-            (Strategy::Interleave, MemoryPolicy::Default)
-        );
-    }
 
     #[test]
     fn tcp_posts_are_refused_with_the_reason() {
         let e = socket_peer(Peer::Tcp("127.0.0.1:5555".parse().unwrap())).unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::FORBIDDEN, "post_over_tcp"));
         assert!(e.message.contains("unix socket"), "{e}");
-    }
-
-    #[test]
-    fn topology_json_has_the_seed_fields() {
-        use crate::topology::NumaNode;
-        let node = |id: u32, cpus: Vec<u32>| NumaNode {
-            node_id: id,
-            allowed_cpus: cpus.clone(),
-            cpus,
-            memory_total_bytes: 32768 * 1024 * 1024,
-            memory_free_bytes: 0,
-            has_cpu: true,
-            has_memory: true,
-            allowed: true,
-            distances: [
-                (0, if id == 0 { 10 } else { 20 }),
-                (1, if id == 1 { 10 } else { 20 }),
-            ]
-            .into(),
-        };
-        let t = Topology {
-            nodes: vec![node(0, vec![0, 1]), node(1, vec![2, 3])],
-            allowed_cpus: vec![0, 1, 2, 3],
-            allowed_nodes: vec![0, 1],
-            numa_available: true,
-            warnings: vec![],
-        };
-        let v = topology_json(&t);
-        assert_eq!(v["total_memory_mb"], 65536);
-        assert_eq!(v["optimal_strategy"], "local_node");
-        assert_eq!(v["nodes"][1]["node_id"], 1);
-        assert_eq!(v["nodes"][1]["cpu_count"], 2);
-        assert_eq!(v["nodes"][1]["cpu_list"], json!([2, 3]));
-        assert_eq!(v["nodes"][1]["memory_mb"], 32768);
-        assert_eq!(v["nodes"][1]["distances"], json!({"0": 20, "1": 10}));
     }
 }

@@ -3,8 +3,8 @@
 
 use numa_cache::gateway::metrics::CacheLatency;
 use numa_cache::gateway::{GatewayArgs, GatewayHandle, GatewayState, StrategyChange};
-use numa_cache::store::{Cache, CacheConfig};
-use numa_cache::topology::{NumaNode, Topology};
+use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions};
+use numa_cache::topology;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -28,30 +28,6 @@ pub struct Served {
     handle: Option<GatewayHandle>,
 }
 
-/// One node holding every CPU this process may use: the machine's real CPUs, without
-/// depending on topology detection.
-pub fn one_node_topology() -> Topology {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let cpus: Vec<u32> = (0..n).collect();
-    Topology {
-        nodes: vec![NumaNode {
-            node_id: 0,
-            cpus: cpus.clone(),
-            allowed_cpus: cpus.clone(),
-            memory_total_bytes: 8 << 30,
-            memory_free_bytes: 4 << 30,
-            has_cpu: true,
-            has_memory: true,
-            allowed: true,
-            distances: [(0, 10)].into(),
-        }],
-        allowed_cpus: cpus,
-        allowed_nodes: vec![0],
-        numa_available: true,
-        warnings: vec![],
-    }
-}
-
 /// Open a cache in a fresh temporary directory and serve it on a socket there (the directory
 /// made traversable so that other users can reach the socket) and on 127.0.0.1:0. polkit is
 /// asked on `polkit_bus` when given, else on the system bus.
@@ -63,7 +39,8 @@ pub async fn serve(polkit_bus: Option<&str>) -> Served {
         dir: dir.path().join("cache"),
         ..CacheConfig::default()
     };
-    let cache = Arc::new(Cache::open(config, Arc::new(one_node_topology())).expect("open cache"));
+    let cache =
+        Arc::new(Cache::open(config, Arc::new(topology::detect_live())).expect("open cache"));
     let latency = Arc::new(CacheLatency::default());
     let changes = Arc::new(Mutex::new(Vec::new()));
     let seen = changes.clone();
@@ -94,6 +71,30 @@ pub async fn serve(polkit_bus: Option<&str>) -> Served {
 }
 
 impl Served {
+    /// The node the tests place entries on: the first allowed node with memory.
+    pub fn home(&self) -> u32 {
+        let t = self.cache.topology();
+        t.nodes
+            .iter()
+            .find(|n| n.allowed && n.has_memory)
+            .unwrap_or(&t.nodes[0])
+            .node_id
+    }
+
+    /// Put `value` on [`Served::home`] (explicitly, so that the figures per node are known
+    /// whichever CPU the test runs on).
+    pub fn put(&self, ns: &str, key: &str, value: &[u8]) {
+        let opts = PutOptions {
+            node: Some(self.home()),
+            ..PutOptions::default()
+        };
+        let node = self
+            .cache
+            .put(ns, key, value, &opts, &Caller::default())
+            .expect("put");
+        assert_eq!(node, self.home());
+    }
+
     /// Stop the gateway (graceful) and check that it removed its socket.
     pub async fn stop(mut self) {
         if let Some(h) = self.handle.take() {
