@@ -414,6 +414,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn spawn_does_nothing_when_no_listener_is_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::store::CacheConfig {
+            dir: dir.path().join("cache"),
+            ..crate::store::CacheConfig::default()
+        };
+        let topology = Arc::new(crate::topology::detect_live());
+        let cache = Arc::new(Cache::open(config, topology).unwrap());
+        let state = GatewayState::new(cache, || 0, Arc::default());
+        assert!(
+            spawn(&GatewayArgs::default(), state.clone())
+                .unwrap()
+                .is_none()
+        );
+        let remote = GatewayArgs {
+            http_listen: Some("0.0.0.0:0".parse().unwrap()),
+            ..GatewayArgs::default()
+        };
+        assert!(matches!(
+            spawn(&remote, state.clone()),
+            Err(GatewayError::RemoteRefused(_))
+        ));
+        assert!(matches!(
+            serve(state, GatewayConfig::default()).await,
+            Err(GatewayError::NotConfigured)
+        ));
+    }
+
+    #[tokio::test]
     async fn non_loopback_addresses_are_refused_unless_allowed() {
         let e = bind_tcp("0.0.0.0:0".parse().unwrap(), false).unwrap_err();
         assert!(matches!(e, GatewayError::RemoteRefused(_)));
