@@ -27,27 +27,28 @@ fn is_allowed(t: &Topology, n: &NumaNode) -> bool {
 
 /// The node `node_id`, if the topology has it.
 pub(crate) fn node(t: &Topology, node_id: u32) -> Option<&NumaNode> {
-    t.nodes.iter().find(|n| n.node_id == node_id)
+    t.node(node_id)
 }
 
 /// The node whose CPU list holds `cpu`.
 pub(crate) fn node_of_cpu(t: &Topology, cpu: u32) -> Option<u32> {
-    t.nodes
-        .iter()
-        .find(|n| n.cpus.contains(&cpu) || n.allowed_cpus.contains(&cpu))
-        .map(|n| n.node_id)
+    t.node_of_cpu(cpu)
 }
 
-/// Of `candidates`, the one nearest to `from` by SLIT distance (itself when it is one; ties
-/// and missing distances go to the lowest id).
+/// Of `candidates`, the one nearest to `from` by SLIT distance: itself when it is one;
+/// `from`'s row, else the candidate's row towards `from` (as
+/// `Topology::nearest_node_with_cpus` does); ties and unknown distances go to the lowest id.
 pub(crate) fn nearest(t: &Topology, from: u32, candidates: &[u32]) -> Option<u32> {
     if candidates.contains(&from) {
         return Some(from);
     }
     let row = node(t, from).map(|n| &n.distances);
-    candidates.iter().copied().min_by_key(|c| {
-        let d = row.and_then(|r| r.get(c).copied()).unwrap_or(u32::MAX);
-        (d, *c)
+    candidates.iter().copied().min_by_key(|&c| {
+        let d = row
+            .and_then(|r| r.get(&c).copied())
+            .or_else(|| node(t, c).and_then(|n| n.distances.get(&from).copied()))
+            .unwrap_or(u32::MAX);
+        (d, c)
     })
 }
 

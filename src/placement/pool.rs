@@ -13,6 +13,7 @@ use crate::policy::{self, MemPolicyMode, PolicyError};
 use crate::topology::Topology;
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -32,6 +33,14 @@ struct Task {
 struct Settings {
     config: StrategyConfig,
     topology: Topology,
+}
+
+impl Settings {
+    /// No pinning and no memory policy: the strategy is `disabled`, or the topology says
+    /// its NUMA data cannot be trusted for placement.
+    fn unplaced(&self) -> bool {
+        self.config.strategy == Strategy::Disabled || !self.topology.numa_available
+    }
 }
 
 struct Shared {
@@ -56,7 +65,7 @@ impl Shared {
             let own = nodes::node(&s.topology, node)
                 .map(|n| n.allowed_cpus.clone())
                 .unwrap_or_default();
-            if s.config.strategy == Strategy::Disabled || own.is_empty() {
+            if s.unplaced() || own.is_empty() {
                 nodes::all_allowed_cpus(&s.topology)
             } else {
                 own
@@ -68,7 +77,7 @@ impl Shared {
     fn mempolicy_for(&self, target: u32) -> (MemPolicyMode, Vec<u32>) {
         self.settings(|s| {
             let mem = nodes::memory_nodes(&s.topology);
-            if s.config.strategy == Strategy::Disabled || mem.is_empty() {
+            if s.unplaced() || mem.is_empty() {
                 return (MemPolicyMode::Default, Vec::new());
             }
             let home = nodes::nearest(&s.topology, target, &mem).unwrap_or(mem[0]);
@@ -222,6 +231,11 @@ impl NodePools {
     /// Start a pool for each node with allowed CPUs (one pool, for the first node or node 0,
     /// on a machine without usable NUMA data), pinned and with the memory policy of `config`.
     pub fn start(topology: &Topology, config: &StrategyConfig) -> NodePools {
+        if !topology.numa_available {
+            tracing::info!(
+                "no usable NUMA information: worker threads run unpinned with the default memory policy"
+            );
+        }
         let shared = Arc::new(Shared {
             settings: RwLock::new(Settings {
                 config: *config,
@@ -256,12 +270,12 @@ impl NodePools {
         // Dropping a pool's sender lets its workers finish queued work and exit.
         inner.pools.retain(|node, _| with_cpus.contains(node));
         for &node in &with_cpus {
-            if !inner.pools.contains_key(&node) {
+            if let Entry::Vacant(slot) = inner.pools.entry(node) {
                 let cpus = nodes::node(topology, node)
                     .map(|n| n.allowed_cpus.len())
                     .unwrap_or_else(|| nodes::all_allowed_cpus(topology).len());
                 if let Some(pool) = Pool::start(node, threads_for(cpus), &self.shared) {
-                    inner.pools.insert(node, pool);
+                    slot.insert(pool);
                 }
             }
         }
@@ -293,6 +307,10 @@ impl NodePools {
     /// Run `job` on the pool that serves `node`, under a memory policy for `node`, and wait
     /// for its result. A panic in the job is resumed on the caller. When no pool can take the
     /// job (every worker gone), it runs on the calling thread instead.
+    ///
+    /// Pass the entry's own node, not `serving_node(node)`: for a memory-only node the job
+    /// then runs on its nearest pool but allocates on the memory-only node. A job must not
+    /// call `run` itself (it would wait on the pool it occupies).
     pub fn run<R: Send + 'static>(&self, node: u32, job: impl FnOnce() -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::sync_channel::<Result<R, Box<dyn Any + Send>>>(1);
         let task = Task {
@@ -425,7 +443,7 @@ mod tests {
             ],
             allowed_cpus: cpus,
             allowed_nodes: vec![home],
-            numa_available: false,
+            numa_available: true,
             warnings: vec![],
         }
     }
@@ -471,6 +489,24 @@ mod tests {
     }
 
     #[test]
+    fn untrusted_numa_data_means_unpinned_workers_with_the_default_policy() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        let all = t.allowed_cpus.clone();
+        t.nodes[0].allowed_cpus = vec![all[0]];
+        t.numa_available = false;
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        let (affinity, mpol) = pools.run(home, || {
+            (
+                policy::get_affinity(0).unwrap(),
+                policy::get_mempolicy().unwrap(),
+            )
+        });
+        assert_eq!(affinity, all);
+        assert_eq!(mpol.0, MemPolicyMode::Default);
+    }
+
+    #[test]
     fn a_panicking_job_reaches_the_caller_and_the_pool_survives() {
         let t = local_topology();
         let home = t.nodes[0].node_id;
@@ -492,5 +528,21 @@ mod tests {
             assert_eq!(policy::get_affinity(tid).unwrap(), vec![one]);
         }
         assert_eq!(pools.run(home, || policy::getcpu().unwrap().0), one);
+    }
+
+    #[test]
+    fn pinning_the_host_refuses_degrades_to_unpinned_workers() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        // CPU 4000 does not exist here: the kernel refuses the mask, the pool goes on.
+        t.nodes[0].allowed_cpus = vec![4000];
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        assert_eq!(
+            pools.apply(&StrategyConfig::default()),
+            0,
+            "no thread could be pinned"
+        );
+        let (cpu, _) = pools.run(home, || policy::getcpu().unwrap());
+        assert!(policy::get_affinity(0).unwrap().contains(&cpu));
     }
 }
