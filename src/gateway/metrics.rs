@@ -151,6 +151,20 @@ pub struct MetricsInput<'a> {
 /// publishes (`GetStats()`), for clients such as `numacachectl stats --prometheus`.
 pub const STATS_LATENCY_KEY: &str = "request_latency";
 
+/// The strategy as the D-Bus Strategy properties spell it (`Name`, `NodePreference` with -1
+/// for none, `MemoryPolicy`), for a client that renders metrics from the bus.
+pub fn strategy_from_properties(
+    name: &str,
+    node_preference: i32,
+    memory_policy: &str,
+) -> Result<StrategyConfig, crate::placement::UnknownName> {
+    Ok(StrategyConfig {
+        strategy: name.parse()?,
+        node_preference: u32::try_from(node_preference).ok(),
+        memory_policy: memory_policy.parse()?,
+    })
+}
+
 /// One per-node gauge or counter, taken from a field of each `node_distribution` entry.
 struct NodeFamily {
     name: &'static str,
@@ -530,6 +544,22 @@ mod tests {
             text.contains("numa_cache_request_duration_seconds_bucket{op=\"put\",le=\"0.005\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn strategy_properties_parse_with_minus_one_for_none() {
+        let c = strategy_from_properties("most_memory", -1, "interleaved").unwrap();
+        assert_eq!(
+            (c.strategy, c.node_preference, c.memory_policy),
+            (Strategy::MostMemory, None, MemoryPolicy::Interleaved)
+        );
+        assert_eq!(
+            strategy_from_properties("local_node", 2, "bind")
+                .unwrap()
+                .node_preference,
+            Some(2)
+        );
+        assert!(strategy_from_properties("fast", 0, "bind").is_err());
     }
 
     #[test]
