@@ -24,6 +24,8 @@ need=(
   "curl:curl"
   "promtool:prometheus"
   "zstd:zstd"
+  "socat:socat"
+  "setpriv:util-linux"
 )
 missing=()
 for pair in "${need[@]}"; do
@@ -47,7 +49,12 @@ if [[ $(id -u) -ne 0 ]]; then
   [[ ${CI:-} == true ]] && exit 2
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup)" >&2; exit 2; }
-if [[ -f scripts/test-extra-prereqs.sh ]]; then bash scripts/test-extra-prereqs.sh; fi
+# schemathesis (PyPI) checks the HTTP gateway against openapi.yaml.
+if ! command -v schemathesis >/dev/null; then
+  echo "==> installing schemathesis (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis ||
+    { echo "schemathesis is missing and pip could not install it: python3 -m pip install schemathesis" >&2; exit 2; }
+fi
 
 failed=()
 step() { # step NAME CMD...: run every check even after one fails, so one run shows all of them
