@@ -4,7 +4,7 @@
 use crate::gateway::authz::{Action, AuthzError, UnixProcess};
 use crate::gateway::errors::ApiError;
 use crate::gateway::metrics::{MetricsInput, render_prometheus};
-use crate::gateway::request::{HistoryQuery, OptimizeRequest, StrategyRequest, read_json};
+use crate::gateway::request::{HistoryQuery, OptimizeRequest, StrategyRequest, drain, read_json};
 use crate::gateway::{GatewayState, Peer, StrategyChange};
 use crate::placement::{self, StrategyConfig, WorkloadType};
 use axum::Json;
@@ -98,7 +98,13 @@ async fn set_strategy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let creds = socket_peer(peer)?;
+    let creds = match socket_peer(peer) {
+        Ok(creds) => creds,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
     let req: StrategyRequest = read_json(&headers, body).await?;
     let (strategy, node_preference) = req.validate()?;
     authorize(&s, creds, Action::SetStrategy).await?;
@@ -122,7 +128,13 @@ async fn optimize(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let creds = socket_peer(peer)?;
+    let creds = match socket_peer(peer) {
+        Ok(creds) => creds,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
     let req: OptimizeRequest = read_json(&headers, body).await?;
     let (workload, target_node, memory_policy) = req.validate()?;
     // The same plan as D-Bus Optimize; a target node this machine cannot use is a 400.
@@ -213,7 +225,8 @@ fn authz_error(e: AuthzError) -> ApiError {
     ApiError::forbidden(code, e.to_string())
 }
 
-async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri, body: Body) -> ApiError {
+    drain(body).await;
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -224,7 +237,12 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError
     )
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: Body,
+) -> ApiError {
+    drain(body).await;
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
