@@ -185,10 +185,8 @@ impl Detection {
         ids: &[u32],
         online: Option<&Bits>,
     ) -> Vec<(NumaNode, Option<Vec<u32>>)> {
-        let has_memory_file = match self.r.read("sys/devices/system/node/has_memory") {
-            Outcome::Bytes(b) => parse_cpulist_bytes(b).ok().map(|l| Bits::from_list(&l)),
-            _ => None,
-        };
+        // node/has_memory is only a fallback for an unreadable meminfo: read it on demand.
+        let mut has_memory_file: Option<Option<Bits>> = None;
         let mut nodes = Vec::with_capacity(ids.len());
         let mut rel = String::with_capacity(64);
         for &id in ids {
@@ -218,7 +216,15 @@ impl Detection {
             let (total_kib, free_kib, has_memory) = match mem {
                 Ok(m) => (m.total_kib, m.free_kib, m.total_kib > 0),
                 Err(e) => {
-                    let fallback = has_memory_file.as_ref().is_some_and(|b| b.contains(id));
+                    let listed = has_memory_file.get_or_insert_with(|| {
+                        match self.r.read("sys/devices/system/node/has_memory") {
+                            Outcome::Bytes(b) => {
+                                parse_cpulist_bytes(b).ok().map(|l| Bits::from_list(&l))
+                            }
+                            _ => None,
+                        }
+                    });
+                    let fallback = listed.as_ref().is_some_and(|b| b.contains(id));
                     self.warn(format!(
                         "node {id}: {rel} is unusable ({e}); memory size unknown"
                     ));
@@ -797,5 +803,9 @@ mod tests {
         assert_eq!(node["memory_mb"], 1024);
         assert_eq!(node["distances"], serde_json::json!({"0": 20, "1": 10}));
         assert_eq!(j["total_memory_mb"], 2048);
+        let text = t.to_json_string_pretty();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), j);
+        // The seed's field order: nodes first, then the totals.
+        assert!(text.find("\"nodes\"").unwrap() < text.find("\"total_memory_mb\"").unwrap());
     }
 }
