@@ -98,13 +98,7 @@ async fn set_strategy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let creds = match socket_peer(peer) {
-        Ok(creds) => creds,
-        Err(e) => {
-            drain(body).await;
-            return Err(e);
-        }
-    };
+    let (creds, body) = socket_caller(peer, body).await?;
     let req: StrategyRequest = read_json(&headers, body).await?;
     let (strategy, node_preference) = req.validate()?;
     authorize(&s, creds, Action::SetStrategy).await?;
@@ -128,13 +122,7 @@ async fn optimize(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let creds = match socket_peer(peer) {
-        Ok(creds) => creds,
-        Err(e) => {
-            drain(body).await;
-            return Err(e);
-        }
-    };
+    let (creds, body) = socket_caller(peer, body).await?;
     let req: OptimizeRequest = read_json(&headers, body).await?;
     let (workload, target_node, memory_policy) = req.validate()?;
     // The same plan as D-Bus Optimize; a target node this machine cannot use is a 400.
@@ -186,6 +174,18 @@ fn applied_json(
         v["workload_type"] = json!(w.as_str());
     }
     v
+}
+
+/// The unix-socket caller's credentials with the body to read, or the refusal (after
+/// draining the body) for a caller that cannot be identified.
+async fn socket_caller(peer: Peer, body: Body) -> Result<((Option<i32>, u32), Body), ApiError> {
+    match socket_peer(peer) {
+        Ok(creds) => Ok((creds, body)),
+        Err(e) => {
+            drain(body).await;
+            Err(e)
+        }
+    }
 }
 
 /// POSTs change the service; over TCP nobody can be identified, so they are refused there.
@@ -241,16 +241,26 @@ async fn method_not_allowed(
     method: axum::http::Method,
     uri: axum::http::Uri,
     body: Body,
-) -> ApiError {
+) -> Response {
     drain(body).await;
-    ApiError::new(
+    // Only routed paths get here; HTTP wants the methods they take in `Allow`.
+    let allow = if matches!(
+        uri.path(),
+        "/api/v1/numa/strategy" | "/api/v1/numa/optimize"
+    ) {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
+    let error = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "{} does not accept {method}: see openapi.yaml for its method",
+            "{} does not accept {method}, only {allow}: see openapi.yaml",
             uri.path()
         ),
-    )
+    );
+    ([(header::ALLOW, allow)], error).into_response()
 }
 
 #[cfg(test)]
