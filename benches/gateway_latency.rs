@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use numa_cache::gateway::metrics::{
-    CacheLatency, LatencyHistogram, MetricsInput, render_prometheus,
+    CacheLatency, LATENCY_BUCKETS_NANOS, LatencyHistogram, MetricsInput, render_prometheus,
 };
 use numa_cache::placement::StrategyConfig;
 use std::hint::black_box;
@@ -19,31 +19,10 @@ struct LockedHistogram {
     inner: Mutex<([u64; 19], u64)>,
 }
 
-const BOUNDS_NANOS: [u64; 18] = [
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-];
-
 impl LockedHistogram {
     fn observe(&self, d: Duration) {
         let nanos = d.as_nanos() as u64;
-        let slot = BOUNDS_NANOS.partition_point(|&b| b < nanos);
+        let slot = LATENCY_BUCKETS_NANOS.partition_point(|&b| b < nanos);
         if let Ok(mut g) = self.inner.lock() {
             g.0[slot] += 1;
             g.1 += nanos;

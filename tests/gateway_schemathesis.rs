@@ -13,10 +13,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The checks the gateway must pass: the (no server error, responses that match the
-/// schema: status, content type, body) plus that schema-violating input is refused.
+/// schema: status, content type, body), plus that schema-violating input is refused and that
+/// an undocumented method gets 405 with a correct `Allow` header.
 /// `positive_data_acceptance` is left out on purpose: a reversed history range
 /// (`since > until`) is schema-valid yet refused with 400, which is the intended answer.
-const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection";
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,negative_data_rejection,unsupported_method,allow_header_conformance,missing_required_header";
 
 fn schemathesis(base: &str, workdir: &Path) {
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.yaml");

@@ -17,27 +17,17 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 18] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// The same bounds in nanoseconds, for the comparison on the recording path.
-const BUCKET_BOUNDS_NANOS: [u64; 18] = [
-    5_000,
-    10_000,
-    25_000,
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-];
+/// The same bounds in nanoseconds, for the integer comparison on the recording path.
+pub const LATENCY_BUCKETS_NANOS: [u64; 18] = {
+    let mut out = [0u64; 18];
+    let mut i = 0;
+    while i < out.len() {
+        // Rounded: 0.000005 * 1e9 is 5000.000000000001 in binary floating point.
+        out[i] = (LATENCY_BUCKETS_SECONDS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    out
+};
 
 /// A latency histogram with fixed buckets ([`LATENCY_BUCKETS_SECONDS`]) that many threads
 /// record into at once: one relaxed atomic add per bucket hit and one for the sum, no lock.
@@ -67,7 +57,7 @@ impl LatencyHistogram {
     /// Record one request that took `elapsed`.
     pub fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let slot = BUCKET_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
+        let slot = LATENCY_BUCKETS_NANOS.partition_point(|&bound| bound < nanos);
         self.buckets[slot].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
@@ -422,6 +412,14 @@ mod tests {
             "totals": {"entries": 28310, "evictions": 7, "local_hit_ratio": 0.75},
             "btrfs": true
         })
+    }
+
+    #[test]
+    fn nanosecond_bounds_match_the_published_seconds() {
+        assert_eq!(LATENCY_BUCKETS_NANOS[0], 5_000);
+        assert_eq!(LATENCY_BUCKETS_NANOS[7], 1_000_000);
+        assert_eq!(LATENCY_BUCKETS_NANOS[17], 2_500_000_000);
+        assert!(LATENCY_BUCKETS_NANOS.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

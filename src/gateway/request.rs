@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 /// The largest request body accepted. The POST bodies are a few short fields; anything near
 /// this size is not one of them.
@@ -151,13 +152,27 @@ pub fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How long a refused request's body may take to arrive before the connection is closed.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Read and discard up to [`MAX_BODY_BYTES`] of a body that will not be used, before an
+/// early refusal. Closing a connection with request bytes still unread makes the kernel (or
+/// a relay in between) reset it, and the client may then lose the answer that says why.
+pub async fn drain(body: Body) {
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await;
+}
+
 /// Read a JSON body of at most [`MAX_BODY_BYTES`] and parse it. The content type and a declared
-/// length are checked before a byte is read; an undeclared length stops at the bound.
+/// length are checked before the body is used (a wrong type's body is only drained); an
+/// undeclared length stops at the bound.
 pub async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<T, ApiError> {
-    check_content_type(headers)?;
+    if let Err(e) = check_content_type(headers) {
+        drain(body).await;
+        return Err(e);
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -4,7 +4,7 @@
 use crate::gateway::authz::{Action, AuthzError, UnixProcess};
 use crate::gateway::errors::ApiError;
 use crate::gateway::metrics::{MetricsInput, render_prometheus};
-use crate::gateway::request::{HistoryQuery, OptimizeRequest, StrategyRequest, read_json};
+use crate::gateway::request::{HistoryQuery, OptimizeRequest, StrategyRequest, drain, read_json};
 use crate::gateway::{GatewayState, Peer, StrategyChange};
 use crate::placement::{self, StrategyConfig, WorkloadType};
 use axum::Json;
@@ -98,7 +98,7 @@ async fn set_strategy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let creds = socket_peer(peer)?;
+    let (creds, body) = socket_caller(peer, body).await?;
     let req: StrategyRequest = read_json(&headers, body).await?;
     let (strategy, node_preference) = req.validate()?;
     authorize(&s, creds, Action::SetStrategy).await?;
@@ -122,7 +122,7 @@ async fn optimize(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let creds = socket_peer(peer)?;
+    let (creds, body) = socket_caller(peer, body).await?;
     let req: OptimizeRequest = read_json(&headers, body).await?;
     let (workload, target_node, memory_policy) = req.validate()?;
     // The same plan as D-Bus Optimize; a target node this machine cannot use is a 400.
@@ -176,6 +176,18 @@ fn applied_json(
     v
 }
 
+/// The unix-socket caller's credentials with the body to read, or the refusal (after
+/// draining the body) for a caller that cannot be identified.
+async fn socket_caller(peer: Peer, body: Body) -> Result<((Option<i32>, u32), Body), ApiError> {
+    match socket_peer(peer) {
+        Ok(creds) => Ok((creds, body)),
+        Err(e) => {
+            drain(body).await;
+            Err(e)
+        }
+    }
+}
+
 /// POSTs change the service; over TCP nobody can be identified, so they are refused there.
 fn socket_peer(peer: Peer) -> Result<(Option<i32>, u32), ApiError> {
     match peer {
@@ -213,7 +225,8 @@ fn authz_error(e: AuthzError) -> ApiError {
     ApiError::forbidden(code, e.to_string())
 }
 
-async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+async fn not_found(method: axum::http::Method, uri: axum::http::Uri, body: Body) -> ApiError {
+    drain(body).await;
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -224,15 +237,30 @@ async fn not_found(method: axum::http::Method, uri: axum::http::Uri) -> ApiError
     )
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
-    ApiError::new(
+async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: Body,
+) -> Response {
+    drain(body).await;
+    // Only routed paths get here; HTTP wants the methods they take in `Allow`.
+    let allow = if matches!(
+        uri.path(),
+        "/api/v1/numa/strategy" | "/api/v1/numa/optimize"
+    ) {
+        "POST"
+    } else {
+        "GET, HEAD"
+    };
+    let error = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "{} does not accept {method}: see openapi.yaml for its method",
+            "{} does not accept {method}, only {allow}: see openapi.yaml",
             uri.path()
         ),
-    )
+    );
+    ([(header::ALLOW, allow)], error).into_response()
 }
 
 #[cfg(test)]
