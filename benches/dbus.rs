@@ -46,19 +46,30 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn sealed_memfd(bytes: &[u8]) -> std::fs::File {
     // SAFETY: memfd_create with a literal name; the result is owned at once.
-    let raw = unsafe { libc::memfd_create(c"bench".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    let raw = unsafe {
+        libc::memfd_create(
+            c"bench".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
     assert!(raw >= 0, "memfd_create failed");
     // SAFETY: a fresh descriptor nothing else owns.
     let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
     std::io::Write::write_all(&mut &file, bytes).expect("writing the memfd");
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
     // SAFETY: F_ADD_SEALS on our own descriptor.
-    assert_eq!(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) }, 0);
+    assert_eq!(
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+        0
+    );
     file
 }
 
 async fn connect(address: &str) -> zbus::Connection {
-    zbus::connection::Builder::address(address).build().await.expect("connecting to the bench bus")
+    zbus::connection::Builder::address(address)
+        .build()
+        .await
+        .expect("connecting to the bench bus")
 }
 
 async fn get(conn: &zbus::Connection, key: &str) -> Vec<u8> {
@@ -70,9 +81,15 @@ async fn get(conn: &zbus::Connection, key: &str) -> Vec<u8> {
 }
 
 async fn ping(conn: &zbus::Connection) {
-    conn.call_method(Some(NAME), ROOT, Some("org.freedesktop.DBus.Peer"), "Ping", &())
-        .await
-        .expect("Ping");
+    conn.call_method(
+        Some(NAME),
+        ROOT,
+        Some("org.freedesktop.DBus.Peer"),
+        "Ping",
+        &(),
+    )
+    .await
+    .expect("Ping");
 }
 
 fn main() {
@@ -80,21 +97,37 @@ fn main() {
         return; // `cargo test --benches` lists benches; nothing to list here.
     }
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 || Command::new("dbus-daemon").arg("--version").output().is_err() {
-        eprintln!("SKIP: the D-Bus benchmark needs root and dbus-daemon (apt-get install dbus-daemon)");
+    if unsafe { libc::geteuid() } != 0
+        || Command::new("dbus-daemon")
+            .arg("--version")
+            .output()
+            .is_err()
+    {
+        eprintln!(
+            "SKIP: the D-Bus benchmark needs root and dbus-daemon (apt-get install dbus-daemon)"
+        );
         return;
     }
-    let dir = tempfile::Builder::new().prefix("numa-cache-bench.").tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("numa-cache-bench.")
+        .tempdir()
+        .expect("temp dir");
     let repo = env!("CARGO_MANIFEST_DIR");
     let conf = std::fs::read_to_string(format!("{repo}/tests/dbus/system-bus.conf.in"))
         .expect("bus config template")
         .replace("@DIR@", &dir.path().display().to_string())
-        .replace("@POLICY@", &format!("{repo}/dbus/org.opdbus.NumaCache.conf"));
+        .replace(
+            "@POLICY@",
+            &format!("{repo}/dbus/org.opdbus.NumaCache.conf"),
+        );
     std::fs::write(dir.path().join("bus.conf"), conf).unwrap();
     let mut procs = Procs(Vec::new());
     procs.0.push(
         Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", dir.path().join("bus.conf").display()))
+            .arg(format!(
+                "--config-file={}",
+                dir.path().join("bus.conf").display()
+            ))
             .arg("--nofork")
             .stderr(Stdio::null())
             .spawn()
@@ -115,7 +148,11 @@ fn main() {
     let daemon_pid = daemon.id();
     procs.0.push(daemon);
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let conn = connect(&address).await;
         let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();

@@ -8,7 +8,11 @@ use numa_cache::cli;
 use numa_cache::cli::bus::{self, BusCommand};
 
 #[derive(Parser)]
-#[command(name = "numacachectl", version, about = "Inspect and use the numa-cache service")]
+#[command(
+    name = "numacachectl",
+    version,
+    about = "Inspect and use the numa-cache service"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

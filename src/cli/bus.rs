@@ -7,6 +7,7 @@ use crate::cli::client::{Client, ClientError, iface, parse_json};
 use crate::cli::render;
 use crate::service::cache::memfd;
 use crate::service::{BUS_NAME, ROOT_PATH};
+use crate::topology::{NumaNode, Topology};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -226,11 +227,81 @@ pub fn topology_from_daemon(json: bool) -> Result<Option<String>, CliError> {
             Err(e) => return Err(e.into()),
         };
         let value: serde_json::Value = parse_json(&text, "a topology")?;
-        Ok(Some(if json {
-            pretty(&value)
-        } else {
-            render::topology(&value)
-        }))
+        if json {
+            return Ok(Some(pretty(&value)));
+        }
+        let mut topology = topology_of_json(&value)?;
+        for n in &mut topology.nodes {
+            let path = format!("{ROOT_PATH}/node{}", n.node_id);
+            n.memory_free_bytes = client
+                .property(iface::NODE, &path, "MemoryFreeBytes")
+                .await
+                .unwrap_or(0);
+        }
+        Ok(Some(crate::cli::topology::render_table(&topology)))
+    })
+}
+
+/// The daemon's Topology JSON back into the model, so the table is the one `topology`
+/// prints for a local read. Per-node allowed CPUs are the node's CPUs within the daemon's
+/// allowed set.
+fn topology_of_json(v: &serde_json::Value) -> Result<Topology, ClientError> {
+    let bad = |what: &str| ClientError::from(format!("numa-cached sent a topology without {what}"));
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64())
+                    .filter_map(|x| u32::try_from(x).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let allowed_cpus = ids(&v["allowed_cpus"]);
+    let mut nodes = Vec::new();
+    for n in v["nodes"].as_array().ok_or_else(|| bad("nodes"))? {
+        let node_id = n["node_id"]
+            .as_u64()
+            .and_then(|x| u32::try_from(x).ok())
+            .ok_or_else(|| bad("node_id"))?;
+        let cpus = ids(&n["cpu_list"]);
+        let distances = n["distances"]
+            .as_object()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|(k, x)| Some((k.parse().ok()?, u32::try_from(x.as_u64()?).ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        nodes.push(NumaNode {
+            node_id,
+            allowed_cpus: cpus
+                .iter()
+                .copied()
+                .filter(|c| allowed_cpus.contains(c))
+                .collect(),
+            cpus,
+            memory_total_bytes: n["memory_mb"].as_u64().unwrap_or(0) * 1024 * 1024,
+            memory_free_bytes: 0,
+            has_cpu: n["has_cpu"].as_bool().unwrap_or(false),
+            has_memory: n["has_memory"].as_bool().unwrap_or(false),
+            allowed: n["allowed"].as_bool().unwrap_or(false),
+            distances,
+        });
+    }
+    Ok(Topology {
+        nodes,
+        allowed_cpus,
+        allowed_nodes: ids(&v["allowed_nodes"]),
+        numa_available: v["numa_available"].as_bool().unwrap_or(false),
+        warnings: v["warnings"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|w| w.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

@@ -17,6 +17,8 @@ pub mod iface {
     pub const STATS: &str = "org.opdbus.NumaCache.CacheStats";
     /// org.opdbus.NumaCache.Cache
     pub const CACHE: &str = "org.opdbus.NumaCache.Cache";
+    /// org.opdbus.NumaCache.Node
+    pub const NODE: &str = "org.opdbus.NumaCache.Node";
 }
 
 /// A failed call, as the person at the terminal should read it.

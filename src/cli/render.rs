@@ -1,5 +1,6 @@
-//! Tables for people: how `numacachectl` prints topology, statistics, history, strategy and
-//! entry information from the JSON and values the daemon returns.
+//! Tables for people: how `numacachectl` prints statistics, history, strategy and entry
+//! information from the JSON and values the daemon returns (topology tables come from
+//! `cli::topology::render_table`, shared with the local read).
 
 use serde_json::Value;
 use std::fmt::Write;
@@ -31,40 +32,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn num_list(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            let nums: Vec<u64> = a.iter().filter_map(Value::as_u64).collect();
-            compress_ranges(&nums)
-        })
-        .unwrap_or_default()
-}
-
-/// `[0,1,2,3,8]` -> `0-3,8`: the kernel's own cpulist format.
-pub fn compress_ranges(nums: &[u64]) -> String {
-    let mut parts = Vec::new();
-    let mut i = 0;
-    while i < nums.len() {
-        let start = nums[i];
-        let mut end = start;
-        while i + 1 < nums.len() && nums[i + 1] == end + 1 {
-            i += 1;
-            end = nums[i];
-        }
-        parts.push(if start == end {
-            start.to_string()
-        } else {
-            format!("{start}-{end}")
-        });
-        i += 1;
-    }
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(",")
-    }
-}
-
 fn yes(v: &Value) -> String {
     if v.as_bool().unwrap_or(false) {
         "yes"
@@ -85,69 +52,6 @@ fn text(v: &Value) -> String {
             .unwrap_or_else(|| n.to_string()),
         other => other.to_string(),
     }
-}
-
-/// The Topology JSON as a node table, the distance matrix, allowed sets and warnings.
-pub fn topology(j: &Value) -> String {
-    let empty = Vec::new();
-    let nodes = j["nodes"].as_array().unwrap_or(&empty);
-    let rows: Vec<Vec<String>> = nodes
-        .iter()
-        .map(|n| {
-            vec![
-                text(&n["node_id"]),
-                num_list(&n["cpu_list"]),
-                text(&n["memory_mb"]),
-                yes(&n["has_cpu"]),
-                yes(&n["has_memory"]),
-                yes(&n["allowed"]),
-            ]
-        })
-        .collect();
-    let mut out = table(
-        &[
-            "NODE",
-            "CPUS",
-            "MEMORY_MB",
-            "HAS_CPU",
-            "HAS_MEMORY",
-            "ALLOWED",
-        ],
-        &rows,
-    );
-    let ids: Vec<String> = nodes.iter().map(|n| text(&n["node_id"])).collect();
-    let mut header = vec!["distances".to_string()];
-    header.extend(ids.iter().cloned());
-    let drows: Vec<Vec<String>> = nodes
-        .iter()
-        .map(|n| {
-            let mut r = vec![text(&n["node_id"])];
-            r.extend(ids.iter().map(|id| text(&n["distances"][id])));
-            r
-        })
-        .collect();
-    out.push('\n');
-    out.push_str(&table(
-        &header.iter().map(String::as_str).collect::<Vec<_>>(),
-        &drows,
-    ));
-    let _ = writeln!(
-        out,
-        "\ntotal memory: {} MiB   NUMA available: {}   optimal strategy: {}",
-        text(&j["total_memory_mb"]),
-        yes(&j["numa_available"]),
-        text(&j["optimal_strategy"])
-    );
-    let _ = writeln!(
-        out,
-        "allowed nodes: {}   allowed CPUs: {}",
-        num_list(&j["allowed_nodes"]),
-        num_list(&j["allowed_cpus"])
-    );
-    for w in j["warnings"].as_array().unwrap_or(&empty) {
-        let _ = writeln!(out, "warning: {}", text(w));
-    }
-    out
 }
 
 /// The GetStats JSON as a per-node table with totals and measured benefits.
@@ -253,12 +157,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_and_tables() {
-        assert_eq!(compress_ranges(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
+    fn tables_align_and_stats_render_every_node() {
         let t = table(&["A", "BB"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(t, "A    BB\nxyz  1\n");
-        let j = serde_json::json!({"nodes":[{"node_id":0,"cpu_list":[0,1],"memory_mb":10,"distances":{"0":10},"has_cpu":true,"has_memory":true,"allowed":true}],"total_memory_mb":10,"optimal_strategy":"disabled","allowed_nodes":[0],"allowed_cpus":[0,1],"numa_available":false,"warnings":["w1"]});
-        let s = topology(&j);
-        assert!(s.contains("0-1") && s.contains("warning: w1"), "{s}");
+        let j = serde_json::json!({"node_distribution":{"0":{"cache_entries":3,"memory_usage_mb":1,"hit_rate":0.5},"2":{"cache_entries":1,"memory_usage_mb":0,"hit_rate":1.0}},"numa_benefits":{"latency_improvement_ms":null,"memory_bandwidth_gain":null}});
+        let s = stats(&j);
+        assert!(
+            s.lines().nth(1).unwrap().starts_with("0 ")
+                && s.lines().nth(2).unwrap().starts_with("2 "),
+            "{s}"
+        );
+        assert!(s.contains("0.500"), "{s}");
     }
 }

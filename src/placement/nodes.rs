@@ -60,3 +60,28 @@ pub(crate) fn all_allowed_cpus(t: &Topology) -> Vec<u32> {
     }
     crate::policy::get_affinity(0).unwrap_or_default()
 }
+
+/// This machine as a one-node topology (its first allowed memory node and every CPU this
+/// thread may use): the fixture of placement's unit tests, which must run on real CPUs.
+#[cfg(test)]
+pub(crate) fn this_machine() -> Topology {
+    let cpus = crate::policy::get_affinity(0).unwrap();
+    let home = crate::policy::mems_allowed().unwrap()[0];
+    Topology {
+        nodes: vec![NumaNode {
+            node_id: home,
+            cpus: cpus.clone(),
+            allowed_cpus: cpus.clone(),
+            memory_total_bytes: 1 << 30,
+            memory_free_bytes: 1 << 29,
+            has_cpu: true,
+            has_memory: true,
+            allowed: true,
+            distances: [(home, 10)].into(),
+        }],
+        allowed_cpus: cpus,
+        allowed_nodes: vec![home],
+        numa_available: true,
+        warnings: vec![],
+    }
+}

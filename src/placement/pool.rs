@@ -411,41 +411,24 @@ mod tests {
     use super::*;
     use crate::topology::NumaNode;
 
-    /// This machine as a topology (one node), plus optionally a memory-less CPU-less node 7
-    /// whose work must be served by node `home`.
+    /// This machine as a topology (one node), plus a node 7 without CPUs or memory whose
+    /// work must be served by the real node.
     fn local_topology() -> Topology {
-        let cpus = policy::get_affinity(0).unwrap();
-        let home = policy::mems_allowed().unwrap()[0];
-        Topology {
-            nodes: vec![
-                NumaNode {
-                    node_id: home,
-                    cpus: cpus.clone(),
-                    allowed_cpus: cpus.clone(),
-                    memory_total_bytes: 1 << 30,
-                    memory_free_bytes: 1 << 29,
-                    has_cpu: true,
-                    has_memory: true,
-                    allowed: true,
-                    distances: [(home, 10), (7, 40)].into(),
-                },
-                NumaNode {
-                    node_id: 7,
-                    cpus: vec![],
-                    allowed_cpus: vec![],
-                    memory_total_bytes: 0,
-                    memory_free_bytes: 0,
-                    has_cpu: false,
-                    has_memory: false,
-                    allowed: false,
-                    distances: [(home, 40), (7, 10)].into(),
-                },
-            ],
-            allowed_cpus: cpus,
-            allowed_nodes: vec![home],
-            numa_available: true,
-            warnings: vec![],
-        }
+        let mut t = nodes::this_machine();
+        let home = t.nodes[0].node_id;
+        t.nodes[0].distances.insert(7, 40);
+        t.nodes.push(NumaNode {
+            node_id: 7,
+            cpus: vec![],
+            allowed_cpus: vec![],
+            memory_total_bytes: 0,
+            memory_free_bytes: 0,
+            has_cpu: false,
+            has_memory: false,
+            allowed: false,
+            distances: [(home, 40), (7, 10)].into(),
+        });
+        t
     }
 
     #[test]
@@ -544,5 +527,38 @@ mod tests {
         );
         let (cpu, _) = pools.run(home, || policy::getcpu().unwrap());
         assert!(policy::get_affinity(0).unwrap().contains(&cpu));
+    }
+
+    #[test]
+    fn a_node_gaining_cpus_gets_a_pool_and_losing_them_hands_over_to_the_nearest() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        assert_eq!(pools.pool_nodes(), vec![home]);
+        // Node 7 comes online with one of our CPUs (and still no memory).
+        let cpu = t.allowed_cpus[0];
+        t.nodes[1].cpus = vec![cpu];
+        t.nodes[1].allowed_cpus = vec![cpu];
+        t.nodes[1].has_cpu = true;
+        pools.update(&t);
+        assert_eq!(pools.pool_nodes(), vec![home, 7]);
+        assert_eq!(pools.serving_node(7), 7);
+        let (ran_on, mpol) = pools.run(7, || {
+            (
+                policy::getcpu().unwrap().0,
+                policy::get_mempolicy().unwrap(),
+            )
+        });
+        assert_eq!(ran_on, cpu);
+        // Node 7 has no memory: its work allocates on the nearest node with memory.
+        assert_eq!(mpol, (MemPolicyMode::Bind, vec![home]));
+        // Its CPU goes away again: the pool stops, the nearest node serves it.
+        t.nodes[1].cpus.clear();
+        t.nodes[1].allowed_cpus.clear();
+        t.nodes[1].has_cpu = false;
+        pools.update(&t);
+        assert_eq!(pools.pool_nodes(), vec![home]);
+        assert_eq!(pools.serving_node(7), home);
+        assert_eq!(pools.run(7, || 7), 7);
     }
 }

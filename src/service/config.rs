@@ -35,6 +35,10 @@ pub struct DaemonArgs {
     /// How many snapshots to keep.
     #[arg(long, env = "OPDBUS_CACHE_SNAPSHOTS_KEEP", value_name = "N")]
     pub snapshots_keep: Option<String>,
+    /// Read the topology from a captured or synthetic tree (DIR/sys, DIR/proc) instead of
+    /// this machine, and watch it there (tests, demos of hotplug). Default: /.
+    #[arg(long, value_name = "DIR")]
+    pub fs_root: Option<PathBuf>,
 }
 
 /// A configuration value that cannot be used.
@@ -194,6 +198,7 @@ mod tests {
             max_bytes: Some("2G".into()),
             memory_bytes: Some("64M".into()),
             snapshots_keep: Some("3".into()),
+            fs_root: None,
         };
         let c = args.resolve().unwrap();
         assert_eq!(c.strategy.strategy, Strategy::Interleave);

@@ -49,7 +49,8 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         max_value_bytes: config.max_value_bytes,
         ..Limits::default()
     };
-    let watcher = Arc::new(TopologyWatcher::start("/", RESCAN_INTERVAL));
+    let fs_root = args.fs_root.clone().unwrap_or_else(|| "/".into());
+    let watcher = Arc::new(TopologyWatcher::start(fs_root, RESCAN_INTERVAL));
     let topology = watcher.current();
     if !topology.numa_available || topology.nodes.len() < 2 {
         tracing::info!(

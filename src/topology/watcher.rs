@@ -7,7 +7,7 @@ use crate::topology::Topology;
 use event_listener::{Event, EventListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ struct Shared {
     uevents_seen: AtomicU64,
     changed: Event,
     stop: AtomicBool,
+    /// Serialises re-scans: the watcher thread and `refresh()` must not both publish.
+    scanning: Mutex<()>,
 }
 
 impl Shared {
@@ -36,6 +38,10 @@ impl Shared {
 
     /// Re-read the topology; publish a new generation when it differs. True if it did.
     fn rescan(&self) -> bool {
+        let _one_at_a_time = match self.scanning.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
         let fresh = scan(&self.fs_root);
         // MemFree moves all the time: it is not a topology change.
         let same = {
@@ -101,6 +107,7 @@ impl TopologyWatcher {
             uevents_seen: AtomicU64::new(0),
             changed: Event::new(),
             stop: AtomicBool::new(false),
+            scanning: Mutex::new(()),
         });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -156,22 +163,22 @@ impl Drop for TopologyWatcher {
     }
 }
 
-fn watch(shared: &Shared, socket: Option<UeventSocket>, rescan_interval: Duration) {
+fn watch(shared: &Shared, mut socket: Option<UeventSocket>, rescan_interval: Duration) {
     let mut next_rescan = Instant::now() + rescan_interval;
     let mut pending: Option<Instant> = None;
     while !shared.stop.load(Ordering::Acquire) {
-        match &socket {
-            Some(s) => match s.recv_timeout(TICK) {
-                Ok(Some(ev)) if matches!(ev.subsystem.as_str(), "cpu" | "memory" | "node") => {
-                    shared.uevents_seen.fetch_add(1, Ordering::Relaxed);
-                    pending = Some(Instant::now() + DEBOUNCE);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("hotplug notifications failed ({e}); re-scanning instead");
-                    std::thread::sleep(TICK);
-                }
-            },
+        match socket.as_ref().map(|s| s.recv_timeout(TICK)) {
+            Some(Ok(Some(ev))) if matches!(ev.subsystem.as_str(), "cpu" | "memory" | "node") => {
+                shared.uevents_seen.fetch_add(1, Ordering::Relaxed);
+                pending = Some(Instant::now() + DEBOUNCE);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "hotplug notifications failed ({e}); re-scanning every {rescan_interval:?} instead"
+                );
+                socket = None;
+            }
             None => std::thread::sleep(TICK),
         }
         let now = Instant::now();

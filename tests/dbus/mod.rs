@@ -225,6 +225,11 @@ pub struct Daemon {
 impl Daemon {
     /// Start numa-cached on `bus` with state in `state` and extra environment.
     pub fn start(bus: &Bus, state: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(bus, state, env, &[])
+    }
+
+    /// Start numa-cached with extra environment and command-line arguments.
+    pub fn start_with(bus: &Bus, state: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
         let log = bus.dir().join(format!("daemon-{}.log", std::process::id()));
         let logf = std::fs::OpenOptions::new()
             .create(true)
@@ -232,7 +237,8 @@ impl Daemon {
             .open(&log)
             .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_numa-cached"));
-        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        cmd.args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
             .env("OPDBUS_CACHE_DIR", state)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")

@@ -13,7 +13,10 @@ def introspect(path):
 def blocks(xml):
     return dict((n, b) for b, n in re.findall(r'(  <interface name="(org\.opdbus[^"]+)">.*?\n  </interface>)', xml, re.S))
 
-found = {**blocks(introspect("/org/opdbus/NumaCache")), **blocks(introspect("/org/opdbus/NumaCache/node0"))}
+ids = json.loads(subprocess.run(["busctl", "--system", "--json=short", "get-property", "org.opdbus.NumaCache",
+                                 "/org/opdbus/NumaCache", "org.opdbus.NumaCache.Topology", "NodeIds"],
+                                check=True, capture_output=True, text=True).stdout)["data"]
+found = {**blocks(introspect("/org/opdbus/NumaCache")), **blocks(introspect("/org/opdbus/NumaCache/node%d" % ids[0]))}
 docs = {
     "org.opdbus.NumaCache.Topology": "The NUMA topology as the daemon sees it (limited by its cpuset); object /org/opdbus/NumaCache.\n     Anyone may call it.",
     "org.opdbus.NumaCache.Strategy": "The placement strategy; object /org/opdbus/NumaCache. Reads are open; the methods are\n     polkit-gated (set-strategy, optimize, bind-process).",

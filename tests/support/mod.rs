@@ -8,7 +8,9 @@ use std::process::Command;
 
 /// True when running under CI (`CI=true`): nothing may skip there.
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 fn missing(what: &str, how: &str) -> bool {
