@@ -70,25 +70,30 @@ for ((c = 0; c < ncpus; c++)); do
 done
 roots+=("synthetic-64n=$syn")
 
-median() { # median of result $2 (0: numacachectl, 1: lstopo) in hyperfine export $1, in ms
-  awk -v want="$2" '/"median":/ { gsub(/[",]/, "", $2); if (i++ == want) printf "%.3f", $2 * 1000 }' "$1"
+field() { # field $3 (median|user|system) of result $2 (0: numacachectl, 1: lstopo) in $1, in ms
+  awk -v want="$2" -v key="\"$3\":" '$1 == key { gsub(/[",]/, "", $2); if (i++ == want) printf "%.3f", $2 * 1000 }' "$1"
 }
+cpu() { # user + system time of result $2 in export $1, in ms
+  awk -v a="$(field "$1" "$2" user)" -v b="$(field "$1" "$2" system)" 'BEGIN { printf "%.3f", a + b }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b / a }'; }
 
-printf '\n%-26s %16s %12s %8s\n' tree "numacachectl ms" "lstopo ms" ratio
-summary=()
+# Wall time is what a user waits for; CPU time (user + system) is steadier on a shared,
+# loaded machine, where run-queue waits inflate wall times of whichever command ran then.
+printf '\n%-24s %14s %10s %7s   %14s %10s %7s\n' tree "ours wall ms" "lstopo ms" ratio "ours cpu ms" "lstopo ms" ratio
 for entry in "${roots[@]}"; do
   name=${entry%%=*} root=${entry#*=}
   hyperfine -N --warmup 5 --min-runs 30 --style none --export-json "$out/$name.json" \
     "$bin topology --fs-root $root --json" \
     "lstopo-no-graphics --input $root --of xml" >/dev/null
-  ours=$(median "$out/$name.json" 0)
-  theirs=$(median "$out/$name.json" 1)
-  ratio=$(awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%.1f", b / a }')
-  summary+=("$(printf '%-26s %16s %12s %7sx' "$name" "$ours" "$theirs" "$ratio")")
-  echo "${summary[-1]}"
+  ow=$(field "$out/$name.json" 0 median) lw=$(field "$out/$name.json" 1 median)
+  oc=$(cpu "$out/$name.json" 0) lc=$(cpu "$out/$name.json" 1)
+  printf '%-24s %14s %10s %6sx   %14s %10s %6sx\n' "$name" "$ow" "$lw" "$(ratio "$ow" "$lw")" \
+    "$oc" "$lc" "$(ratio "$oc" "$lc")"
 done
+
 # The floor: starting any process at all on this machine (what no reader can go below).
 hyperfine -N --warmup 5 --min-runs 30 --style none --export-json "$out/floor.json" true >/dev/null
 echo
-echo "process start floor (true): $(awk '/"median":/ { gsub(/[",]/, "", $2); printf "%.3f", $2 * 1000 }' "$out/floor.json") ms"
-echo "medians of hyperfine -N --warmup 5 (JSON in $out/); ratio = lstopo / numacachectl"
+echo "process start floor (true): wall $(field "$out/floor.json" 0 median) ms, cpu $(cpu "$out/floor.json" 0) ms"
+echo "wall: medians, cpu: mean user+system, of hyperfine -N --warmup 5 (JSON in $out/); ratio = lstopo / numacachectl"
