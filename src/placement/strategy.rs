@@ -154,6 +154,63 @@ impl Default for StrategyConfig {
     }
 }
 
+/// The kind of workload `Optimize` tunes the cache for (see `placement::optimize_plan` for
+/// what each one maps to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadType {
+    /// Callers compute on what they read: keep data on the caller's node.
+    CpuIntensive,
+    /// Callers stream large values: spread over every memory controller.
+    MemoryIntensive,
+    /// Callers read and write much data: favour the node with the most free memory.
+    IoIntensive,
+    /// A mix: local placement that falls back rather than reclaims.
+    Balanced,
+}
+
+impl WorkloadType {
+    /// Every workload type, in documentation order.
+    pub const ALL: [WorkloadType; 4] = [
+        WorkloadType::CpuIntensive,
+        WorkloadType::MemoryIntensive,
+        WorkloadType::IoIntensive,
+        WorkloadType::Balanced,
+    ];
+    /// The allowed names, for error messages.
+    pub const ALLOWED: &'static str = "cpu_intensive, memory_intensive, io_intensive, balanced";
+
+    /// The public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadType::CpuIntensive => "cpu_intensive",
+            WorkloadType::MemoryIntensive => "memory_intensive",
+            WorkloadType::IoIntensive => "io_intensive",
+            WorkloadType::Balanced => "balanced",
+        }
+    }
+}
+
+impl FromStr for WorkloadType {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkloadType::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                what: "workload type",
+                given: s.to_string(),
+                allowed: WorkloadType::ALLOWED,
+            })
+    }
+}
+
+impl fmt::Display for WorkloadType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +222,9 @@ mod tests {
         }
         for p in MemoryPolicy::ALL {
             assert_eq!(p.as_str().parse::<MemoryPolicy>().unwrap(), p);
+        }
+        for w in WorkloadType::ALL {
+            assert_eq!(w.as_str().parse::<WorkloadType>().unwrap(), w);
         }
         let e = "fastest".parse::<Strategy>().unwrap_err().to_string();
         assert!(e.contains("fastest") && e.contains("round_robin"), "{e}");

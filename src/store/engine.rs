@@ -836,7 +836,7 @@ impl Cache {
     }
 
     /// Validate, persist and apply a strategy; existing entries stay where they are.
-    /// Returns the number of worker pools re-applied.
+    /// Returns the number of worker threads re-applied.
     pub fn set_strategy(&self, cfg: StrategyConfig) -> Result<usize, StoreError> {
         let old = self.shared.layout();
         if let Some(p) = cfg.node_preference
@@ -856,8 +856,8 @@ impl Cache {
             .layout
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let pools = Arc::new(NodePools::start(&slot.topology, &cfg));
-        let n = count_pools(&pools, &slot.topology);
+        let pools = Arc::clone(&slot.pools);
+        let n = pools.apply(&cfg);
         let next = Layout {
             topology: Arc::clone(&slot.topology),
             cpu_node: slot.cpu_node.clone(),
@@ -912,12 +912,14 @@ impl Cache {
             }
         }
         let strategy = slot.strategy;
+        let repinned = slot.pools.update(&topology);
+        tracing::info!("topology changed: {repinned} worker threads re-pinned");
         let next = Layout {
             cpu_node: cpu_map(&topology),
             placeable,
             shards,
             tiers,
-            pools: Arc::new(NodePools::start(&topology, &strategy)),
+            pools: Arc::clone(&slot.pools),
             strategy,
             topology: Arc::clone(&topology),
         };
@@ -943,17 +945,6 @@ impl Cache {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.exec(|c| c.flush())
     }
-}
-
-fn count_pools(pools: &NodePools, t: &Topology) -> usize {
-    let mut serving: Vec<u32> = t
-        .nodes
-        .iter()
-        .map(|n| pools.serving_node(n.node_id))
-        .collect();
-    serving.sort_unstable();
-    serving.dedup();
-    serving.len().max(1)
 }
 
 impl Drop for Cache {

@@ -1,7 +1,73 @@
 //! The NUMA topology: read from sysfs/procfs under a filesystem root, limited by the
-//! process's cpuset, and watched for hotplug.
+//! process's cpuset (and, live, its affinity), and watched for hotplug. Detection never
+//! fails: what cannot be trusted becomes a warning, and `numa_available` says whether
+//! placement may rely on the result.
 
+mod affinity;
+pub mod cpulist;
+mod cpuset;
+mod detect;
+pub mod distance;
+pub mod meminfo;
 mod model;
+mod reader;
+pub mod synthetic;
 pub mod watcher;
 
+pub use cpulist::{CpuListError, format_cpulist, parse_cpulist, parse_cpumap};
+pub use distance::{DistanceError, parse_distance_row};
+pub use meminfo::{MemInfo, MeminfoError, parse_meminfo};
 pub use model::{NumaNode, Topology};
+
+use crate::placement::Strategy;
+use std::path::Path;
+
+/// Read the topology of the captured (or live) tree under `fs_root`: `fs_root/sys`,
+/// `fs_root/proc`, `fs_root/dev/cpuset` and the cgroup mounts `fs_root/proc/mounts` names.
+/// The calling thread's affinity is not consulted (the tree may be another machine's).
+pub fn detect(fs_root: &Path) -> Topology {
+    detect::detect_with(fs_root, None)
+}
+
+/// Read this machine's topology (`/`), with the allowed CPUs further limited by the calling
+/// thread's `sched_getaffinity`.
+pub fn detect_live() -> Topology {
+    match affinity::current_affinity() {
+        Ok(cpus) => detect::detect_with(Path::new("/"), Some(&cpus)),
+        Err(e) => {
+            let mut t = detect::detect_with(Path::new("/"), None);
+            t.warnings.push(format!(
+                "sched_getaffinity failed ({e}); allowed CPUs come from the cpuset alone"
+            ));
+            t
+        }
+    }
+}
+
+/// The strategy that suits this topology.
+///
+/// - `disabled` when `numa_available` is false: the data cannot be trusted for placement.
+/// - One allowed node with memory: `local_node`. Every strategy then puts everything on
+///   that node, so none is measurably better; `local_node` costs nothing here (binding to
+///   the only node is a no-op, workers may use every allowed CPU) and stays right if
+///   hotplug later adds a node (CXL or HBM memory), whereas `disabled` would claim NUMA
+///   placement is broken on a healthy machine.
+/// - Several nodes, at least one allowed node with both allowed CPUs and memory:
+///   `local_node`, which keeps each caller's data on the node its workers run on.
+/// - Several nodes but none with both allowed CPUs and memory (CPUs on memory-less nodes,
+///   memory on CPU-less ones): `interleave`, since no placement is local anyway and
+///   spreading uses every node's bandwidth.
+pub fn optimal_strategy(topology: &Topology) -> Strategy {
+    if !topology.numa_available {
+        return Strategy::Disabled;
+    }
+    let local = topology
+        .nodes
+        .iter()
+        .any(|n| n.allowed && n.has_memory && !n.allowed_cpus.is_empty());
+    if local {
+        Strategy::LocalNode
+    } else {
+        Strategy::Interleave
+    }
+}

@@ -40,3 +40,125 @@ pub struct Topology {
     /// Things read that could not be trusted or were missing, in words.
     pub warnings: Vec<String>,
 }
+
+impl Topology {
+    /// The node numbered `id`.
+    pub fn node(&self, id: u32) -> Option<&NumaNode> {
+        self.nodes
+            .binary_search_by_key(&id, |n| n.node_id)
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    /// The node whose CPUs include `cpu` (online CPUs only).
+    pub fn node_of_cpu(&self, cpu: u32) -> Option<u32> {
+        self.nodes
+            .iter()
+            .find(|n| n.cpus.binary_search(&cpu).is_ok())
+            .map(|n| n.node_id)
+    }
+
+    /// Every node number, ascending.
+    pub fn node_ids(&self) -> Vec<u32> {
+        self.nodes.iter().map(|n| n.node_id).collect()
+    }
+
+    /// Total memory of every node, in bytes.
+    pub fn total_memory_bytes(&self) -> u64 {
+        // Saturating: a corrupt meminfo must not overflow (and panic) the sum.
+        self.nodes
+            .iter()
+            .fold(0u64, |acc, n| acc.saturating_add(n.memory_total_bytes))
+    }
+
+    /// The node whose workers should serve node `id`: `id` itself when it has allowed CPUs,
+    /// else the node with allowed CPUs at the smallest distance from it (ties: the lower
+    /// node number). Uses `id`'s distance row, or the other nodes' rows towards `id` when
+    /// that is unknown. `None` when no node has allowed CPUs or no distance is known.
+    pub fn nearest_node_with_cpus(&self, id: u32) -> Option<u32> {
+        let from = self.node(id)?;
+        if !from.allowed_cpus.is_empty() {
+            return Some(id);
+        }
+        self.nodes
+            .iter()
+            .filter(|n| !n.allowed_cpus.is_empty())
+            .filter_map(|n| {
+                let d = from
+                    .distances
+                    .get(&n.node_id)
+                    .or_else(|| n.distances.get(&id))?;
+                Some((*d, n.node_id))
+            })
+            .min()
+            .map(|(_, node)| node)
+    }
+
+    /// The Topology JSON of ARCHITECTURE.md: the seed's `nodes[]` (`node_id`, `cpu_count`,
+    /// `cpu_list`, `memory_mb`, `distances`), `total_memory_mb`, `optimal_strategy`, plus
+    /// `has_cpu`, `has_memory`, `allowed` per node and `allowed_nodes`, `allowed_cpus`,
+    /// `numa_available`, `warnings`.
+    pub fn to_json(&self) -> serde_json::Value {
+        // The view only borrows; serialising it cannot fail (no non-string map keys other
+        // than integers, which serde_json turns into strings).
+        serde_json::to_value(self.json_view()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The same document as [`Topology::to_json`], pretty-printed, written straight from the
+    /// topology (no intermediate `Value`: several times faster for 64 nodes, which matters
+    /// to `numacachectl topology --json` and `GetTopology`).
+    pub fn to_json_string_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.json_view()).unwrap_or_default()
+    }
+
+    fn json_view(&self) -> TopologyJson<'_> {
+        const MIB: u64 = 1024 * 1024;
+        TopologyJson {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeJson {
+                    node_id: n.node_id,
+                    cpu_count: n.cpus.len(),
+                    cpu_list: &n.cpus,
+                    memory_mb: n.memory_total_bytes / MIB,
+                    distances: &n.distances,
+                    has_cpu: n.has_cpu,
+                    has_memory: n.has_memory,
+                    allowed: n.allowed,
+                })
+                .collect(),
+            total_memory_mb: self.total_memory_bytes() / MIB,
+            optimal_strategy: super::optimal_strategy(self).as_str(),
+            allowed_nodes: &self.allowed_nodes,
+            allowed_cpus: &self.allowed_cpus,
+            numa_available: self.numa_available,
+            warnings: &self.warnings,
+        }
+    }
+}
+
+/// The Topology JSON, field for field, borrowing from a [`Topology`].
+#[derive(Serialize)]
+struct TopologyJson<'a> {
+    nodes: Vec<NodeJson<'a>>,
+    total_memory_mb: u64,
+    optimal_strategy: &'static str,
+    allowed_nodes: &'a [u32],
+    allowed_cpus: &'a [u32],
+    numa_available: bool,
+    warnings: &'a [String],
+}
+
+/// One node of the Topology JSON; `distances` keys become strings ("0": 10).
+#[derive(Serialize)]
+struct NodeJson<'a> {
+    node_id: u32,
+    cpu_count: usize,
+    cpu_list: &'a [u32],
+    memory_mb: u64,
+    distances: &'a BTreeMap<u32, u32>,
+    has_cpu: bool,
+    has_memory: bool,
+    allowed: bool,
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs every test of numa-cache: formatting, lints, unit tests, integration tests on a real
+# btrfs, a real dbus-daemon + polkitd, and the NUMA lab (QEMU with 2-4 emulated nodes).
+# As root it installs what is missing (Debian/Ubuntu: apt-get); otherwise it prints exactly
+# what is missing and stops. With CI=true nothing may skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use, each with the command that proves it is there.
+need=(
+  "mkfs.btrfs:btrfs-progs"
+  "qemu-system-x86_64:qemu-system-x86"
+  "busybox:busybox-static"
+  "cpio:cpio"
+  "lstopo-no-graphics:hwloc"
+  "numactl:numactl"
+  "hyperfine:hyperfine"
+  "dbus-daemon:dbus-daemon"
+  "/usr/lib/polkit-1/polkitd:polkitd"
+  "pkaction:polkitd"
+  "busctl:systemd"
+  "gdbus:libglib2.0-bin"
+  "runuser:util-linux"
+  "curl:curl"
+  "promtool:prometheus"
+  "zstd:zstd"
+  "socat:socat"
+  "setpriv:util-linux"
+)
+missing=()
+for pair in "${need[@]}"; do
+  cmd=${pair%%:*}; pkg=${pair##*:}
+  if [[ $cmd == /* ]]; then [[ -e $cmd ]] || missing+=("$pkg"); else command -v "$cmd" >/dev/null || missing+=("$pkg"); fi
+done
+if ((${#missing[@]})); then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "missing packages: ${missing[*]}" >&2
+    echo "install them as root: apt-get install -y --no-install-recommends ${missing[*]}" >&2
+    exit 2
+  fi
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "the integration tests mount btrfs images and start a private system bus: run as root" >&2
+  [[ ${CI:-} == true ]] && exit 2
+fi
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup)" >&2; exit 2; }
+# schemathesis (PyPI) checks the HTTP gateway against openapi.yaml.
+if ! command -v schemathesis >/dev/null; then
+  echo "==> installing schemathesis (pip)"
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis ||
+    { echo "schemathesis is missing and pip could not install it: python3 -m pip install schemathesis" >&2; exit 2; }
+fi
+
+failed=()
+step() { # step NAME CMD...: run every check even after one fails, so one run shows all of them
+  local name=$1; shift
+  echo "==> $name"
+  local t0=$SECONDS
+  if "$@"; then echo "    ok: $name ($((SECONDS - t0)) s)"; else echo "    FAILED: $name"; failed+=("$name"); fi
+}
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy --all-targets -- -D warnings (also type-checks the benches)" cargo clippy --all-targets --quiet -- -D warnings
+step "cargo test" cargo test --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-2}"
+step "doc tests" cargo test --doc --quiet
+if ((${#failed[@]})); then
+  printf 'FAILED: %s\n' "${failed[@]}" >&2
+  exit 1
+fi
+echo "all tests passed"

@@ -1,0 +1,119 @@
+//! Who is calling: the uid and pid of a message's sender, asked of the bus once per
+//! connection (unique names are never reused on a bus), and the CPU that pid last ran on,
+//! read fresh from /proc for every call because it changes.
+
+use crate::service::errors::ServiceError;
+use crate::store::Caller;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use zbus::Connection;
+use zbus::message::Header;
+use zbus::names::BusName;
+
+/// The bus-reported identity of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// The connection's Unix user id.
+    pub uid: u32,
+    /// The connection's process id (0 when the bus does not know it).
+    pub pid: u32,
+}
+
+/// Remembers the credentials of callers by unique bus name.
+#[derive(Debug, Default)]
+pub struct CallerCache {
+    known: Mutex<HashMap<String, Credentials>>,
+}
+
+/// Past this many remembered senders we start over: a cheap bound for a long-running daemon
+/// talking to many short-lived clients.
+const MAX_REMEMBERED: usize = 4096;
+
+impl CallerCache {
+    /// The credentials of the sender of `header`.
+    pub async fn credentials(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+    ) -> Result<Credentials, ServiceError> {
+        let sender = header.sender().ok_or_else(|| {
+            ServiceError::AccessDenied(
+                "the message has no sender; cannot tell who is calling".into(),
+            )
+        })?;
+        if let Some(c) = self.lock().get(sender.as_str()) {
+            return Ok(*c);
+        }
+        let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+        let name = BusName::from(sender.to_owned());
+        let (uid, pid) = tokio::join!(
+            dbus.get_connection_unix_user(name.clone()),
+            dbus.get_connection_unix_process_id(name)
+        );
+        let uid = uid.map_err(|e| {
+            ServiceError::AccessDenied(format!("the bus could not tell the caller's uid: {e}"))
+        })?;
+        let creds = Credentials {
+            uid,
+            pid: pid.unwrap_or(0),
+        };
+        let mut known = self.lock();
+        if known.len() >= MAX_REMEMBERED {
+            known.clear();
+        }
+        known.insert(sender.to_string(), creds);
+        Ok(creds)
+    }
+
+    /// The engine's view of the caller: uid for namespace ownership, last CPU for placement.
+    pub async fn caller(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+    ) -> Result<Caller, ServiceError> {
+        let creds = self.credentials(conn, header).await?;
+        Ok(Caller {
+            uid: Some(creds.uid),
+            cpu: last_cpu(creds.pid),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Credentials>> {
+        // A poisoned lock only means another call panicked mid-insert; the map is still valid.
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The CPU `pid` last ran on: field 39 of /proc/PID/stat. None when unknown.
+pub fn last_cpu(pid: u32) -> Option<u32> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu(&stat)
+}
+
+/// Field 39 ("processor") of a /proc/PID/stat line. The command name (field 2) may hold
+/// spaces and parentheses, so fields are counted after its last ')'.
+fn parse_stat_cpu(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' comes field 3 (state); field 39 is 36 further on.
+    rest.split_ascii_whitespace().nth(36)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_cpu_field_survives_odd_command_names() {
+        let mut line = String::from("1234 (a) b (c)) S");
+        for i in 4..=52 {
+            line.push_str(&format!(" {}", if i == 39 { 7 } else { i }));
+        }
+        assert_eq!(parse_stat_cpu(&line), Some(7));
+        assert_eq!(parse_stat_cpu("garbage"), None);
+        let me = std::process::id();
+        assert!(last_cpu(me).is_some());
+    }
+}

@@ -1,0 +1,361 @@
+//! The D-Bus test harness: a private dbus-daemon configured like the system bus (default
+//! deny, our policy file included), a real polkitd owning org.freedesktop.PolicyKit1 on it,
+//! and numa-cached with a temporary state directory. Tools we did not write (busctl, gdbus)
+//! are the clients. Everything started here is stopped by pid when the guard drops.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Root of the repository (for dbus/, polkit/).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The object and interfaces, for brevity in tests.
+pub const NAME: &str = "org.opdbus.NumaCache";
+/// Root object path.
+pub const ROOT: &str = "/org/opdbus/NumaCache";
+
+/// Check every tool the D-Bus tests need; false (after a loud skip) when one is missing.
+pub fn prerequisites() -> bool {
+    super::support::require_root()
+        && super::support::require_tool("dbus-daemon", "dbus-daemon")
+        && super::support::require_tool("/usr/lib/polkit-1/polkitd", "polkitd")
+        && super::support::require_tool("busctl", "systemd")
+        && super::support::require_tool("gdbus", "libglib2.0-bin")
+        && super::support::require_tool("runuser", "util-linux")
+}
+
+/// polkitd reads actions only from /usr/share/polkit-1/actions: put ours there (it is the
+/// file `make install` installs, so this is the real configuration).
+pub fn install_polkit_policy() {
+    let src = repo().join("polkit/org.opdbus.NumaCache.policy");
+    let dst = Path::new("/usr/share/polkit-1/actions/org.opdbus.NumaCache.policy");
+    let want = std::fs::read(&src).expect("reading polkit/org.opdbus.NumaCache.policy");
+    if std::fs::read(dst).ok().as_deref() != Some(&want[..]) {
+        std::fs::create_dir_all(dst.parent().unwrap()).expect("creating the polkit actions dir");
+        std::fs::write(dst, want).expect("installing the polkit policy");
+    }
+}
+
+/// A system user in group `numacache` for the namespace-ownership tests; created once.
+pub const TEST_USER: &str = "numacache-test";
+
+/// Make sure group numacache and user numacache-test (a member) exist.
+pub fn ensure_test_user() {
+    if !group_exists("numacache") {
+        run_ok(Command::new("groupadd").args(["--system", "numacache"]));
+    }
+    let has_user = Command::new("id")
+        .arg(TEST_USER)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_user {
+        run_ok(Command::new("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--groups",
+            "numacache",
+            TEST_USER,
+        ]));
+    }
+}
+
+fn group_exists(g: &str) -> bool {
+    Command::new("getent")
+        .args(["group", g])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private system-like bus with polkitd on it.
+pub struct Bus {
+    dir: tempfile::TempDir,
+    dbus: Child,
+    polkit: Child,
+    /// The address to put in DBUS_SYSTEM_BUS_ADDRESS.
+    pub address: String,
+}
+
+impl Bus {
+    /// Start dbus-daemon and polkitd; panics with the logs if either does not come up.
+    pub fn start() -> Bus {
+        install_polkit_policy();
+        ensure_test_user();
+        let dir = tempfile::Builder::new()
+            .prefix("numa-cache-bus.")
+            .tempdir()
+            .expect("temp dir");
+        use std::os::unix::fs::PermissionsExt;
+        // Other users (nobody, numacache-test) must reach the socket inside.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let conf = std::fs::read_to_string(repo().join("tests/dbus/system-bus.conf.in"))
+            .unwrap()
+            .replace("@DIR@", &dir.path().display().to_string())
+            .replace(
+                "@POLICY@",
+                &repo()
+                    .join("dbus/org.opdbus.NumaCache.conf")
+                    .display()
+                    .to_string(),
+            );
+        let conf_path = dir.path().join("bus.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("dbus.log")).unwrap();
+        let dbus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf_path.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting dbus-daemon");
+        let socket = dir.path().join("system_bus_socket");
+        let address = format!("unix:path={}", socket.display());
+        wait_for(|| socket.exists(), "the private bus socket");
+        let log = std::fs::File::create(dir.path().join("polkitd.log")).unwrap();
+        let polkit = Command::new("/usr/lib/polkit-1/polkitd")
+            .arg("--no-debug")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting polkitd");
+        let bus = Bus {
+            dir,
+            dbus,
+            polkit,
+            address,
+        };
+        wait_for(
+            || bus.has_owner("org.freedesktop.PolicyKit1"),
+            "polkitd to own org.freedesktop.PolicyKit1",
+        );
+        bus
+    }
+
+    /// The bus's temp directory (logs, state dirs of daemons started on it).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Does `name` have an owner on this bus?
+    pub fn has_owner(&self, name: &str) -> bool {
+        let out = self.busctl(&[
+            "call",
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "NameHasOwner",
+            "s",
+            name,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim() == "b true"
+    }
+
+    /// busctl --system with this bus, as root.
+    pub fn busctl(&self, args: &[&str]) -> Output {
+        Command::new("busctl")
+            .arg("--system")
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .output()
+            .expect("running busctl")
+    }
+
+    /// A command run as `user` with this bus as the system bus.
+    pub fn as_user(&self, user: &str, program: &str, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", user, "--", "env"])
+            .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", self.address))
+            .arg(program)
+            .args(args)
+            .output()
+            .expect("running runuser")
+    }
+
+    /// gdbus with this bus as the system bus, as root.
+    pub fn gdbus(&self, args: &[&str]) -> Output {
+        Command::new("gdbus")
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.address)
+            .output()
+            .expect("running gdbus")
+    }
+
+    /// The polkitd log so far (for assertion messages).
+    pub fn polkit_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("polkitd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        for child in [&mut self.polkit, &mut self.dbus] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// numa-cached running on a `Bus`.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its state directory.
+    pub state: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Start numa-cached on `bus` with state in `state` and extra environment.
+    pub fn start(bus: &Bus, state: &Path, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_with(bus, state, env, &[])
+    }
+
+    /// Start numa-cached with extra environment and command-line arguments.
+    pub fn start_with(bus: &Bus, state: &Path, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+        let log = bus.dir().join(format!("daemon-{}.log", std::process::id()));
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_numa-cached"));
+        cmd.args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .env("OPDBUS_CACHE_DIR", state)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting numa-cached");
+        let mut d = Daemon {
+            child: Some(child),
+            state: state.to_path_buf(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !bus.has_owner(NAME) {
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!(
+                    "numa-cached exited with {status} before taking its name:\n{}",
+                    d.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "numa-cached did not take its name:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Is the process still running?
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Poll `cond` for up to 10 s.
+pub fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// stdout as text, asserting success.
+pub fn ok(out: &Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr as text, asserting failure.
+pub fn fails(out: &Output, what: &str) -> String {
+    assert!(
+        !out.status.success(),
+        "{what} should fail but printed {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The single JSON string a `busctl --json=short call` returned for an `s` method, parsed.
+pub fn busctl_json_string(stdout: &str) -> serde_json::Value {
+    let outer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("busctl JSON");
+    let inner = outer["data"][0].as_str().expect("a string reply");
+    serde_json::from_str(inner).expect("the reply is JSON")
+}
+
+/// The a{sv} a `busctl --json=short call` returned, as {key: value}.
+pub fn busctl_json_dict(stdout: &str) -> serde_json::Map<String, serde_json::Value> {
+    let outer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("busctl JSON");
+    outer["data"][0]
+        .as_object()
+        .expect("an a{sv} reply")
+        .iter()
+        .map(|(k, v)| (k.clone(), v["data"].clone()))
+        .collect()
+}
