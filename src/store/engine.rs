@@ -3,7 +3,7 @@
 //! node (always for memory-tier hits); otherwise the entry's node pool does the disk read,
 //! so page-cache and memory-tier pages stay on the entry's node.
 
-use crate::placement::{NodePools, Strategy, StrategyConfig};
+use crate::placement::{NodePools, Placer, Strategy, StrategyConfig};
 use crate::store::blob;
 use crate::store::commit::{Committer, Op, Why};
 use crate::store::config::{
@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
-use xxhash_rust::xxh3::xxh3_64;
 
 /// Unix time in nanoseconds.
 pub fn unix_ns() -> u64 {
@@ -77,23 +76,6 @@ impl Layout {
         v.sort_unstable();
         v.dedup();
         v
-    }
-
-    fn nearest_placeable(&self, node: u32) -> u32 {
-        if self.placeable.contains(&node) {
-            return node;
-        }
-        let dist = self
-            .topology
-            .nodes
-            .iter()
-            .find(|n| n.node_id == node)
-            .map(|n| &n.distances);
-        self.placeable
-            .iter()
-            .copied()
-            .min_by_key(|p| dist.and_then(|d| d.get(p).copied()).unwrap_or(u32::MAX))
-            .unwrap_or(0)
     }
 
     /// Run `job` where the pages it touches belong to `node`: here when this thread is on
@@ -165,7 +147,8 @@ pub struct Shared {
     /// Puts writing their blob or queued, not yet answered: the committer waits briefly
     /// for them so that they share one flush.
     pub puts_in_flight: AtomicU64,
-    rr: AtomicU64,
+    /// Chooses the node of new entries (the placement module owns the strategies).
+    pub placer: Placer,
 }
 
 impl Shared {
@@ -274,6 +257,7 @@ impl Cache {
         } else {
             BTreeMap::new()
         };
+        let topology_for_placer = Arc::clone(&topology);
         let layout = Layout {
             cpu_node: cpu_map(&topology),
             placeable,
@@ -293,7 +277,7 @@ impl Cache {
             next_id: AtomicU64::new(rec.next_id),
             ttl_entries: AtomicU64::new(0),
             puts_in_flight: AtomicU64::new(0),
-            rr: AtomicU64::new(0),
+            placer: Placer::new(Arc::clone(&topology_for_placer), strategy),
         });
         let now_ns = unix_ns();
         for r in &rec.rows {
@@ -383,40 +367,12 @@ impl Cache {
         }
     }
 
-    fn choose_node(&self, layout: &Layout, ns: &str, key: &str, caller: &Caller) -> u32 {
-        let p = &layout.placeable;
-        if let Some(pref) = layout.strategy.node_preference
-            && p.contains(&pref)
-        {
-            return pref;
-        }
-        match layout.strategy.strategy {
-            Strategy::LocalNode => {
-                layout.nearest_placeable(layout.node_of_cpu(caller.cpu.or_else(current_cpu)))
-            }
-            Strategy::RoundRobin => {
-                p[(self.shared.rr.fetch_add(1, Relaxed) % p.len() as u64) as usize]
-            }
-            Strategy::MostMemory => {
-                let free = |n: &u32| {
-                    layout
-                        .topology
-                        .nodes
-                        .iter()
-                        .find(|x| x.node_id == *n)
-                        .map(|x| x.memory_free_bytes)
-                        .unwrap_or(0)
-                };
-                p.iter()
-                    .copied()
-                    .max_by_key(|n| (free(n), u32::MAX - n))
-                    .unwrap_or(p[0])
-            }
-            Strategy::Interleave => {
-                let h = xxh3_64(key.as_bytes()) ^ xxh3_64(ns.as_bytes());
-                p[(h % p.len() as u64) as usize]
-            }
-            Strategy::Disabled => p[0],
+    fn choose_node(&self, layout: &Layout, key: &str, caller: &Caller) -> u32 {
+        let node = self.shared.placer.place(key.as_bytes(), caller.cpu);
+        if layout.shards.contains_key(&node) {
+            node
+        } else {
+            layout.placeable.first().copied().unwrap_or(node)
         }
     }
 
@@ -442,14 +398,21 @@ impl Cache {
         let new_namespace = self.check_owner(ns, caller, true)?;
         let layout = self.shared.layout();
         let node = match opts.node {
-            Some(n) if layout.placeable.contains(&n) && layout.shards.contains_key(&n) => n,
             Some(n) => {
-                return Err(StoreError::InvalidArgument(format!(
-                    "node {n} cannot hold entries; allowed nodes with memory: {:?}",
-                    layout.placeable
-                )));
+                let n = self
+                    .shared
+                    .placer
+                    .check_node(i64::from(n))
+                    .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+                if !layout.shards.contains_key(&n) {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "node {n} has no shard; nodes with shards: {:?}",
+                        layout.shards.keys().collect::<Vec<_>>()
+                    )));
+                }
+                n
             }
-            None => self.choose_node(&layout, ns, key, caller),
+            None => self.choose_node(&layout, key, caller),
         };
         let now = unix_ns();
         let created = now / 1_000_000_000;
@@ -838,14 +801,11 @@ impl Cache {
     /// Validate, persist and apply a strategy; existing entries stay where they are.
     /// Returns the number of worker threads re-applied.
     pub fn set_strategy(&self, cfg: StrategyConfig) -> Result<usize, StoreError> {
-        let old = self.shared.layout();
-        if let Some(p) = cfg.node_preference
-            && !old.placeable.contains(&p)
-        {
-            return Err(StoreError::InvalidArgument(format!(
-                "node_preference {p} is not an allowed node with memory; choose one of {:?} or -1 for none",
-                old.placeable
-            )));
+        if let Some(p) = cfg.node_preference {
+            self.shared
+                .placer
+                .check_node(i64::from(p))
+                .map_err(|e| StoreError::InvalidArgument(format!("node_preference: {e}")))?;
         }
         self.exec(move |c| {
             index::save_strategy(&mut c.conn, &cfg)
@@ -858,6 +818,10 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner());
         let pools = Arc::clone(&slot.pools);
         let n = pools.apply(&cfg);
+        if let Err(e) = self.shared.placer.set_config(cfg) {
+            // Checked above; only a topology change in between can get here.
+            tracing::warn!("placement keeps its previous strategy: {e}");
+        }
         let next = Layout {
             topology: Arc::clone(&slot.topology),
             cpu_node: slot.cpu_node.clone(),
@@ -913,6 +877,7 @@ impl Cache {
         }
         let strategy = slot.strategy;
         let repinned = slot.pools.update(&topology);
+        self.shared.placer.set_topology(Arc::clone(&topology));
         tracing::info!("topology changed: {repinned} worker threads re-pinned");
         let next = Layout {
             cpu_node: cpu_map(&topology),
