@@ -3,6 +3,12 @@
 //! durable becomes the next batch: one SQLite transaction, then one `syncfs` covering the
 //! batch's blob files and the WAL, then every waiter is answered (group commit). It also runs
 //! the periodic work: disk-bound eviction, TTL expiry, access-time write-back, stats rows.
+//!
+//! Why one flush is enough: a put's blob is renamed into place before its row commits, and
+//! nobody is answered before the flush. A crash before it can leave rows whose blob is short
+//! or missing (dropped at start-up by a size check) or blobs without a row (indexed again
+//! from their header when their id is at or above the committed `next_id`, removed when a
+//! committed delete or overwrite had replaced them). An answered put is always on disk.
 
 use crate::store::engine::{Shared, unix_ns};
 use crate::store::entries::Entry;
