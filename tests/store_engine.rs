@@ -426,3 +426,53 @@ fn stats_have_the_seed_shape_and_history_rows() {
     assert_eq!(cache.totals().hits, 0);
     assert_eq!(cache.totals().entries, 1);
 }
+
+#[test]
+fn two_nodes_local_and_remote_gets_are_measured() {
+    let Some(m) = Mount::btrfs(256, false) else {
+        return;
+    };
+    let topo = topo2();
+    let cpu_of = |n: usize| topo.nodes[n].cpus[0];
+    if cpu_of(0) == cpu_of(1) {
+        eprintln!("SKIP: one CPU, the two synthetic nodes cannot differ");
+        return;
+    }
+    let cache = Cache::open(config(&m.dir()), topo.clone()).unwrap();
+    for n in 0..2u32 {
+        let o = PutOptions {
+            node: Some(n),
+            ..Default::default()
+        };
+        cache
+            .put("nb", &format!("on{n}"), &value_for("x", 0, 3000), &o, &ME)
+            .unwrap();
+    }
+    for _ in 0..20 {
+        for caller_node in 0..2usize {
+            let caller = Caller {
+                uid: None,
+                cpu: Some(cpu_of(caller_node)),
+            };
+            for n in 0..2 {
+                cache.get("nb", &format!("on{n}"), &caller).unwrap();
+            }
+        }
+    }
+    let s = cache.stats_json();
+    let b = &s["numa_benefits"];
+    assert_eq!(b["single_node"], false);
+    assert_eq!(
+        b["local_samples"].as_u64().unwrap() + b["remote_samples"].as_u64().unwrap(),
+        80
+    );
+    assert!(
+        b["remote_samples"].as_u64().unwrap() > 0 && b["local_samples"].as_u64().unwrap() > 0,
+        "{b}"
+    );
+    // Measured, not assumed: a ratio of two measured means.
+    assert!(b["memory_bandwidth_gain"].as_f64().unwrap() > 0.0);
+    let ratio = s["totals"]["local_hit_ratio"].as_f64().unwrap();
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
+    assert_eq!(s["node_distribution"]["1"]["cache_entries"], 1);
+}
