@@ -5,6 +5,7 @@
 //! renders or runs locally.
 
 pub mod cli;
+pub mod gateway;
 pub mod placement;
 pub mod policy;
 pub mod service;

@@ -175,3 +175,40 @@ fn a_bad_fs_root_is_an_error_that_says_what_is_wanted() {
         "{err}"
     );
 }
+
+#[test]
+fn affinity_narrows_the_allowed_cpus() {
+    if !support::require_tool("taskset", "util-linux") {
+        return;
+    }
+    // `taskset -c 0` runs numacachectl with sched_setaffinity({0}): only CPU 0 is allowed,
+    // while the nodes still list all their CPUs.
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            env!("CARGO_BIN_EXE_numacachectl"),
+            "topology",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["allowed_cpus"], serde_json::json!([0]));
+    let all: usize = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["cpu_count"].as_u64().unwrap() as usize)
+        .sum();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    assert_eq!(
+        all,
+        numa_cache::topology::parse_cpulist(&online).unwrap().len()
+    );
+}

@@ -60,8 +60,7 @@ pub struct DiagnoseReport {
 
 /// Run the checks; returns what to print.
 pub fn run(args: &DiagnoseArgs) -> Result<String, CliError> {
-    // Interim: the watcher's reader stands in for `topology::detect_live` until it lands.
-    let topology = crate::topology::watcher::scan(std::path::Path::new("/"));
+    let topology = crate::topology::detect_live();
     let report = diagnose(&topology);
     if args.json {
         Ok(format!("{}\n", serde_json::to_string(&report)?))
@@ -301,7 +300,7 @@ mod tests {
 
     #[test]
     fn this_host_passes_its_own_checks() {
-        let t = crate::topology::watcher::scan(std::path::Path::new("/"));
+        let t = crate::topology::detect_live();
         let r = diagnose(&t);
         let json = serde_json::to_value(&r).unwrap();
         let first = &json["nodes"][0];

@@ -34,7 +34,7 @@ pub fn run(args: &TopologyArgs) -> Result<String, CliError> {
         None => topology::detect_live(),
     };
     if args.json {
-        let mut out = serde_json::to_string_pretty(&topology.to_json())?;
+        let mut out = topology.to_json_string_pretty();
         out.push('\n');
         Ok(out)
     } else {

@@ -47,6 +47,8 @@ pub fn bind_process(
     node: u32,
     memory_policy: MemoryPolicy,
 ) -> Result<BindReport, PlacementError> {
+    // First, so a missing privilege is reported as such and not as an unreadable numa_maps.
+    policy::check_other_process(pid, "binding another process to a node")?;
     let n = nodes::node(topology, node).ok_or_else(|| PlacementError::NodeNotUsable {
         node: i64::from(node),
         reason: "no such node",
@@ -148,31 +150,9 @@ pub fn optimize_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::nodes::this_machine;
     use crate::policy::PolicyError;
-    use crate::topology::NumaNode;
     use std::process::{Command, Stdio};
-
-    fn this_machine() -> Topology {
-        let cpus = policy::get_affinity(0).unwrap();
-        let home = policy::mems_allowed().unwrap()[0];
-        Topology {
-            nodes: vec![NumaNode {
-                node_id: home,
-                cpus: cpus.clone(),
-                allowed_cpus: cpus.clone(),
-                memory_total_bytes: 1 << 30,
-                memory_free_bytes: 1 << 29,
-                has_cpu: true,
-                has_memory: true,
-                allowed: true,
-                distances: [(home, 10)].into(),
-            }],
-            allowed_cpus: cpus,
-            allowed_nodes: vec![home],
-            numa_available: false,
-            warnings: vec![],
-        }
-    }
 
     #[test]
     fn binds_a_running_child_to_its_node() {

@@ -27,27 +27,28 @@ fn is_allowed(t: &Topology, n: &NumaNode) -> bool {
 
 /// The node `node_id`, if the topology has it.
 pub(crate) fn node(t: &Topology, node_id: u32) -> Option<&NumaNode> {
-    t.nodes.iter().find(|n| n.node_id == node_id)
+    t.node(node_id)
 }
 
 /// The node whose CPU list holds `cpu`.
 pub(crate) fn node_of_cpu(t: &Topology, cpu: u32) -> Option<u32> {
-    t.nodes
-        .iter()
-        .find(|n| n.cpus.contains(&cpu) || n.allowed_cpus.contains(&cpu))
-        .map(|n| n.node_id)
+    t.node_of_cpu(cpu)
 }
 
-/// Of `candidates`, the one nearest to `from` by SLIT distance (itself when it is one; ties
-/// and missing distances go to the lowest id).
+/// Of `candidates`, the one nearest to `from` by SLIT distance: itself when it is one;
+/// `from`'s row, else the candidate's row towards `from` (as
+/// `Topology::nearest_node_with_cpus` does); ties and unknown distances go to the lowest id.
 pub(crate) fn nearest(t: &Topology, from: u32, candidates: &[u32]) -> Option<u32> {
     if candidates.contains(&from) {
         return Some(from);
     }
     let row = node(t, from).map(|n| &n.distances);
-    candidates.iter().copied().min_by_key(|c| {
-        let d = row.and_then(|r| r.get(c).copied()).unwrap_or(u32::MAX);
-        (d, *c)
+    candidates.iter().copied().min_by_key(|&c| {
+        let d = row
+            .and_then(|r| r.get(&c).copied())
+            .or_else(|| node(t, c).and_then(|n| n.distances.get(&from).copied()))
+            .unwrap_or(u32::MAX);
+        (d, c)
     })
 }
 
@@ -58,4 +59,29 @@ pub(crate) fn all_allowed_cpus(t: &Topology) -> Vec<u32> {
         return t.allowed_cpus.clone();
     }
     crate::policy::get_affinity(0).unwrap_or_default()
+}
+
+/// This machine as a one-node topology (its first allowed memory node and every CPU this
+/// thread may use): the fixture of placement's unit tests, which must run on real CPUs.
+#[cfg(test)]
+pub(crate) fn this_machine() -> Topology {
+    let cpus = crate::policy::get_affinity(0).unwrap();
+    let home = crate::policy::mems_allowed().unwrap()[0];
+    Topology {
+        nodes: vec![NumaNode {
+            node_id: home,
+            cpus: cpus.clone(),
+            allowed_cpus: cpus.clone(),
+            memory_total_bytes: 1 << 30,
+            memory_free_bytes: 1 << 29,
+            has_cpu: true,
+            has_memory: true,
+            allowed: true,
+            distances: [(home, 10)].into(),
+        }],
+        allowed_cpus: cpus,
+        allowed_nodes: vec![home],
+        numa_available: true,
+        warnings: vec![],
+    }
 }

@@ -13,6 +13,7 @@ use crate::policy::{self, MemPolicyMode, PolicyError};
 use crate::topology::Topology;
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -32,6 +33,14 @@ struct Task {
 struct Settings {
     config: StrategyConfig,
     topology: Topology,
+}
+
+impl Settings {
+    /// No pinning and no memory policy: the strategy is `disabled`, or the topology says
+    /// its NUMA data cannot be trusted for placement.
+    fn unplaced(&self) -> bool {
+        self.config.strategy == Strategy::Disabled || !self.topology.numa_available
+    }
 }
 
 struct Shared {
@@ -56,7 +65,7 @@ impl Shared {
             let own = nodes::node(&s.topology, node)
                 .map(|n| n.allowed_cpus.clone())
                 .unwrap_or_default();
-            if s.config.strategy == Strategy::Disabled || own.is_empty() {
+            if s.unplaced() || own.is_empty() {
                 nodes::all_allowed_cpus(&s.topology)
             } else {
                 own
@@ -68,7 +77,7 @@ impl Shared {
     fn mempolicy_for(&self, target: u32) -> (MemPolicyMode, Vec<u32>) {
         self.settings(|s| {
             let mem = nodes::memory_nodes(&s.topology);
-            if s.config.strategy == Strategy::Disabled || mem.is_empty() {
+            if s.unplaced() || mem.is_empty() {
                 return (MemPolicyMode::Default, Vec::new());
             }
             let home = nodes::nearest(&s.topology, target, &mem).unwrap_or(mem[0]);
@@ -222,6 +231,11 @@ impl NodePools {
     /// Start a pool for each node with allowed CPUs (one pool, for the first node or node 0,
     /// on a machine without usable NUMA data), pinned and with the memory policy of `config`.
     pub fn start(topology: &Topology, config: &StrategyConfig) -> NodePools {
+        if !topology.numa_available {
+            tracing::info!(
+                "no usable NUMA information: worker threads run unpinned with the default memory policy"
+            );
+        }
         let shared = Arc::new(Shared {
             settings: RwLock::new(Settings {
                 config: *config,
@@ -256,12 +270,12 @@ impl NodePools {
         // Dropping a pool's sender lets its workers finish queued work and exit.
         inner.pools.retain(|node, _| with_cpus.contains(node));
         for &node in &with_cpus {
-            if !inner.pools.contains_key(&node) {
+            if let Entry::Vacant(slot) = inner.pools.entry(node) {
                 let cpus = nodes::node(topology, node)
                     .map(|n| n.allowed_cpus.len())
                     .unwrap_or_else(|| nodes::all_allowed_cpus(topology).len());
                 if let Some(pool) = Pool::start(node, threads_for(cpus), &self.shared) {
-                    inner.pools.insert(node, pool);
+                    slot.insert(pool);
                 }
             }
         }
@@ -293,6 +307,10 @@ impl NodePools {
     /// Run `job` on the pool that serves `node`, under a memory policy for `node`, and wait
     /// for its result. A panic in the job is resumed on the caller. When no pool can take the
     /// job (every worker gone), it runs on the calling thread instead.
+    ///
+    /// Pass the entry's own node, not `serving_node(node)`: for a memory-only node the job
+    /// then runs on its nearest pool but allocates on the memory-only node. A job must not
+    /// call `run` itself (it would wait on the pool it occupies).
     pub fn run<R: Send + 'static>(&self, node: u32, job: impl FnOnce() -> R + Send + 'static) -> R {
         let (tx, rx) = mpsc::sync_channel::<Result<R, Box<dyn Any + Send>>>(1);
         let task = Task {
@@ -393,41 +411,24 @@ mod tests {
     use super::*;
     use crate::topology::NumaNode;
 
-    /// This machine as a topology (one node), plus optionally a memory-less CPU-less node 7
-    /// whose work must be served by node `home`.
+    /// This machine as a topology (one node), plus a node 7 without CPUs or memory whose
+    /// work must be served by the real node.
     fn local_topology() -> Topology {
-        let cpus = policy::get_affinity(0).unwrap();
-        let home = policy::mems_allowed().unwrap()[0];
-        Topology {
-            nodes: vec![
-                NumaNode {
-                    node_id: home,
-                    cpus: cpus.clone(),
-                    allowed_cpus: cpus.clone(),
-                    memory_total_bytes: 1 << 30,
-                    memory_free_bytes: 1 << 29,
-                    has_cpu: true,
-                    has_memory: true,
-                    allowed: true,
-                    distances: [(home, 10), (7, 40)].into(),
-                },
-                NumaNode {
-                    node_id: 7,
-                    cpus: vec![],
-                    allowed_cpus: vec![],
-                    memory_total_bytes: 0,
-                    memory_free_bytes: 0,
-                    has_cpu: false,
-                    has_memory: false,
-                    allowed: false,
-                    distances: [(home, 40), (7, 10)].into(),
-                },
-            ],
-            allowed_cpus: cpus,
-            allowed_nodes: vec![home],
-            numa_available: false,
-            warnings: vec![],
-        }
+        let mut t = nodes::this_machine();
+        let home = t.nodes[0].node_id;
+        t.nodes[0].distances.insert(7, 40);
+        t.nodes.push(NumaNode {
+            node_id: 7,
+            cpus: vec![],
+            allowed_cpus: vec![],
+            memory_total_bytes: 0,
+            memory_free_bytes: 0,
+            has_cpu: false,
+            has_memory: false,
+            allowed: false,
+            distances: [(home, 40), (7, 10)].into(),
+        });
+        t
     }
 
     #[test]
@@ -471,6 +472,24 @@ mod tests {
     }
 
     #[test]
+    fn untrusted_numa_data_means_unpinned_workers_with_the_default_policy() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        let all = t.allowed_cpus.clone();
+        t.nodes[0].allowed_cpus = vec![all[0]];
+        t.numa_available = false;
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        let (affinity, mpol) = pools.run(home, || {
+            (
+                policy::get_affinity(0).unwrap(),
+                policy::get_mempolicy().unwrap(),
+            )
+        });
+        assert_eq!(affinity, all);
+        assert_eq!(mpol.0, MemPolicyMode::Default);
+    }
+
+    #[test]
     fn a_panicking_job_reaches_the_caller_and_the_pool_survives() {
         let t = local_topology();
         let home = t.nodes[0].node_id;
@@ -492,5 +511,54 @@ mod tests {
             assert_eq!(policy::get_affinity(tid).unwrap(), vec![one]);
         }
         assert_eq!(pools.run(home, || policy::getcpu().unwrap().0), one);
+    }
+
+    #[test]
+    fn pinning_the_host_refuses_degrades_to_unpinned_workers() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        // CPU 4000 does not exist here: the kernel refuses the mask, the pool goes on.
+        t.nodes[0].allowed_cpus = vec![4000];
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        assert_eq!(
+            pools.apply(&StrategyConfig::default()),
+            0,
+            "no thread could be pinned"
+        );
+        let (cpu, _) = pools.run(home, || policy::getcpu().unwrap());
+        assert!(policy::get_affinity(0).unwrap().contains(&cpu));
+    }
+
+    #[test]
+    fn a_node_gaining_cpus_gets_a_pool_and_losing_them_hands_over_to_the_nearest() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        assert_eq!(pools.pool_nodes(), vec![home]);
+        // Node 7 comes online with one of our CPUs (and still no memory).
+        let cpu = t.allowed_cpus[0];
+        t.nodes[1].cpus = vec![cpu];
+        t.nodes[1].allowed_cpus = vec![cpu];
+        t.nodes[1].has_cpu = true;
+        pools.update(&t);
+        assert_eq!(pools.pool_nodes(), vec![home, 7]);
+        assert_eq!(pools.serving_node(7), 7);
+        let (ran_on, mpol) = pools.run(7, || {
+            (
+                policy::getcpu().unwrap().0,
+                policy::get_mempolicy().unwrap(),
+            )
+        });
+        assert_eq!(ran_on, cpu);
+        // Node 7 has no memory: its work allocates on the nearest node with memory.
+        assert_eq!(mpol, (MemPolicyMode::Bind, vec![home]));
+        // Its CPU goes away again: the pool stops, the nearest node serves it.
+        t.nodes[1].cpus.clear();
+        t.nodes[1].allowed_cpus.clear();
+        t.nodes[1].has_cpu = false;
+        pools.update(&t);
+        assert_eq!(pools.pool_nodes(), vec![home]);
+        assert_eq!(pools.serving_node(7), home);
+        assert_eq!(pools.run(7, || 7), 7);
     }
 }

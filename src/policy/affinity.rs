@@ -16,6 +16,11 @@ pub fn current_tid() -> i32 {
 /// How many CPU ids the kernel may use (from `/sys/devices/system/cpu/possible`), at least
 /// 64; the starting size of affinity masks.
 pub fn possible_cpu_bits() -> usize {
+    static BITS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BITS.get_or_init(read_possible_cpu_bits)
+}
+
+fn read_possible_cpu_bits() -> usize {
     std::fs::read_to_string("/sys/devices/system/cpu/possible")
         .ok()
         .and_then(|s| {

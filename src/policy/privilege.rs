@@ -60,4 +60,52 @@ mod tests {
         let e = check_other_process(4_194_999, "test").unwrap_err();
         assert!(matches!(e, PolicyError::NoSuchProcess { pid: 4_194_999 }));
     }
+
+    /// Capabilities are per thread: drop CAP_SYS_NICE on a test thread only, then act on a
+    /// process of another user (started as `nobody`). Needs root to start that process.
+    #[test]
+    fn another_users_process_without_cap_sys_nice_is_a_typed_error() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIP: needs root to start a process as another user");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let result = std::thread::spawn(move || {
+            caps::drop(None, CapSet::Effective, Capability::CAP_SYS_NICE).unwrap();
+            let checked = check_other_process(pid, "pinning");
+            let pinned = crate::policy::set_process_affinity(pid, &[0]);
+            let raw = crate::policy::set_affinity(pid, &[0]);
+            (checked, pinned, raw)
+        })
+        .join()
+        .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        for e in [
+            result.0.unwrap_err(),
+            result.1.unwrap_err(),
+            result.2.unwrap_err(),
+        ] {
+            assert!(
+                matches!(
+                    e,
+                    PolicyError::MissingCapability {
+                        capability: "CAP_SYS_NICE",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            assert!(e.to_string().contains("CAP_SYS_NICE"), "{e}");
+        }
+        assert!(has_sys_nice(), "the main thread keeps its capabilities");
+    }
 }

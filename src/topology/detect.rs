@@ -78,11 +78,28 @@ impl Detection {
     }
 
     /// Online CPUs: `cpu/online`, else every `cpu<N>` folder whose `online` is not "0".
-    /// `None` when the tree says nothing about CPUs at all.
+    /// Like hwloc, a CPU counts only if its `cpu<N>` folder exists (captures are sometimes
+    /// pruned; on a live kernel every present CPU has one). `None` when the tree says
+    /// nothing about CPUs at all.
     fn online_cpus(&mut self) -> Option<Vec<u32>> {
+        let folders = numbered_entries(self.r.path(CPU_DIR), "cpu").unwrap_or_default();
         match self.r.read("sys/devices/system/cpu/online") {
             Outcome::Bytes(b) => match parse_cpulist_bytes(b) {
-                Ok(list) if !list.is_empty() => return Some(list),
+                Ok(mut list) if !list.is_empty() => {
+                    if !folders.is_empty() {
+                        let present = Bits::from_list(&folders);
+                        let (kept, gone): (Vec<u32>, Vec<u32>) =
+                            list.iter().partition(|&&c| present.contains(c));
+                        if !gone.is_empty() {
+                            self.warn(format!(
+                                "CPUs {} are online but have no {CPU_DIR}/cpu<N> folder; left out",
+                                super::cpulist::format_cpulist(&gone)
+                            ));
+                            list = kept;
+                        }
+                    }
+                    return Some(list);
+                }
                 Ok(_) => self.warn(format!(
                     "{CPU_DIR}/online is empty; using the cpu<N> folders instead"
                 )),
@@ -95,13 +112,12 @@ impl Detection {
                 "cannot read {CPU_DIR}/online ({e}); using the cpu<N> folders instead"
             )),
         }
-        let ids = numbered_entries(self.r.path(CPU_DIR), "cpu")?;
-        if ids.is_empty() {
+        if folders.is_empty() {
             return None;
         }
-        let mut online = Vec::with_capacity(ids.len());
+        let mut online = Vec::with_capacity(folders.len());
         let mut rel = String::with_capacity(64);
-        for id in ids {
+        for id in folders {
             rel.clear();
             rel.push_str(CPU_DIR);
             rel.push_str("/cpu");
@@ -180,18 +196,51 @@ impl Detection {
         self.warn(format!("{text}; NUMA placement is off"));
     }
 
+    /// Nodes that are NVIDIA GPU memory (`proc/driver/nvidia/gpus/*/numa_status` says
+    /// `Node: N`). Like hwloc, they are left out: the cache must not place data in GPU memory.
+    fn gpu_memory_nodes(&mut self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(self.r.path("proc/driver/nvidia/gpus")) else {
+            return Vec::new();
+        };
+        let names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
+        let mut nodes = Vec::new();
+        for name in names {
+            let rel = format!("proc/driver/nvidia/gpus/{name}/numa_status");
+            if let Outcome::Bytes(b) = self.r.read(&rel) {
+                let text = String::from_utf8_lossy(b);
+                let node = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Node:"))
+                    .and_then(|v| v.trim().parse::<i64>().ok())
+                    .and_then(|v| u32::try_from(v).ok());
+                if let Some(node) = node {
+                    self.warn(format!(
+                        "node {node} is the memory of NVIDIA GPU {name}; left out (no cache data in GPU memory)"
+                    ));
+                    nodes.push(node);
+                }
+            }
+        }
+        nodes
+    }
+
     fn read_nodes(
         &mut self,
         ids: &[u32],
         online: Option<&Bits>,
     ) -> Vec<(NumaNode, Option<Vec<u32>>)> {
-        let has_memory_file = match self.r.read("sys/devices/system/node/has_memory") {
-            Outcome::Bytes(b) => parse_cpulist_bytes(b).ok().map(|l| Bits::from_list(&l)),
-            _ => None,
-        };
+        let gpu_nodes = self.gpu_memory_nodes();
+        // node/has_memory is only a fallback for an unreadable meminfo: read it on demand.
+        let mut has_memory_file: Option<Option<Bits>> = None;
         let mut nodes = Vec::with_capacity(ids.len());
         let mut rel = String::with_capacity(64);
         for &id in ids {
+            if gpu_nodes.contains(&id) {
+                continue;
+            }
             rel.clear();
             rel.push_str(NODE_DIR);
             rel.push_str("/node");
@@ -218,7 +267,15 @@ impl Detection {
             let (total_kib, free_kib, has_memory) = match mem {
                 Ok(m) => (m.total_kib, m.free_kib, m.total_kib > 0),
                 Err(e) => {
-                    let fallback = has_memory_file.as_ref().is_some_and(|b| b.contains(id));
+                    let listed = has_memory_file.get_or_insert_with(|| {
+                        match self.r.read("sys/devices/system/node/has_memory") {
+                            Outcome::Bytes(b) => {
+                                parse_cpulist_bytes(b).ok().map(|l| Bits::from_list(&l))
+                            }
+                            _ => None,
+                        }
+                    });
+                    let fallback = listed.as_ref().is_some_and(|b| b.contains(id));
                     self.warn(format!(
                         "node {id}: {rel} is unusable ({e}); memory size unknown"
                     ));
@@ -342,23 +399,40 @@ pub(crate) fn detect_with(fs_root: &Path, affinity: Option<&[u32]>) -> Topology 
     }
 
     // Every CPU belongs to one node; a CPU claimed twice means the firmware data is wrong.
+    // Like hwloc, the first node (by number) keeps such CPUs and a later node claiming any
+    // of them is left out, so no CPU is pinned for two nodes; placement is off either way.
     let mut seen = Bits::default();
-    let mut claimed_twice = Vec::new();
-    for (node, _) in &read {
-        for &c in &node.cpus {
-            if !seen.insert(c) {
-                claimed_twice.push(c);
-            }
+    let mut kept = Vec::with_capacity(read.len());
+    for (node, row) in read {
+        let shared: Vec<u32> = node
+            .cpus
+            .iter()
+            .copied()
+            .filter(|&c| seen.contains(c))
+            .collect();
+        if !shared.is_empty() {
+            let owners: Vec<u32> = kept
+                .iter()
+                .filter(|(n, _): &&(NumaNode, Option<Vec<u32>>)| {
+                    n.cpus.iter().any(|c| shared.binary_search(c).is_ok())
+                })
+                .map(|(n, _)| n.node_id)
+                .collect();
+            d.untrusted(format!(
+                "node {} claims CPUs {} that node(s) {} already have (inconsistent firmware data); node {} is left out",
+                node.node_id,
+                super::cpulist::format_cpulist(&shared),
+                super::cpulist::format_cpulist(&owners),
+                node.node_id
+            ));
+            continue;
         }
+        for &c in &node.cpus {
+            seen.insert(c);
+        }
+        kept.push((node, row));
     }
-    if !claimed_twice.is_empty() {
-        claimed_twice.sort_unstable();
-        claimed_twice.dedup();
-        d.untrusted(format!(
-            "CPUs {} are claimed by more than one node (inconsistent firmware data)",
-            super::cpulist::format_cpulist(&claimed_twice)
-        ));
-    }
+    let read = kept;
     let online = match online {
         Some(list) => {
             let orphans: Vec<u32> = list
@@ -673,10 +747,12 @@ mod tests {
         let t = detect(&dir);
         assert!(!t.numa_available);
         assert!(
-            warned(&t, "CPUs 0-7 are claimed by more than one node"),
+            warned(&t, "node 1 claims CPUs 0-7 that node(s) 0 already have"),
             "{:?}",
             t.warnings
         );
+        // As hwloc does: the first node keeps the CPUs, the others are left out.
+        assert_eq!(t.node_ids(), vec![0]);
         assert_eq!(optimal_strategy(&t).as_str(), "disabled");
         assert_eq!(t.to_json()["optimal_strategy"], "disabled");
     }
@@ -729,6 +805,49 @@ mod tests {
         let t = detect(&tree(&machine));
         assert!(!t.numa_available);
         assert!(warned(&t, "no online CPU is allowed"), "{:?}", t.warnings);
+    }
+
+    #[test]
+    fn nvidia_gpu_memory_nodes_are_left_out() {
+        let mut machine = SyntheticMachine::uniform(3, 2, 1 << 20);
+        machine.nodes[2].cpus.clear();
+        let dir = tree(&machine);
+        let gpu = dir.path().join("proc/driver/nvidia/gpus/0004:04:00.0");
+        fs::create_dir_all(&gpu).unwrap();
+        fs::write(
+            gpu.join("numa_status"),
+            "Node:                          2\nStatus:                        online\n",
+        )
+        .unwrap();
+        let t = detect(&dir);
+        assert_eq!(t.node_ids(), vec![0, 1]);
+        assert!(warned(
+            &t,
+            "node 2 is the memory of NVIDIA GPU 0004:04:00.0"
+        ));
+        assert!(t.numa_available);
+        // Rows still match by online node number although node 2 is gone.
+        assert_eq!(
+            t.node(1).unwrap().distances,
+            BTreeMap::from([(0, 20), (1, 10)])
+        );
+    }
+
+    #[test]
+    fn online_cpus_without_a_folder_are_left_out() {
+        let dir = tree(&SyntheticMachine::uniform(2, 2, 1 << 20));
+        for cpu in 0..3 {
+            fs::create_dir_all(dir.path().join(format!("sys/devices/system/cpu/cpu{cpu}")))
+                .unwrap();
+        }
+        let t = detect(&dir);
+        assert_eq!(t.allowed_cpus, vec![0, 1, 2]);
+        assert_eq!(t.node(1).unwrap().cpus, vec![2]);
+        assert!(
+            warned(&t, "CPUs 3 are online but have no"),
+            "{:?}",
+            t.warnings
+        );
     }
 
     #[test]
@@ -797,5 +916,9 @@ mod tests {
         assert_eq!(node["memory_mb"], 1024);
         assert_eq!(node["distances"], serde_json::json!({"0": 20, "1": 10}));
         assert_eq!(j["total_memory_mb"], 2048);
+        let text = t.to_json_string_pretty();
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), j);
+        // The seed's field order: nodes first, then the totals.
+        assert!(text.find("\"nodes\"").unwrap() < text.find("\"total_memory_mb\"").unwrap());
     }
 }

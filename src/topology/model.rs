@@ -99,36 +99,66 @@ impl Topology {
     /// `has_cpu`, `has_memory`, `allowed` per node and `allowed_nodes`, `allowed_cpus`,
     /// `numa_available`, `warnings`.
     pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::{Map, Value, json};
-        let nodes: Vec<Value> = self
-            .nodes
-            .iter()
-            .map(|n| {
-                let distances: Map<String, Value> = n
-                    .distances
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), Value::from(*v)))
-                    .collect();
-                json!({
-                    "node_id": n.node_id,
-                    "cpu_count": n.cpus.len(),
-                    "cpu_list": n.cpus,
-                    "memory_mb": n.memory_total_bytes / (1024 * 1024),
-                    "distances": distances,
-                    "has_cpu": n.has_cpu,
-                    "has_memory": n.has_memory,
-                    "allowed": n.allowed,
-                })
-            })
-            .collect();
-        json!({
-            "nodes": nodes,
-            "total_memory_mb": self.total_memory_bytes() / (1024 * 1024),
-            "optimal_strategy": super::optimal_strategy(self).as_str(),
-            "allowed_nodes": self.allowed_nodes,
-            "allowed_cpus": self.allowed_cpus,
-            "numa_available": self.numa_available,
-            "warnings": self.warnings,
-        })
+        // The view only borrows; serialising it cannot fail (no non-string map keys other
+        // than integers, which serde_json turns into strings).
+        serde_json::to_value(self.json_view()).unwrap_or(serde_json::Value::Null)
     }
+
+    /// The same document as [`Topology::to_json`], pretty-printed, written straight from the
+    /// topology (no intermediate `Value`: several times faster for 64 nodes, which matters
+    /// to `numacachectl topology --json` and `GetTopology`).
+    pub fn to_json_string_pretty(&self) -> String {
+        serde_json::to_string_pretty(&self.json_view()).unwrap_or_default()
+    }
+
+    fn json_view(&self) -> TopologyJson<'_> {
+        const MIB: u64 = 1024 * 1024;
+        TopologyJson {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeJson {
+                    node_id: n.node_id,
+                    cpu_count: n.cpus.len(),
+                    cpu_list: &n.cpus,
+                    memory_mb: n.memory_total_bytes / MIB,
+                    distances: &n.distances,
+                    has_cpu: n.has_cpu,
+                    has_memory: n.has_memory,
+                    allowed: n.allowed,
+                })
+                .collect(),
+            total_memory_mb: self.total_memory_bytes() / MIB,
+            optimal_strategy: super::optimal_strategy(self).as_str(),
+            allowed_nodes: &self.allowed_nodes,
+            allowed_cpus: &self.allowed_cpus,
+            numa_available: self.numa_available,
+            warnings: &self.warnings,
+        }
+    }
+}
+
+/// The Topology JSON, field for field, borrowing from a [`Topology`].
+#[derive(Serialize)]
+struct TopologyJson<'a> {
+    nodes: Vec<NodeJson<'a>>,
+    total_memory_mb: u64,
+    optimal_strategy: &'static str,
+    allowed_nodes: &'a [u32],
+    allowed_cpus: &'a [u32],
+    numa_available: bool,
+    warnings: &'a [String],
+}
+
+/// One node of the Topology JSON; `distances` keys become strings ("0": 10).
+#[derive(Serialize)]
+struct NodeJson<'a> {
+    node_id: u32,
+    cpu_count: usize,
+    cpu_list: &'a [u32],
+    memory_mb: u64,
+    distances: &'a BTreeMap<u32, u32>,
+    has_cpu: bool,
+    has_memory: bool,
+    allowed: bool,
 }

@@ -2,12 +2,12 @@
 //! fallback (a container with its own network namespace gets no uevents), bursts debounced,
 //! and a new topology generation published to listeners only when something changed.
 
-use crate::policy::{self, UeventSocket};
+use crate::policy::UeventSocket;
 use crate::topology::Topology;
 use event_listener::{Event, EventListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ struct Shared {
     uevents_seen: AtomicU64,
     changed: Event,
     stop: AtomicBool,
+    /// Serialises re-scans: the watcher thread and `refresh()` must not both publish.
+    scanning: Mutex<()>,
 }
 
 impl Shared {
@@ -36,6 +38,10 @@ impl Shared {
 
     /// Re-read the topology; publish a new generation when it differs. True if it did.
     fn rescan(&self) -> bool {
+        let _one_at_a_time = match self.scanning.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
         let fresh = scan(&self.fs_root);
         // MemFree moves all the time: it is not a topology change.
         let same = {
@@ -101,6 +107,7 @@ impl TopologyWatcher {
             uevents_seen: AtomicU64::new(0),
             changed: Event::new(),
             stop: AtomicBool::new(false),
+            scanning: Mutex::new(()),
         });
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -156,22 +163,22 @@ impl Drop for TopologyWatcher {
     }
 }
 
-fn watch(shared: &Shared, socket: Option<UeventSocket>, rescan_interval: Duration) {
+fn watch(shared: &Shared, mut socket: Option<UeventSocket>, rescan_interval: Duration) {
     let mut next_rescan = Instant::now() + rescan_interval;
     let mut pending: Option<Instant> = None;
     while !shared.stop.load(Ordering::Acquire) {
-        match &socket {
-            Some(s) => match s.recv_timeout(TICK) {
-                Ok(Some(ev)) if matches!(ev.subsystem.as_str(), "cpu" | "memory" | "node") => {
-                    shared.uevents_seen.fetch_add(1, Ordering::Relaxed);
-                    pending = Some(Instant::now() + DEBOUNCE);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!("hotplug notifications failed ({e}); re-scanning instead");
-                    std::thread::sleep(TICK);
-                }
-            },
+        match socket.as_ref().map(|s| s.recv_timeout(TICK)) {
+            Some(Ok(Some(ev))) if matches!(ev.subsystem.as_str(), "cpu" | "memory" | "node") => {
+                shared.uevents_seen.fetch_add(1, Ordering::Relaxed);
+                pending = Some(Instant::now() + DEBOUNCE);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "hotplug notifications failed ({e}); re-scanning every {rescan_interval:?} instead"
+                );
+                socket = None;
+            }
             None => std::thread::sleep(TICK),
         }
         let now = Instant::now();
@@ -183,134 +190,13 @@ fn watch(shared: &Shared, socket: Option<UeventSocket>, rescan_interval: Duratio
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// A minimal sysfs reader: a stand-in until `topology::detect` (the topology engineer's
-// reader) lands in main; then `scan` becomes a call to it.
-
-fn parse_list(s: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.trim().parse::<u32>(), b.trim().parse::<u32>()) {
-                    out.extend(a..=b.min(a.saturating_add(1 << 20)));
-                }
-            }
-            None => {
-                if let Ok(v) = part.trim().parse() {
-                    out.push(v);
-                }
-            }
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-fn meminfo_kb(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find(|l| l.contains(key))
-        .and_then(|l| l.split_whitespace().rev().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Read the topology under `fs_root`. The live machine (`/`) also applies this process's
-/// affinity and cpuset mems; a captured tree allows everything in it.
+/// Read the topology under `fs_root`: the live machine (`/`) with this thread's affinity
+/// applied, a captured tree as it is.
 pub(crate) fn scan(fs_root: &Path) -> Topology {
-    use crate::topology::NumaNode;
-    let live = fs_root == Path::new("/");
-    let node_dir = fs_root.join("sys/devices/system/node");
-    let mut ids: Vec<u32> = std::fs::read_dir(&node_dir)
-        .map(|d| {
-            d.filter_map(|e| {
-                e.ok()?
-                    .file_name()
-                    .to_str()?
-                    .strip_prefix("node")?
-                    .parse()
-                    .ok()
-            })
-            .collect()
-        })
-        .unwrap_or_default();
-    ids.sort_unstable();
-    let affinity = if live {
-        policy::get_affinity(0).ok()
+    if fs_root == Path::new("/") {
+        super::detect_live()
     } else {
-        None
-    };
-    let mems = if live {
-        policy::mems_allowed().ok()
-    } else {
-        None
-    };
-    let mut warnings = Vec::new();
-    let numa_available = !ids.is_empty();
-    if ids.is_empty() {
-        warnings.push(format!(
-            "{} is missing: one node assumed",
-            node_dir.display()
-        ));
-        ids.push(0);
-    }
-    let mut nodes = Vec::new();
-    for &id in &ids {
-        let dir = node_dir.join(format!("node{id}"));
-        let cpus = if numa_available {
-            parse_list(&std::fs::read_to_string(dir.join("cpulist")).unwrap_or_default())
-        } else {
-            parse_list(
-                &std::fs::read_to_string(fs_root.join("sys/devices/system/cpu/online"))
-                    .unwrap_or_default(),
-            )
-        };
-        let meminfo = if numa_available {
-            std::fs::read_to_string(dir.join("meminfo")).unwrap_or_default()
-        } else {
-            std::fs::read_to_string(fs_root.join("proc/meminfo")).unwrap_or_default()
-        };
-        let total = meminfo_kb(&meminfo, "MemTotal:") * 1024;
-        let free = meminfo_kb(&meminfo, "MemFree:") * 1024;
-        let row: Vec<u32> = std::fs::read_to_string(dir.join("distance"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|d| d.parse().ok())
-            .collect();
-        let distances = ids.iter().copied().zip(row).collect();
-        let allowed_cpus = match &affinity {
-            Some(a) => cpus.iter().copied().filter(|c| a.contains(c)).collect(),
-            None => cpus.clone(),
-        };
-        let allowed = mems.as_ref().is_none_or(|m| m.contains(&id));
-        nodes.push(NumaNode {
-            node_id: id,
-            has_cpu: !cpus.is_empty(),
-            cpus,
-            allowed_cpus,
-            memory_total_bytes: total,
-            memory_free_bytes: free,
-            has_memory: total > 0,
-            allowed,
-            distances,
-        });
-    }
-    let mut allowed_cpus: Vec<u32> = nodes
-        .iter()
-        .flat_map(|n| n.allowed_cpus.iter().copied())
-        .collect();
-    allowed_cpus.sort_unstable();
-    let allowed_nodes = nodes
-        .iter()
-        .filter(|n| n.allowed)
-        .map(|n| n.node_id)
-        .collect();
-    Topology {
-        nodes,
-        allowed_cpus,
-        allowed_nodes,
-        numa_available,
-        warnings,
+        super::detect(fs_root)
     }
 }
 
@@ -380,13 +266,7 @@ mod tests {
         let t = scan(Path::new("/"));
         assert!(!t.nodes.is_empty());
         assert!(!t.allowed_cpus.is_empty());
-        let (cpu, _) = policy::getcpu().unwrap();
+        let (cpu, _) = crate::policy::getcpu().unwrap();
         assert!(t.allowed_cpus.contains(&cpu));
-    }
-
-    #[test]
-    fn cpu_lists_parse() {
-        assert_eq!(parse_list("0-2,5,7-8\n"), vec![0, 1, 2, 5, 7, 8]);
-        assert_eq!(parse_list("\n"), Vec::<u32>::new());
     }
 }

@@ -1,0 +1,297 @@
+//! The NUMA lab's probe: run inside a multi-node VM, it exercises the engine's placement
+//! calls and prints one JSON object per check, for `tests/numa_lab.rs` to assert on.
+//!
+//! `lab_probe topology` the topology the hotplug watcher reads, as JSON.
+//! `lab_probe pools`   worker pools: each pool's affinity, the CPUs its jobs ran on, and
+//!                     where pages allocated by jobs for every node landed.
+//! `lab_probe bind`    starts a child on the first node, binds it to the last node with
+//!                     `bind_process`, and reports its threads' affinity and its pages.
+//! `lab_probe hotplug` offlines the last CPU of the last node with CPUs, times the watcher's
+//!                     new generation, re-pins the pools and reports where they run.
+//! `lab_probe child CPUS`  (internal) the process `bind` moves.
+
+use numa_cache::placement::{MemoryPolicy, NodePools, StrategyConfig, bind_process};
+use numa_cache::policy::{self, AnonPages};
+use numa_cache::topology::Topology;
+use numa_cache::topology::watcher::TopologyWatcher;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("pools") => pools(),
+        Some("bind") => bind(),
+        Some("hotplug") => hotplug(),
+        Some("topology") => topology_with_memory(),
+        Some("child") => {
+            // The child prints only its READY line: its parent stops reading after it.
+            if let Err(e) = child(args.get(1).map(String::as_str).unwrap_or("")) {
+                eprintln!("lab_probe child: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        _ => Err("usage: lab_probe topology|pools|bind|hotplug".into()),
+    };
+    match result {
+        Ok(v) => println!("{v}"),
+        Err(e) => {
+            println!("{}", json!({ "error": e.to_string() }));
+            std::process::exit(1);
+        }
+    }
+}
+
+fn topology() -> Topology {
+    TopologyWatcher::start("/", Duration::from_secs(60))
+        .current()
+        .as_ref()
+        .clone()
+}
+
+/// The watcher's topology, plus each node's memory two ways: MemTotal (what the kernel
+/// manages, after its own reservations) and its online memory blocks (the physical size).
+fn topology_with_memory() -> Res<Value> {
+    let t = topology();
+    let sys = std::path::Path::new("/sys/devices/system");
+    let block = std::fs::read_to_string(sys.join("memory/block_size_bytes"))
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+        .unwrap_or(0);
+    let mut mem = serde_json::Map::new();
+    for n in &t.nodes {
+        let dir = sys.join(format!("node/node{}", n.node_id));
+        let blocks = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("memory"))
+                    .filter(|e| {
+                        std::fs::read_to_string(e.path().join("online"))
+                            .map(|s| s.trim() == "1")
+                            .unwrap_or(false)
+                    })
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        mem.insert(
+            n.node_id.to_string(),
+            json!({ "memtotal_bytes": n.memory_total_bytes, "block_bytes": blocks * block }),
+        );
+    }
+    Ok(json!({ "topology": t, "node_memory": mem }))
+}
+
+/// Nodes with CPUs and memory, ascending.
+fn full_nodes(t: &Topology) -> Vec<u32> {
+    t.nodes
+        .iter()
+        .filter(|n| n.has_memory && !n.allowed_cpus.is_empty())
+        .map(|n| n.node_id)
+        .collect()
+}
+
+fn cpus_of(t: &Topology, node: u32) -> Vec<u32> {
+    t.nodes
+        .iter()
+        .find(|n| n.node_id == node)
+        .map(|n| n.allowed_cpus.clone())
+        .unwrap_or_default()
+}
+
+/// Run 200 small jobs on `node`'s pool; the CPUs they ran on.
+fn cpus_seen(pools: &NodePools, node: u32) -> Vec<u32> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..200 {
+        if let Ok((cpu, _)) = pools.run(node, policy::getcpu) {
+            seen.insert(cpu);
+        }
+    }
+    seen.into_iter().collect()
+}
+
+fn pool_affinities(pools: &NodePools, node: u32) -> Vec<Vec<u32>> {
+    pools
+        .thread_ids(node)
+        .into_iter()
+        .filter_map(|tid| policy::get_affinity(tid).ok())
+        .collect()
+}
+
+fn pools() -> Res<Value> {
+    let t = topology();
+    let pools = NodePools::start(&t, &StrategyConfig::default());
+    let mut out = serde_json::Map::new();
+    for node in pools.pool_nodes() {
+        out.insert(
+            node.to_string(),
+            json!({
+                "affinity": pool_affinities(&pools, node),
+                "cpus_seen": cpus_seen(&pools, node),
+            }),
+        );
+    }
+    // Pages a job allocates for each node (memory-only nodes included) land on that node.
+    let mut pages = serde_json::Map::new();
+    let mut serving = serde_json::Map::new();
+    for n in t.nodes.iter().filter(|n| n.has_memory) {
+        let status = pools.run(n.node_id, || -> Result<Vec<i32>, String> {
+            let mut buf = AnonPages::new(32).map_err(|e| e.to_string())?;
+            buf.touch();
+            policy::page_nodes(0, &buf.page_addrs()).map_err(|e| e.to_string())
+        })?;
+        let on = status.iter().filter(|&&s| s == n.node_id as i32).count();
+        pages.insert(n.node_id.to_string(), json!({ "pages": 32, "on_node": on }));
+        serving.insert(n.node_id.to_string(), json!(pools.serving_node(n.node_id)));
+    }
+    let modes = json!({
+        "preferred_many": policy::supported(policy::MemPolicyMode::PreferredMany),
+        "weighted_interleave": policy::supported(policy::MemPolicyMode::WeightedInterleave),
+    });
+    Ok(json!({ "pools": out, "pages": pages, "serving": serving, "modes": modes }))
+}
+
+fn child(cpus: &str) -> Res<()> {
+    let cpus: Vec<u32> = cpus.split(',').filter_map(|c| c.parse().ok()).collect();
+    if !cpus.is_empty() {
+        policy::set_affinity(0, &cpus)?;
+    }
+    // Two more threads, so binding must move every thread, not only the main one.
+    for _ in 0..2 {
+        std::thread::spawn(|| std::thread::sleep(Duration::from_secs(600)));
+    }
+    let mut buf = AnonPages::new(1024)?;
+    buf.touch();
+    println!("READY {} {}", buf.addr(), buf.page_addrs().len());
+    std::io::stdout().flush()?;
+    // Wait until the parent closes our stdin.
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(buf);
+    Ok(())
+}
+
+fn bind() -> Res<Value> {
+    let t = topology();
+    let full = full_nodes(&t);
+    let (Some(&from), Some(&to)) = (full.first(), full.last()) else {
+        return Err("no node with CPUs and memory".into());
+    };
+    if from == to {
+        return Err("binding needs two nodes with CPUs and memory".into());
+    }
+    let from_cpus = cpus_of(&t, from)
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut kid = Command::new(std::env::current_exe()?)
+        .args(["child", &from_cpus])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = kid.id() as i32;
+    let mut line = String::new();
+    BufReader::new(kid.stdout.take().ok_or("child stdout")?).read_line(&mut line)?;
+    let parts: Vec<usize> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let (addr, count) = match parts.as_slice() {
+        [a, c] => (*a, *c),
+        _ => return Err(format!("child said {line:?}").into()),
+    };
+    let page = 4096;
+    let addrs: Vec<usize> = (0..count).map(|i| addr + i * page).collect();
+    let count_on = |node: u32| -> Res<usize> {
+        Ok(policy::page_nodes(pid, &addrs)?
+            .iter()
+            .filter(|&&s| s == node as i32)
+            .count())
+    };
+    let before_on_from = count_on(from)?;
+    let threads_before: Vec<Vec<u32>> = policy::task_ids(pid)?
+        .into_iter()
+        .filter_map(|tid| policy::get_affinity(tid).ok())
+        .collect();
+    let report = bind_process(&t, pid, to, MemoryPolicy::Bind);
+    let threads_after: Vec<Vec<u32>> = policy::task_ids(pid)?
+        .into_iter()
+        .filter_map(|tid| policy::get_affinity(tid).ok())
+        .collect();
+    let after_on_to = count_on(to)?;
+    drop(kid.stdin.take());
+    let _ = kid.kill();
+    let _ = kid.wait();
+    let report = report?;
+    Ok(json!({
+        "from_node": from,
+        "to_node": to,
+        "to_cpus": cpus_of(&t, to),
+        "buffer_pages": count,
+        "buffer_on_from_before": before_on_from,
+        "buffer_on_to_after": after_on_to,
+        "thread_affinity_before": threads_before,
+        "thread_affinity_after": threads_after,
+        "report": report,
+    }))
+}
+
+fn hotplug() -> Res<Value> {
+    let watcher = TopologyWatcher::start("/", Duration::from_secs(30));
+    let t = watcher.current().as_ref().clone();
+    let pools = NodePools::start(&t, &StrategyConfig::default());
+    let node = *full_nodes(&t).last().ok_or("no node with CPUs")?;
+    let cpus = cpus_of(&t, node);
+    let cpu = *cpus.last().ok_or("node without CPUs")?;
+    if cpu == 0 {
+        return Err("CPU 0 cannot be offlined".into());
+    }
+    let before_seen = cpus_seen(&pools, node);
+    let generation_before = watcher.generation();
+    let online = format!("/sys/devices/system/cpu/cpu{cpu}/online");
+
+    let listener = watcher.listen();
+    let started = Instant::now();
+    std::fs::write(&online, "0")?;
+    let woke = event_listener::Listener::wait_timeout(listener, Duration::from_secs(5));
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let generation_after = watcher.generation();
+    let now = watcher.current();
+    let repinned = pools.update(&now);
+    let node_cpus_after = cpus_of(&now, node);
+    let affinity_after = pool_affinities(&pools, node);
+    let seen_after = cpus_seen(&pools, node);
+
+    // Bring it back and check the watcher follows that too.
+    let listener = watcher.listen();
+    std::fs::write(&online, "1")?;
+    let back = event_listener::Listener::wait_timeout(listener, Duration::from_secs(5));
+    pools.update(&watcher.current());
+    let mut per_gen = BTreeMap::new();
+    per_gen.insert("before", generation_before);
+    per_gen.insert("offline", generation_after);
+    per_gen.insert("online_again", watcher.generation());
+    Ok(json!({
+        "node": node,
+        "cpu": cpu,
+        "uevents_enabled": watcher.uevents_enabled(),
+        "uevents_seen": watcher.uevents_seen(),
+        "notified": woke.is_some(),
+        "notified_online_again": back.is_some(),
+        "elapsed_ms": elapsed_ms,
+        "generations": per_gen,
+        "cpus_seen_before": before_seen,
+        "node_cpus_after": node_cpus_after,
+        "threads_repinned": repinned,
+        "pool_affinity_after": affinity_after,
+        "cpus_seen_after": seen_after,
+        "node_cpus_online_again": cpus_of(&watcher.current(), node),
+    }))
+}
