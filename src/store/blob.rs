@@ -88,7 +88,8 @@ fn pays(raw: usize, compressed: usize) -> bool {
     (compressed as f64) < raw as f64 * (1.0 - MIN_SAVING)
 }
 
-/// Encode a whole blob file: header then payload (compressed when it saves ≥ 10%).
+/// Encode a whole blob file: header then payload, compressed when the value has at least
+/// `min_compress` bytes and compression saves ≥ 10%. Returns the file and the checksum.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     id: u64,
@@ -96,15 +97,17 @@ pub fn encode(
     key: &str,
     value: &[u8],
     level: i32,
+    min_compress: usize,
     created: u64,
     expires: u64,
-) -> Vec<u8> {
+) -> (Vec<u8>, u64) {
     let checksum = xxh3_64(value);
-    let sampled_ok = value.len() <= SAMPLE_ABOVE
-        || compress(level, &value[..SAMPLE_LEN])
-            .map(|c| pays(SAMPLE_LEN, c.len()))
-            .unwrap_or(false);
-    let compressed = if value.len() >= 64 && sampled_ok {
+    let worth_trying = value.len() >= min_compress.max(64)
+        && (value.len() <= SAMPLE_ABOVE
+            || compress(level, &value[..SAMPLE_LEN])
+                .map(|c| pays(SAMPLE_LEN, c.len()))
+                .unwrap_or(false));
+    let compressed = if worth_trying {
         compress(level, value).filter(|c| pays(value.len(), c.len()))
     } else {
         None
@@ -136,7 +139,7 @@ pub fn encode(
     let hh = xxh3_64(&out);
     out.extend_from_slice(&hh.to_le_bytes());
     out.extend_from_slice(payload);
-    out
+    (out, checksum)
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -210,6 +213,10 @@ pub fn decode_payload(h: &Header, file: &[u8]) -> Result<Vec<u8>, BlobError> {
                 h.payload_len
             ))
         })?;
+    decode_payload_bytes(h, payload)
+}
+
+fn decode_payload_bytes(h: &Header, payload: &[u8]) -> Result<Vec<u8>, BlobError> {
     let value = if h.flags & FLAG_ZSTD != 0 {
         DECOMPRESSOR.with(|d| {
             let mut d = d.borrow_mut();
@@ -235,6 +242,39 @@ pub fn decode_payload(h: &Header, file: &[u8]) -> Result<Vec<u8>, BlobError> {
     Ok(value)
 }
 
+/// Decode a blob read as header and payload, checking it belongs to `id` and has `checksum`.
+/// A raw payload is returned as it is, without a copy.
+pub fn decode_parts(
+    header: &[u8],
+    payload: Vec<u8>,
+    id: u64,
+    checksum: u64,
+) -> Result<Vec<u8>, BlobError> {
+    let h = parse_header(header)?;
+    if h.id != id || h.checksum != checksum || h.header_len != header.len() {
+        return Err(BlobError::Header(format!(
+            "file is entry {} with checksum {:016x}, the index expects entry {id} with {checksum:016x}",
+            h.id, h.checksum
+        )));
+    }
+    if h.payload_len != payload.len() as u64 {
+        return Err(BlobError::Payload(format!(
+            "payload is {} bytes, header says {}",
+            payload.len(),
+            h.payload_len
+        )));
+    }
+    if h.flags & FLAG_ZSTD != 0 {
+        return decode_payload_bytes(&h, &payload);
+    }
+    if payload.len() as u64 != h.logical_len || xxh3_64(&payload) != h.checksum {
+        return Err(BlobError::Payload(
+            "xxh3 of the stored bytes differs from the header".into(),
+        ));
+    }
+    Ok(payload)
+}
+
 /// Decode a whole file, checking it belongs to `id` and has `checksum`.
 pub fn decode(file: &[u8], id: u64, checksum: u64) -> Result<Vec<u8>, BlobError> {
     let h = parse_header(file)?;
@@ -254,7 +294,7 @@ mod tests {
     #[test]
     fn round_trip_compressed_and_raw() {
         let text = b"hello world ".repeat(500);
-        let f = encode(7, "ns", "k", &text, 3, 10, 0);
+        let (f, _) = encode(7, "ns", "k", &text, 3, 0, 10, 0);
         let h = parse_header(&f).unwrap();
         assert_eq!(h.flags, FLAG_ZSTD);
         assert!(f.len() < text.len() / 4);
@@ -269,7 +309,7 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect();
-        let f = encode(8, "ns", "k2", &noise, 3, 10, 99);
+        let (f, _) = encode(8, "ns", "k2", &noise, 3, 0, 10, 99);
         let h = parse_header(&f).unwrap();
         assert_eq!((h.flags, h.expires, h.key.as_str()), (0, 99, "k2"));
         assert_eq!(decode(&f, 8, h.checksum).unwrap(), noise);
@@ -278,12 +318,15 @@ mod tests {
     #[test]
     fn any_flipped_byte_is_detected() {
         let text = b"some text to compress ".repeat(40);
-        let f = encode(1, "ns", "key", &text, 3, 1, 0);
+        let (f, _) = encode(1, "ns", "key", &text, 3, 0, 1, 0);
         let sum = parse_header(&f).unwrap().checksum;
         for i in 0..f.len() {
             let mut g = f.clone();
             g[i] ^= 0x20;
             assert!(decode(&g, 1, sum).is_err(), "flip at {i} went unnoticed");
+            let hl = parse_header(&f).unwrap().header_len;
+            let parts = decode_parts(&g[..hl], g[hl..].to_vec(), 1, sum);
+            assert!(parts.is_err(), "flip at {i} went unnoticed by decode_parts");
         }
     }
 }

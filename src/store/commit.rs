@@ -76,11 +76,14 @@ pub struct Committer {
     last_touch_flush: Instant,
     last_stats: Instant,
     last_ttl: Instant,
+    /// How long the last flush took (bounds how long a batch waits for stragglers).
+    last_sync_time: Duration,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
 const TTL_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
+const MAX_GATHER: Duration = Duration::from_millis(4);
 
 enum Change {
     Insert(Row),
@@ -97,6 +100,7 @@ impl Committer {
             last_touch_flush: now,
             last_stats: now,
             last_ttl: now,
+            last_sync_time: Duration::ZERO,
         }
     }
 
@@ -120,6 +124,7 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
+                self.gather(&rx, &mut batch);
                 stop = self.run_batch(batch);
             }
             self.periodic();
@@ -128,6 +133,34 @@ impl Committer {
             }
         }
         self.shutdown();
+    }
+
+    /// Puts still writing their blob will be here in a moment: wait for them (at most half
+    /// a flush) so they share this batch's flush instead of paying for the next one.
+    fn gather(&mut self, rx: &Receiver<Op>, batch: &mut Vec<Op>) {
+        let is_put = |op: &Op| matches!(op, Op::Put { .. });
+        let mut queued = batch.iter().filter(|op| is_put(op)).count() as u64;
+        if queued == 0 {
+            return;
+        }
+        let deadline = Instant::now() + (self.last_sync_time / 2).min(MAX_GATHER);
+        while queued < self.shared.puts_in_flight.load(Relaxed) && batch.len() < MAX_BATCH {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match rx.recv_timeout(left) {
+                Ok(op) => {
+                    queued += u64::from(is_put(&op));
+                    let stop = matches!(op, Op::Stop);
+                    batch.push(op);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
     }
 
     fn next_deadline(&self) -> Instant {
@@ -264,6 +297,9 @@ impl Committer {
             }
         }
         let wrote = !changes.is_empty();
+        self.shared
+            .puts_in_flight
+            .fetch_sub(put_replies.len() as u64, Relaxed);
         let result = self.commit(&changes, &new_ns);
         match &result {
             Ok(()) => {
@@ -417,7 +453,14 @@ impl Committer {
         }
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&mut self) -> Result<(), StoreError> {
+        let t0 = Instant::now();
+        let res = self.sync_all();
+        self.last_sync_time = t0.elapsed();
+        res
+    }
+
+    fn sync_all(&self) -> Result<(), StoreError> {
         let layout = self.shared.layout();
         let mut devs = Vec::new();
         for s in layout.shards.values() {

@@ -20,6 +20,11 @@ pub struct CacheConfig {
     pub snapshots_keep: usize,
     /// zstd level for blob files (default 3).
     pub zstd_level: i32,
+    /// Values smaller than this are stored raw (default 8 KiB); larger ones are zstd
+    /// frames when that saves ≥ 10%. Below 8 KiB compression saves at most a filesystem
+    /// block or two, while decoding a small frame costs about three times the read itself
+    /// (BENCHMARKS-store.md); 0 compresses everything.
+    pub compress_min_bytes: usize,
     /// Largest value a put accepts (default 256 MiB); larger puts fail with TooLarge.
     pub max_value_bytes: u64,
     /// How often a `numa_cache_stats` row is written per node (default 60 s).
@@ -38,6 +43,7 @@ impl Default for CacheConfig {
             memory_bytes: 256 << 20,
             snapshots_keep: 24,
             zstd_level: 3,
+            compress_min_bytes: 8 << 10,
             max_value_bytes: 256 << 20,
             stats_interval: Duration::from_secs(60),
             stats_retention: Duration::from_secs(7 * 24 * 3600),

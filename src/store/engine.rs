@@ -162,6 +162,9 @@ pub struct Shared {
     pub next_id: AtomicU64,
     /// Entries with a TTL (the expiry sweep is skipped when 0).
     pub ttl_entries: AtomicU64,
+    /// Puts writing their blob or queued, not yet answered: the committer waits briefly
+    /// for them so that they share one flush.
+    pub puts_in_flight: AtomicU64,
     rr: AtomicU64,
 }
 
@@ -246,6 +249,10 @@ impl Cache {
             None => config.strategy,
         };
         {
+            // This one commit is fsynced (a WAL fsync, far cheaper than a syncfs): the clean
+            // flag must be cleared on disk before any write can happen.
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| StoreError::sql("opening", e))?;
             let tx = conn
                 .transaction()
                 .map_err(|e| StoreError::sql("opening", e))?;
@@ -255,6 +262,8 @@ impl Cache {
             index::meta_set(&tx, "next_id", rec.next_id as i64)
                 .map_err(|e| StoreError::sql("opening", e))?;
             tx.commit().map_err(|e| StoreError::sql("opening", e))?;
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| StoreError::sql("opening", e))?;
         }
         let tiers = if config.memory_bytes > 0 {
             let share = tier_share(&config, placeable.len());
@@ -283,28 +292,26 @@ impl Cache {
             namespaces: RwLock::new(rec.namespaces.into_iter().collect()),
             next_id: AtomicU64::new(rec.next_id),
             ttl_entries: AtomicU64::new(0),
+            puts_in_flight: AtomicU64::new(0),
             rr: AtomicU64::new(0),
         });
         let now_ns = unix_ns();
-        for r in rec.rows {
+        for r in &rec.rows {
+            if r.expires.is_some() {
+                shared.ttl_entries.fetch_add(1, Relaxed);
+            }
+            shared.stats.add_entry(r.node, r.size, r.stored);
+        }
+        shared.map.load(rec.rows, |r| {
             let expires_ns = r
                 .expires
                 .map(|s| s.saturating_mul(1_000_000_000))
                 .unwrap_or(0);
-            if expires_ns != 0 {
-                shared.ttl_entries.fetch_add(1, Relaxed);
-            }
-            shared.stats.add_entry(r.node, r.size, r.stored);
             let la = r.last_access.saturating_mul(1_000_000_000).min(now_ns);
-            let e = Entry::new(
+            Entry::new(
                 r.id, r.node, r.size, r.stored, r.checksum, r.created, expires_ns, la, r.hits,
-            );
-            shared.map.insert(&r.namespace, &r.key, e);
-        }
-        // The clean flag is cleared durably before any write can happen.
-        if let Some(s) = shared.layout().shards.values().next() {
-            s.syncfs()?;
-        }
+            )
+        });
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(conn, Arc::clone(&shared));
         let handle = std::thread::Builder::new()
@@ -451,12 +458,13 @@ impl Cache {
             .map(|t| (now + t.as_nanos() as u64).div_ceil(1_000_000_000));
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let id = self.shared.next_id.fetch_add(1, Relaxed);
-        let bytes = blob::encode(
+        let (bytes, checksum) = blob::encode(
             id,
             ns,
             key,
             value,
             self.shared.cfg.zstd_level,
+            self.shared.cfg.compress_min_bytes,
             created,
             expires.unwrap_or(0),
         );
@@ -474,6 +482,8 @@ impl Cache {
             .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
         let tier = layout.tiers.get(&node).cloned();
         let owned: Option<Vec<u8>> = tier.as_ref().map(|_| value.to_vec());
+        // The committer answers (and un-counts) every put that reaches its queue.
+        self.shared.puts_in_flight.fetch_add(1, Relaxed);
         let written = layout.on_node(node, move || {
             shard.write_blob(id, &bytes)?;
             if let (Some(t), Some(v)) = (tier, owned) {
@@ -483,6 +493,7 @@ impl Cache {
             Ok::<(), StoreError>(())
         });
         if let Err(e) = written {
+            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
             if matches!(e, StoreError::NoSpace(_)) {
                 // Make room for the next put: the least recently used entries go.
                 let _ = self.send(Op::Pressure(
@@ -500,18 +511,21 @@ impl Cache {
             node,
             size: value.len() as u64,
             stored,
-            checksum: xxh3_64(value),
+            checksum,
             created,
             last_access: created,
             hits: 0,
             expires,
         };
         let (rtx, rrx) = mpsc::sync_channel(1);
-        self.send(Op::Put {
+        if let Err(e) = self.send(Op::Put {
             row,
             new_namespace,
             reply: rtx,
-        })?;
+        }) {
+            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
         Self::wait(rrx)?;
         Ok(node)
     }
@@ -534,7 +548,7 @@ impl Cache {
             if e.expires_ns != 0 && e.expires_ns <= now {
                 return Err(e.id);
             }
-            self.shared.map.touch(ns, key, e, now);
+            self.shared.map.touch(e, now);
             Ok((e.id, e.node, e.stored, e.checksum))
         });
         let (id, node, stored, checksum) = match found {
@@ -571,9 +585,16 @@ impl Cache {
             ));
         };
         let tier = tier.cloned();
+        let header_len = blob::FIXED_LEN + ns.len() + key.len() + 8;
+        let payload_len = (stored as usize).saturating_sub(header_len);
         let read = layout.on_node(node, move || {
-            let file = shard.read_blob(id, stored)?;
-            let value = blob::decode(&file, id, checksum);
+            let value = match shard.read_blob(id, header_len, payload_len) {
+                Ok((header, payload)) => blob::decode_parts(&header, payload, id, checksum),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(
+                    blob::BlobError::Payload(format!("file is shorter than indexed: {e}")),
+                ),
+                Err(e) => return Err(e),
+            };
             if let (Ok(v), Some(t)) = (&value, tier) {
                 t.insert(id, Arc::from(v.as_slice()));
             }

@@ -140,12 +140,12 @@ pub fn meta_set(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<(
     Ok(())
 }
 
-/// Every entry row.
-pub fn load_entries(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
+fn load_range(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<Row>> {
     let mut st = conn.prepare(
-        "SELECT id, namespace, key, node, size, stored_size, checksum, created, last_access, hits, expires FROM entries",
+        "SELECT id, namespace, key, node, size, stored_size, checksum, created, last_access, hits, expires
+         FROM entries WHERE id >= ?1 AND id < ?2",
     )?;
-    let rows = st.query_map([], |r| {
+    let rows = st.query_map([from, to], |r| {
         Ok(Row {
             id: r.get::<_, i64>(0)? as u64,
             namespace: r.get(1)?,
@@ -161,6 +161,56 @@ pub fn load_entries(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
         })
     })?;
     rows.collect()
+}
+
+/// Every entry row. Large indexes are read in id ranges by several read-only connections
+/// to `path` at once (WAL allows concurrent readers): start-up time with 1M entries.
+pub fn load_entries(conn: &Connection, path: &Path) -> rusqlite::Result<Vec<Row>> {
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM entries", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return Ok(Vec::new());
+    };
+    let end = hi.saturating_add(1);
+    let parts = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4) as i64;
+    if parts == 1 || end - lo < 100_000 {
+        return load_range(conn, lo, end);
+    }
+    let step = (end - lo) / parts + 1;
+    let ranges: Vec<(i64, i64)> = (0..parts)
+        .map(|i| (lo + i * step, (lo + (i + 1) * step).min(end)))
+        .collect();
+    let results: Vec<rusqlite::Result<Vec<Row>>> = std::thread::scope(|s| {
+        let others: Vec<_> = ranges[1..]
+            .iter()
+            .map(|&(a, b)| {
+                s.spawn(move || {
+                    let c = Connection::open_with_flags(
+                        path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    )?;
+                    load_range(&c, a, b)
+                })
+            })
+            .collect();
+        let mut out = vec![load_range(conn, ranges[0].0, ranges[0].1)];
+        for h in others {
+            out.push(
+                h.join()
+                    .unwrap_or_else(|_| Err(rusqlite::Error::InvalidQuery)),
+            );
+        }
+        out
+    });
+    let mut all = Vec::new();
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(all)
 }
 
 /// Insert an entry row.

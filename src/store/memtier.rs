@@ -19,10 +19,12 @@ impl Weighter<u64, Arc<[u8]>> for ByteWeighter {
     }
 }
 
+type ValueCache =
+    Cache<u64, Arc<[u8]>, ByteWeighter, DefaultHashBuilder, DefaultLifecycle<u64, Arc<[u8]>>>;
+
 /// One node's memory tier.
 pub struct MemTier {
-    cache:
-        Cache<u64, Arc<[u8]>, ByteWeighter, DefaultHashBuilder, DefaultLifecycle<u64, Arc<[u8]>>>,
+    cache: ValueCache,
     capacity: u64,
 }
 

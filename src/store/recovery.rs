@@ -103,7 +103,7 @@ pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreErro
     let mut rows = if rep.rebuilt {
         Vec::new()
     } else {
-        index::load_entries(&conn).map_err(|e| StoreError::sql("loading entries", e))?
+        index::load_entries(&conn, &db).map_err(|e| StoreError::sql("loading entries", e))?
     };
     let persisted_next = index::meta_get(&conn, "next_id")
         .map_err(|e| StoreError::sql("reading meta", e))?

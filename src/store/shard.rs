@@ -61,7 +61,10 @@ pub fn is_btrfs(dir: &Path) -> Result<bool, StoreError> {
     }
     // SAFETY: statfs returned 0, so it filled the buffer.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_type as i64 == BTRFS_SUPER_MAGIC)
+    // f_type is i64 on 64-bit glibc targets but narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    let f_type = st.f_type as i64;
+    Ok(f_type == BTRFS_SUPER_MAGIC)
 }
 
 /// Is `path` the root of a btrfs subvolume (inode 256 on btrfs)?
@@ -291,21 +294,30 @@ impl Shard {
         Ok(())
     }
 
-    /// Read the first `len` bytes of blob `id` (its stored size). Err(NotFound kind) when gone.
-    pub fn read_blob(&self, id: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    /// Read blob `id` as its header (`header_len` bytes) and its payload (`payload_len`
+    /// bytes) into separate buffers, so a raw payload becomes the value without a copy.
+    /// A file shorter than that gives an UnexpectedEof error; a missing one NotFound.
+    pub fn read_blob(
+        &self,
+        id: u64,
+        header_len: usize,
+        payload_len: usize,
+    ) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
         let mut f = self.openat(&rel(&blob_name(id)), libc::O_RDONLY)?;
-        let mut buf = vec![0u8; len as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match f.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let mut header = vec![0u8; header_len];
+        f.read_exact(&mut header)?;
+        let mut payload = Vec::with_capacity(payload_len);
+        // take() + read_to_end fills the spare capacity without zeroing it first.
+        (&mut f)
+            .take(payload_len as u64)
+            .read_to_end(&mut payload)?;
+        if payload.len() != payload_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("payload is {} bytes, expected {payload_len}", payload.len()),
+            ));
         }
-        buf.truncate(filled);
-        Ok(buf)
+        Ok((header, payload))
     }
 
     /// Remove blob `id`; a missing file is not an error.
