@@ -604,7 +604,8 @@ async fn get(c: &Client, a: &GetArgs) -> Result<String, CliError> {
         std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
         buf
     } else {
-        c.call(iface::CACHE, "Get", &args, false).await?
+        let v: serde_bytes::ByteBuf = c.call(iface::CACHE, "Get", &args, false).await?;
+        v.into_vec()
     };
     match &a.output {
         Some(path) => {
@@ -644,7 +645,7 @@ async fn put(c: &Client, a: &PutArgs) -> Result<String, CliError> {
         c.call(
             iface::CACHE,
             "Put",
-            &(ns, key, value.as_slice(), options),
+            &(ns, key, serde_bytes::Bytes::new(&value), options),
             false,
         )
         .await?

@@ -1,11 +1,13 @@
 //! Who is calling: the uid and pid of a message's sender, asked of the bus once per
 //! connection (unique names are never reused on a bus), and the CPU that pid last ran on,
-//! read fresh from /proc for every call because it changes.
+//! read from /proc and reused for a few milliseconds: it changes, but reading it costs as
+//! much as a small Get, and a caller that moved within that time is rare and harmless.
 
 use crate::service::errors::ServiceError;
 use crate::store::Caller;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use zbus::Connection;
 use zbus::message::Header;
 use zbus::names::BusName;
@@ -19,11 +21,21 @@ pub struct Credentials {
     pub pid: u32,
 }
 
-/// Remembers the credentials of callers by unique bus name.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    creds: Credentials,
+    cpu: Option<u32>,
+    cpu_read: Option<Instant>,
+}
+
+/// Remembers the credentials (and recent CPU) of callers by unique bus name.
 #[derive(Debug, Default)]
 pub struct CallerCache {
-    known: Mutex<HashMap<String, Credentials>>,
+    known: Mutex<HashMap<String, Known>>,
 }
+
+/// How long a caller's last CPU is reused before /proc is read again.
+const CPU_FRESH: Duration = Duration::from_millis(50);
 
 /// Past this many remembered senders we start over: a cheap bound for a long-running daemon
 /// talking to many short-lived clients.
@@ -41,8 +53,8 @@ impl CallerCache {
                 "the message has no sender; cannot tell who is calling".into(),
             )
         })?;
-        if let Some(c) = self.lock().get(sender.as_str()) {
-            return Ok(*c);
+        if let Some(k) = self.lock().get(sender.as_str()) {
+            return Ok(k.creds);
         }
         let dbus = zbus::fdo::DBusProxy::new(conn).await?;
         let name = BusName::from(sender.to_owned());
@@ -61,7 +73,14 @@ impl CallerCache {
         if known.len() >= MAX_REMEMBERED {
             known.clear();
         }
-        known.insert(sender.to_string(), creds);
+        known.insert(
+            sender.to_string(),
+            Known {
+                creds,
+                cpu: None,
+                cpu_read: None,
+            },
+        );
         Ok(creds)
     }
 
@@ -72,13 +91,31 @@ impl CallerCache {
         header: &Header<'_>,
     ) -> Result<Caller, ServiceError> {
         let creds = self.credentials(conn, header).await?;
+        let sender = header.sender().map(|s| s.as_str()).unwrap_or_default();
+        let now = Instant::now();
+        let recent = self.lock().get(sender).and_then(|k| {
+            k.cpu_read
+                .filter(|t| now.duration_since(*t) < CPU_FRESH)
+                .map(|_| k.cpu)
+        });
+        let cpu = match recent {
+            Some(cpu) => cpu,
+            None => {
+                let cpu = last_cpu(creds.pid);
+                if let Some(k) = self.lock().get_mut(sender) {
+                    k.cpu = cpu;
+                    k.cpu_read = Some(now);
+                }
+                cpu
+            }
+        };
         Ok(Caller {
             uid: Some(creds.uid),
-            cpu: last_cpu(creds.pid),
+            cpu,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Credentials>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         // A poisoned lock only means another call panicked mid-insert; the map is still valid.
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }

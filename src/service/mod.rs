@@ -129,6 +129,13 @@ impl Service {
             .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
+    /// Record the workload type of an Optimize.
+    pub fn set_workload_type(&self, w: &str) {
+        if let Ok(mut cur) = self.workload_type.lock() {
+            *cur = w.to_string();
+        }
+    }
+
     /// The workload type of the last Optimize.
     pub fn workload_type(&self) -> String {
         self.workload_type

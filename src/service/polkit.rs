@@ -107,9 +107,15 @@ impl Polkit {
         };
         match answer {
             (true, _, _) => Ok(()),
+            (false, true, _) if interactive => {
+                Err(ServiceError::InteractiveAuthorizationRequired(format!(
+                    "{action} needs an administrator's password and no polkit agent answered: run it \
+                 from a desktop session, start `pkttyagent --process $$` in this shell, or use sudo"
+                )))
+            }
             (false, true, _) => Err(ServiceError::InteractiveAuthorizationRequired(format!(
                 "{action} needs authentication: call again allowing interactive authorization \
-                 (e.g. busctl --allow-interactive-authorization=yes, or numacachectl as root)"
+                 (busctl does by default; gdbus call --interactive), or as root"
             ))),
             (false, false, _) => Err(ServiceError::AccessDenied(format!(
                 "not authorized for {action}: polkit denied it for {sender} (ask an administrator \

@@ -20,14 +20,6 @@ pub struct StrategyIface {
     svc: Arc<Service>,
 }
 
-/// The workload types Optimize accepts.
-pub const WORKLOAD_TYPES: [&str; 4] = [
-    "cpu_intensive",
-    "memory_intensive",
-    "io_intensive",
-    "balanced",
-];
-
 /// An a{sv} reply.
 pub type Reply = HashMap<String, Variant<'static>>;
 
@@ -219,13 +211,20 @@ impl StrategyIface {
         } else {
             Some(parse_policy(memory_policy, MemoryPolicy::Default)?)
         };
-        self.svc.polkit.check(&header, actions::OPTIMIZE).await?;
+        // The plan is pure computation that also validates the node: before polkit, so bad
+        // input is InvalidArgument whoever asks.
         let cfg =
             placement::optimize_plan(workload, node, policy, &topology).map_err(placement_error)?;
-        if let Ok(mut w) = self.svc.workload_type.lock() {
-            *w = workload_type.to_string();
-        }
-        let affected = self.apply(cfg, &emitter).await?;
+        self.svc.polkit.check(&header, actions::OPTIMIZE).await?;
+        let previous = self.svc.workload_type();
+        self.svc.set_workload_type(workload_type);
+        let affected = match self.apply(cfg, &emitter).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.svc.set_workload_type(&previous);
+                return Err(e);
+            }
+        };
         tracing::info!(workload_type, target_node, affected, "optimized");
         Ok(HashMap::from([
             ("status".to_string(), v("optimized")),

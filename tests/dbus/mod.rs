@@ -89,7 +89,7 @@ fn run_ok(cmd: &mut Command) {
 pub struct Bus {
     dir: tempfile::TempDir,
     dbus: Child,
-    polkit: Child,
+    polkit: Option<Child>,
     /// The address to put in DBUS_SYSTEM_BUS_ADDRESS.
     pub address: String,
 }
@@ -97,6 +97,11 @@ pub struct Bus {
 impl Bus {
     /// Start dbus-daemon and polkitd; panics with the logs if either does not come up.
     pub fn start() -> Bus {
+        Bus::start_with(true)
+    }
+
+    /// Start dbus-daemon, and polkitd when `polkit` (false: a bus where polkit is unreachable).
+    pub fn start_with(polkit: bool) -> Bus {
         install_polkit_policy();
         ensure_test_user();
         let dir = tempfile::Builder::new()
@@ -129,24 +134,28 @@ impl Bus {
         let socket = dir.path().join("system_bus_socket");
         let address = format!("unix:path={}", socket.display());
         wait_for(|| socket.exists(), "the private bus socket");
-        let log = std::fs::File::create(dir.path().join("polkitd.log")).unwrap();
-        let polkit = Command::new("/usr/lib/polkit-1/polkitd")
-            .arg("--no-debug")
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &address)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting polkitd");
-        let bus = Bus {
+        let mut bus = Bus {
             dir,
             dbus,
-            polkit,
+            polkit: None,
             address,
         };
-        wait_for(
-            || bus.has_owner("org.freedesktop.PolicyKit1"),
-            "polkitd to own org.freedesktop.PolicyKit1",
-        );
+        if polkit {
+            let log = std::fs::File::create(bus.dir().join("polkitd.log")).unwrap();
+            bus.polkit = Some(
+                Command::new("/usr/lib/polkit-1/polkitd")
+                    .arg("--no-debug")
+                    .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .expect("starting polkitd"),
+            );
+            wait_for(
+                || bus.has_owner("org.freedesktop.PolicyKit1"),
+                "polkitd to own org.freedesktop.PolicyKit1",
+            );
+        }
         bus
     }
 
@@ -207,7 +216,11 @@ impl Bus {
 
 impl Drop for Bus {
     fn drop(&mut self) {
-        for child in [&mut self.polkit, &mut self.dbus] {
+        for child in self
+            .polkit
+            .iter_mut()
+            .chain(std::iter::once(&mut self.dbus))
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

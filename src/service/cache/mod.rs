@@ -7,6 +7,7 @@ use crate::service::errors::ServiceError;
 use crate::service::polkit::actions;
 use crate::service::{Service, blocking};
 use crate::store::{PutOptions, validate_key, validate_namespace};
+use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +99,7 @@ impl CacheIface {
         &self,
         namespace: String,
         key: String,
-        value: Vec<u8>,
+        value: ByteBuf,
         options: HashMap<String, OwnedVariant>,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, ServiceError> {
@@ -125,7 +126,7 @@ impl CacheIface {
         namespace: String,
         key: String,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<Vec<u8>, ServiceError> {
+    ) -> Result<ByteBuf, ServiceError> {
         let _call = self.svc.enter()?;
         check_entry(&namespace, &key)?;
         let caller = self.svc.caller(&header).await?;
@@ -139,7 +140,7 @@ impl CacheIface {
                     value.len()
                 )));
             }
-            Ok(value)
+            Ok(ByteBuf::from(value))
         })
         .await
     }
