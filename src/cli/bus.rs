@@ -702,9 +702,7 @@ async fn monitor(c: &Client) -> Result<String, CliError> {
 /// and strategy read from the bus properties; request latencies come from the JSON.
 async fn prometheus(c: &Client, stats: &serde_json::Value) -> Result<String, ClientError> {
     use crate::gateway::metrics::{MetricsInput, render_prometheus, strategy_from_properties};
-    let generation: u64 = c
-        .property(iface::TOPOLOGY, ROOT_PATH, "Generation")
-        .await?;
+    let generation: u64 = c.property(iface::TOPOLOGY, ROOT_PATH, "Generation").await?;
     let name: String = c.property(iface::STRATEGY, ROOT_PATH, "Name").await?;
     let node: i32 = c
         .property(iface::STRATEGY, ROOT_PATH, "NodePreference")

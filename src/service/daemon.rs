@@ -2,11 +2,11 @@
 //! publish topology and statistics changes, tell systemd we are ready and alive, and on
 //! SIGTERM stop taking calls, let running calls finish, flush the engine and exit.
 
+use crate::gateway::{self, GatewayHandle, GatewayState};
 use crate::service::cache::CacheIface;
 use crate::service::config::DaemonArgs;
 use crate::service::node::{CacheFigures, NodeIface};
 use crate::service::stats::StatsIface;
-use crate::gateway::{self, GatewayHandle, GatewayState};
 use crate::service::strategy::{StrategyIface, announce_strategy_change, record_strategy_change};
 use crate::service::topology::TopologyIface;
 use crate::service::{BUS_NAME, Limits, ROOT_PATH, Service, emit_properties, node_path, notify};
