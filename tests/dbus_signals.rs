@@ -7,7 +7,6 @@ mod dbus;
 mod support;
 
 use dbus::{Bus, Daemon, Monitor, NAME, ROOT, ok};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]

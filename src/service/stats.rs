@@ -73,10 +73,12 @@ impl StatsIface {
     }
 
     /// Statistics as JSON: the seed's node_distribution (cache_entries, memory_usage_mb,
-    /// hit_rate per node) and numa_benefits, plus totals, btrfs, strategy and
-    /// request_latency (Get/Put engine-time histograms).
+    /// hit_rate per node) and numa_benefits, plus totals, btrfs and strategy.
     #[zbus(out_args("stats_json"))]
     async fn get_stats(&self) -> Result<String, ServiceError> {
+        // Also "request_latency" (STATS_LATENCY_KEY): the Get/Put engine-time histograms, so
+        // `numacachectl stats --prometheus` renders what /metrics does. Kept out of the doc
+        // comment above, which is the introspection text checked against dbus/*.xml.
         let _call = self.svc.enter()?;
         let cache = Arc::clone(&self.svc.cache);
         let latency = Arc::clone(&self.svc.latency);
