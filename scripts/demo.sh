@@ -57,7 +57,7 @@ fi
 say "checking what is installed"
 need=(
   "dbus-daemon:dbus-daemon" "/usr/lib/polkit-1/polkitd:polkitd" "busctl:systemd"
-  "mkfs.btrfs:btrfs-progs" "losetup:mount" "cc:gcc" "pkg-config:pkg-config"
+  "mkfs.btrfs:btrfs-progs" "losetup:mount" "cc:gcc" "pkg-config:pkg-config" "curl:curl"
 )
 missing=()
 for pair in "${need[@]}"; do
@@ -127,7 +127,8 @@ if ! has_owner org.freedesktop.PolicyKit1; then
 fi
 
 say "starting numa-cached"
-OPDBUS_CACHE_DIR=$RUN/state "$DAEMON" >"$RUN/daemon.log" 2>&1 &
+# The optional HTTP gateway on a unix socket (reads for anyone, POSTs checked with polkit).
+OPDBUS_CACHE_DIR=$RUN/state "$DAEMON" --http-socket "$RUN/http.sock" >"$RUN/daemon.log" 2>&1 &
 echo $! > "$RUN/daemon.pid"
 for _ in $(seq 100); do has_owner $NAME && break; sleep 0.1; done
 has_owner $NAME || { cat "$RUN/daemon.log" >&2; die "numa-cached did not start"; }
@@ -150,6 +151,17 @@ run busctl --system call $NAME $OBJ $NAME.Cache Get ss demo hello
 run busctl --system get-property $NAME $OBJ $NAME.CacheStats Entries Hits Misses
 run busctl --system call $NAME $OBJ $NAME.Strategy SetStrategy si round_robin -- -1
 run busctl --system tree $NAME
+
+say "the same over HTTP (the gateway, --http-socket $RUN/http.sock)"
+run curl -sS --unix-socket "$RUN/http.sock" http://localhost/api/v1/numa/cache/stats
+echo
+run curl -sS --unix-socket "$RUN/http.sock" -X POST -H 'Content-Type: application/json' \
+  --data '{"strategy":"local_node","node_preference":-1}' http://localhost/api/v1/numa/strategy
+echo
+printf '\n$ curl -sS --unix-socket %s http://localhost/metrics | grep request_duration_seconds_count\n' "$RUN/http.sock"
+curl -sS --unix-socket "$RUN/http.sock" http://localhost/metrics | grep request_duration_seconds_count
+printf '\n$ %s stats --prometheus | sed -n 1,4p   # for node_exporter'"'"'s textfile collector\n' "$CTL"
+"$CTL" stats --prometheus | sed -n 1,4p
 
 cat <<EOF
 

@@ -6,8 +6,7 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon, NAME, ROOT, TEST_USER, ok};
-use std::path::PathBuf;
+use dbus::{Bus, Daemon, NAME, PolkitRule, ROOT, TEST_USER, ok};
 use std::process::Output;
 
 const DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
@@ -34,37 +33,6 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
-}
-
-/// A rules file in polkitd's rules directory, removed again on drop.
-struct Rule(PathBuf);
-
-impl Rule {
-    fn install(groups: &[&str]) -> Rule {
-        let path = PathBuf::from(format!(
-            "/etc/polkit-1/rules.d/49-numa-cache-test-{}.rules",
-            std::process::id()
-        ));
-        let checks: Vec<String> = groups
-            .iter()
-            .map(|g| format!("subject.isInGroup(\"{g}\")"))
-            .collect();
-        let js = format!(
-            "polkit.addRule(function(action, subject) {{\n  if (action.id.indexOf(\"org.opdbus.NumaCache.\") == 0 && ({})) {{\n    return polkit.Result.YES;\n  }}\n}});\n",
-            checks.join(" || ")
-        );
-        std::fs::create_dir_all("/etc/polkit-1/rules.d").unwrap();
-        std::fs::write(&path, js).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        Rule(path)
-    }
-}
-
-impl Drop for Rule {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 fn primary_group(user: &str) -> String {
@@ -158,7 +126,7 @@ fn unprivileged_callers_are_refused_until_a_rule_grants_their_group() {
     assert!(text(&o).contains(DENIED), "{}", text(&o));
 
     let nobody_group = primary_group("nobody");
-    let _rule = Rule::install(&[&nobody_group, "numacache"]);
+    let _rule = PolkitRule::install(&[&nobody_group, "numacache"]);
     // polkitd notices new rules through inotify; wait until it applies this one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {

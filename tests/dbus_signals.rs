@@ -6,57 +6,8 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon, NAME, ROOT, ok};
-use std::process::{Child, Command, Stdio};
+use dbus::{Bus, Daemon, Monitor, NAME, ROOT, ok};
 use std::time::{Duration, Instant};
-
-struct Monitor {
-    child: Child,
-    out: std::path::PathBuf,
-}
-
-impl Monitor {
-    fn start(bus: &Bus, program: &str, args: &[&str], name: &str) -> Monitor {
-        let out = bus.dir().join(name);
-        let f = std::fs::File::create(&out).unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-            .stdout(f)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the monitor");
-        // Give it time to subscribe before anything happens.
-        std::thread::sleep(Duration::from_millis(700));
-        Monitor { child, out }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn wait_for(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let t = self.text();
-            if needles.iter().all(|n| t.contains(n)) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "monitor never saw {needles:?}:\n{t}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn monitors_see_property_and_strategy_changes() {

@@ -30,8 +30,8 @@ enum Command {
     Optimize(bus::OptimizeArgs),
     /// Pin a process to a node and migrate its pages there (polkit: bind-process).
     BindProcess(bus::BindArgs),
-    /// Cache statistics per node.
-    Stats(bus::JsonArg),
+    /// Cache statistics per node (--json, or --prometheus for node_exporter's textfile collector).
+    Stats(bus::StatsArgs),
     /// Stored statistics over time.
     History(bus::HistoryArgs),
     /// Read a value (to stdout or --output FILE).

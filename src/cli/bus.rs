@@ -73,12 +73,16 @@ pub struct BindArgs {
     json: bool,
 }
 
-/// Options shared by commands that only print.
+/// `stats`: statistics per node, as a table, JSON or Prometheus text.
 #[derive(Debug, Clone, clap::Args)]
-pub struct JsonArg {
+pub struct StatsArgs {
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prometheus")]
     json: bool,
+    /// Print the Prometheus text format, the same as the HTTP gateway's /metrics (for
+    /// node_exporter's textfile collector: `numacachectl stats --prometheus > FILE.prom`).
+    #[arg(long)]
+    prometheus: bool,
 }
 
 /// `history`: stored statistics rows.
@@ -177,7 +181,7 @@ pub enum BusCommand {
     /// bind-process
     BindProcess(BindArgs),
     /// stats
-    Stats(JsonArg),
+    Stats(StatsArgs),
     /// history
     History(HistoryArgs),
     /// get
@@ -488,6 +492,9 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
         BusCommand::Stats(a) => {
             let text: String = c.call(iface::STATS, "GetStats", &(), false).await?;
             let v: serde_json::Value = parse_json(&text, "statistics")?;
+            if a.prometheus {
+                return Ok(prometheus(c, &v).await?);
+            }
             Ok(if a.json {
                 pretty(&v)
             } else {
@@ -689,6 +696,31 @@ async fn monitor(c: &Client) -> Result<String, CliError> {
         println!("{now:.3} {path} {member} {args}");
     }
     Ok(String::new())
+}
+
+/// The /metrics text for the daemon's `GetStats` JSON `stats`, with the topology generation
+/// and strategy read from the bus properties; request latencies come from the JSON.
+async fn prometheus(c: &Client, stats: &serde_json::Value) -> Result<String, ClientError> {
+    use crate::gateway::metrics::{MetricsInput, render_prometheus, strategy_from_properties};
+    let generation: u64 = c.property(iface::TOPOLOGY, ROOT_PATH, "Generation").await?;
+    let name: String = c.property(iface::STRATEGY, ROOT_PATH, "Name").await?;
+    let node: i32 = c
+        .property(iface::STRATEGY, ROOT_PATH, "NodePreference")
+        .await?;
+    let policy: String = c
+        .property(iface::STRATEGY, ROOT_PATH, "MemoryPolicy")
+        .await?;
+    let strategy = strategy_from_properties(&name, node, &policy).map_err(|e| {
+        ClientError::from(format!(
+            "numa-cached reported a strategy this numacachectl does not know ({e}): update numacachectl"
+        ))
+    })?;
+    Ok(render_prometheus(&MetricsInput {
+        stats,
+        generation,
+        strategy: &strategy,
+        latency: None,
+    }))
 }
 
 impl From<String> for ClientError {

@@ -112,7 +112,26 @@ pub fn stats(j: &Value) -> String {
     if let Some(s) = j["strategy"].as_str() {
         let _ = writeln!(out, "strategy: {s}   btrfs: {}", yes(&j["btrfs"]));
     }
+    let lat = &j[crate::gateway::metrics::STATS_LATENCY_KEY];
+    if lat.is_object() {
+        let _ = writeln!(
+            out,
+            "engine time: get {}, put {}",
+            mean_latency(&lat["get"]),
+            mean_latency(&lat["put"])
+        );
+    }
     out
+}
+
+/// "N calls, mean X µs" for a serialized latency histogram (`count`, `sum_seconds`).
+fn mean_latency(h: &Value) -> String {
+    let count = h["count"].as_u64().unwrap_or(0);
+    if count == 0 {
+        return "0 calls".into();
+    }
+    let mean_us = h["sum_seconds"].as_f64().unwrap_or(0.0) / count as f64 * 1e6;
+    format!("{count} calls, mean {mean_us:.1} µs")
 }
 
 /// History rows (an array of objects) as a table with the union of their columns.
@@ -168,5 +187,22 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("0.500"), "{s}");
+    }
+
+    #[test]
+    fn stats_show_the_mean_engine_time_from_the_daemons_histograms() {
+        let latency = crate::gateway::metrics::CacheLatency::default();
+        latency.get.observe(std::time::Duration::from_micros(10));
+        latency.get.observe(std::time::Duration::from_micros(30));
+        let mut j = serde_json::json!({"node_distribution":{}});
+        j[crate::gateway::metrics::STATS_LATENCY_KEY] =
+            serde_json::to_value(latency.snapshot()).unwrap();
+        let s = stats(&j);
+        assert!(
+            s.contains("engine time: get 2 calls, mean 20.0 µs, put 0 calls"),
+            "{s}"
+        );
+        let without = stats(&serde_json::json!({"node_distribution":{}}));
+        assert!(!without.contains("engine time"), "{without}");
     }
 }

@@ -2,10 +2,9 @@
 //! as a `unix-process` subject for the same actions the D-Bus methods check. HTTP cannot show
 //! an authentication dialog, so a challenge is answered as a refusal that says what to do.
 
-use std::collections::HashMap;
+use crate::service::polkit::{Subject, check_authorization as polkit_check};
 use std::time::Duration;
 use tokio::sync::Mutex;
-use zbus::Variant;
 
 /// The polkit actions of numa-cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,35 +197,23 @@ impl Polkit {
     }
 }
 
-/// `org.freedesktop.PolicyKit1.Authority.CheckAuthorization` for a unix-process subject;
-/// returns `(is_authorized, is_challenge)`.
+/// polkit's CheckAuthorization for a unix-process subject, through the daemon's one polkit
+/// call ([`crate::service::polkit::check_authorization`]); returns `(is_authorized,
+/// is_challenge)`. No user interaction: there is nobody to answer a dialog over HTTP.
 async fn check_authorization(
     conn: &zbus::Connection,
     subject: &UnixProcess,
     action: Action,
 ) -> Result<(bool, bool), String> {
-    let mut details: HashMap<&str, Variant<'_>> = HashMap::new();
-    details.insert("pid", Variant::U32(subject.pid));
-    details.insert("start-time", Variant::U64(subject.start_time));
-    // polkit types the uid as int32; real uids fit (the kernel's are below 2^31 in practice,
-    // and -1 is never a peer's uid).
-    details.insert("uid", Variant::I32(subject.uid as i32));
-    let no_details: HashMap<&str, &str> = HashMap::new();
-    // Flags 0: no user interaction, since there is nobody to answer a dialog over HTTP.
-    let body = (("unix-process", details), action.id(), no_details, 0u32, "");
-    let reply = conn
-        .call_method(
-            Some("org.freedesktop.PolicyKit1"),
-            "/org/freedesktop/PolicyKit1/Authority",
-            Some("org.freedesktop.PolicyKit1.Authority"),
-            "CheckAuthorization",
-            &body,
-        )
+    let subject = Subject::UnixProcess {
+        pid: subject.pid,
+        start_time: subject.start_time,
+        uid: subject.uid,
+    };
+    let answer = polkit_check(conn, &subject, action.id(), false)
         .await
         .map_err(|e| e.to_string())?;
-    let (authorized, challenge, _details): (bool, bool, HashMap<String, String>) =
-        reply.body().deserialize().map_err(|e| e.to_string())?;
-    Ok((authorized, challenge))
+    Ok((answer.authorized, answer.challenge))
 }
 
 #[cfg(test)]

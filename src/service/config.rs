@@ -39,6 +39,10 @@ pub struct DaemonArgs {
     /// this machine, and watch it there (tests, demos of hotplug). Default: /.
     #[arg(long, value_name = "DIR")]
     pub fs_root: Option<PathBuf>,
+    /// The optional HTTP gateway (`--http-socket`, `--http-listen`, `--http-allow-remote`);
+    /// off unless a socket or an address is given.
+    #[command(flatten)]
+    pub gateway: crate::gateway::GatewayArgs,
 }
 
 /// A configuration value that cannot be used.
@@ -199,6 +203,7 @@ mod tests {
             memory_bytes: Some("64M".into()),
             snapshots_keep: Some("3".into()),
             fs_root: None,
+            gateway: Default::default(),
         };
         let c = args.resolve().unwrap();
         assert_eq!(c.strategy.strategy, Strategy::Interleave);

@@ -2,11 +2,12 @@
 //! publish topology and statistics changes, tell systemd we are ready and alive, and on
 //! SIGTERM stop taking calls, let running calls finish, flush the engine and exit.
 
+use crate::gateway::{self, GatewayHandle, GatewayState};
 use crate::service::cache::CacheIface;
 use crate::service::config::DaemonArgs;
 use crate::service::node::{CacheFigures, NodeIface};
 use crate::service::stats::StatsIface;
-use crate::service::strategy::StrategyIface;
+use crate::service::strategy::{StrategyIface, announce_strategy_change, record_strategy_change};
 use crate::service::topology::TopologyIface;
 use crate::service::{BUS_NAME, Limits, ROOT_PATH, Service, emit_properties, node_path, notify};
 use crate::store::{Cache, StatsTotals};
@@ -30,6 +31,9 @@ pub enum DaemonError {
         "D-Bus: {0} (is the system bus running, and may this user own {BUS_NAME}? see dbus/org.opdbus.NumaCache.conf)"
     )]
     Bus(#[from] zbus::Error),
+    /// The HTTP gateway could not start.
+    #[error(transparent)]
+    Gateway(#[from] crate::gateway::GatewayError),
     /// Something else at start-up.
     #[error("{0}")]
     Other(String),
@@ -93,6 +97,9 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         .await?;
     let mut nodes = BTreeSet::new();
     sync_node_objects(&svc, &mut nodes).await;
+    // Bind the HTTP listeners before taking the name, so a bad --http-* flag or a busy
+    // socket stops start-up instead of leaving a half-configured service running.
+    let gateway = start_gateway(args, &svc)?;
     conn.request_name(BUS_NAME).await?;
     tracing::info!(name = BUS_NAME, "serving on the system bus");
 
@@ -113,6 +120,12 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     wait_for_stop().await?;
     tracing::info!("stopping: no new calls, finishing the running ones");
     let _ = notify::notify("STOPPING=1");
+    if let Some(gw) = gateway {
+        // Stop HTTP first: it finishes in-flight requests and removes its socket file.
+        if let Err(e) = gw.shutdown().await {
+            tracing::warn!(error = %e, "the HTTP gateway did not stop cleanly");
+        }
+    }
     let drained = svc.gate.close_and_drain(DRAIN_LIMIT).await;
     if !drained {
         tracing::warn!(
@@ -131,6 +144,41 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         .map_err(|e| DaemonError::Other(format!("flushing the cache failed: {e}")))??;
     tracing::info!("flushed; bye");
     Ok(())
+}
+
+/// Start the HTTP gateway when `--http-socket`/`--http-listen` ask for it (off by default).
+/// It shares the service's engine, topology generation and latency histograms, and every
+/// strategy change it makes is recorded and announced on the bus through the same functions
+/// SetStrategy/Optimize use.
+fn start_gateway(
+    args: &DaemonArgs,
+    svc: &Arc<Service>,
+) -> Result<Option<GatewayHandle>, DaemonError> {
+    let watcher = Arc::clone(&svc.watcher);
+    let announcer = Arc::clone(svc);
+    let state = GatewayState::new(
+        Arc::clone(&svc.cache),
+        move || watcher.generation(),
+        Arc::clone(&svc.latency),
+    )
+    .on_strategy_change(move |change| {
+        record_strategy_change(
+            &announcer,
+            change.affected_processes,
+            change.workload_type.map(|w| w.as_str()),
+        );
+        let svc = Arc::clone(&announcer);
+        tokio::spawn(async move { announce_strategy_change(&svc).await });
+    });
+    let handle = gateway::spawn(&args.gateway, state)?;
+    if let Some(h) = &handle {
+        tracing::info!(
+            socket = ?h.socket_path(),
+            tcp = ?h.tcp_addr(),
+            "HTTP gateway listening"
+        );
+    }
+    Ok(handle)
 }
 
 async fn wait_for_stop() -> Result<(), DaemonError> {

@@ -17,6 +17,7 @@ pub mod stats;
 pub mod strategy;
 pub mod topology;
 
+use crate::gateway::metrics::CacheLatency;
 use crate::placement::StrategyConfig;
 use crate::service::caller::CallerCache;
 use crate::service::errors::{ServiceError, ServiceResult};
@@ -80,6 +81,9 @@ pub struct Service {
     pub affected_processes: AtomicU32,
     /// The workload type of the last Optimize ("" before any).
     pub workload_type: Mutex<String>,
+    /// Get/GetFd and Put/PutFd latencies, shared with the HTTP gateway's /metrics and
+    /// published in GetStats under `gateway::metrics::STATS_LATENCY_KEY`.
+    pub latency: Arc<CacheLatency>,
 }
 
 impl Service {
@@ -100,6 +104,7 @@ impl Service {
             limits,
             affected_processes: AtomicU32::new(0),
             workload_type: Mutex::new(String::new()),
+            latency: Arc::default(),
         }
     }
 

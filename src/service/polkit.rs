@@ -1,6 +1,8 @@
 //! Authorization through polkit: `CheckAuthorization` for the caller of a D-Bus message,
 //! identified as a `system-bus-name` subject (the message's sender, never our own pid).
 //! Anything short of a clear "authorized" (denied, challenge, polkit unreachable) is a no.
+//! [`check_authorization`] is the one polkit call of the daemon; the HTTP gateway uses it
+//! too, with a `unix-process` subject.
 
 use crate::service::errors::ServiceError;
 use std::collections::HashMap;
@@ -46,6 +48,75 @@ trait Authority {
     ) -> zbus::Result<(bool, bool, HashMap<String, String>)>;
 }
 
+/// Who polkit is asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject<'a> {
+    /// The sender of a D-Bus message (its unique name), for the bus interfaces.
+    SystemBusName(&'a str),
+    /// A local process, for the HTTP gateway's unix-socket peers: the pid with its start
+    /// time (so a recycled pid is not mistaken for the caller) and its uid.
+    UnixProcess {
+        /// The process id.
+        pid: u32,
+        /// Field 22 of `/proc/PID/stat` (clock ticks since boot).
+        start_time: u64,
+        /// The peer's uid.
+        uid: u32,
+    },
+}
+
+/// polkit's answer to one question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authorization {
+    /// polkit said yes.
+    pub authorized: bool,
+    /// polkit would say yes after the user authenticates.
+    pub challenge: bool,
+}
+
+/// `org.freedesktop.PolicyKit1.Authority.CheckAuthorization` on `conn`: may `subject`
+/// perform `action`? `allow_interaction` lets polkit ask the user through an agent (only
+/// meaningful when the caller asked for it: a D-Bus message flag; never over HTTP). No
+/// timeout here: callers bound the wait as suits them.
+pub async fn check_authorization(
+    conn: &Connection,
+    subject: &Subject<'_>,
+    action: &str,
+    allow_interaction: bool,
+) -> zbus::Result<Authorization> {
+    let mut details: HashMap<&str, Variant<'_>> = HashMap::new();
+    let kind = match *subject {
+        Subject::SystemBusName(name) => {
+            details.insert("name", Variant::from(name));
+            "system-bus-name"
+        }
+        Subject::UnixProcess {
+            pid,
+            start_time,
+            uid,
+        } => {
+            details.insert("pid", Variant::U32(pid));
+            details.insert("start-time", Variant::U64(start_time));
+            // polkit types the uid as int32; real uids fit (-1 is never a peer's uid).
+            details.insert("uid", Variant::I32(uid as i32));
+            "unix-process"
+        }
+    };
+    let flags = if allow_interaction {
+        ALLOW_USER_INTERACTION
+    } else {
+        0
+    };
+    let proxy = AuthorityProxy::new(conn).await?;
+    let (authorized, challenge, _) = proxy
+        .check_authorization(&(kind, details), action, HashMap::new(), flags, "")
+        .await?;
+    Ok(Authorization {
+        authorized,
+        challenge,
+    })
+}
+
 /// The polkit authority on the daemon's bus.
 #[derive(Clone, Debug)]
 pub struct Polkit {
@@ -70,25 +141,13 @@ impl Polkit {
             .primary()
             .flags()
             .contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let flags = if interactive {
-            ALLOW_USER_INTERACTION
-        } else {
-            0
-        };
-        let mut subject_details = HashMap::new();
-        subject_details.insert("name", Variant::from(sender.as_str()));
-        let subject = ("system-bus-name", subject_details);
         let wait = if interactive {
             INTERACTIVE_TIMEOUT
         } else {
             CHECK_TIMEOUT
         };
-        let asked = async {
-            let proxy = AuthorityProxy::new(&self.conn).await?;
-            proxy
-                .check_authorization(&subject, action, HashMap::new(), flags, "")
-                .await
-        };
+        let subject = Subject::SystemBusName(sender.as_str());
+        let asked = check_authorization(&self.conn, &subject, action, interactive);
         let answer = match tokio::time::timeout(wait, asked).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
@@ -105,6 +164,7 @@ impl Polkit {
                 )));
             }
         };
+        let answer = (answer.authorized, answer.challenge, ());
         match answer {
             (true, _, _) => Ok(()),
             (false, true, _) if interactive => {

@@ -30,46 +30,60 @@ impl StrategyIface {
     }
 
     /// Act and emit: apply `cfg` in the engine, then PropertiesChanged and StrategyChanged.
-    async fn apply(
-        &self,
-        cfg: StrategyConfig,
-        emitter: &SignalEmitter<'_>,
-    ) -> Result<u32, ServiceError> {
+    async fn apply(&self, cfg: StrategyConfig) -> Result<u32, ServiceError> {
         let cache = Arc::clone(&self.svc.cache);
         let affected = blocking(move || Ok(cache.set_strategy(cfg)?)).await?;
-        self.svc.set_affected(affected);
-        self.emit_changed(emitter).await;
+        record_strategy_change(&self.svc, affected, None);
+        announce_strategy_change(&self.svc).await;
         Ok(u32::try_from(affected).unwrap_or(u32::MAX))
     }
+}
 
-    async fn emit_changed(&self, emitter: &SignalEmitter<'_>) {
-        let cfg = self.svc.strategy();
-        let changed = HashMap::from([
-            ("Name", Variant::from(cfg.strategy.as_str())),
-            (
-                "NodePreference",
-                Variant::from(node_pref_i32(cfg.node_preference)),
-            ),
-            ("MemoryPolicy", Variant::from(cfg.memory_policy.as_str())),
-            ("WorkloadType", Variant::from(self.svc.workload_type())),
-            (
-                "AffectedProcesses",
-                Variant::from(self.affected_processes()),
-            ),
-        ]);
-        // Signals are best effort: the change is made and persisted either way.
-        let props = emit_properties(&self.svc.conn, ROOT_PATH, STRATEGY_IFACE, changed).await;
-        let signal = Self::strategy_changed(
-            emitter,
-            cfg.strategy.as_str(),
-            node_pref_i32(cfg.node_preference),
-            cfg.memory_policy.as_str(),
-        )
-        .await;
-        for r in [props, signal] {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "could not emit a strategy change signal");
-            }
+/// Record what a strategy change already made in the engine affected (and, for an Optimize,
+/// its workload type), so the Strategy properties report it. Used by SetStrategy/Optimize and
+/// by the HTTP gateway's POSTs alike.
+pub fn record_strategy_change(svc: &Service, affected: usize, workload_type: Option<&str>) {
+    svc.set_affected(affected);
+    if let Some(w) = workload_type {
+        svc.set_workload_type(w);
+    }
+}
+
+/// Announce the strategy now active: one PropertiesChanged with every Strategy property,
+/// then StrategyChanged. The single emission path for SetStrategy, Optimize and the HTTP
+/// gateway, so a client sees the same signals whichever way the change came.
+pub async fn announce_strategy_change(svc: &Service) {
+    let cfg = svc.strategy();
+    let affected = svc
+        .affected_processes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let changed = HashMap::from([
+        ("Name", Variant::from(cfg.strategy.as_str())),
+        (
+            "NodePreference",
+            Variant::from(node_pref_i32(cfg.node_preference)),
+        ),
+        ("MemoryPolicy", Variant::from(cfg.memory_policy.as_str())),
+        ("WorkloadType", Variant::from(svc.workload_type())),
+        ("AffectedProcesses", Variant::from(affected)),
+    ]);
+    // Signals are best effort: the change is made and persisted either way.
+    let props = emit_properties(&svc.conn, ROOT_PATH, STRATEGY_IFACE, changed).await;
+    let signal = match SignalEmitter::new(&svc.conn, ROOT_PATH) {
+        Ok(emitter) => {
+            StrategyIface::strategy_changed(
+                &emitter,
+                cfg.strategy.as_str(),
+                node_pref_i32(cfg.node_preference),
+                cfg.memory_policy.as_str(),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    for r in [props, signal] {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not emit a strategy change signal");
         }
     }
 }
@@ -159,7 +173,6 @@ impl StrategyIface {
         strategy: &str,
         node_preference: i32,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<Reply, ServiceError> {
         let _call = self.svc.enter()?;
         let parsed = parse_strategy(strategy)?;
@@ -173,7 +186,7 @@ impl StrategyIface {
             node_preference: node,
             ..self.svc.strategy()
         };
-        let affected = self.apply(cfg, &emitter).await?;
+        let affected = self.apply(cfg).await?;
         tracing::info!(strategy, node_preference, affected, "strategy set");
         Ok(HashMap::from([
             ("status".to_string(), v("applied")),
@@ -198,7 +211,6 @@ impl StrategyIface {
         target_node: i32,
         memory_policy: &str,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<Reply, ServiceError> {
         let _call = self.svc.enter()?;
         let workload = workload_type
@@ -218,7 +230,7 @@ impl StrategyIface {
         self.svc.polkit.check(&header, actions::OPTIMIZE).await?;
         let previous = self.svc.workload_type();
         self.svc.set_workload_type(workload_type);
-        let affected = match self.apply(cfg, &emitter).await {
+        let affected = match self.apply(cfg).await {
             Ok(n) => n,
             Err(e) => {
                 self.svc.set_workload_type(&previous);

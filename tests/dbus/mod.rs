@@ -372,3 +372,189 @@ pub fn busctl_json_dict(stdout: &str) -> serde_json::Map<String, serde_json::Val
         .map(|(k, v)| (k.clone(), v["data"].clone()))
         .collect()
 }
+
+/// A free loopback TCP port: bound, read and released, for a daemon to bind next. Another
+/// process could take it in between; on a test machine that is rare enough.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral loopback port")
+}
+
+/// numa-cached with its HTTP gateway on `bus`: the unix socket in the bus's directory
+/// (reachable by other users) and a loopback TCP port.
+pub struct GatewayDaemon {
+    /// The daemon.
+    pub daemon: Daemon,
+    /// The `--http-socket` path.
+    pub socket: PathBuf,
+    /// `http://127.0.0.1:PORT` of `--http-listen`.
+    pub base: String,
+}
+
+impl GatewayDaemon {
+    /// Start numa-cached with `--http-socket` and `--http-listen 127.0.0.1:PORT`.
+    pub fn start(bus: &Bus, state: &Path) -> GatewayDaemon {
+        let socket = bus.dir().join("http.sock");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let daemon = Daemon::start_with(
+            bus,
+            state,
+            &[],
+            &[
+                "--http-socket",
+                &socket.display().to_string(),
+                "--http-listen",
+                &listen,
+            ],
+        );
+        // The gateway binds before the daemon takes its name, so both are there now.
+        assert!(socket.exists(), "no gateway socket:\n{}", daemon.log());
+        GatewayDaemon {
+            daemon,
+            socket,
+            base: format!("http://{listen}"),
+        }
+    }
+
+    /// `curl` over TCP with extra arguments; `path` is appended to the base URL.
+    pub fn tcp(&self, path: &str, extra: &[&str]) -> Http {
+        curl(None, extra, &format!("{}{path}", self.base))
+    }
+
+    /// `curl --unix-socket` as `user` (None: root) with extra arguments.
+    pub fn unix(&self, user: Option<&str>, path: &str, extra: &[&str]) -> Http {
+        let mut args = vec!["--unix-socket", self.socket.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        curl(user, &args, &format!("http://localhost{path}"))
+    }
+}
+
+/// What curl got: the status and the body.
+#[derive(Debug)]
+pub struct Http {
+    /// The HTTP status (0 when curl could not connect).
+    pub status: u16,
+    /// The body.
+    pub body: String,
+}
+
+impl Http {
+    /// The body as JSON, asserting status 200.
+    pub fn json_ok(&self) -> serde_json::Value {
+        assert_eq!(self.status, 200, "{self:?}");
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Run curl (through `runuser -u USER` when given), appending the status after the body.
+pub fn curl(user: Option<&str>, extra: &[&str], url: &str) -> Http {
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--", "curl"]);
+            c
+        }
+        None => Command::new("curl"),
+    };
+    let out = cmd
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    Http {
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    }
+}
+
+/// A polkit rule granting every org.opdbus.NumaCache action to members of `groups`, in
+/// polkitd's rules directory, removed again on drop.
+pub struct PolkitRule(PathBuf);
+
+impl PolkitRule {
+    /// Install the rule (polkitd picks it up through inotify, after a moment).
+    pub fn install(groups: &[&str]) -> PolkitRule {
+        let path = PathBuf::from(format!(
+            "/etc/polkit-1/rules.d/49-numa-cache-test-{}.rules",
+            std::process::id()
+        ));
+        let checks: Vec<String> = groups
+            .iter()
+            .map(|g| format!("subject.isInGroup(\"{g}\")"))
+            .collect();
+        let js = format!(
+            "polkit.addRule(function(action, subject) {{\n  if (action.id.indexOf(\"org.opdbus.NumaCache.\") == 0 && ({})) {{\n    return polkit.Result.YES;\n  }}\n}});\n",
+            checks.join(" || ")
+        );
+        std::fs::create_dir_all("/etc/polkit-1/rules.d").unwrap();
+        std::fs::write(&path, js).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        PolkitRule(path)
+    }
+}
+
+impl Drop for PolkitRule {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A bus monitor (`busctl monitor`, `gdbus monitor`) writing to a file in the bus's
+/// directory; killed on drop.
+pub struct Monitor {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Monitor {
+    /// Start `program args` on `bus`, writing to `name` in the bus's directory.
+    pub fn start(bus: &Bus, program: &str, args: &[&str], name: &str) -> Monitor {
+        let out = bus.dir().join(name);
+        let f = std::fs::File::create(&out).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdout(f)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the monitor");
+        // Give it time to subscribe before anything happens.
+        std::thread::sleep(Duration::from_millis(700));
+        Monitor { child, out }
+    }
+
+    /// What it printed so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// Wait up to 10 s until every needle was printed; returns the text.
+    pub fn wait_for(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let t = self.text();
+            if needles.iter().all(|n| t.contains(n)) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "monitor never saw {needles:?}:\n{t}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,5 +1,10 @@
 //! org.opdbus.NumaCache.Cache on the root object: the data plane (Put, Get, their fd forms,
 //! Delete, Lookup) and its polkit-gated administration (Clear, snapshots).
+//!
+//! Latency (`Service::latency`, shown by /metrics and GetStats) is the engine call time only:
+//! `Cache::get`/`Cache::put` on the blocking pool, hits, misses and errors alike. Bus transport,
+//! caller lookup, memfd copies and blocking-pool queueing are left out, so the histogram
+//! tells the engine's speed apart from the bus's.
 
 pub mod memfd;
 
@@ -10,7 +15,7 @@ use crate::store::{PutOptions, validate_key, validate_namespace};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zbus::message::Header;
 use zbus::{OwnedFd, OwnedVariant, Variant, interface};
 
@@ -115,7 +120,14 @@ impl CacheIface {
         }
         let caller = self.svc.caller(&header).await?;
         let cache = Arc::clone(&self.svc.cache);
-        blocking(move || Ok(cache.put(&namespace, &key, &value, &opts, &caller)?)).await
+        let latency = Arc::clone(&self.svc.latency);
+        blocking(move || {
+            let started = Instant::now();
+            let r = cache.put(&namespace, &key, &value, &opts, &caller);
+            latency.put.observe(started.elapsed());
+            Ok(r?)
+        })
+        .await
     }
 
     /// The value stored under (namespace, key); NotFound when there is none. Values larger
@@ -132,8 +144,12 @@ impl CacheIface {
         let caller = self.svc.caller(&header).await?;
         let cache = Arc::clone(&self.svc.cache);
         let inline = self.svc.limits.max_inline_bytes;
+        let latency = Arc::clone(&self.svc.latency);
         blocking(move || {
-            let value = cache.get(&namespace, &key, &caller)?;
+            let started = Instant::now();
+            let value = cache.get(&namespace, &key, &caller);
+            latency.get.observe(started.elapsed());
+            let value = value?;
             if value.len() as u64 > inline {
                 return Err(ServiceError::TooLarge(format!(
                     "the value is {} bytes, more than {inline} fit in a message: read it with GetFd",
@@ -158,8 +174,12 @@ impl CacheIface {
         check_entry(&namespace, &key)?;
         let caller = self.svc.caller(&header).await?;
         let cache = Arc::clone(&self.svc.cache);
+        let latency = Arc::clone(&self.svc.latency);
         blocking(move || {
-            let value = cache.get(&namespace, &key, &caller)?;
+            let started = Instant::now();
+            let value = cache.get(&namespace, &key, &caller);
+            latency.get.observe(started.elapsed());
+            let value = value?;
             let fd = memfd::sealed_memfd(&value).map_err(|e| {
                 ServiceError::Unavailable(format!("could not create a memfd for the value: {e}"))
             })?;
@@ -185,9 +205,13 @@ impl CacheIface {
         let caller = self.svc.caller(&header).await?;
         let cache = Arc::clone(&self.svc.cache);
         let limit = self.svc.limits.max_value_bytes;
+        let latency = Arc::clone(&self.svc.latency);
         blocking(move || {
             let value = memfd::read_sealed(std::os::fd::OwnedFd::from(fd), limit)?;
-            Ok(cache.put(&namespace, &key, &value, &opts, &caller)?)
+            let started = Instant::now();
+            let r = cache.put(&namespace, &key, &value, &opts, &caller);
+            latency.put.observe(started.elapsed());
+            Ok(r?)
         })
         .await
     }
