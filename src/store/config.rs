@@ -23,7 +23,7 @@ pub struct CacheConfig {
     /// Values smaller than this are stored raw (default 8 KiB); larger ones are zstd
     /// frames when that saves ≥ 10%. Below 8 KiB compression saves at most a filesystem
     /// block or two, while decoding a small frame costs about three times the read itself
-    /// (BENCHMARKS-store.md); 0 compresses everything.
+    /// (BENCHMARKS.md, "Store engine"); 0 compresses everything.
     pub compress_min_bytes: usize,
     /// Largest value a put accepts (default 256 MiB); larger puts fail with TooLarge.
     pub max_value_bytes: u64,
