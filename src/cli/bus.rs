@@ -342,6 +342,15 @@ fn dict_json(d: &HashMap<String, OwnedVariant>) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
+/// A method's `a{sv}` reply: pretty JSON for scripts, or `key: value` lines in `order`.
+fn dict_render(d: &HashMap<String, OwnedVariant>, json: bool, order: &[&str]) -> String {
+    if json {
+        pretty(&dict_json(d))
+    } else {
+        dict_text(d, order)
+    }
+}
+
 fn dict_text(d: &HashMap<String, OwnedVariant>, order: &[&str]) -> String {
     let j = dict_json(d);
     let mut pairs: Vec<(&str, String)> = Vec::new();
@@ -424,20 +433,17 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                         true,
                     )
                     .await?;
-                Ok(if a.json {
-                    pretty(&dict_json(&r))
-                } else {
-                    dict_text(
-                        &r,
-                        &[
-                            "status",
-                            "strategy",
-                            "node_preference",
-                            "memory_policy",
-                            "affected_processes",
-                        ],
-                    )
-                })
+                Ok(dict_render(
+                    &r,
+                    a.json,
+                    &[
+                        "status",
+                        "strategy",
+                        "node_preference",
+                        "memory_policy",
+                        "affected_processes",
+                    ],
+                ))
             }
         },
         BusCommand::Optimize(a) => {
@@ -449,20 +455,17 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                     true,
                 )
                 .await?;
-            Ok(if a.json {
-                pretty(&dict_json(&r))
-            } else {
-                dict_text(
-                    &r,
-                    &[
-                        "status",
-                        "workload_type",
-                        "strategy",
-                        "node_preference",
-                        "memory_policy",
-                    ],
-                )
-            })
+            Ok(dict_render(
+                &r,
+                a.json,
+                &[
+                    "status",
+                    "workload_type",
+                    "strategy",
+                    "node_preference",
+                    "memory_policy",
+                ],
+            ))
         }
         BusCommand::BindProcess(a) => {
             let r: HashMap<String, OwnedVariant> = c
@@ -473,21 +476,18 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                     true,
                 )
                 .await?;
-            Ok(if a.json {
-                pretty(&dict_json(&r))
-            } else {
-                dict_text(
-                    &r,
-                    &[
-                        "status",
-                        "pid",
-                        "node",
-                        "memory_policy",
-                        "threads",
-                        "pages_migrated",
-                    ],
-                )
-            })
+            Ok(dict_render(
+                &r,
+                a.json,
+                &[
+                    "status",
+                    "pid",
+                    "node",
+                    "memory_policy",
+                    "threads",
+                    "pages_migrated",
+                ],
+            ))
         }
         BusCommand::Stats(a) => {
             let text: String = c.call(iface::STATS, "GetStats", &(), false).await?;
@@ -546,22 +546,19 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                     false,
                 )
                 .await?;
-            Ok(if a.json {
-                pretty(&dict_json(&r))
-            } else {
-                dict_text(
-                    &r,
-                    &[
-                        "size",
-                        "stored_size",
-                        "node",
-                        "created",
-                        "last_access",
-                        "hits",
-                        "expires",
-                    ],
-                )
-            })
+            Ok(dict_render(
+                &r,
+                a.json,
+                &[
+                    "size",
+                    "stored_size",
+                    "node",
+                    "created",
+                    "last_access",
+                    "hits",
+                    "expires",
+                ],
+            ))
         }
         BusCommand::Clear(a) => {
             let n: u64 = c
