@@ -316,8 +316,12 @@ fn check_against_qemu(
             "{}: node {id} reported {reported:.0} MiB, the kernel's MemTotal is {memtotal:.0} MiB",
             m.name
         );
+        // A sanity bound only: what we report is checked against MemTotal above, and the
+        // node's memory against QEMU through its memory blocks. How much the kernel keeps
+        // for itself on a node varies from boot to boot (seen: 899 of 1024 MiB on node 2 of
+        // the 4-node machine, 2-6% elsewhere), so this bound cannot be 2%.
         assert!(
-            reported <= mb * 1.02 && reported >= mb * 0.90,
+            reported <= mb * 1.02 && reported >= mb * 0.80,
             "{}: node {id} reported {reported:.0} MiB for QEMU's {mb} MiB",
             m.name
         );
