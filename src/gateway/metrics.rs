@@ -62,6 +62,14 @@ impl LatencyHistogram {
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
+    /// Run `call` and record how long it took, whatever it returned.
+    pub fn time<R>(&self, call: impl FnOnce() -> R) -> R {
+        let started = std::time::Instant::now();
+        let result = call();
+        self.observe(started.elapsed());
+        result
+    }
+
     /// A copy of the counts. Taken without a lock, so an observation racing with it may show in
     /// the sum but not the buckets; the count is derived from the buckets so that the `+Inf`
     /// bucket always equals `_count`, as Prometheus requires.

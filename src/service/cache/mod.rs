@@ -15,7 +15,7 @@ use crate::store::{PutOptions, validate_key, validate_namespace};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zbus::message::Header;
 use zbus::{OwnedFd, OwnedVariant, Variant, interface};
 
@@ -122,9 +122,9 @@ impl CacheIface {
         let cache = Arc::clone(&self.svc.cache);
         let latency = Arc::clone(&self.svc.latency);
         blocking(move || {
-            let started = Instant::now();
-            let r = cache.put(&namespace, &key, &value, &opts, &caller);
-            latency.put.observe(started.elapsed());
+            let r = latency
+                .put
+                .time(|| cache.put(&namespace, &key, &value, &opts, &caller));
             Ok(r?)
         })
         .await
@@ -146,9 +146,7 @@ impl CacheIface {
         let inline = self.svc.limits.max_inline_bytes;
         let latency = Arc::clone(&self.svc.latency);
         blocking(move || {
-            let started = Instant::now();
-            let value = cache.get(&namespace, &key, &caller);
-            latency.get.observe(started.elapsed());
+            let value = latency.get.time(|| cache.get(&namespace, &key, &caller));
             let value = value?;
             if value.len() as u64 > inline {
                 return Err(ServiceError::TooLarge(format!(
@@ -176,9 +174,7 @@ impl CacheIface {
         let cache = Arc::clone(&self.svc.cache);
         let latency = Arc::clone(&self.svc.latency);
         blocking(move || {
-            let started = Instant::now();
-            let value = cache.get(&namespace, &key, &caller);
-            latency.get.observe(started.elapsed());
+            let value = latency.get.time(|| cache.get(&namespace, &key, &caller));
             let value = value?;
             let fd = memfd::sealed_memfd(&value).map_err(|e| {
                 ServiceError::Unavailable(format!("could not create a memfd for the value: {e}"))
@@ -208,9 +204,9 @@ impl CacheIface {
         let latency = Arc::clone(&self.svc.latency);
         blocking(move || {
             let value = memfd::read_sealed(std::os::fd::OwnedFd::from(fd), limit)?;
-            let started = Instant::now();
-            let r = cache.put(&namespace, &key, &value, &opts, &caller);
-            latency.put.observe(started.elapsed());
+            let r = latency
+                .put
+                .time(|| cache.put(&namespace, &key, &value, &opts, &caller));
             Ok(r?)
         })
         .await
