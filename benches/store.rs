@@ -6,7 +6,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions};
-use numa_cache::topology::{NumaNode, Topology};
+use numa_cache::topology::Topology;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,23 +31,7 @@ fn base_dir() -> (Option<tempfile::TempDir>, PathBuf) {
 fn topology() -> Arc<Topology> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let cpus: Vec<u32> = (0..n).collect();
-    Arc::new(Topology {
-        nodes: vec![NumaNode {
-            node_id: 0,
-            cpus: cpus.clone(),
-            allowed_cpus: cpus.clone(),
-            memory_total_bytes: 0,
-            memory_free_bytes: 0,
-            has_cpu: true,
-            has_memory: true,
-            allowed: true,
-            distances: [(0, 10)].into(),
-        }],
-        allowed_cpus: cpus,
-        allowed_nodes: vec![0],
-        numa_available: true,
-        warnings: vec![],
-    })
+    Arc::new(Topology::single_node(cpus))
 }
 
 /// Text and code from the cargo registry sources on this machine (up to 48 MiB).

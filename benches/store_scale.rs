@@ -5,7 +5,7 @@
 //! reused by later runs; populating 1M entries takes a few minutes (every put is durable).
 
 use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions};
-use numa_cache::topology::{NumaNode, Topology};
+use numa_cache::topology::Topology;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,23 +13,7 @@ use std::time::{Duration, Instant};
 fn topology() -> Arc<Topology> {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let cpus: Vec<u32> = (0..n).collect();
-    Arc::new(Topology {
-        nodes: vec![NumaNode {
-            node_id: 0,
-            cpus: cpus.clone(),
-            allowed_cpus: cpus.clone(),
-            memory_total_bytes: 0,
-            memory_free_bytes: 0,
-            has_cpu: true,
-            has_memory: true,
-            allowed: true,
-            distances: [(0, 10)].into(),
-        }],
-        allowed_cpus: cpus,
-        allowed_nodes: vec![0],
-        numa_available: true,
-        warnings: vec![],
-    })
+    Arc::new(Topology::single_node(cpus))
 }
 
 fn open(dir: &Path, memory_bytes: u64) -> Cache {

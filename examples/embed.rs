@@ -4,7 +4,7 @@
 //! `cargo run --example embed -- /tmp/numa-cache-demo`
 
 use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions, StoreError};
-use numa_cache::topology::{NumaNode, Topology};
+use numa_cache::topology::Topology;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,23 +16,7 @@ fn main() -> Result<(), StoreError> {
     // (numa_cache::topology) so entries land on the caller's node.
     let cpus: Vec<u32> =
         (0..std::thread::available_parallelism().map_or(1, |n| n.get() as u32)).collect();
-    let topology = Topology {
-        nodes: vec![NumaNode {
-            node_id: 0,
-            cpus: cpus.clone(),
-            allowed_cpus: cpus.clone(),
-            memory_total_bytes: 0,
-            memory_free_bytes: 0,
-            has_cpu: true,
-            has_memory: true,
-            allowed: true,
-            distances: [(0, 10)].into(),
-        }],
-        allowed_cpus: cpus,
-        allowed_nodes: vec![0],
-        numa_available: true,
-        warnings: vec![],
-    };
+    let topology = Topology::single_node(cpus);
     let config = CacheConfig {
         dir: dir.into(),
         max_bytes: 1 << 30,

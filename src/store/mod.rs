@@ -4,29 +4,13 @@
 //!
 //! ```no_run
 //! use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions};
-//! use numa_cache::topology::{NumaNode, Topology};
+//! use numa_cache::topology::Topology;
 //! use std::sync::Arc;
 //!
 //! # fn main() -> Result<(), numa_cache::store::StoreError> {
 //! // One node with every CPU; the daemon passes the detected topology instead.
 //! let cpus: Vec<u32> = (0..std::thread::available_parallelism().map_or(1, |n| n.get() as u32)).collect();
-//! let topology = Topology {
-//!     nodes: vec![NumaNode {
-//!         node_id: 0,
-//!         cpus: cpus.clone(),
-//!         allowed_cpus: cpus.clone(),
-//!         memory_total_bytes: 8 << 30,
-//!         memory_free_bytes: 4 << 30,
-//!         has_cpu: true,
-//!         has_memory: true,
-//!         allowed: true,
-//!         distances: [(0, 10)].into(),
-//!     }],
-//!     allowed_cpus: cpus,
-//!     allowed_nodes: vec![0],
-//!     numa_available: true,
-//!     warnings: vec![],
-//! };
+//! let topology = Topology::single_node(cpus);
 //! let config = CacheConfig { dir: "/tmp/numa-cache-example".into(), ..CacheConfig::default() };
 //! let cache = Cache::open(config, Arc::new(topology))?;
 //! let me = Caller::default();

@@ -42,6 +42,28 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// One node 0 holding `cpus`, all allowed, memory unknown: what an in-process user or a
+    /// benchmark passes when it does not want placement (the daemon uses the detected one).
+    pub fn single_node(cpus: Vec<u32>) -> Topology {
+        Topology {
+            nodes: vec![NumaNode {
+                node_id: 0,
+                cpus: cpus.clone(),
+                allowed_cpus: cpus.clone(),
+                memory_total_bytes: 0,
+                memory_free_bytes: 0,
+                has_cpu: true,
+                has_memory: true,
+                allowed: true,
+                distances: [(0, 10)].into(),
+            }],
+            allowed_cpus: cpus,
+            allowed_nodes: vec![0],
+            numa_available: true,
+            warnings: vec![],
+        }
+    }
+
     /// The node numbered `id`.
     pub fn node(&self, id: u32) -> Option<&NumaNode> {
         self.nodes
