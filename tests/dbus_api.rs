@@ -21,18 +21,7 @@ fn call(bus: &Bus, iface: &str, method: &str, args: &[&str]) -> String {
 
 /// gdbus prints the D-Bus error name ("GDBus.Error:NAME: message"); busctl only strerror.
 fn gdbus_error(bus: &Bus, method: &str, args: &[&str]) -> String {
-    let mut a = vec![
-        "call",
-        "--system",
-        "--dest",
-        NAME,
-        "--object-path",
-        ROOT,
-        "--method",
-        method,
-        "--",
-    ];
-    a.extend_from_slice(args);
+    let a = dbus::gdbus_call_args(method, args);
     fails(&bus.gdbus(&a), method)
 }
 
@@ -249,17 +238,7 @@ fn busctl_and_gdbus_call_every_method_and_read_every_property() {
     let xml = std::fs::read_to_string(dbus::repo().join("dbus/org.opdbus.NumaCache.xml")).unwrap();
     for iface in [TOPO, STRAT, STATS] {
         let out = ok(
-            &bus.gdbus(&[
-                "call",
-                "--system",
-                "--dest",
-                NAME,
-                "--object-path",
-                ROOT,
-                "--method",
-                "org.freedesktop.DBus.Properties.GetAll",
-                iface,
-            ]),
+            &bus.gdbus_call("org.freedesktop.DBus.Properties.GetAll", &[iface]),
             "gdbus GetAll",
         );
         for prop in properties_of(&xml, iface) {
@@ -288,31 +267,12 @@ fn busctl_and_gdbus_call_every_method_and_read_every_property() {
         assert!(!out.trim().is_empty());
     }
     let out = ok(
-        &bus.gdbus(&[
-            "call",
-            "--system",
-            "--dest",
-            NAME,
-            "--object-path",
-            ROOT,
-            "--method",
-            "org.opdbus.NumaCache.Topology.NodeOfCpu",
-            &first_cpu,
-        ]),
+        &bus.gdbus_call("org.opdbus.NumaCache.Topology.NodeOfCpu", &[&first_cpu]),
         "gdbus NodeOfCpu",
     );
     assert!(out.contains(&format!("uint32 {node}")), "{out}");
     let out = ok(
-        &bus.gdbus(&[
-            "call",
-            "--system",
-            "--dest",
-            NAME,
-            "--object-path",
-            ROOT,
-            "--method",
-            "org.freedesktop.DBus.Peer.Ping",
-        ]),
+        &bus.gdbus_call("org.freedesktop.DBus.Peer.Ping", &[]),
         "gdbus Ping",
     );
     assert_eq!(out.trim(), "()");

@@ -85,19 +85,10 @@ fn without_polkit_admin_methods_are_denied() {
     let bus = Bus::start_with(false);
     let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     // Even root: nothing may change when authorization cannot be checked.
-    let out = bus.gdbus(&[
-        "call",
-        "--system",
-        "--dest",
-        NAME,
-        "--object-path",
-        ROOT,
-        "--method",
+    let out = bus.gdbus_call(
         "org.opdbus.NumaCache.Strategy.SetStrategy",
-        "--",
-        "round_robin",
-        "-1",
-    ]);
+        &["round_robin", "-1"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

@@ -12,18 +12,7 @@ use std::process::Output;
 const DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
 
 fn gdbus_as(bus: &Bus, user: &str, method: &str, args: &[&str]) -> Output {
-    let mut a = vec![
-        "call",
-        "--system",
-        "--dest",
-        NAME,
-        "--object-path",
-        ROOT,
-        "--method",
-        method,
-        "--",
-    ];
-    a.extend_from_slice(args);
+    let a = dbus::gdbus_call_args(method, args);
     bus.as_user(user, "gdbus", &a)
 }
 

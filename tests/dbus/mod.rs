@@ -208,6 +208,11 @@ impl Bus {
             .expect("running gdbus")
     }
 
+    /// `gdbus call` of `method` (interface.Member) on the daemon's root object, as root.
+    pub fn gdbus_call(&self, method: &str, args: &[&str]) -> Output {
+        self.gdbus(&gdbus_call_args(method, args))
+    }
+
     /// The polkitd log so far (for assertion messages).
     pub fn polkit_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("polkitd.log")).unwrap_or_default()
@@ -323,6 +328,23 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// The arguments of `gdbus call` for `method` (interface.Member) on the daemon's root object.
+pub fn gdbus_call_args<'a>(method: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "call",
+        "--system",
+        "--dest",
+        NAME,
+        "--object-path",
+        ROOT,
+        "--method",
+        method,
+        "--",
+    ];
+    a.extend_from_slice(args);
+    a
 }
 
 /// Poll `cond` for up to 10 s.
