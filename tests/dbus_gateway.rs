@@ -180,21 +180,7 @@ fn gateway_of_a_running_daemon_over_curl() {
     );
 
     // Data-plane calls over the bus are timed into the histograms /metrics shows.
-    let put = bus.busctl(&[
-        "call",
-        NAME,
-        ROOT,
-        "org.opdbus.NumaCache.Cache",
-        "Put",
-        "ssaya{sv}",
-        "gwtest",
-        "k1",
-        "3",
-        "1",
-        "2",
-        "3",
-        "0",
-    ]);
+    let put = bus.busctl_put("gwtest", "k1", &[1, 2, 3]);
     ok(&put, "Put");
     let get = bus.busctl(&[
         "call",

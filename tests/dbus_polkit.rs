@@ -6,7 +6,7 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon, NAME, PolkitRule, ROOT, TEST_USER, ok};
+use dbus::{Bus, Daemon, PolkitRule, TEST_USER, ok};
 use std::process::Output;
 
 const DENIED: &str = "org.freedesktop.DBus.Error.AccessDenied";
@@ -160,23 +160,7 @@ fn a_namespace_belongs_to_the_user_who_first_wrote_it() {
     }
     let bus = Bus::start();
     let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
-    ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Put",
-            "ssaya{sv}",
-            "rootns",
-            "k",
-            "2",
-            "1",
-            "2",
-            "0",
-        ]),
-        "root Put",
-    );
+    ok(&bus.busctl_put("rootns", "k", &[1, 2]), "root Put");
     let put = |ns: &str| {
         gdbus_as(
             &bus,
@@ -218,19 +202,7 @@ fn a_namespace_belongs_to_the_user_who_first_wrote_it() {
     let o = put("testns");
     assert!(o.status.success(), "{}", text(&o));
     ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Put",
-            "ssaya{sv}",
-            "testns",
-            "k2",
-            "1",
-            "9",
-            "0",
-        ]),
+        &bus.busctl_put("testns", "k2", &[9]),
         "root Put into testns",
     );
 }

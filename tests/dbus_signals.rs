@@ -70,22 +70,7 @@ fn statistics_signals_are_coalesced_to_one_a_second() {
     let started = Instant::now();
     for i in 0..40 {
         let key = format!("k{i}");
-        ok(
-            &bus.busctl(&[
-                "call",
-                NAME,
-                ROOT,
-                "org.opdbus.NumaCache.Cache",
-                "Put",
-                "ssaya{sv}",
-                "statsns",
-                &key,
-                "1",
-                "1",
-                "0",
-            ]),
-            "Put",
-        );
+        ok(&bus.busctl_put("statsns", &key, &[1]), "Put");
     }
     std::thread::sleep(Duration::from_millis(2200));
     let elapsed = started.elapsed().as_secs_f64();
@@ -124,24 +109,7 @@ fn restart_keeps_the_strategy_and_the_entries() {
         ]),
         "SetStrategy",
     );
-    ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Put",
-            "ssaya{sv}",
-            "keep",
-            "k",
-            "3",
-            "7",
-            "8",
-            "9",
-            "0",
-        ]),
-        "Put",
-    );
+    ok(&bus.busctl_put("keep", "k", &[7, 8, 9]), "Put");
     assert_eq!(
         daemon.stop(),
         Some(0),

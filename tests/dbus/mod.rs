@@ -208,6 +208,26 @@ impl Bus {
             .expect("running gdbus")
     }
 
+    /// `busctl call ... Cache Put` of `value` into (namespace, key) with no options, as root.
+    pub fn busctl_put(&self, namespace: &str, key: &str, value: &[u8]) -> Output {
+        let bytes: Vec<String> = std::iter::once(value.len().to_string())
+            .chain(value.iter().map(|b| b.to_string()))
+            .collect();
+        let mut args = vec![
+            "call",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.Cache",
+            "Put",
+            "ssaya{sv}",
+            namespace,
+            key,
+        ];
+        args.extend(bytes.iter().map(String::as_str));
+        args.push("0");
+        self.busctl(&args)
+    }
+
     /// `gdbus call` of `method` (interface.Member) on the daemon's root object, as root.
     pub fn gdbus_call(&self, method: &str, args: &[&str]) -> Output {
         self.gdbus(&gdbus_call_args(method, args))
