@@ -88,6 +88,12 @@ fn split(path: &Path) -> Result<(&Path, &OsStr), StoreError> {
 
 /// Create the btrfs subvolume `path` with BTRFS_IOC_SUBVOL_CREATE.
 pub fn create_subvolume(path: &Path) -> Result<(), StoreError> {
+    vol_args_ioctl(path, BTRFS_IOC_SUBVOL_CREATE, "creating btrfs subvolume")
+}
+
+/// Run a btrfs ioctl that takes a btrfs_ioctl_vol_args naming `path` in its parent folder
+/// (subvolume create and destroy); `doing` starts the error message.
+fn vol_args_ioctl(path: &Path, request: libc::c_ulong, doing: &str) -> Result<(), StoreError> {
     let (parent, name) = split(path)?;
     let dir = open_dir(parent)?;
     let mut args = VolArgs {
@@ -96,11 +102,11 @@ pub fn create_subvolume(path: &Path) -> Result<(), StoreError> {
     };
     args.name[..name.len()].copy_from_slice(name.as_bytes());
     // SAFETY: `dir` is an open directory; `args` is a properly sized btrfs_ioctl_vol_args with
-    // a NUL-terminated name, living for the whole call.
-    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), BTRFS_IOC_SUBVOL_CREATE, &mut args) };
+    // a NUL-terminated name (split() keeps names under 4000 bytes), living for the whole call.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), request, &mut args) };
     if rc != 0 {
         return Err(StoreError::io(
-            format!("creating btrfs subvolume {}", path.display()),
+            format!("{doing} {}", path.display()),
             std::io::Error::last_os_error(),
         ));
     }
@@ -134,22 +140,7 @@ pub fn snapshot_subvolume(source: &Path, dest: &Path) -> Result<(), StoreError> 
 
 /// Destroy the subvolume (or snapshot) `path` with BTRFS_IOC_SNAP_DESTROY.
 pub fn destroy_subvolume(path: &Path) -> Result<(), StoreError> {
-    let (parent, name) = split(path)?;
-    let dir = open_dir(parent)?;
-    let mut args = VolArgs {
-        fd: 0,
-        name: [0; 4088],
-    };
-    args.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: as in create_subvolume: an open directory and a valid vol_args.
-    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), BTRFS_IOC_SNAP_DESTROY, &mut args) };
-    if rc != 0 {
-        return Err(StoreError::io(
-            format!("deleting btrfs subvolume {}", path.display()),
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    vol_args_ioctl(path, BTRFS_IOC_SNAP_DESTROY, "deleting btrfs subvolume")
 }
 
 /// Set the `btrfs.compression` property of `path` to `none`: blobs are compressed already.
