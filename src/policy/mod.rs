@@ -5,6 +5,8 @@
 mod affinity;
 mod error;
 mod mask;
+pub mod flock;
+pub mod memfd;
 mod mempolicy;
 mod pages;
 mod privilege;
