@@ -4,8 +4,8 @@
 
 mod affinity;
 mod error;
-mod mask;
 pub mod flock;
+mod mask;
 pub mod memfd;
 mod mempolicy;
 mod pages;

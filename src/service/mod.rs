@@ -9,6 +9,7 @@ pub mod caller;
 pub mod config;
 pub mod daemon;
 pub mod errors;
+pub mod logging;
 pub mod node;
 pub mod notify;
 pub mod stats;
