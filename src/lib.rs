@@ -1,9 +1,15 @@
 //! numa-cache: a NUMA-aware blob cache for operation-dbus components.
 //!
-//! The engine (topology, policy, placement, store) knows nothing of D-Bus; `service/` is the
-//! thin zbus adapter used by the `numa-cached` daemon, and `cli/` holds what `numacachectl`
-//! renders or runs locally.
+//! Layers, each importing only those below it:
+//! - the engine: `topology` (what the machine is), `policy` (placement syscalls), `placement`
+//!   (where data and threads go) and `store` (the cache), which know nothing of transports;
+//! - `app`: every use case once (validate, authorize, act, emit), one error type, one polkit
+//!   client, the state the front-ends share;
+//! - the front-ends over `app`: `service` (D-Bus, and the daemon that assembles both) and
+//!   `gateway` (HTTP);
+//! - `cli`: what `numacachectl` renders or runs locally.
 
+pub mod app;
 pub mod cli;
 pub mod gateway;
 pub mod placement;

@@ -21,13 +21,13 @@ async fn metrics_pass_promtool_and_carry_the_engine_figures() {
     for i in 0..3 {
         let started = Instant::now();
         served.put("metrics", &format!("k{i}"), b"value");
-        served.latency.put.observe(started.elapsed());
+        served.latency().put.observe(started.elapsed());
     }
     let started = Instant::now();
     assert!(served.cache.get("metrics", "k0", &me).is_ok());
-    served.latency.get.observe(started.elapsed());
+    served.latency().get.observe(started.elapsed());
     assert!(served.cache.get("metrics", "absent", &me).is_err());
-    served.latency.get.observe(Duration::from_secs(3));
+    served.latency().get.observe(Duration::from_secs(3));
 
     let r = served.get("/metrics").await;
     assert_eq!(r.status, 200, "{r:?}");

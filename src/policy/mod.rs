@@ -4,7 +4,9 @@
 
 mod affinity;
 mod error;
+pub mod flock;
 mod mask;
+pub mod memfd;
 mod mempolicy;
 mod pages;
 mod privilege;

@@ -600,3 +600,54 @@ impl Drop for Monitor {
         let _ = self.child.wait();
     }
 }
+
+impl Daemon {
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+}
+
+/// Run numa-cached on `bus` with state in `state` until it exits (it is expected to refuse to
+/// start); panics when it is still running after 20 s, since a daemon that should have
+/// refused then serves instead.
+pub fn start_expecting_exit(
+    bus: &Bus,
+    state: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_numa-cached"));
+    cmd.args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("OPDBUS_CACHE_DIR", state)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting numa-cached");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().expect("collecting its output");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return (out.status.code(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collecting its output");
+            panic!(
+                "numa-cached kept running instead of refusing to start:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
