@@ -59,7 +59,7 @@ impl Drop for IdGuard<'_> {
 /// index (SQLite INTEGER) can hold it, so a huge TTL means "practically never", never a wrap.
 pub fn expiry(now_s: u64, ttl: Option<Duration>) -> Option<u64> {
     ttl.map(|t| {
-        let secs = t.as_secs() + u64::from(t.subsec_nanos() > 0);
+        let secs = t.as_secs().saturating_add(u64::from(t.subsec_nanos() > 0));
         now_s.saturating_add(secs).min(i64::MAX as u64)
     })
 }
