@@ -63,9 +63,8 @@ impl App {
         };
         Ok(PutOptions {
             ttl: args.ttl_seconds.map(Duration::from_secs),
-            // TODO(store): `PutOptions { sync }` comes with the storage engine rewrite;
-            // until then a synced put is the put followed by `Cache::flush` (see `store`).
             node,
+            sync: args.sync,
         })
     }
 
@@ -96,9 +95,6 @@ impl App {
             let node = app
                 .put
                 .time(|| cache.put(&ns, &key, &bytes, &opts, &caller))?;
-            if args.sync {
-                cache.flush()?;
-            }
             Ok(node)
         })
         .await?;

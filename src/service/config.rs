@@ -35,6 +35,10 @@ pub struct DaemonArgs {
     /// How many snapshots to keep.
     #[arg(long, env = "OPDBUS_CACHE_SNAPSHOTS_KEEP", value_name = "N")]
     pub snapshots_keep: Option<String>,
+    /// A default put is on stable storage within this many milliseconds (0: every put is
+    /// synced before it is answered). Default 1000.
+    #[arg(long, env = "OPDBUS_CACHE_SYNC_INTERVAL_MS", value_name = "MS")]
+    pub sync_interval_ms: Option<String>,
     /// Read the topology from a captured or synthetic tree (DIR/sys, DIR/proc) instead of
     /// this machine, and watch it there (tests, demos of hotplug). Default: /.
     #[arg(long, value_name = "DIR")]
@@ -124,6 +128,20 @@ impl DaemonArgs {
                 value: v.to_string(),
                 allowed: "allowed values are a whole number (0 keeps none)".into(),
             })?;
+        }
+        if let Some(v) = nonempty(&self.sync_interval_ms) {
+            let ms = v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= 3_600_000)
+                .ok_or_else(|| ConfigError {
+                    variable: "OPDBUS_CACHE_SYNC_INTERVAL_MS",
+                    flag: "sync-interval-ms",
+                    value: v.to_string(),
+                    allowed: "allowed values are milliseconds from 0 (sync every put) to 3600000"
+                        .into(),
+                })?;
+            cfg.sync_interval = std::time::Duration::from_millis(ms);
         }
         cfg.strategy = strategy;
         Ok(cfg)
