@@ -498,7 +498,11 @@ fn two_nodes_local_and_remote_gets_are_measured() {
     let improvement = b["latency_improvement_ms"].as_f64().unwrap();
     assert!(gain.is_finite() && gain > 0.0 && gain != 1.0, "{b}");
     assert!(improvement != 0.0, "{b}");
-    assert_eq!(gain > 1.0, improvement > 0.0, "gain and improvement disagree: {b}");
+    assert_eq!(
+        gain > 1.0,
+        improvement > 0.0,
+        "gain and improvement disagree: {b}"
+    );
     let ratio = s["totals"]["local_hit_ratio"].as_f64().unwrap();
     assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
     assert_eq!(s["node_distribution"]["1"]["cache_entries"], 1);
