@@ -309,8 +309,14 @@ fn full_disk_gives_no_space_keeps_earlier_entries_and_recovers() {
     assert!(intact > 0);
     assert!(cache.totals().evictions > 0, "pressure eviction freed room");
     // After eviction freed room, puts succeed again.
+    // btrfs frees the space of deleted extents at its next transaction commit: give it a
+    // generous deadline rather than a fixed number of short tries.
     let mut ok = false;
-    for attempt in 0..20 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for attempt in 0.. {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
         let k = format!("after{attempt}");
         if cache
             .put(

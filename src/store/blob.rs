@@ -121,31 +121,82 @@ pub fn encode(
         Some(c) => (FLAG_ZSTD, c),
         None => (0, value),
     };
-    let header_len = FIXED_LEN + namespace.len() + key.len() + 8;
-    let mut out = Vec::with_capacity(header_len + payload.len());
+    let mut out = encode_header(
+        &HeaderFields {
+            id,
+            flags,
+            logical_len: value.len() as u64,
+            payload_len: payload.len() as u64,
+            checksum,
+            created,
+            expires,
+            owner,
+        },
+        namespace,
+        key,
+    );
+    out.reserve_exact(payload.len());
+    out.extend_from_slice(payload);
+    (out, checksum)
+}
+
+/// The fixed fields of a header, for [`encode_header`].
+pub struct HeaderFields {
+    /// Entry id.
+    pub id: u64,
+    /// FLAG_* bits.
+    pub flags: u16,
+    /// Logical length.
+    pub logical_len: u64,
+    /// Payload length.
+    pub payload_len: u64,
+    /// xxh3-64 of the logical bytes.
+    pub checksum: u64,
+    /// Creation, unix seconds.
+    pub created: u64,
+    /// Expiry, unix seconds (0: never).
+    pub expires: u64,
+    /// Namespace owner.
+    pub owner: Option<u32>,
+}
+
+/// Length of the header of a record of `namespace`/`key`.
+pub fn header_len(namespace: &str, key: &str) -> usize {
+    FIXED_LEN + namespace.len() + key.len() + 8
+}
+
+/// Encode just a header (a streamed put writes the payload first, then this in front).
+pub fn encode_header(f: &HeaderFields, namespace: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header_len(namespace, key));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&f.flags.to_le_bytes());
     for v in [
-        id,
-        value.len() as u64,
-        payload.len() as u64,
-        checksum,
-        created,
-        expires,
+        f.id,
+        f.logical_len,
+        f.payload_len,
+        f.checksum,
+        f.created,
+        f.expires,
     ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(&(namespace.len() as u16).to_le_bytes());
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    let owner_field = owner.map_or(0, |u| u.saturating_add(1));
+    let owner_field = f.owner.map_or(0, |u| u.saturating_add(1));
     out.extend_from_slice(&owner_field.to_le_bytes());
     out.extend_from_slice(namespace.as_bytes());
     out.extend_from_slice(key.as_bytes());
     let hh = xxh3_64(&out);
     out.extend_from_slice(&hh.to_le_bytes());
-    out.extend_from_slice(payload);
-    (out, checksum)
+    out
+}
+
+/// Would zstd at `level` save ≥ 10% on data that starts with `sample`?
+pub fn compression_pays(level: i32, sample: &[u8]) -> bool {
+    compress(level, sample)
+        .map(|c| pays(sample.len(), c.len()))
+        .unwrap_or(false)
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {

@@ -490,6 +490,132 @@ impl Cache {
         Ok(node)
     }
 
+    /// Store the contents of `file` (a PutFd's memfd) under `ns`/`key`, streaming it to the
+    /// shard in 1 MiB pieces: the value is never held in memory whole, so a put of N bytes
+    /// raises the resident memory by far less than N. Same contract and errors as `put`.
+    pub fn put_file(
+        &self,
+        ns: &str,
+        key: &str,
+        file: &std::fs::File,
+        opts: &PutOptions,
+        caller: &Caller,
+    ) -> Result<u32, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("reading the size of the value's descriptor", e))?
+            .len();
+        if len <= LARGE_RECORD {
+            let mut v = vec![0u8; len as usize];
+            file.read_exact_at(&mut v, 0)
+                .map_err(|e| StoreError::io("reading the value's descriptor", e))?;
+            return self.put(ns, key, &v, opts, caller);
+        }
+        validate_namespace(ns)?;
+        validate_key(key)?;
+        let limit = self
+            .shared
+            .cfg
+            .max_value_bytes
+            .min(self.shared.cfg.max_bytes);
+        if len > limit {
+            return Err(StoreError::TooLarge { size: len, limit });
+        }
+        let writer = self.check_owner(ns, caller)?;
+        let layout = self.shared.layout();
+        let node = Self::target_node(&layout, key, opts, caller)?;
+        let created = unix_ns() / 1_000_000_000;
+        let expires = expiry(created, opts.ttl);
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _bytes = self.shared.inflight_bytes.acquire(len)?;
+        let id = self.new_id();
+        let shard = layout
+            .shards
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
+        let level = self.shared.cfg.zstd_level;
+        let mut sample = vec![0u8; (64usize << 10).min(len as usize)];
+        file.read_exact_at(&mut sample, 0)
+            .map_err(|e| StoreError::io("reading the value's descriptor", e))?;
+        let compress = len >= self.shared.cfg.compress_min_bytes.max(64) as u64
+            && blob::compression_pays(level, &sample);
+        drop(sample);
+        let hl = blob::header_len(ns, key);
+        let owner = self.record_owner(ns, &writer);
+        self.shared.puts_in_flight.fetch_add(1, Relaxed);
+        let (ns2, key2) = (ns.to_string(), key.to_string());
+        let src = file
+            .try_clone()
+            .map_err(|e| StoreError::io("duplicating the value's descriptor", e))?;
+        let idv = id.id;
+        let sh = Arc::clone(&shard);
+        let written = layout.on_node(node, move || {
+            let tmp = sh.create_tmp(idv)?;
+            let res = stream_record(&src, &tmp, len, hl, compress, level).and_then(
+                |(payload_len, checksum)| {
+                    let header = blob::encode_header(
+                        &blob::HeaderFields {
+                            id: idv,
+                            flags: if compress { blob::FLAG_ZSTD } else { 0 },
+                            logical_len: len,
+                            payload_len,
+                            checksum,
+                            created,
+                            expires: expires.unwrap_or(0),
+                            owner,
+                        },
+                        &ns2,
+                        &key2,
+                    );
+                    tmp.write_all_at(&header, 0)
+                        .map_err(|e| StoreError::io("writing a record header", e))?;
+                    Ok((hl as u64 + payload_len, checksum))
+                },
+            );
+            drop(tmp);
+            match res {
+                Ok(r) => sh.publish_tmp(idv).map(|()| r),
+                Err(e) => {
+                    sh.remove_tmp(idv);
+                    Err(e)
+                }
+            }
+        });
+        let (stored, checksum) = match written {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+                if matches!(e, StoreError::NoSpace(_)) {
+                    self.pressure(len);
+                }
+                return Err(e);
+            }
+        };
+        self.shared
+            .unsynced_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((node, idv));
+        let row = Row {
+            id: idv,
+            namespace: ns.to_string(),
+            key: key.to_string(),
+            node,
+            size: len,
+            stored,
+            checksum,
+            created,
+            last_access: created,
+            hits: 0,
+            expires,
+            loc: None,
+        };
+        self.commit_put(row, writer, opts.sync)?;
+        Ok(node)
+    }
+
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:
     /// the entry is dropped and the error is Corrupted.
     pub fn get(&self, ns: &str, key: &str, caller: &Caller) -> Result<Vec<u8>, StoreError> {
@@ -958,5 +1084,69 @@ impl Drop for Cache {
             let _ = self.tx.send(Op::Stop(None));
             let _ = h.join();
         }
+    }
+}
+
+/// Copy `len` bytes of `src` into `dst` after a `header_len` gap, zstd-compressed when
+/// `compress`, in 1 MiB pieces; returns (payload bytes written, xxh3-64 of the value).
+fn stream_record(
+    src: &std::fs::File,
+    dst: &std::fs::File,
+    len: u64,
+    header_len: usize,
+    compress: bool,
+    level: i32,
+) -> Result<(u64, u64), StoreError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let wr = |e| StoreError::io("writing a streamed value", e);
+    let mut out = dst;
+    out.seek(SeekFrom::Start(header_len as u64)).map_err(wr)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut counting = CountingWriter { inner: out, n: 0 };
+    if compress {
+        let mut z = zstd::stream::Encoder::new(&mut counting, level).map_err(wr)?;
+        copy_hashed(src, &mut z, len, &mut hasher)?;
+        z.finish().map_err(wr)?;
+    } else {
+        copy_hashed(src, &mut counting, len, &mut hasher)?;
+    }
+    counting.flush().map_err(wr)?;
+    Ok((counting.n, hasher.digest()))
+}
+
+fn copy_hashed(
+    src: &std::fs::File,
+    w: &mut impl std::io::Write,
+    len: u64,
+    hasher: &mut xxhash_rust::xxh3::Xxh3,
+) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(buf.len());
+        src.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| StoreError::io("reading the value's descriptor", e))?;
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n])
+            .map_err(|e| StoreError::io("writing a streamed value", e))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

@@ -374,6 +374,47 @@ impl Shard {
         Ok(())
     }
 
+    /// Create blob `id`'s temporary file (a streamed put fills it, then `publish_tmp`).
+    pub fn create_tmp(&self, id: u64) -> Result<File, StoreError> {
+        self.openat(
+            &rel(&tmp_name(id)),
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
+        )
+        .map_err(|e| {
+            StoreError::io(
+                format!("creating {}/{}", self.path.display(), tmp_name(id)),
+                e,
+            )
+        })
+    }
+
+    /// Rename blob `id`'s temporary file into place.
+    pub fn publish_tmp(&self, id: u64) -> Result<(), StoreError> {
+        let (tmp, fin) = (rel(&tmp_name(id)), rel(&blob_name(id)));
+        let res = match self.renameat(&tmp, &fin) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let fan = self.path.join(format!("{:02x}", id & 0xff));
+                match std::fs::create_dir(&fan) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                    _ => self.renameat(&tmp, &fin),
+                }
+            }
+            other => other,
+        };
+        res.map_err(|e| {
+            let _ = self.unlinkat(&tmp);
+            StoreError::io(
+                format!("writing {}/{}", self.path.display(), blob_name(id)),
+                e,
+            )
+        })
+    }
+
+    /// Remove blob `id`'s temporary file (a streamed put failed).
+    pub fn remove_tmp(&self, id: u64) {
+        let _ = self.unlinkat(&rel(&tmp_name(id)));
+    }
+
     /// Read blob `id` as its header (`header_len` bytes) and its payload (`payload_len`
     /// bytes) into separate buffers, so a raw payload becomes the value without a copy.
     /// A file shorter than that gives an UnexpectedEof error; a missing one NotFound.
