@@ -29,6 +29,7 @@ mod client;
 mod error;
 mod events;
 mod memfd;
+pub mod metrics;
 pub mod names;
 pub mod proxies;
 mod types;
