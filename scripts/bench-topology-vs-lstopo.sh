@@ -3,6 +3,7 @@
 # `lstopo-no-graphics --input DIR --of xml` on the same captured trees (the hwloc fixtures
 # in tests/data/hwloc-linux and a synthetic 64-node tree), measured in the same run with
 # hyperfine. Prints each median and the ratio lstopo/numacachectl (the target is >= 10).
+# Also prints the binary's size and what it links (ldd).
 # Usage: scripts/bench-topology-vs-lstopo.sh [OUT_DIR]   (hyperfine JSON exports go there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-cargo build --release --quiet --bin numacachectl
+# Without the default `server` feature: the CLI as it ships needs none of the daemon's stack.
+cargo build --release --quiet --no-default-features --bin numacachectl
 bin=target/release/numacachectl
 
 fixtures=(128ia64-17n4s2c 16amd64-8n2c 16amd64-8n2c-cpusets 48amd64-4pa2n6c-sparse 32amd64-4s2n4c-cgroup2)
@@ -97,3 +99,6 @@ hyperfine -N --warmup 5 --min-runs 30 --style none --export-json "$out/floor.jso
 echo
 echo "process start floor (true): wall $(field "$out/floor.json" 0 median) ms, cpu $(cpu "$out/floor.json" 0) ms"
 echo "wall: medians, cpu: mean user+system, of hyperfine -N --warmup 5 (JSON in $out/); ratio = lstopo / numacachectl"
+echo "numacachectl: $(stat -c %s "$bin") bytes ($(du -h "$bin" | cut -f1)), $(size "$bin" 2>/dev/null | awk 'NR == 2 { printf "text %s, data %s, bss %s", $1, $2, $3 }')"
+echo "links:"
+ldd "$bin" | sed 's/^/  /'

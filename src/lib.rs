@@ -8,12 +8,19 @@
 //! - the front-ends over `app`: `service` (D-Bus, and the daemon that assembles both) and
 //!   `gateway` (HTTP);
 //! - `cli`: what `numacachectl` renders or runs locally.
+//!
+//! The daemon's stack (store, app, service, gateway) is behind the default `server` feature,
+//! so numacachectl builds without SQLite, zstd, axum or tokio's full runtime.
 
+#[cfg(feature = "server")]
 pub mod app;
 pub mod cli;
+#[cfg(feature = "server")]
 pub mod gateway;
 pub mod placement;
 pub mod policy;
+#[cfg(feature = "server")]
 pub mod service;
+#[cfg(feature = "server")]
 pub mod store;
 pub mod topology;

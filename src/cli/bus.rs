@@ -1,21 +1,17 @@
-//! The `numacachectl` subcommands that talk to numa-cached over the system bus: strategy,
-//! optimize, bind-process, stats, history, get/put (by memfd above a size), delete, lookup,
-//! clear, snapshot and monitor; and `topology` when a daemon answers.
+//! The `numacachectl` subcommands that talk to numa-cached, through the client crate:
+//! strategy, optimize, bind-process, stats, history, get/put (memfd past a size), delete,
+//! lookup, clear, snapshot and monitor; and `topology` when a daemon answers. Errors are
+//! turned into sentences a person can act on.
 
 use crate::cli::CliError;
-use crate::cli::client::{Client, ClientError, iface, parse_json};
 use crate::cli::render;
-use crate::service::cache::memfd;
-use crate::service::{BUS_NAME, ROOT_PATH};
 use crate::topology::{NumaNode, Topology};
-use std::collections::HashMap;
+use numa_cache_client::metrics::{MetricsInput, render_prometheus};
+use numa_cache_client::names::BUS_NAME;
+use numa_cache_client::{Client, Dict, Error, Event, Object, PutOptions, StrategyChange};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use zbus::{OwnedFd, OwnedVariant, Variant};
-
-/// Values at least this large go by sealed memfd (PutFd/GetFd) instead of inside the
-/// message: copying through the bus costs more than mapping a file past this point.
-pub const FD_THRESHOLD: u64 = 1 << 20;
+use std::time::Duration;
 
 /// `strategy`: show the active strategy, or set it.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,7 +33,7 @@ enum StrategyAction {
         name: String,
         /// Preferred node (-1 or absent for none).
         #[arg(long, allow_hyphen_values = true, default_value_t = -1)]
-        node: i32,
+        node: i64,
     },
 }
 
@@ -48,7 +44,7 @@ pub struct OptimizeArgs {
     workload_type: String,
     /// Target node (-1 or absent for none).
     #[arg(long, allow_hyphen_values = true, default_value_t = -1)]
-    node: i32,
+    node: i64,
     /// bind, preferred, interleaved or default (absent: the workload decides).
     #[arg(long, default_value = "")]
     memory_policy: String,
@@ -64,7 +60,7 @@ pub struct BindArgs {
     pid: u32,
     /// The node.
     #[arg(long)]
-    node: i32,
+    node: u32,
     /// bind, preferred, interleaved or default.
     #[arg(long, default_value = "bind")]
     memory_policy: String,
@@ -125,7 +121,10 @@ pub struct PutArgs {
     ttl: Option<u64>,
     /// Place the entry on this node.
     #[arg(long)]
-    node: Option<i32>,
+    node: Option<u32>,
+    /// Reply only once the value is on stable storage.
+    #[arg(long)]
+    sync: bool,
 }
 
 /// `delete` and `lookup`: one entry.
@@ -200,16 +199,55 @@ pub enum BusCommand {
     Monitor,
 }
 
+/// A client error as the person at the terminal should read it: what to do when the daemon
+/// is not running or the bus policy refused the call, the daemon's sentence otherwise.
+#[derive(Debug)]
+pub struct Sentence(String);
+
+impl std::fmt::Display for Sentence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Sentence {}
+
+impl From<Error> for Sentence {
+    fn from(e: Error) -> Sentence {
+        Sentence(match &e {
+            Error::NotRunning(_) => format!(
+                "numa-cached is not running: nothing owns {BUS_NAME} on the system bus \
+                 (start it with `systemctl start numa-cached` or `scripts/demo.sh`)"
+            ),
+            Error::Connect { .. } => format!(
+                "{e}; is dbus running? (DBUS_SYSTEM_BUS_ADDRESS={})",
+                std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| "unset".into())
+            ),
+            Error::AccessDenied(m) if m.contains("Rejected send message") => {
+                "permission denied by the bus policy: the Cache interface is for root and \
+                 members of group numacache"
+                    .to_string()
+            }
+            _ => e.to_string(),
+        })
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }
 
+/// Connect for a terminal: polkit may ask for a password through the user's agent.
+async fn connect() -> Result<Client, Sentence> {
+    Ok(Client::builder().interactive(true).build().await?)
+}
+
 /// Run a bus subcommand; returns what to print.
 pub fn run(cmd: &BusCommand) -> Result<String, CliError> {
     runtime()?.block_on(async {
-        let client = Client::connect().await?;
+        let client = connect().await?;
         dispatch(&client, cmd).await
     })
 }
@@ -218,94 +256,61 @@ pub fn run(cmd: &BusCommand) -> Result<String, CliError> {
 /// (or no bus) is there so the caller reads the machine locally.
 pub fn topology_from_daemon(json: bool) -> Result<Option<String>, CliError> {
     runtime()?.block_on(async {
-        let client = match Client::connect().await {
-            Ok(c) => c,
-            Err(_) => return Ok(None),
+        let Ok(client) = connect().await else {
+            return Ok(None);
         };
-        let text: String = match client
-            .call(iface::TOPOLOGY, "GetTopology", &(), false)
-            .await
-        {
+        let text = match client.get_topology_json().await {
             Ok(t) => t,
-            Err(e) if e.daemon_absent() => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) if e.is_not_running() => return Ok(None),
+            Err(e) => return Err(Sentence::from(e).into()),
         };
-        let value: serde_json::Value = parse_json(&text, "a topology")?;
         if json {
-            return Ok(Some(pretty(&value)));
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| format!("numa-cached sent a topology that is not JSON: {e}"))?;
+            return Ok(Some(pretty(&v)));
         }
-        let mut topology = topology_of_json(&value)?;
-        for n in &mut topology.nodes {
-            let path = format!("{ROOT_PATH}/node{}", n.node_id);
-            n.memory_free_bytes = client
-                .property(iface::NODE, &path, "MemoryFreeBytes")
-                .await
-                .unwrap_or(0);
-        }
+        let topology = daemon_topology(&client).await.map_err(Sentence::from)?;
         Ok(Some(crate::cli::topology::render_table(&topology)))
     })
 }
 
-/// The daemon's Topology JSON back into the model, so the table is the one `topology`
-/// prints for a local read. Per-node allowed CPUs are the node's CPUs within the daemon's
-/// allowed set.
-fn topology_of_json(v: &serde_json::Value) -> Result<Topology, ClientError> {
-    let bad = |what: &str| ClientError::from(format!("numa-cached sent a topology without {what}"));
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .filter_map(|x| u32::try_from(x).ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let allowed_cpus = ids(&v["allowed_cpus"]);
-    let mut nodes = Vec::new();
-    for n in v["nodes"].as_array().ok_or_else(|| bad("nodes"))? {
-        let node_id = n["node_id"]
-            .as_u64()
-            .and_then(|x| u32::try_from(x).ok())
-            .ok_or_else(|| bad("node_id"))?;
-        let cpus = ids(&n["cpu_list"]);
-        let distances = n["distances"]
-            .as_object()
-            .map(|d| {
-                d.iter()
-                    .filter_map(|(k, x)| Some((k.parse().ok()?, u32::try_from(x.as_u64()?).ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
+/// The daemon's topology in the model, from typed sources: the Topology properties, each
+/// Node object (memory in bytes, not the JSON's MiB) and the JSON's warnings and per-node
+/// `allowed`. Per-node allowed CPUs are the node's CPUs within the daemon's allowed set.
+async fn daemon_topology(c: &Client) -> Result<Topology, Error> {
+    let t = c.topology().await?;
+    let report = c.get_topology().await?;
+    let mut nodes = Vec::with_capacity(t.node_ids.len());
+    for n in c.nodes().await? {
+        let allowed = report
+            .nodes
+            .iter()
+            .find(|r| r.node_id == n.id)
+            .map(|r| r.allowed)
+            .unwrap_or_else(|| t.allowed_nodes.contains(&n.id));
         nodes.push(NumaNode {
-            node_id,
-            allowed_cpus: cpus
+            node_id: n.id,
+            allowed_cpus: n
+                .cpus
                 .iter()
                 .copied()
-                .filter(|c| allowed_cpus.contains(c))
+                .filter(|cpu| t.allowed_cpus.contains(cpu))
                 .collect(),
-            cpus,
-            memory_total_bytes: n["memory_mb"].as_u64().unwrap_or(0) * 1024 * 1024,
-            memory_free_bytes: 0,
-            has_cpu: n["has_cpu"].as_bool().unwrap_or(false),
-            has_memory: n["has_memory"].as_bool().unwrap_or(false),
-            allowed: n["allowed"].as_bool().unwrap_or(false),
-            distances,
+            cpus: n.cpus,
+            memory_total_bytes: n.memory_total_bytes,
+            memory_free_bytes: n.memory_free_bytes,
+            has_cpu: n.has_cpu,
+            has_memory: n.has_memory,
+            allowed,
+            distances: n.distances,
         });
     }
     Ok(Topology {
         nodes,
-        allowed_cpus,
-        allowed_nodes: ids(&v["allowed_nodes"]),
-        numa_available: v["numa_available"].as_bool().unwrap_or(false),
-        warnings: v["warnings"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|w| w.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        allowed_cpus: t.allowed_cpus,
+        allowed_nodes: t.allowed_nodes,
+        numa_available: t.numa_available,
+        warnings: report.warnings,
     })
 }
 
@@ -315,125 +320,119 @@ fn pretty(v: &serde_json::Value) -> String {
     s
 }
 
-fn variant_json(v: &Variant<'_>) -> serde_json::Value {
-    match v {
-        Variant::Bool(b) => (*b).into(),
-        Variant::U8(n) => (*n).into(),
-        Variant::I16(n) => (*n).into(),
-        Variant::U16(n) => (*n).into(),
-        Variant::I32(n) => (*n).into(),
-        Variant::U32(n) => (*n).into(),
-        Variant::I64(n) => (*n).into(),
-        Variant::U64(n) => (*n).into(),
-        Variant::F64(n) => (*n).into(),
-        Variant::Str(s) => s.as_str().into(),
-        other => other.to_string().into(),
-    }
-}
-
-/// An a{sv} reply as a JSON object with sorted keys.
-fn dict_json(d: &HashMap<String, OwnedVariant>) -> serde_json::Value {
-    let map: serde_json::Map<String, serde_json::Value> = d
-        .iter()
-        .map(|(k, v)| (k.clone(), variant_json(v)))
-        .collect::<std::collections::BTreeMap<_, _>>()
-        .into_iter()
-        .collect();
-    serde_json::Value::Object(map)
-}
-
-/// A method's `a{sv}` reply: pretty JSON for scripts, or `key: value` lines in `order`.
-fn dict_render(d: &HashMap<String, OwnedVariant>, json: bool, order: &[&str]) -> String {
+/// A method's `a{sv}` reply: pretty JSON for scripts, or `key: value` lines in `order`
+/// (then the rest, sorted).
+fn dict_render(d: &Dict, json: bool, order: &[&str]) -> String {
+    let j = d.to_json();
     if json {
-        pretty(&dict_json(d))
-    } else {
-        dict_text(d, order)
+        return pretty(&j);
     }
-}
-
-fn dict_text(d: &HashMap<String, OwnedVariant>, order: &[&str]) -> String {
-    let j = dict_json(d);
-    let mut pairs: Vec<(&str, String)> = Vec::new();
-    for k in order {
-        if let Some(v) = j.get(*k) {
-            pairs.push((
-                k,
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()),
-            ));
-        }
-    }
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let mut pairs: Vec<(&str, String)> = order
+        .iter()
+        .filter_map(|k| j.get(*k).map(|v| (*k, text(v))))
+        .collect();
     if let Some(o) = j.as_object() {
-        for (k, v) in o {
-            if !order.contains(&k.as_str()) {
-                pairs.push((
-                    k,
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string()),
-                ));
-            }
-        }
+        pairs.extend(
+            o.iter()
+                .filter(|(k, _)| !order.contains(&k.as_str()))
+                .map(|(k, v)| (k.as_str(), text(v))),
+        );
     }
     render::fields(&pairs)
 }
 
+/// A StrategyChange as the daemon's reply fields, for the same rendering as other replies.
+fn change_json(c: &StrategyChange) -> serde_json::Value {
+    let mut j = serde_json::json!({ "status": c.status, "strategy": c.strategy });
+    let node = c.node_preference.map_or(-1, i64::from);
+    j["node_preference"] = node.into();
+    if let Some(w) = &c.workload_type {
+        j["workload_type"] = w.as_str().into();
+    }
+    if let Some(p) = &c.memory_policy {
+        j["memory_policy"] = p.as_str().into();
+    }
+    if let Some(n) = c.affected_processes {
+        j["affected_processes"] = n.into();
+    }
+    j
+}
+
+fn change_render(c: &StrategyChange, json: bool, order: &[&str]) -> String {
+    let j = change_json(c);
+    if json {
+        return pretty(&j);
+    }
+    let pairs: Vec<(&str, String)> = order
+        .iter()
+        .filter_map(|k| {
+            j.get(*k).map(|v| {
+                (
+                    *k,
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
+                )
+            })
+        })
+        .collect();
+    render::fields(&pairs)
+}
+
+/// `-1` (none) or a node id.
+fn node_option(n: i64) -> Result<Option<u32>, CliError> {
+    match n {
+        -1 => Ok(None),
+        n => Ok(Some(u32::try_from(n).map_err(|_| {
+            format!("invalid argument: node {n} is not a node id (use -1 for none)")
+        })?)),
+    }
+}
+
 async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
-    match cmd {
+    Ok(match cmd {
         BusCommand::Strategy(a) => match &a.action {
             None | Some(StrategyAction::Show) => {
-                let name: String = c.property(iface::STRATEGY, ROOT_PATH, "Name").await?;
-                let node: i32 = c
-                    .property(iface::STRATEGY, ROOT_PATH, "NodePreference")
-                    .await?;
-                let policy: String = c
-                    .property(iface::STRATEGY, ROOT_PATH, "MemoryPolicy")
-                    .await?;
-                let workload: String = c
-                    .property(iface::STRATEGY, ROOT_PATH, "WorkloadType")
-                    .await?;
-                let affected: u32 = c
-                    .property(iface::STRATEGY, ROOT_PATH, "AffectedProcesses")
-                    .await?;
+                let s = c.strategy().await.map_err(Sentence::from)?;
                 if a.json {
                     return Ok(pretty(&serde_json::json!({
-                        "strategy": name, "node_preference": node, "memory_policy": policy,
-                        "workload_type": workload, "affected_processes": affected,
+                        "strategy": s.name,
+                        "node_preference": s.node_preference.map_or(-1, i64::from),
+                        "memory_policy": s.memory_policy,
+                        "workload_type": s.workload_type,
+                        "affected_processes": s.affected_processes,
                     })));
                 }
-                Ok(render::fields(&[
-                    ("strategy", name),
+                render::fields(&[
+                    ("strategy", s.name),
                     (
                         "node preference",
-                        if node < 0 {
-                            "none".into()
-                        } else {
-                            node.to_string()
-                        },
+                        s.node_preference
+                            .map_or_else(|| "none".into(), |n| n.to_string()),
                     ),
-                    ("memory policy", policy),
+                    ("memory policy", s.memory_policy),
                     (
                         "workload type",
-                        if workload.is_empty() {
+                        if s.workload_type.is_empty() {
                             "-".into()
                         } else {
-                            workload
+                            s.workload_type
                         },
                     ),
-                    ("affected processes", affected.to_string()),
-                ]))
+                    ("affected processes", s.affected_processes.to_string()),
+                ])
             }
             Some(StrategyAction::Set { name, node }) => {
-                let r: HashMap<String, OwnedVariant> = c
-                    .call(
-                        iface::STRATEGY,
-                        "SetStrategy",
-                        &(name.as_str(), *node),
-                        true,
-                    )
-                    .await?;
-                Ok(dict_render(
+                let r = c
+                    .set_strategy(name, node_option(*node)?)
+                    .await
+                    .map_err(Sentence::from)?;
+                change_render(
                     &r,
                     a.json,
                     &[
@@ -443,19 +442,16 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                         "memory_policy",
                         "affected_processes",
                     ],
-                ))
+                )
             }
         },
         BusCommand::Optimize(a) => {
-            let r: HashMap<String, OwnedVariant> = c
-                .call(
-                    iface::STRATEGY,
-                    "Optimize",
-                    &(a.workload_type.as_str(), a.node, a.memory_policy.as_str()),
-                    true,
-                )
-                .await?;
-            Ok(dict_render(
+            let policy = (!a.memory_policy.is_empty()).then_some(a.memory_policy.as_str());
+            let r = c
+                .optimize(&a.workload_type, node_option(a.node)?, policy)
+                .await
+                .map_err(Sentence::from)?;
+            change_render(
                 &r,
                 a.json,
                 &[
@@ -464,19 +460,16 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                     "strategy",
                     "node_preference",
                     "memory_policy",
+                    "affected_processes",
                 ],
-            ))
+            )
         }
         BusCommand::BindProcess(a) => {
-            let r: HashMap<String, OwnedVariant> = c
-                .call(
-                    iface::STRATEGY,
-                    "BindProcess",
-                    &(a.pid, a.node, a.memory_policy.as_str()),
-                    true,
-                )
-                .await?;
-            Ok(dict_render(
+            let r = c
+                .bind_process(a.pid, a.node, &a.memory_policy)
+                .await
+                .map_err(Sentence::from)?;
+            dict_render(
                 &r,
                 a.json,
                 &[
@@ -487,19 +480,17 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                     "threads",
                     "pages_migrated",
                 ],
-            ))
+            )
         }
         BusCommand::Stats(a) => {
-            let text: String = c.call(iface::STATS, "GetStats", &(), false).await?;
-            let v: serde_json::Value = parse_json(&text, "statistics")?;
+            let v = c.get_stats().await.map_err(Sentence::from)?;
             if a.prometheus {
-                return Ok(prometheus(c, &v).await?);
-            }
-            Ok(if a.json {
+                prometheus(c, &v).await.map_err(Sentence::from)?
+            } else if a.json {
                 pretty(&v)
             } else {
                 render::stats(&v)
-            })
+            }
         }
         BusCommand::History(a) => {
             let now = std::time::SystemTime::now()
@@ -507,123 +498,104 @@ async fn dispatch(c: &Client, cmd: &BusCommand) -> Result<String, CliError> {
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
             let since = a.since.unwrap_or(now.saturating_sub(86_400));
-            let until = a.until.unwrap_or(0);
-            let text: String = c
-                .call(iface::STATS, "GetHistory", &(since, until), false)
-                .await?;
-            let v: serde_json::Value = parse_json(&text, "history")?;
-            Ok(if a.json {
+            let v = c
+                .get_history(since, a.until.unwrap_or(0))
+                .await
+                .map_err(Sentence::from)?;
+            if a.json {
                 pretty(&v)
             } else {
                 render::history(&v)
-            })
+            }
         }
-        BusCommand::Get(a) => get(c, a).await,
-        BusCommand::Put(a) => put(c, a).await,
+        BusCommand::Get(a) => get(c, a).await?,
+        BusCommand::Put(a) => put(c, a).await?,
         BusCommand::Delete(a) => {
-            let existed: bool = c
-                .call(
-                    iface::CACHE,
-                    "Delete",
-                    &(a.namespace.as_str(), a.key.as_str()),
-                    false,
-                )
-                .await?;
-            Ok(if a.json {
+            let existed = c
+                .delete(&a.namespace, &a.key)
+                .await
+                .map_err(Sentence::from)?;
+            if a.json {
                 pretty(&serde_json::json!({ "deleted": existed }))
             } else if existed {
                 "deleted\n".into()
             } else {
                 "no such entry (nothing deleted)\n".into()
-            })
+            }
         }
         BusCommand::Lookup(a) => {
-            let r: HashMap<String, OwnedVariant> = c
-                .call(
-                    iface::CACHE,
-                    "Lookup",
-                    &(a.namespace.as_str(), a.key.as_str()),
-                    false,
-                )
-                .await?;
-            Ok(dict_render(
-                &r,
-                a.json,
-                &[
-                    "size",
-                    "stored_size",
-                    "node",
-                    "created",
-                    "last_access",
-                    "hits",
-                    "expires",
-                ],
-            ))
+            let Some(info) = c
+                .lookup(&a.namespace, &a.key)
+                .await
+                .map_err(Sentence::from)?
+            else {
+                return Err(not_found(&a.namespace, &a.key));
+            };
+            if a.json {
+                let mut j = serde_json::to_value(&info)?;
+                j["expires"] = info.expires.unwrap_or(0).into();
+                pretty(&j)
+            } else {
+                render::fields(&[
+                    ("size", info.size.to_string()),
+                    ("stored_size", info.stored_size.to_string()),
+                    ("node", info.node.to_string()),
+                    ("created", info.created.to_string()),
+                    ("last_access", info.last_access.to_string()),
+                    ("hits", info.hits.to_string()),
+                    ("expires", info.expires.unwrap_or(0).to_string()),
+                ])
+            }
         }
         BusCommand::Clear(a) => {
-            let n: u64 = c
-                .call(iface::CACHE, "Clear", &(a.namespace.as_str(),), true)
-                .await?;
-            Ok(format!("removed {n} entries from {}\n", a.namespace))
+            let n = c.clear(&a.namespace).await.map_err(Sentence::from)?;
+            format!("removed {n} entries from {}\n", a.namespace)
         }
         BusCommand::Snapshot(a) => match &a.action {
             SnapshotAction::Create => {
-                let name: String = c.call(iface::CACHE, "CreateSnapshot", &(), true).await?;
-                Ok(format!("{name}\n"))
+                let name = c.create_snapshot().await.map_err(Sentence::from)?;
+                format!("{name}\n")
             }
             SnapshotAction::List { json } => {
-                let names: Vec<String> = c.call(iface::CACHE, "ListSnapshots", &(), true).await?;
-                Ok(if *json {
+                let names = c.list_snapshots().await.map_err(Sentence::from)?;
+                if *json {
                     pretty(&serde_json::json!(names))
                 } else if names.is_empty() {
                     "no snapshots\n".into()
                 } else {
                     names.iter().map(|n| format!("{n}\n")).collect()
-                })
+                }
             }
             SnapshotAction::Delete { name } => {
-                c.call::<_, ()>(iface::CACHE, "DeleteSnapshot", &(name.as_str(),), true)
-                    .await?;
-                Ok(format!("deleted snapshot {name}\n"))
+                c.delete_snapshot(name).await.map_err(Sentence::from)?;
+                format!("deleted snapshot {name}\n")
             }
         },
-        BusCommand::Monitor => monitor(c).await,
-    }
+        BusCommand::Monitor => monitor(c).await?,
+    })
+}
+
+fn not_found(namespace: &str, key: &str) -> CliError {
+    Sentence(format!(
+        "not found: no entry {key:?} in namespace {namespace:?}"
+    ))
+    .into()
 }
 
 async fn get(c: &Client, a: &GetArgs) -> Result<String, CliError> {
-    let args = (a.namespace.as_str(), a.key.as_str());
-    let info: HashMap<String, OwnedVariant> = c.call(iface::CACHE, "Lookup", &args, false).await?;
-    let size = info
-        .get("size")
-        .and_then(|v| u64::try_from(v).ok())
-        .unwrap_or(0);
-    let value: Vec<u8> = if size >= FD_THRESHOLD {
-        let (fd, size): (OwnedFd, u64) = c.call(iface::CACHE, "GetFd", &args, false).await?;
-        let file = std::fs::File::from(std::os::fd::OwnedFd::from(fd));
-        let len = usize::try_from(size)
-            .map_err(|_| format!("a value of {size} bytes does not fit in memory"))?;
-        let mut buf = vec![0u8; len];
-        // pread: the descriptor's offset is not ours to trust.
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, 0)?;
-        buf
-    } else {
-        let v: serde_bytes::ByteBuf = c.call(iface::CACHE, "Get", &args, false).await?;
-        v.into_vec()
+    let Some(value) = c.get(&a.namespace, &a.key).await.map_err(Sentence::from)? else {
+        return Err(not_found(&a.namespace, &a.key));
     };
     match &a.output {
-        Some(path) => {
-            std::fs::write(path, &value)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            Ok(String::new())
-        }
+        Some(path) => std::fs::write(path, &value)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(&value)?;
             out.flush()?;
-            Ok(String::new())
         }
     }
+    Ok(String::new())
 }
 
 async fn put(c: &Client, a: &PutArgs) -> Result<String, CliError> {
@@ -632,28 +604,17 @@ async fn put(c: &Client, a: &PutArgs) -> Result<String, CliError> {
         Some(p) if p.as_os_str() == "-" => read_stdin()?,
         Some(p) => std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
     };
-    let mut options: HashMap<&str, Variant<'_>> = HashMap::new();
+    let mut options = PutOptions::new().sync(a.sync);
     if let Some(ttl) = a.ttl {
-        options.insert("ttl_seconds", Variant::from(ttl));
+        options = options.ttl(Duration::from_secs(ttl));
     }
     if let Some(node) = a.node {
-        options.insert("node", Variant::from(node));
+        options = options.node(node);
     }
-    let (ns, key) = (a.namespace.as_str(), a.key.as_str());
-    let node: u32 = if value.len() as u64 >= FD_THRESHOLD {
-        let fd = memfd::sealed_memfd(&value).map_err(|e| format!("cannot create a memfd: {e}"))?;
-        let fd = zbus::Fd::from(&fd);
-        c.call(iface::CACHE, "PutFd", &(ns, key, fd, options), false)
-            .await?
-    } else {
-        c.call(
-            iface::CACHE,
-            "Put",
-            &(ns, key, serde_bytes::Bytes::new(&value), options),
-            false,
-        )
-        .await?
-    };
+    let node = c
+        .put_with(&a.namespace, &a.key, &value, options)
+        .await
+        .map_err(Sentence::from)?;
     Ok(format!("stored {} bytes on node {node}\n", value.len()))
 }
 
@@ -663,68 +624,104 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
     Ok(buf)
 }
 
-/// Print every signal of the daemon (PropertiesChanged, StrategyChanged, TopologyChanged,
-/// InterfacesAdded/Removed) as it arrives, until interrupted.
+/// Print every signal of the daemon as it arrives, one line each, until interrupted.
 async fn monitor(c: &Client) -> Result<String, CliError> {
     use futures_util::StreamExt;
-    let rule = zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender(BUS_NAME)
-        .build()
-        .map_err(|e| ClientError::from(e.to_string()))?;
-    let mut stream = zbus::MessageStream::for_match_rule(rule, c.connection(), None)
-        .await
-        .map_err(|e| format!("cannot watch the daemon's signals: {e}"))?;
+    let mut events = c.events().await.map_err(Sentence::from)?;
     println!("watching signals of {BUS_NAME} (Ctrl-C to stop)");
-    while let Some(msg) = stream.next().await {
-        let Ok(msg) = msg else { continue };
-        let h = msg.header();
-        let member = h.member().map(|m| m.to_string()).unwrap_or_default();
-        let path = h.path().map(|p| p.to_string()).unwrap_or_default();
-        let body = msg.body();
-        let args = body
-            .deserialize::<zbus::Structure<'_>>()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|_| "()".into());
+    while let Some(event) = events.next().await {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        println!("{now:.3} {path} {member} {args}");
+        match event {
+            Ok(e) => println!("{now:.3} {}", event_line(&e)),
+            Err(e) => eprintln!("numacachectl: a signal could not be read: {e}"),
+        }
     }
     Ok(String::new())
 }
 
-/// The /metrics text for the daemon's `GetStats` JSON `stats`, with the topology generation
-/// and strategy read from the bus properties; request latencies come from the JSON.
-async fn prometheus(c: &Client, stats: &serde_json::Value) -> Result<String, ClientError> {
-    use crate::gateway::metrics::{MetricsInput, render_prometheus, strategy_from_properties};
-    let generation: u64 = c.property(iface::TOPOLOGY, ROOT_PATH, "Generation").await?;
-    let name: String = c.property(iface::STRATEGY, ROOT_PATH, "Name").await?;
-    let node: i32 = c
-        .property(iface::STRATEGY, ROOT_PATH, "NodePreference")
-        .await?;
-    let policy: String = c
-        .property(iface::STRATEGY, ROOT_PATH, "MemoryPolicy")
-        .await?;
-    let strategy = strategy_from_properties(&name, node, &policy).map_err(|e| {
-        ClientError::from(format!(
-            "numa-cached reported a strategy this numacachectl does not know ({e}): update numacachectl"
-        ))
-    })?;
+/// One signal as a line: what, where, and the values.
+fn event_line(e: &Event) -> String {
+    match e {
+        Event::TopologyChanged {
+            generation,
+            node_ids,
+        } => format!("TopologyChanged generation={generation} node_ids={node_ids:?}"),
+        Event::StrategyChanged {
+            name,
+            node_preference,
+            memory_policy,
+        } => format!(
+            "StrategyChanged strategy={name} node_preference={} memory_policy={memory_policy}",
+            node_preference.map_or(-1, i64::from)
+        ),
+        Event::PropertiesChanged {
+            object,
+            interface,
+            changed,
+            invalidated,
+        } => {
+            let on = match object {
+                Object::Root => "root".to_string(),
+                Object::Node(n) => format!("node{n}"),
+            };
+            let mut line = format!("PropertiesChanged {on} {interface} {}", changed.to_json());
+            if !invalidated.is_empty() {
+                line.push_str(&format!(" invalidated={invalidated:?}"));
+            }
+            line
+        }
+        Event::NodeAdded(n) => format!("NodeAdded node{n}"),
+        Event::NodeRemoved(n) => format!("NodeRemoved node{n}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The /metrics text for the daemon's `GetStats` JSON, with the topology generation and
+/// strategy read from the bus properties; request latencies come from the JSON.
+async fn prometheus(c: &Client, stats: &serde_json::Value) -> Result<String, Error> {
+    let generation = c.topology_proxy().generation().await?;
+    let s = c.strategy().await?;
     Ok(render_prometheus(&MetricsInput {
         stats,
         generation,
-        strategy: &strategy,
+        strategy: &s.name,
+        node_preference: s.node_preference,
+        memory_policy: &s.memory_policy,
         latency: None,
     }))
 }
 
-impl From<String> for ClientError {
-    fn from(message: String) -> ClientError {
-        ClientError {
-            name: None,
-            message,
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_sentences() {
+        let s = Sentence::from(Error::from_dbus(
+            "org.opdbus.NumaCache.Error.NotFound",
+            "no entry \"k\" in namespace \"ns\"",
+        ));
+        assert_eq!(s.0, "not found: no entry \"k\" in namespace \"ns\"");
+        let s = Sentence::from(Error::from_dbus(
+            "org.freedesktop.DBus.Error.ServiceUnknown",
+            "",
+        ));
+        assert!(s.0.contains("not running"), "{s}");
+        let s = Sentence::from(Error::from_dbus(
+            "org.freedesktop.DBus.Error.AccessDenied",
+            "Rejected send message, 2 matched rules",
+        ));
+        assert!(s.0.contains("group numacache"), "{s}");
+    }
+
+    #[test]
+    fn node_minus_one_is_none_and_other_negatives_are_refused() {
+        assert_eq!(node_option(-1).unwrap(), None);
+        assert_eq!(node_option(3).unwrap(), Some(3));
+        assert!(node_option(-2).is_err());
+        assert!(node_option(1 << 40).is_err());
     }
 }

@@ -1,7 +1,8 @@
-//! What `numacachectl` renders or runs without a daemon.
+//! What `numacachectl` runs: bus subcommands through the `numa-cache-client` crate, and the
+//! local ones (a captured or live topology, the placement diagnosis). Nothing here imports
+//! the daemon's service, gateway, store or application layer, so the CLI links none of it.
 
 pub mod bus;
-pub mod client;
 pub mod diagnose;
 pub mod render;
 pub mod topology;

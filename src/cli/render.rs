@@ -112,7 +112,7 @@ pub fn stats(j: &Value) -> String {
     if let Some(s) = j["strategy"].as_str() {
         let _ = writeln!(out, "strategy: {s}   btrfs: {}", yes(&j["btrfs"]));
     }
-    let lat = &j[crate::gateway::metrics::STATS_LATENCY_KEY];
+    let lat = &j[numa_cache_client::metrics::STATS_LATENCY_KEY];
     if lat.is_object() {
         let _ = writeln!(
             out,
@@ -191,12 +191,11 @@ mod tests {
 
     #[test]
     fn stats_show_the_mean_engine_time_from_the_daemons_histograms() {
-        let latency = crate::gateway::metrics::CacheLatency::default();
-        latency.get.observe(std::time::Duration::from_micros(10));
-        latency.get.observe(std::time::Duration::from_micros(30));
         let mut j = serde_json::json!({"node_distribution":{}});
-        j[crate::gateway::metrics::STATS_LATENCY_KEY] =
-            serde_json::to_value(latency.snapshot()).unwrap();
+        j[numa_cache_client::metrics::STATS_LATENCY_KEY] = serde_json::json!({
+            "get": {"buckets": [[0.00005, 2]], "count": 2, "sum_seconds": 0.00004},
+            "put": {"buckets": [[0.00005, 0]], "count": 0, "sum_seconds": 0.0}
+        });
         let s = stats(&j);
         assert!(
             s.contains("engine time: get 2 calls, mean 20.0 µs, put 0 calls"),

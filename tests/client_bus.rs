@@ -1,0 +1,482 @@
+//! The client crate against a real daemon on a private system-like bus with a real polkitd
+//! (tests/dbus harness): every member of every interface through `numa_cache_client`, errors
+//! by name, the memfd path for large values (bytes read back), the typed views and their
+//! change streams, the blocking facade inside a runtime, and the callers the bus policy and
+//! namespace ownership refuse (as `nobody` and as a `numacache` member, by re-running this
+//! test binary under runuser).
+
+mod dbus;
+mod support;
+
+use dbus::{Bus, Daemon, TEST_USER};
+use futures_util::StreamExt;
+use numa_cache_client::names::{self, ErrorKind};
+use numa_cache_client::{Client, Error, Event, PutOptions};
+use std::time::Duration;
+
+/// A value of `len` bytes that no compressor shrinks to nothing and no offset error hides.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// The contract's error name of `e`; anything outside the contract (including a contract
+/// name the client failed to map to its variant) shows as `unmapped`.
+fn kind(e: &Error) -> String {
+    e.kind()
+        .map(|k| k.name().to_string())
+        .unwrap_or_else(|| format!("unmapped {e:?}"))
+}
+
+async fn next_matching<T>(
+    stream: &mut numa_cache_client::EventStream<T>,
+    what: &str,
+    mut want: impl FnMut(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let item = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 10 s"))
+            .unwrap_or_else(|| panic!("the stream ended before {what}"))
+            .unwrap_or_else(|e| panic!("the stream failed before {what}: {e}"));
+        if want(&item) {
+            return item;
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_member_through_the_client_with_errors_by_name() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+
+    // No daemon yet: a call is NotRunning, not a transport error or a hang.
+    let c = Client::connect(&bus.address).await.expect("connect");
+    let e = c.get("ns", "k").await.unwrap_err();
+    assert!(e.is_not_running(), "{e:?}");
+    let e = Client::connect("unix:path=/nonexistent/bus")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e:?}");
+
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.expect("connect");
+    c.ping().await.expect("Peer.Ping");
+
+    // Cache: put/get/lookup/delete, options, misses as None.
+    let node = c.put("clienttest", "k1", b"hello").await.expect("Put");
+    assert_eq!(
+        c.get("clienttest", "k1").await.unwrap().as_deref(),
+        Some(&b"hello"[..])
+    );
+    let info = c
+        .lookup("clienttest", "k1")
+        .await
+        .unwrap()
+        .expect("an entry");
+    assert_eq!((info.size, info.node, info.expires), (5, node, None));
+    c.put_with(
+        "clienttest",
+        "ttl",
+        b"x",
+        PutOptions::new().ttl(Duration::from_secs(600)).node(node),
+    )
+    .await
+    .expect("Put with ttl and node");
+    let info = c.lookup("clienttest", "ttl").await.unwrap().unwrap();
+    assert!(info.expires.is_some_and(|t| t > info.created), "{info:?}");
+    assert_eq!(info.node, node, "the explicit node was not honoured");
+    assert_eq!(c.get("clienttest", "missing").await.unwrap(), None);
+    assert_eq!(c.lookup("clienttest", "missing").await.unwrap(), None);
+    assert!(c.delete("clienttest", "k1").await.unwrap());
+    assert!(!c.delete("clienttest", "k1").await.unwrap());
+    assert_eq!(c.get("clienttest", "k1").await.unwrap(), None);
+
+    // Large values: 2 MiB goes by PutFd (past the 1 MiB threshold) and comes back inline;
+    // 17 MiB is more than Get returns inline (16 MiB), so get() falls back to GetFd.
+    for (len, key) in [(2 << 20, "two-mib"), ((17 << 20) + 3, "seventeen-mib")] {
+        let v = pattern(len, 7);
+        c.put("clienttest", key, &v).await.expect("PutFd");
+        let back = c.get("clienttest", key).await.unwrap().expect("a value");
+        assert!(back == v, "{key}: {} bytes came back unequal", back.len());
+        let back = c.get_fd("clienttest", key).await.unwrap().expect("a value");
+        assert!(back == v, "{key} by GetFd: {} bytes unequal", back.len());
+    }
+    let raw = c.cache_proxy().get("clienttest", "seventeen-mib").await;
+    assert_eq!(
+        raw.map_err(Error::from).map(|_| ()).unwrap_err().kind(),
+        Some(ErrorKind::TooLarge),
+        "the daemon must refuse 17 MiB inline, or the fallback above proved nothing"
+    );
+    let small_limit = Client::builder()
+        .address(&bus.address)
+        .max_value_bytes(1 << 20)
+        .build()
+        .await
+        .unwrap();
+    let e = small_limit
+        .get_fd("clienttest", "two-mib")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge(_)), "{e:?}");
+
+    // Errors by name.
+    let e = c.put("Bad NS", "k", b"v").await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    let e = c.put("clienttest", "", b"v").await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    let e = c.set_strategy("fastest", None).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    let e = c.node_of_cpu(u32::MAX).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    let e = c
+        .put_with("clienttest", "k", b"v", PutOptions::new().node(9999))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    let e = c.node(9999).await.unwrap_err();
+    assert_eq!(e.dbus_name(), Some(names::error::UNKNOWN_OBJECT), "{e:?}");
+
+    // Topology: the typed properties, the JSON and each node agree.
+    let t = c.topology().await.unwrap();
+    let report = c.get_topology().await.unwrap();
+    assert!(!t.node_ids.is_empty());
+    assert_eq!(
+        t.node_ids,
+        report.nodes.iter().map(|n| n.node_id).collect::<Vec<_>>()
+    );
+    assert_eq!(t.distances.len(), t.node_ids.len());
+    let nodes = c.nodes().await.unwrap();
+    for (n, r) in nodes.iter().zip(&report.nodes) {
+        assert_eq!((n.id, &n.cpus), (r.node_id, &r.cpu_list));
+        assert_eq!(n.memory_total_bytes / (1024 * 1024), r.memory_mb);
+        assert_eq!(
+            n.distances.get(&n.id).copied(),
+            t.distance(n.id, n.id),
+            "node {} distance to itself",
+            n.id
+        );
+    }
+    let cpu = nodes.iter().find_map(|n| n.cpus.first().copied()).unwrap();
+    let owner = nodes.iter().find(|n| n.cpus.contains(&cpu)).unwrap().id;
+    assert_eq!(c.node_of_cpu(cpu).await.unwrap(), owner);
+    c.refresh().await.expect("Refresh");
+    assert!(!c.get_topology_json().await.unwrap().is_empty());
+
+    // Strategy, with its signal and the typed view's stream.
+    let mut events = c.events().await.unwrap();
+    let mut views = c.watch_strategy().await.unwrap();
+    let first = next_matching(&mut views, "the current strategy", |_| true).await;
+    assert_eq!(first, c.strategy().await.unwrap());
+    let r = c
+        .set_strategy("round_robin", None)
+        .await
+        .expect("SetStrategy");
+    assert_eq!(
+        (r.status.as_str(), r.strategy.as_str()),
+        ("applied", "round_robin")
+    );
+    let seen = next_matching(&mut events, "StrategyChanged", |e| {
+        matches!(e, Event::StrategyChanged { .. })
+    })
+    .await;
+    assert!(
+        matches!(&seen, Event::StrategyChanged { name, node_preference: None, .. } if name == "round_robin"),
+        "{seen:?}"
+    );
+    let view = next_matching(&mut views, "a round_robin view", |s| {
+        s.name == "round_robin"
+    })
+    .await;
+    assert_eq!(view.node_preference, None);
+    let o = c.optimize("balanced", None, None).await.expect("Optimize");
+    assert_eq!(o.status, "optimized");
+    assert_eq!(c.strategy().await.unwrap().workload_type, "balanced");
+    let b = c
+        .bind_process(std::process::id(), owner, "default")
+        .await
+        .expect("BindProcess of this test process");
+    assert_eq!(b.u32("pid").unwrap(), std::process::id());
+    c.set_strategy("local_node", None).await.unwrap();
+
+    // Stats: properties, JSON, history, reset.
+    let s = c.stats().await.unwrap();
+    assert!(s.hits >= 1 && s.misses >= 1, "{s:?}");
+    let j = c.get_stats().await.unwrap();
+    assert!(j["node_distribution"].is_object(), "{j}");
+    assert!(c.get_history(0, 0).await.unwrap().is_array());
+    c.reset_counters().await.expect("ResetCounters");
+    let s = c.stats().await.unwrap();
+    assert_eq!((s.hits, s.misses), (0, 0), "{s:?}");
+    let n = c.node(owner).await.unwrap();
+    assert!(n.memory_free_bytes > 0 && n.memory_free_bytes <= n.memory_total_bytes);
+
+    // Admin: snapshots and clear.
+    let snap = c.create_snapshot().await.expect("CreateSnapshot");
+    assert!(c.list_snapshots().await.unwrap().contains(&snap));
+    c.delete_snapshot(&snap).await.expect("DeleteSnapshot");
+    assert!(!c.list_snapshots().await.unwrap().contains(&snap));
+    let removed = c.clear("clienttest").await.expect("Clear");
+    assert_eq!(removed, 3, "ttl, two-mib and seventeen-mib were left");
+    assert_eq!(c.get("clienttest", "ttl").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn upstream_facades_keep_upstreams_keys_and_encoding() {
+    use numa_cache_client::upstream::{
+        EmbeddingCache, WorkstackCache, WorkstackCacheConfig, sha256_hex,
+    };
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    // The blocking facade, called from inside this test's tokio runtime, as operation-dbus
+    // components do.
+    let client = numa_cache_client::blocking::Client::connect(&bus.address).unwrap();
+    let emb = EmbeddingCache::with_client(client.clone());
+    assert_eq!(emb.get_embedding("hello").unwrap(), None);
+    emb.put_embedding("hello", &[0.25, -1.5, 3.0]).unwrap();
+    assert_eq!(
+        emb.get_embedding("hello").unwrap(),
+        Some(vec![0.25, -1.5, 3.0])
+    );
+    // The bytes under upstream's key are upstream's encoding.
+    let raw = client
+        .get(EmbeddingCache::DEFAULT_NAMESPACE, &sha256_hex(b"hello"))
+        .unwrap()
+        .expect("the vector under sha256(text)");
+    let upstream_bytes: Vec<u8> = [
+        &3u64.to_le_bytes()[..],
+        &0.25f32.to_le_bytes(),
+        &(-1.5f32).to_le_bytes(),
+        &3.0f32.to_le_bytes(),
+    ]
+    .concat();
+    assert_eq!(
+        raw, upstream_bytes,
+        "bincode 1 of Vec<f32>, as upstream wrote it"
+    );
+    let mut calls = 0;
+    for _ in 0..3 {
+        let v = emb
+            .get_or_embed("world", |t| -> Result<Vec<f32>, Error> {
+                calls += 1;
+                Ok(vec![t.len() as f32])
+            })
+            .unwrap();
+        assert_eq!(v, vec![5.0]);
+    }
+    assert_eq!(calls, 1, "the embedding must be computed once, then read");
+    // A corrupt vector is an error, never data.
+    client
+        .put(
+            EmbeddingCache::DEFAULT_NAMESPACE,
+            &sha256_hex(b"bad"),
+            &[1, 2, 3],
+        )
+        .unwrap();
+    assert!(matches!(emb.get_embedding("bad"), Err(Error::Corrupted(_))));
+
+    let ws = WorkstackCache::with_client(client.clone(), WorkstackCacheConfig::default());
+    ws.put("ws-001", 0, "h0", b"out0", None).unwrap();
+    ws.put("ws-001", 1, "h1", b"out1", Some(60)).unwrap();
+    ws.put("ws-002", 0, "h0", b"other", None).unwrap();
+    assert_eq!(
+        ws.get("ws-001", 1, "h1").unwrap().as_deref(),
+        Some(&b"out1"[..])
+    );
+    assert_eq!(ws.get("ws-001", 1, "other-input").unwrap(), None);
+    let info = client
+        .lookup(
+            &WorkstackCache::namespace_of("ws-001"),
+            &WorkstackCache::key_of("ws-001", 0, "h0"),
+        )
+        .unwrap()
+        .expect("the step under upstream's key");
+    let ttl = info.expires.unwrap() - info.created;
+    assert!(
+        (3599..=3601).contains(&ttl),
+        "default TTL one hour, got {ttl}"
+    );
+    ws.put("ws-001", 1, "h1", b"gone", Some(0)).unwrap();
+    assert_eq!(ws.get("ws-001", 1, "h1").unwrap(), None, "TTL 0 = expired");
+    assert_eq!(ws.invalidate_workstack("ws-001").unwrap(), 1);
+    assert_eq!(ws.get("ws-001", 0, "h0").unwrap(), None);
+    assert_eq!(
+        ws.get("ws-002", 0, "h0").unwrap().as_deref(),
+        Some(&b"other"[..]),
+        "invalidating one workstack must leave the others"
+    );
+    // Built from async code without blocking it, as upstream's `WorkstackCache::new(..).await`
+    // is (`new` itself reads the system bus address from the environment).
+    let built = numa_cache_client::blocking::Client::from_builder_async(
+        Client::builder().address(&bus.address),
+    )
+    .await
+    .unwrap();
+    let ws2 = WorkstackCache::with_client(built, WorkstackCacheConfig::default());
+    assert_eq!(
+        ws2.get("ws-002", 0, "h0").unwrap().as_deref(),
+        Some(&b"other"[..])
+    );
+}
+
+/// Environment variable that turns [`child_entry_point`] on in a re-run of this binary.
+const CHILD_ROLE: &str = "NUMA_CACHE_CLIENT_TEST_ROLE";
+
+/// Run this test binary's [`child_entry_point`] as `user`; returns its `RESULT` lines.
+fn run_child(bus: &Bus, user: &str) -> Vec<String> {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", user, "--", "env"])
+        .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={}", bus.address))
+        .arg(format!("{CHILD_ROLE}={user}"))
+        .arg(exe)
+        .args([
+            "child_entry_point",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("runuser");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "the child as {user} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        // The harness prints "test child_entry_point ... " before the first line.
+        .filter_map(|l| l.find("RESULT ").map(|at| l[at + 7..].to_string()))
+        .collect()
+}
+
+/// Not a test of its own: the body other users run (see [`run_child`]); without
+/// `NUMA_CACHE_CLIENT_TEST_ROLE` it returns at once.
+#[tokio::test]
+async fn child_entry_point() {
+    let Ok(role) = std::env::var(CHILD_ROLE) else {
+        return;
+    };
+    let c = Client::connect(&std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap())
+        .await
+        .expect("connect");
+    let show = |what: &str, r: Result<String, Error>| match r {
+        Ok(v) => println!("RESULT {what} ok {v}"),
+        Err(e) => println!("RESULT {what} err {}", kind(&e)),
+    };
+    show(
+        "topology",
+        c.topology().await.map(|t| t.node_ids.len().to_string()),
+    );
+    show("stats", c.stats().await.map(|s| s.entries.to_string()));
+    show(
+        "get-root",
+        c.get("client-root-ns", "k")
+            .await
+            .map(|v| format!("{:?}", v.map(String::from_utf8))),
+    );
+    if role == TEST_USER {
+        show(
+            "put-own",
+            c.put("client-user-ns", "k", b"mine")
+                .await
+                .map(|n| n.to_string()),
+        );
+        show(
+            "get-own",
+            c.get("client-user-ns", "k")
+                .await
+                .map(|v| format!("{:?}", v.map(String::from_utf8))),
+        );
+    }
+    show(
+        "put-root",
+        c.put("client-root-ns", "k", b"theirs")
+            .await
+            .map(|n| n.to_string()),
+    );
+    show(
+        "delete-root",
+        c.delete("client-root-ns", "k").await.map(|b| b.to_string()),
+    );
+    show(
+        "clear-root",
+        c.clear("client-root-ns").await.map(|n| n.to_string()),
+    );
+    show(
+        "set-strategy",
+        c.set_strategy("round_robin", None).await.map(|r| r.status),
+    );
+}
+
+#[test]
+fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    dbus::ok(
+        &bus.busctl_put("client-root-ns", "k", b"root"),
+        "root's Put",
+    );
+
+    let denied = "err org.freedesktop.DBus.Error.AccessDenied";
+    let nobody = run_child(&bus, "nobody");
+    let want_nobody = [
+        "topology ok ",
+        "stats ok ",
+        &format!("get-root {denied}"),
+        &format!("put-root {denied}"),
+        &format!("delete-root {denied}"),
+        &format!("clear-root {denied}"),
+        &format!("set-strategy {denied}"),
+    ];
+    for (line, want) in nobody.iter().zip(want_nobody) {
+        assert!(line.starts_with(want), "as nobody: {line:?}, want {want:?}");
+    }
+    assert_eq!(nobody.len(), want_nobody.len(), "{nobody:?}");
+
+    let member = run_child(&bus, TEST_USER);
+    let want_member = [
+        "topology ok ".to_string(),
+        "stats ok ".to_string(),
+        "get-root ok Some(Ok(\"root\"))".to_string(),
+        "put-own ok ".to_string(),
+        "get-own ok Some(Ok(\"mine\"))".to_string(),
+        format!("put-root {denied}"),
+        format!("delete-root {denied}"),
+        format!("clear-root {denied}"),
+        format!("set-strategy {denied}"),
+    ];
+    for (line, want) in member.iter().zip(&want_member) {
+        assert!(
+            line.starts_with(want.as_str()),
+            "as {TEST_USER}: {line:?}, want {want:?}"
+        );
+    }
+    assert_eq!(member.len(), want_member.len(), "{member:?}");
+    // Root's value is untouched by the refused calls.
+    let out = dbus::ok(
+        &bus.busctl(&[
+            "call",
+            dbus::NAME,
+            dbus::ROOT,
+            names::iface::CACHE,
+            "Get",
+            "ss",
+            "client-root-ns",
+            "k",
+        ]),
+        "root's Get",
+    );
+    assert!(out.contains("4 114 111 111 116"), "{out}");
+}
