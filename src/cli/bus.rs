@@ -291,6 +291,7 @@ fn topology_of_json(v: &serde_json::Value) -> Result<Topology, ClientError> {
             has_memory: n["has_memory"].as_bool().unwrap_or(false),
             allowed: n["allowed"].as_bool().unwrap_or(false),
             distances,
+            kind: crate::topology::NodeKind::from_label(n["kind"].as_str().unwrap_or_default()),
         });
     }
     Ok(Topology {
