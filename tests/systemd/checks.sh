@@ -5,6 +5,8 @@
 #   LAB_INSTALL=make   install the README's way: `make install PREFIX=/usr` from $LAB_REPO
 #   LAB_INSTALL=deb    install $LAB_IN/files/numa-cache_*.deb with `apt install ./...deb`,
 #                      and at the end purge it and check what is left
+#   LAB_CHECKS=full    (default) also the check that needs two extra daemon restarts
+#                      (BindProcess without CAP_SYS_PTRACE); `bus` leaves it out
 #
 # Prints one line per check: "ok - NAME" or "not ok - NAME: what was seen"; the host test
 # fails on any "not ok" and on any expected NAME missing (a check that silently did not
@@ -39,11 +41,14 @@ main_pid() { systemctl show -p MainPID --value numa-cached; }
 invocation() { systemctl show -p InvocationID --value numa-cached; }
 prop() { busctl get-property "$NAME" "$OBJ" "$IF.$1" "$2" 2>&1; }
 generation() { prop Topology Generation | awk '{print $2}'; }
-# Wait up to $1 seconds for CMD to succeed.
+# Wait up to $1 seconds (wall clock: a command may itself take seconds under TCG) for CMD.
 wait_for() {
-    local t=$1; shift
-    for ((i = 0; i < t * 5; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-    return 1
+    local end=$((SECONDS + $1)); shift
+    while :; do
+        "$@" >/dev/null 2>&1 && return 0
+        [ "$SECONDS" -ge "$end" ] && return 1
+        sleep 0.3
+    done
 }
 daemon_journal() { journalctl -q --no-pager _SYSTEMD_UNIT=numa-cached.service "$@"; }
 # Lines of the daemon's journal since the current invocation started.
@@ -51,6 +56,7 @@ since_start=""
 mark_journal() { since_start=$(date '+%Y-%m-%d %H:%M:%S'); sleep 1; }
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 1. Install.
 mkfs.btrfs -q -f "$LAB_SCRATCH" >/dev/null
 mkdir -p /var/lib/numa-cache
@@ -92,6 +98,7 @@ EOF
 systemctl daemon-reload
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 2. Bus activation without `systemctl enable`.
 if [ "$MODE" = deb ]; then systemctl disable -q numa-cached; fi
 expect "activation: unit not enabled" disabled "$(systemctl is-enabled numa-cached 2>&1)"
@@ -104,6 +111,7 @@ if [ -z "$act" ]; then ok "activation: no failed activation in the journal"; els
 check "activation: cache opened on btrfs" sh -c "numacachectl stats --json | grep -q '\"btrfs\": *true'"
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 3. Every interface through busctl and numacachectl.
 topo=$(busctl call "$NAME" "$OBJ" "$IF.Topology" GetTopology 2>&1)
 if echo "$topo" | grep -q '\\"node_id\\": *1' || echo "$topo" | grep -q '"node_id":1'; then ok "busctl Topology.GetTopology lists node 1"; else bad "busctl Topology.GetTopology lists node 1" "$(echo "$topo" | cut -c1-300)"; fi
@@ -144,6 +152,7 @@ check "numacachectl put/delete" sh -c "echo x | numacachectl put tmpns k && numa
 check "numacachectl clear" numacachectl clear tmpns
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 4. Snapshots (btrfs, with the unit's capabilities).
 snap=$(numacachectl snapshot create 2>&1)
 if [ $? = 0 ] && [ -n "$snap" ]; then ok "snapshot create"; else bad "snapshot create" "$snap"; fi
@@ -155,6 +164,7 @@ check "snapshot delete" numacachectl snapshot delete "$snapname"
 check "busctl Cache.CreateSnapshot" busctl call "$NAME" "$OBJ" "$IF.Cache" CreateSnapshot
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 5. Workers pinned per node: each node<N>-w* thread's affinity is node N's CPUs.
 pinned_ok() {   # pinned_ok NODE CPULIST
     local pid; pid=$(main_pid); local n=0 t
@@ -171,6 +181,7 @@ workers() { local pid; pid=$(main_pid); for t in /proc/"$pid"/task/*; do echo "$
 if pinned_ok 0 0-1 && pinned_ok 1 2-3; then ok "workers pinned: node0 on 0-1, node1 on 2-3"; else bad "workers pinned: node0 on 0-1, node1 on 2-3" "$(workers)"; fi
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 6. BindProcess: a root process with capabilities, and another user's process.
 bind_check() {   # bind_check LABEL PID
     local label=$1 pid=$2 out
@@ -187,13 +198,13 @@ bind_check() {   # bind_check LABEL PID
     fi
 }
 # A root process (full capabilities, as lab-run.service gives) and a process of labuser.
-sleep 600 &
+sleep 600 >/dev/null 2>&1 < /dev/null &
 rootpid=$!
 sleep 0.3
 capeff=$(awk '/CapEff/ {print $2}' /proc/"$rootpid"/status)
 if [ "$capeff" != 0000000000000000 ]; then ok "BindProcess target is a root process with capabilities ($capeff)"; else bad "BindProcess target is a root process with capabilities" "CapEff $capeff"; fi
 bind_check "on a root process with capabilities" "$rootpid"
-as_lab sleep 600 &
+as_lab sleep 600 >/dev/null 2>&1 < /dev/null &
 labpid=$!
 sleep 0.5
 bind_check "on another user's process" "$labpid"
@@ -201,6 +212,9 @@ denied=$(gcall Strategy.BindProcess 4194000 1 "'bind'" 2>&1)
 case "$denied" in *org.opdbus.NumaCache.Error.NotFound*4194000*) ok "BindProcess on a missing pid is NotFound naming it" ;; *) bad "BindProcess on a missing pid is NotFound naming it" "$denied" ;; esac
 # Without CAP_SYS_PTRACE (a drop-in takes it out of the bounding set) the kernel refuses
 # the memory map of another user's process: a named privilege error with the real pid.
+# Two daemon restarts (slow under TCG): only with LAB_CHECKS=full (the make install boot);
+# it depends on the kernel and the unit's capabilities, not on the bus or the install path.
+if [ "${LAB_CHECKS:-full}" = full ]; then
 printf '[Service]\nCapabilityBoundingSet=~CAP_SYS_PTRACE\n' > /etc/systemd/system/numa-cached.service.d/noptrace.conf
 systemctl daemon-reload && systemctl restart numa-cached
 wait_for 30 busctl call "$NAME" "$OBJ" org.freedesktop.DBus.Peer Ping
@@ -213,10 +227,12 @@ esac
 echo "# without CAP_SYS_PTRACE: $out"
 rm -f /etc/systemd/system/numa-cached.service.d/noptrace.conf
 systemctl daemon-reload && systemctl restart numa-cached
-wait_for 30 busctl call "$NAME" "$OBJ" org.freedesktop.DBus.Peer Ping
+wait_for 60 busctl call "$NAME" "$OBJ" org.freedesktop.DBus.Peer Ping
+fi
 kill "$rootpid" "$labpid" 2>/dev/null
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 7. polkit: labuser is denied the admin actions; a group granted by a rules file is allowed.
 out=$(lab_gcall Strategy.SetStrategy "'round_robin'" -- -1 2>&1)
 case "$out" in *org.freedesktop.DBus.Error.AccessDenied*) ok "polkit denies labuser SetStrategy (AccessDenied)" ;; *) bad "polkit denies labuser SetStrategy (AccessDenied)" "$out" ;; esac
@@ -231,7 +247,8 @@ case "$out" in *org.freedesktop.DBus.Error.AccessDenied*) ok "polkit denies labu
 expect "Strategy unchanged after the denial" 's "local_node"' "$(prop Strategy Name)"
 check "labuser may read Topology" as_lab busctl call "$NAME" "$OBJ" "$IF.Topology" GetTopology
 groupadd -f numacache-admin && usermod -aG numacache-admin labuser
-install -D -m0644 /usr/share/doc/numa-cache/org.opdbus.NumaCache.rules.example /etc/polkit-1/rules.d/50-numa-cache.rules
+# The example the package ships as a doc (this image keeps no /usr/share/doc files).
+install -D -m0644 "$LAB_REPO/polkit/org.opdbus.NumaCache.rules.example" /etc/polkit-1/rules.d/50-numa-cache.rules
 granted() { as_lab numacachectl strategy set round_robin; }
 if wait_for 15 granted; then ok "polkit grants set-strategy to group numacache-admin (rules file)"; else bad "polkit grants set-strategy to group numacache-admin (rules file)" "$(granted 2>&1)"; fi
 expect "Strategy changed by the granted user" 's "round_robin"' "$(prop Strategy Name)"
@@ -245,6 +262,7 @@ audit=$(daemon_journal -o cat | grep -i 'set-strategy' | grep -Ei 'grant|allow|a
 if [ -n "$audit" ]; then ok "journal: an audit line for the polkit grant"; else bad "journal: an audit line for the polkit grant" "no line naming set-strategy, the decision and uid 1000/labuser"; fi
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 8. The Cache interface: refused outside group numacache, works inside.
 out=$(lab_gcall Cache.Get "'labuserns'" "'k'" 2>&1)
 case "$out" in *org.freedesktop.DBus.Error.AccessDenied*) ok "Cache refused by the bus to labuser outside group numacache" ;; *) bad "Cache refused by the bus to labuser outside group numacache" "$out" ;; esac
@@ -256,6 +274,7 @@ check "Cache Put works for labuser in group numacache" as_lab numacachectl put l
 expect "Cache Get by labuser returns the bytes" "labuser's value" "$(as_lab numacachectl get labuserns k 2>&1)"
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 9. CPU hotplug: CPU 3 offline re-pins node 1's workers to CPU 2 and bumps Generation.
 g0=$(generation)
 echo 0 > /sys/devices/system/cpu/cpu3/online
@@ -268,6 +287,7 @@ echo 1 > /sys/devices/system/cpu/cpu3/online
 if wait_for 20 gen_bumped && wait_for 20 pinned_ok 1 2-3; then ok "hotplug: CPU 3 back, node1 workers on 2-3"; else bad "hotplug: CPU 3 back, node1 workers on 2-3" "gen $(generation), $(workers)"; fi
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 10. SIGKILL: systemd restarts the daemon, the data is intact, the start says it recovered.
 pid0=$(main_pid); restarts0=$(systemctl show -p NRestarts --value numa-cached)
 systemctl kill -s KILL numa-cached
@@ -281,6 +301,7 @@ inv=$(invocation)
 if journalctl -q --no-pager _SYSTEMD_INVOCATION_ID="$inv" -o cat | grep -q "unclean stop"; then ok "SIGKILL: the next start checks the cache as after a crash"; else bad "SIGKILL: the next start checks the cache as after a crash" "no 'unclean stop' line in invocation $inv"; fi
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 11. Watchdog: a stopped (SIGSTOP) daemon is aborted and restarted.
 pid0=$(main_pid)
 systemctl kill -s STOP numa-cached
@@ -291,6 +312,7 @@ rm -f /tmp/value.out; numacachectl get labns blob --output /tmp/value.out >/dev/
 check "watchdog: data intact" cmp /tmp/value.bin /tmp/value.out
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 12. A clean stop and start is not recovered as after a crash.
 check "stop" systemctl stop numa-cached
 expect "stop: unit inactive (not failed)" inactive "$(systemctl is-active numa-cached 2>&1)"
@@ -303,6 +325,7 @@ rm -f /tmp/value.out; numacachectl get labns blob --output /tmp/value.out >/dev/
 check "stop+start: data intact" cmp /tmp/value.bin /tmp/value.out
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 13. The journal: no Rust debug formatting, informational lines at priority 6, values in
 # the message text.
 dbg=$(daemon_journal -o cat | grep -E 'Some\(|None\b|[A-Za-z]+ \{ [a-z_]+: |\\"' 2>/dev/null | head -3)
@@ -315,18 +338,21 @@ if daemon_journal -o cat | grep 'cache open' | grep -q '/var/lib/numa-cache'; th
 if daemon_journal -o cat | grep -i 'strategy' | grep -q 'round_robin'; then ok "journal: the strategy change shows the name in the text"; else bad "journal: the strategy change shows the name in the text" "$(daemon_journal -o cat | grep -i strategy | head -2 | tr '\n' ' ')"; fi
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 14. No seccomp denial (the lab drop-in makes one fatal and logged), no SIGSYS.
 sec=$(journalctl -q --no-pager -k | grep 'type=1326' | grep 'comm="numa' | head -3)
 sys=$(journalctl -q --no-pager -u numa-cached | grep -E 'status=31/SYS|signal=SYS' | head -2)
 if [ -z "$sec$sys" ]; then ok "no seccomp denial"; else bad "no seccomp denial" "$sec $sys"; fi
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 15. The shipped unit's exposure (the lab drop-in removed first).
 rm -rf /etc/systemd/system/numa-cached.service.d; systemctl daemon-reload
 score=$(systemd-analyze security numa-cached 2>&1 | sed -n 's/.*Overall exposure level for numa-cached.service: \([0-9.]*\).*/\1/p')
 if [ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s <= 2.5) }'; then ok "systemd-analyze security $score <= 2.5"; else bad "systemd-analyze security <= 2.5" "score '$score'"; fi
 
 # ---------------------------------------------------------------------------------------
+echo "# t=${SECONDS}s"
 # 16. (deb) Purge leaves nothing but the group.
 if [ "$MODE" = deb ]; then
     check "deb: apt purge numa-cache" env DEBIAN_FRONTEND=noninteractive apt-get purge -y numa-cache
@@ -342,5 +368,7 @@ if [ "$MODE" = deb ]; then
     check "deb: the system group stays (policy)" getent group numacache
 fi
 
-echo "# $FAILS failed"
+# Nothing of ours may outlive the script: lab-run waits for every holder of its output.
+kill $(jobs -p) 2>/dev/null
+echo "# $FAILS failed, $SECONDS s"
 [ "$FAILS" = 0 ]

@@ -203,7 +203,13 @@ host_packages() {
     command -v make >/dev/null || need="$need make"
     if [ -n "$need" ]; then
         apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >/dev/null
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >/dev/null; then
+            # A newer qemu-utils (a backport) breaks the suite's qemu-system-common: take the
+            # suite's qemu-utils with it.
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+                --allow-downgrades $need qemu-system-x86 "qemu-utils/$LAB_SUITE" >/dev/null \
+                || die "cannot install$need"
+        fi
     fi
 }
 
