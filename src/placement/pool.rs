@@ -427,6 +427,7 @@ mod tests {
             has_memory: false,
             allowed: false,
             distances: [(home, 40), (7, 10)].into(),
+            kind: Default::default(),
         });
         t
     }

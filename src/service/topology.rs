@@ -142,6 +142,7 @@ mod tests {
             has_memory: true,
             allowed: true,
             distances: dist.iter().copied().collect(),
+            kind: Default::default(),
         }
     }
 

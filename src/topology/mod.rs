@@ -17,7 +17,7 @@ pub mod watcher;
 pub use cpulist::{CpuListError, format_cpulist, parse_cpulist, parse_cpumap};
 pub use distance::{DistanceError, parse_distance_row};
 pub use meminfo::{MemInfo, MeminfoError, parse_meminfo};
-pub use model::{NumaNode, Topology};
+pub use model::{NodeKind, NumaNode, Topology};
 
 use std::path::Path;
 

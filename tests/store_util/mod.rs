@@ -110,6 +110,7 @@ fn node(id: u32, cpus: Vec<u32>, nodes: u32) -> NumaNode {
         distances: (0..nodes)
             .map(|o| (o, if o == id { 10 } else { 20 }))
             .collect(),
+        kind: Default::default(),
     }
 }
 
