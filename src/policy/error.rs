@@ -3,6 +3,10 @@
 
 use std::io;
 
+/// The capability that moving another process's threads or pages needs. Defined here, with
+/// the error that names it, so that `privilege` depends on `error` and not both ways.
+pub const CAP_SYS_NICE: &str = "CAP_SYS_NICE";
+
 /// A placement syscall could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -69,7 +73,7 @@ impl PolicyError {
         match err.raw_os_error() {
             Some(libc::ESRCH) => PolicyError::NoSuchProcess { pid },
             Some(libc::EPERM) => PolicyError::MissingCapability {
-                capability: super::privilege::CAP_SYS_NICE,
+                capability: CAP_SYS_NICE,
                 action: action.to_string(),
             },
             Some(libc::ENOSYS) => PolicyError::Unsupported { what: call },

@@ -556,7 +556,14 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Start `program args` on `bus`, writing to `name` in the bus's directory.
+    /// Start `program args` on `bus`, writing to `name` in the bus's directory, and return
+    /// once it is subscribed (no sleep: readiness is observed).
+    ///
+    /// - `gdbus monitor --dest NAME` prints "The name NAME is owned by" after the reply to
+    ///   its GetNameOwner, which the bus sends after processing the AddMatch calls the same
+    ///   connection sent before it: once printed, the match rules are registered.
+    /// - `busctl monitor` is a bus monitor: it is ready once it shows a Ping we send to the
+    ///   daemon (sent again every 100 ms until it shows).
     pub fn start(bus: &Bus, program: &str, args: &[&str], name: &str) -> Monitor {
         let out = bus.dir().join(name);
         let f = std::fs::File::create(&out).unwrap();
@@ -567,9 +574,28 @@ impl Monitor {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the monitor");
-        // Give it time to subscribe before anything happens.
-        std::thread::sleep(Duration::from_millis(700));
-        Monitor { child, out }
+        let m = Monitor { child, out };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = m.text();
+            let ready = if program == "gdbus" {
+                t.contains("is owned by")
+            } else {
+                t.contains("Ping")
+            };
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{program} {args:?} did not subscribe within 20 s:\n{t}"
+            );
+            if program != "gdbus" {
+                let _ = bus.busctl(&["call", NAME, ROOT, "org.freedesktop.DBus.Peer", "Ping"]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
     }
 
     /// What it printed so far.
