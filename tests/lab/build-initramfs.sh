@@ -26,14 +26,24 @@ for b in "$ctl" "$probe" "$mkfs"; do
     cp -L "$l" "$root$l"
   done
 done
-# Modules in load order: each after what its `depends=` names.
+# Modules in load order: each after what its `depends=` names, and after the `softdep=pre:`
+# modules that exist under that name or as NAME_generic (libcrc32c's init fails without a
+# crc32c implementation: crc32c_generic).
 mkdir -p "$root/modules"
 order=()
+find_module() {
+  find "$mods/kernel" \( -name "$1.ko" -o -name "${1//_/-}.ko" -o -name "${1//-/_}.ko" \) | head -n1
+}
 add_module() {
-  local name=$1 file dep
+  local name=$1 file dep soft
   for m in "${order[@]}"; do [[ $m == "$name" ]] && return; done
-  file=$(find "$mods/kernel" -name "$name.ko" -o -name "${name//_/-}.ko" | head -n1)
+  file=$(find_module "$name")
   [[ -n $file ]] || { echo "module $name not in $mods" >&2; exit 2; }
+  for soft in $(grep -a -o 'softdep=pre: [^[:cntrl:]]*' "$file" | cut -d: -f2); do
+    if [[ -n $(find_module "$soft") ]]; then add_module "$soft"
+    elif [[ -n $(find_module "${soft}_generic") ]]; then add_module "${soft}_generic"
+    fi
+  done
   for dep in $(grep -a -o 'depends=[^[:cntrl:]]*' "$file" | head -n1 | cut -d= -f2 | tr , ' '); do
     add_module "$dep"
   done
