@@ -542,6 +542,26 @@ impl PolkitRule {
     }
 }
 
+impl PolkitRule {
+    /// Install a rule answering `result` (`YES`, `NO`, `AUTH_ADMIN`, ...) for the
+    /// org.opdbus.NumaCache actions when the JavaScript `condition` on `subject` holds;
+    /// `tag` keeps two rules of one test process apart.
+    pub fn install_js(tag: &str, condition: &str, result: &str) -> PolkitRule {
+        let path = PathBuf::from(format!(
+            "/etc/polkit-1/rules.d/49-numa-cache-test-{}-{tag}.rules",
+            std::process::id()
+        ));
+        let js = format!(
+            "polkit.addRule(function(action, subject) {{\n  if (action.id.indexOf(\"org.opdbus.NumaCache.\") == 0 && ({condition})) {{\n    return polkit.Result.{result};\n  }}\n}});\n"
+        );
+        std::fs::create_dir_all("/etc/polkit-1/rules.d").unwrap();
+        std::fs::write(&path, js).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        PolkitRule(path)
+    }
+}
+
 impl Drop for PolkitRule {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
