@@ -2,7 +2,8 @@
 //! and 4 (unequal, asymmetric distances) emulated NUMA nodes, runs `numacachectl` and the
 //! `lab_probe` example inside, and asserts on what they print: the topology equals QEMU's
 //! configuration, pinning and bound allocations land on their node, `bind_process` moves a
-//! running child, a CPU going offline is a new watcher generation within 2 s after which
+//! running child, a CPU going offline is a new watcher generation from its uevent (within
+//! 10 s; the re-scan is every 30 s) after which
 //! the node's pool no longer runs there, and (section `tier`, a real `Cache` on btrfs) each
 //! node's values have their page cache and their memory-tier copies in that node's memory as
 //! the kernel counts it (nodeN/meminfo, numa_maps, numa_pages_migrated), also after threads
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 /// One emulated machine: nodes (id, CPUs, MiB of memory) and the full distance matrix.
 struct LabMachine {
     name: &'static str,
+    /// Run the `tier` section (a real Cache; the slow part under emulation).
+    tier: bool,
     nodes: Vec<(u32, Vec<u32>, u64)>,
     distances: Vec<Vec<u32>>,
 }
@@ -69,11 +72,13 @@ fn machines() -> Vec<LabMachine> {
     vec![
         LabMachine {
             name: "two-nodes",
+            tier: true,
             nodes: vec![(0, vec![0, 1], 1024), (1, vec![2, 3], 1024)],
             distances: vec![vec![10, 21], vec![21, 10]],
         },
         LabMachine {
             name: "memory-only-node",
+            tier: true,
             nodes: vec![
                 (0, vec![0, 1], 1024),
                 (1, vec![2, 3], 1024),
@@ -83,6 +88,7 @@ fn machines() -> Vec<LabMachine> {
         },
         LabMachine {
             name: "four-nodes-asymmetric",
+            tier: false,
             nodes: vec![
                 (0, vec![0], 1024),
                 (1, vec![1], 1024),
@@ -149,8 +155,7 @@ fn kernel() -> Option<PathBuf> {
                 "fetching the Debian kernel failed ({}); run tests/lab/fetch-kernel.sh as root",
                 o.status
             );
-            assert!(!support::in_ci(), "{msg}");
-            eprintln!("SKIP: {msg}");
+            support::skip(&msg);
             None
         }
         Err(e) => panic!("cannot run tests/lab/fetch-kernel.sh: {e}"),
@@ -207,7 +212,8 @@ fn initramfs(dir: &Path, ctl: &Path, probe: &Path, kernel: &Path) -> PathBuf {
     out
 }
 
-/// Boot `m`, wait for it to power off (at most 150 s), return its console output.
+/// Boot `m`, wait for it to power off (at most 400 s: the VMs boot side by side on a
+/// machine that may be busy), return its console output.
 fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
     let mut child = Command::new("qemu-system-x86_64")
         .args(m.qemu_args())
@@ -215,12 +221,12 @@ fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet loglevel=1 panic=-1 no_timer_check",
-            "-nographic",
-            "-no-reboot",
-        ])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet loglevel=1 panic=-1 no_timer_check numalab.tier={}",
+            u8::from(m.tier)
+        ))
+        .args(["-nographic", "-no-reboot"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -232,7 +238,7 @@ fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
         let _ = stdout.read_to_end(&mut buf);
         buf
     });
-    let deadline = Instant::now() + Duration::from_secs(150);
+    let deadline = Instant::now() + Duration::from_secs(400);
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
@@ -597,10 +603,18 @@ fn check_hotplug_json(m: &LabMachine, h: &Value) {
         "{}: generation did not move: {h}",
         m.name
     );
-    let ms = h["elapsed_ms"].as_u64().unwrap_or(u64::MAX);
+    // The probe's watcher re-scans every 30 s: a new generation within 10 s (a generous
+    // bound for an emulated CPU on a loaded 2-core host, where 2 s flaked) is the uevent's
+    // doing, and the watcher must have counted uevents.
+    let ms = num(&h["elapsed_ms"], "elapsed_ms");
     assert!(
-        ms < 2000,
-        "{}: the watcher took {ms} ms (limit 2000): {h}",
+        ms < 10_000,
+        "{}: the watcher took {ms} ms (limit 10 s, re-scan 30 s): {h}",
+        m.name
+    );
+    assert!(
+        h["uevents_enabled"] == true && num(&h["uevents_seen"], "uevents_seen") > 0,
+        "{}: the new generation did not come from uevents: {h}",
         m.name
     );
     assert!(
@@ -761,15 +775,17 @@ fn numa_lab_multi_node_vms() {
             continue;
         }
         let s = sections(console);
-        let checks: [(&str, Check); 7] = [
+        let mut checks: Vec<(&str, Check)> = vec![
             ("topology", check_topology),
             ("watcher-topology", check_watcher_topology),
             ("diagnose", check_diagnose),
             ("pools", check_pools),
             ("bind", check_bind),
             ("hotplug", check_hotplug),
-            ("tier", check_tier),
         ];
+        if m.tier {
+            checks.push(("tier", check_tier));
+        }
         // Run every check and report all failures together: one broken part must not hide
         // the state of the others.
         for (name, check) in checks {

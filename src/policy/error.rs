@@ -95,6 +95,28 @@ impl PolicyError {
     }
 }
 
+/// Skip the calling unit test for `reason`: a failure under CI=true; else said on stderr
+/// and logged to `NUMA_CACHE_SKIP_LOG` like the integration tests' `support::skip`.
+#[cfg(test)]
+pub(crate) fn test_skip(reason: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "{reason}; under CI=true no test may skip");
+    eprintln!("SKIP: {reason}");
+    if let Some(path) = std::env::var_os("NUMA_CACHE_SKIP_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown test")
+            .to_string();
+        let _ = writeln!(f, "numa_cache (unit): {test}\t{reason}");
+    }
+}
+
 /// Render ids as a compact list such as `0-3,8`.
 pub fn id_list(ids: &[u32]) -> String {
     let mut sorted = ids.to_vec();
