@@ -571,35 +571,39 @@ fn tier(dir: &str) -> Res<Value> {
     let migrated0 = vmstat("numa_pages_migrated")?;
     let hint0 = vmstat("numa_hint_faults")?;
     let started = Instant::now();
-    let mut rounds = 0u64;
-    let mut reads_ok = 0u64;
-    while started.elapsed() < Duration::from_secs(6) || rounds < 3 {
-        rounds += 1;
-        // Every node's values from a thread pinned on another CPU node.
-        let handles: Vec<_> = cpu_nodes
-            .iter()
-            .map(|&reader| {
-                let cpus = cpus_of(&t, reader);
-                let targets: Vec<u32> =
-                    mem_nodes.iter().copied().filter(|&n| n != reader).collect();
-                let (cache, values) = (Arc::clone(&cache), Arc::clone(&values));
-                std::thread::spawn(move || -> Result<u64, String> {
-                    policy::set_affinity(0, &cpus).map_err(|e| e.to_string())?;
-                    let mut ok = 0;
-                    for n in targets {
+    // One reader per CPU node, pinned there for its whole life (so its own heap stays on its
+    // node), reading every other node's values round after round for 6 s (3 rounds at
+    // least).
+    let handles: Vec<_> = cpu_nodes
+        .iter()
+        .map(|&reader| {
+            let cpus = cpus_of(&t, reader);
+            let targets: Vec<u32> = mem_nodes.iter().copied().filter(|&n| n != reader).collect();
+            let (cache, values) = (Arc::clone(&cache), Arc::clone(&values));
+            std::thread::spawn(move || -> Result<(u64, u64, u64), String> {
+                policy::set_affinity(0, &cpus).map_err(|e| e.to_string())?;
+                let (mut rounds, mut ok) = (0u64, 0u64);
+                while started.elapsed() < Duration::from_secs(6) || rounds < 3 {
+                    rounds += 1;
+                    for &n in &targets {
                         ok += read_node(&cache, "tier", &values, n).map_err(|e| e.to_string())?;
                     }
-                    Ok(ok)
-                })
+                }
+                Ok((rounds, ok, rounds * TIER_VALUES * targets.len() as u64))
             })
-            .collect();
-        for h in handles {
-            reads_ok += h.join().map_err(|_| "reader panicked")??;
-        }
+        })
+        .collect();
+    let (mut rounds, mut reads_ok, mut reads_expected) = (Vec::new(), 0u64, 0u64);
+    for h in handles {
+        let (r, ok, expected) = h.join().map_err(|_| "reader panicked")??;
+        rounds.push(r);
+        reads_ok += ok;
+        reads_expected += expected;
     }
     // And once from this unpinned thread.
     for &n in &mem_nodes {
         reads_ok += read_node(&cache, "tier", &values, n)?;
+        reads_expected += TIER_VALUES;
     }
     let anon_read = per_node(&mem_nodes, "AnonPages")?;
     let migrated = vmstat("numa_pages_migrated")? - migrated0;
@@ -618,9 +622,7 @@ fn tier(dir: &str) -> Res<Value> {
         "tier_prefer_pages_after_reads": maps_read,
         "read_rounds": rounds,
         "reads_ok": reads_ok,
-        "reads_expected": TIER_VALUES
-            * (rounds * cpu_nodes.len() as u64 * (mem_nodes.len() as u64 - 1)
-                + mem_nodes.len() as u64),
+        "reads_expected": reads_expected,
         "numa_pages_migrated_during_reads": migrated,
         "numa_hint_faults_during_reads": hint_faults,
         "read_ms": started.elapsed().as_millis() as u64,

@@ -623,7 +623,12 @@ fn check_hotplug_json(m: &LabMachine, h: &Value) {
         m.name
     );
     let affinities = h["pool_affinity_after"].as_array().expect("affinity");
-    assert!(!affinities.is_empty(), "{}: no pool threads: {h}", m.name);
+    // A node that lost its only CPU has no threads of its own (another pool serves it).
+    assert!(
+        !affinities.is_empty() || ids(&h["node_cpus_after"]).is_empty(),
+        "{}: no pool threads on a node with CPUs left: {h}",
+        m.name
+    );
     for a in affinities {
         assert!(
             !ids(a).contains(&cpu),
@@ -716,8 +721,9 @@ fn check_tier_json(m: &LabMachine, t: &Value) {
                 .map(|o| o.values().filter_map(Value::as_u64).sum::<u64>() as f64)
                 .unwrap_or(0.0);
             let on = per[n.to_string()].as_u64().unwrap_or(0) as f64;
+            // The nodes have room: nothing of the tier may be elsewhere.
             assert!(
-                total >= 0.9 * pages && on >= 0.9 * total,
+                total >= 0.9 * pages && on >= 0.99 * total,
                 "{}: {key}: numa_maps shows {on} of {total} pages of node {n}'s tier mappings on node {n} (tier: {pages} pages): {}",
                 m.name,
                 t[key]
@@ -727,17 +733,19 @@ fn check_tier_json(m: &LabMachine, t: &Value) {
     let expected = num(&t["reads_expected"], "reads_expected");
     assert!(expected > 0, "{}: {t}", m.name);
     assert_eq!(num(&t["reads_ok"], "reads_ok"), expected, "{}", m.name);
-    // The kernel's own count of NUMA-balancing migrations while the readers ran: the heap
-    // tier of issue 13 moved about one page in three of what was read.
+    // The kernel's own count of NUMA-balancing migrations while the readers ran, for the
+    // whole VM: the heap tier moved 8,709 pages (1.4 nodes' worth of tier) in this
+    // section; the node-bound tier none of its own (numa_maps above), leaving only other
+    // memory (a reader's heap, first touched elsewhere), seen up to 1,024 pages.
     let migrated = num(
         &t["numa_pages_migrated_during_reads"],
         "numa_pages_migrated",
     );
     assert!(
-        (migrated as f64) < 0.05 * pages,
+        (migrated as f64) < 0.25 * pages,
         "{}: the kernel migrated {migrated} pages while other nodes read the tier (limit {:.0})",
         m.name,
-        0.05 * pages
+        0.25 * pages
     );
 }
 
