@@ -634,7 +634,7 @@ fn contract_members() -> std::collections::BTreeMap<String, std::collections::BT
                     // A property: "`Name` type".
                     let after = text.split(&format!("`{span}`")).nth(1).unwrap_or("");
                     let ty = after.split_whitespace().next().unwrap_or("");
-                    let ty = ty.trim_end_matches([',', ';', ':']);
+                    let ty = ty.trim_end_matches([',', ';', ':', '.']);
                     if !ty.is_empty() && ty.chars().all(|c| "ybnqiuxtdhsogav{}()".contains(c)) {
                         members.insert(format!("property {span} {ty}"));
                     }
