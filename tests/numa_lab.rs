@@ -483,7 +483,11 @@ fn check_diagnose_json(m: &LabMachine, d: &Value) {
 }
 
 fn check_pools(m: &LabMachine, s: &Sections) {
-    check_pools_json(m, section(s, "pools"))
+    let v = LAB_KERNEL
+        .get()
+        .and_then(|k| kernel_version(k))
+        .expect("the lab kernel's version from its file name");
+    check_pools_json(m, section(s, "pools"), v)
 }
 
 /// The kernel version in the vmlinuz file name (`vmlinuz-6.1.0-56-amd64` -> (6, 1)).
@@ -493,13 +497,9 @@ fn kernel_version(kernel: &Path) -> Option<(u32, u32)> {
     Some((it.next()??, it.next()??))
 }
 
-fn check_pools_json(m: &LabMachine, p: &Value) {
+fn check_pools_json(m: &LabMachine, p: &Value, v: (u32, u32)) {
     // Mode detection must agree with the kernel's version: MPOL_PREFERRED_MANY came in 5.15,
     // MPOL_WEIGHTED_INTERLEAVE in 6.9.
-    let v = LAB_KERNEL
-        .get()
-        .and_then(|k| kernel_version(k))
-        .expect("the lab kernel's version from its file name");
     {
         let modes = &p["modes"];
         assert_eq!(
@@ -736,16 +736,17 @@ fn check_tier_json(m: &LabMachine, t: &Value) {
     // The kernel's own count of NUMA-balancing migrations while the readers ran, for the
     // whole VM: the heap tier moved 8,709 pages (1.4 nodes' worth of tier) in this
     // section; the node-bound tier none of its own (numa_maps above), leaving only other
-    // memory (a reader's heap, first touched elsewhere), seen up to 1,024 pages.
+    // memory (a reader's malloc arena first touched by another thread, moved once), seen
+    // at 1 and 1,050 pages. Half a node's tier is the bound.
     let migrated = num(
         &t["numa_pages_migrated_during_reads"],
         "numa_pages_migrated",
     );
     assert!(
-        (migrated as f64) < 0.25 * pages,
+        (migrated as f64) < 0.5 * pages,
         "{}: the kernel migrated {migrated} pages while other nodes read the tier (limit {:.0})",
         m.name,
-        0.25 * pages
+        0.5 * pages
     );
 }
 
@@ -814,4 +815,97 @@ fn numa_lab_multi_node_vms() {
         cache_dir().display(),
         failures.join("\n")
     );
+}
+
+/// The checks themselves can fail: on a section that exited non-zero, and on JSON that is
+/// right except for one missing field (where `Null == Null` or `None < Some` used to pass).
+#[test]
+fn the_checks_fail_on_a_failed_section_or_a_missing_field() {
+    use serde_json::json;
+    let m = &machines()[0];
+    let fails = |what: &str, f: &dyn Fn()| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        assert!(r.is_err(), "{what} passed");
+    };
+    let s = sections(
+        "x\n@@BEGIN pools\n{\"a\": 1}\n@@END pools rc=1\n@@BEGIN bind\n{\"b\": 2}\n@@END bind rc=0\n",
+    );
+    fails("a section with rc=1", &|| {
+        section(&s, "pools");
+    });
+    assert_eq!(section(&s, "bind")["b"], 2);
+    fails("a missing section", &|| {
+        section(&s, "hotplug");
+    });
+
+    // pools: all right but for node 1's page counts.
+    let pool = |cpus: &[u32]| json!({ "affinity": [cpus, cpus], "cpus_seen": cpus });
+    let mut p = json!({
+        "modes": { "preferred_many": true, "weighted_interleave": false },
+        "pools": { "0": pool(&[0, 1]), "1": pool(&[2, 3]) },
+        "pages": { "0": { "pages": 32, "on_node": 32 }, "1": { "pages": 32, "on_node": 32 } },
+    });
+    check_pools_json(m, &p, (6, 1));
+    p["pages"]["1"] = json!({});
+    fails("pools without page counts", &|| {
+        check_pools_json(m, &p, (6, 1))
+    });
+
+    // bind: all right but for the report's page counts.
+    let mut b = json!({
+        "to_cpus": [2, 3],
+        "thread_affinity_after": [[2, 3], [2, 3], [2, 3]],
+        "report": { "threads_pinned": 3, "pages_on_node_before": 10, "pages_on_node_after": 1100 },
+        "buffer_pages": 1024, "buffer_on_from_before": 1024, "buffer_on_to_after": 1024,
+    });
+    check_bind_json(m, &b);
+    b["report"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pages_on_node_before");
+    fails("bind without pages_on_node_before", &|| {
+        check_bind_json(m, &b)
+    });
+
+    // hotplug: all right but for the generation before.
+    let mut h = json!({
+        "cpu": 3, "notified": true, "elapsed_ms": 500, "uevents_enabled": true, "uevents_seen": 2,
+        "generations": { "before": 1, "offline": 2, "online_again": 3 },
+        "node_cpus_after": [2], "pool_affinity_after": [[2]], "cpus_seen_after": [2],
+    });
+    check_hotplug_json(m, &h);
+    h["generations"].as_object_mut().unwrap().remove("before");
+    fails("hotplug without the generation before", &|| {
+        check_hotplug_json(m, &h)
+    });
+
+    // tier: all right but for the migration count.
+    let mib24 = 24u64 << 20;
+    let per_node = json!({ "0": mib24, "1": 0 });
+    let other = json!({ "0": 0, "1": mib24 });
+    let mut t = json!({
+        "numa_balancing": "1", "bytes_per_node": mib24, "values_per_node": 24, "nodes": [0, 1],
+        "page_cache": {
+            "0": { "values_read_back": 24, "file_pages_delta": per_node },
+            "1": { "values_read_back": 24, "file_pages_delta": other },
+        },
+        "tier_anon_delta_after_put": { "0": mib24, "1": mib24 },
+        "tier_anon_delta_after_reads": { "0": mib24, "1": mib24 },
+        "tier_prefer_pages_after_put": { "0": { "0": 6144 }, "1": { "1": 6144 } },
+        "tier_prefer_pages_after_reads": { "0": { "0": 6144 }, "1": { "1": 6144 } },
+        "reads_expected": 100, "reads_ok": 100, "numa_pages_migrated_during_reads": 0,
+    });
+    check_tier_json(m, &t);
+    t.as_object_mut()
+        .unwrap()
+        .remove("numa_pages_migrated_during_reads");
+    fails("tier without the migration count", &|| {
+        check_tier_json(m, &t)
+    });
+    // And the defect of issue 13: half of node 0's tier moved to node 1.
+    t["numa_pages_migrated_during_reads"] = json!(8709);
+    fails("tier with 8709 pages migrated", &|| check_tier_json(m, &t));
+    t["numa_pages_migrated_during_reads"] = json!(0);
+    t["tier_prefer_pages_after_reads"]["0"] = json!({ "0": 3000, "1": 3144 });
+    fails("tier pages on the wrong node", &|| check_tier_json(m, &t));
 }
