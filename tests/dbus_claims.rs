@@ -53,6 +53,14 @@ fn snapshots(bus: &Bus) -> String {
     .to_string()
 }
 
+/// polkit rules are global (/etc/polkit-1/rules.d): the test that installs one and the tests
+/// that expect the default answer run one at a time.
+static POLKIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn polkit_lock() -> std::sync::MutexGuard<'static, ()> {
+    POLKIT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn start() -> Option<(Bus, Daemon)> {
     if !dbus::prerequisites() {
         return None;
@@ -80,6 +88,7 @@ fn assert_polkit_denied(bus: &Bus, o: &Output, what: &str, action: &str) {
 
 #[test]
 fn polkit_denies_the_snapshot_methods_and_nothing_changes() {
+    let _polkit = polkit_lock();
     let Some((bus, mut daemon)) = start() else {
         return;
     };
@@ -134,6 +143,7 @@ fn polkit_denies_the_snapshot_methods_and_nothing_changes() {
 
 #[test]
 fn denied_strategy_and_stats_calls_change_nothing() {
+    let _polkit = polkit_lock();
     let Some((bus, _daemon)) = start() else {
         return;
     };
@@ -196,6 +206,7 @@ fn denied_strategy_and_stats_calls_change_nothing() {
 /// stays as it was.
 #[test]
 fn a_challenge_is_interactive_authorization_required() {
+    let _polkit = polkit_lock();
     let Some((bus, _daemon)) = start() else {
         return;
     };
