@@ -220,6 +220,7 @@ mod tests {
             max_bytes: Some("2G".into()),
             memory_bytes: Some("64M".into()),
             snapshots_keep: Some("3".into()),
+            sync_interval_ms: Some("250".into()),
             fs_root: None,
             gateway: Default::default(),
         };
@@ -230,6 +231,7 @@ mod tests {
         assert_eq!(c.max_bytes, 2 << 30);
         assert_eq!(c.memory_bytes, 64 << 20);
         assert_eq!(c.snapshots_keep, 3);
+        assert_eq!(c.sync_interval, std::time::Duration::from_millis(250));
         assert_eq!(parse_size("8GiB"), Some(8 << 30));
         assert_eq!(parse_size("12X"), None);
     }

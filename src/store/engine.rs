@@ -181,7 +181,7 @@ impl Cache {
             let share = tier_share(&config, placeable.len());
             shards
                 .keys()
-                .map(|&n| (n, Arc::new(MemTier::new(share))))
+                .map(|&n| (n, Arc::new(MemTier::on_node(n, share))))
                 .collect()
         } else {
             BTreeMap::new()
@@ -1013,7 +1013,10 @@ impl Cache {
             }
             if self.shared.cfg.memory_bytes > 0 {
                 tiers.entry(n).or_insert_with(|| {
-                    Arc::new(MemTier::new(tier_share(&self.shared.cfg, placeable.len())))
+                    Arc::new(MemTier::on_node(
+                        n,
+                        tier_share(&self.shared.cfg, placeable.len()),
+                    ))
                 });
             }
         }

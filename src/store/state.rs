@@ -81,13 +81,17 @@ impl Layout {
         job: impl FnOnce() -> R + Send + 'static,
     ) -> R {
         let serving = self.pools.serving_node(node);
+        // Inline only when this thread is on the node itself: a memory-only node is served
+        // by a CPU node's pool under a policy for the memory-only node, which the caller's
+        // thread does not have (the NUMA lab saw node 2's page cache land on node 0). So the
+        // pool gets the entry's own node, as `NodePools::run` asks.
         if self.strategy.strategy == Strategy::Disabled
             || self.placeable.len() <= 1 && self.shards.len() <= 1
-            || self.node_of_cpu(current_cpu()) == serving
+            || serving == node && self.node_of_cpu(current_cpu()) == node
         {
             job()
         } else {
-            self.pools.run(serving, job)
+            self.pools.run(node, job)
         }
     }
 }
