@@ -82,19 +82,25 @@ impl App {
         let caller = who.caller();
         let app = self.latency_handle();
         let node = blocking(move || {
-            let bytes = match value {
-                Value::Bytes(b) => b,
-                Value::Fd(fd) => memfd::read_sealed(fd, limit)?,
+            let node = match value {
+                Value::Bytes(bytes) => {
+                    if bytes.len() as u64 > limit {
+                        return Err(AppError::TooLarge(format!(
+                            "the value is {} bytes; the limit is {limit} bytes",
+                            bytes.len()
+                        )));
+                    }
+                    app.put
+                        .time(|| cache.put(&ns, &key, &bytes, &opts, &caller))?
+                }
+                // Streamed from the sealed descriptor to the shard: a put of N bytes never
+                // holds the value in memory whole.
+                Value::Fd(fd) => {
+                    let file = memfd::sealed_file(fd, limit)?;
+                    app.put
+                        .time(|| cache.put_file(&ns, &key, &file, &opts, &caller))?
+                }
             };
-            if bytes.len() as u64 > limit {
-                return Err(AppError::TooLarge(format!(
-                    "the value is {} bytes; the limit is {limit} bytes",
-                    bytes.len()
-                )));
-            }
-            let node = app
-                .put
-                .time(|| cache.put(&ns, &key, &bytes, &opts, &caller))?;
             Ok(node)
         })
         .await?;

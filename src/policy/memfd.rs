@@ -76,9 +76,9 @@ pub enum MemfdError {
     Create(io::Error),
 }
 
-/// Read the whole value from a caller's descriptor after checking that it is sealed and at
-/// most `limit` bytes.
-pub fn read_sealed(fd: OwnedFd, limit: u64) -> Result<Vec<u8>, MemfdError> {
+/// A caller's descriptor as a file, after checking that it is sealed (so its contents cannot
+/// change while it is read) and at most `limit` bytes. The caller streams it from there.
+pub fn sealed_file(fd: OwnedFd, limit: u64) -> Result<File, MemfdError> {
     let seals = seals_of(&fd).map_err(|e| MemfdError::NotSealed {
         detail: format!("it cannot carry seals: {e}"),
     })?;
@@ -92,6 +92,14 @@ pub fn read_sealed(fd: OwnedFd, limit: u64) -> Result<Vec<u8>, MemfdError> {
     if size > limit {
         return Err(MemfdError::TooLarge { size, limit });
     }
+    Ok(file)
+}
+
+/// Read the whole value from a caller's descriptor after checking that it is sealed and at
+/// most `limit` bytes.
+pub fn read_sealed(fd: OwnedFd, limit: u64) -> Result<Vec<u8>, MemfdError> {
+    let file = sealed_file(fd, limit)?;
+    let size = file.metadata().map_err(MemfdError::Unreadable)?.len();
     let len = usize::try_from(size).map_err(|_| MemfdError::TooLarge { size, limit })?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, 0)
