@@ -77,7 +77,7 @@ fn assert_polkit_denied(bus: &Bus, o: &Output, what: &str, action: &str) {
     assert!(!o.status.success(), "{what} succeeded: {t}");
     assert!(t.contains(DENIED), "{what}: {t}");
     assert!(
-        t.contains(action) && t.contains("polkit denied it"),
+        t.contains(action) && t.contains("polkit refused it"),
         "{what}: the daemon must say polkit denied {action}: {t}"
     );
     assert!(

@@ -438,7 +438,8 @@ impl Cache {
             .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
         let tier = layout.tiers.get(&node).cloned();
         let small = stored <= LARGE_RECORD;
-        let owned: Option<Vec<u8>> = tier.as_ref().filter(|_| small).map(|_| value.to_vec());
+        // Every value put whole goes to the tier (as a read would put it there), large ones too.
+        let owned: Option<Vec<u8>> = tier.as_ref().map(|_| value.to_vec());
         // The committer answers (and un-counts) every put that reaches its queue.
         self.shared.puts_in_flight.fetch_add(1, Relaxed);
         let idv = id.id;
