@@ -247,7 +247,14 @@ fn dbus_stats_http_stats_and_metrics_report_the_same_numbers() {
     }
     for key in ["k0", "k1", "k1", "absent"] {
         let _ = bus.busctl(&[
-            "call", NAME, ROOT, "org.opdbus.NumaCache.Cache", "Get", "ss", "agree", key,
+            "call",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.Cache",
+            "Get",
+            "ss",
+            "agree",
+            key,
         ]);
     }
     // Nothing runs between the three reads: they must agree to the last field.
@@ -265,10 +272,7 @@ fn dbus_stats_http_stats_and_metrics_report_the_same_numbers() {
     let http_json = gw.tcp("/api/v1/numa/cache/stats", &[]).json_ok();
     let metrics = gw.tcp("/metrics", &[]);
     assert_eq!(metrics.status, 200, "{metrics:?}");
-    assert_eq!(
-        dbus_json, http_json,
-        "D-Bus GetStats and HTTP stats differ"
-    );
+    assert_eq!(dbus_json, http_json, "D-Bus GetStats and HTTP stats differ");
     assert_eq!(dbus_json["totals"]["entries"], 4, "{dbus_json}");
     assert_eq!(dbus_json["totals"]["hits"], 3, "{dbus_json}");
     assert_eq!(dbus_json["totals"]["misses"], 1, "{dbus_json}");
@@ -298,7 +302,11 @@ fn dbus_stats_http_stats_and_metrics_report_the_same_numbers() {
     );
     let latency = &dbus_json["request_latency"];
     assert_eq!(
-        sample(&metrics.body, "numa_cache_request_duration_seconds_count", "get"),
+        sample(
+            &metrics.body,
+            "numa_cache_request_duration_seconds_count",
+            "get"
+        ),
         latency["get"]["count"].as_f64().expect("a count")
     );
     assert_eq!(latency["get"]["count"], 4, "{latency}");
