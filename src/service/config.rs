@@ -35,6 +35,10 @@ pub struct DaemonArgs {
     /// How many snapshots to keep.
     #[arg(long, env = "OPDBUS_CACHE_SNAPSHOTS_KEEP", value_name = "N")]
     pub snapshots_keep: Option<String>,
+    /// How often the engine makes acknowledged puts durable, in milliseconds (default 1000;
+    /// 0 syncs every put before replying). A Put with option `sync` is durable at once.
+    #[arg(long, env = "OPDBUS_CACHE_SYNC_INTERVAL_MS", value_name = "MS")]
+    pub sync_interval_ms: Option<String>,
     /// Read the topology from a captured or synthetic tree (DIR/sys, DIR/proc) instead of
     /// this machine, and watch it there (tests, demos of hotplug). Default: /.
     #[arg(long, value_name = "DIR")]
@@ -125,6 +129,21 @@ impl DaemonArgs {
                 allowed: "allowed values are a whole number (0 keeps none)".into(),
             })?;
         }
+        if let Some(v) = nonempty(&self.sync_interval_ms) {
+            let _sync_interval = v
+                .parse::<u64>()
+                .map(std::time::Duration::from_millis)
+                .map_err(|_| ConfigError {
+                    variable: "OPDBUS_CACHE_SYNC_INTERVAL_MS",
+                    flag: "sync-interval-ms",
+                    value: v.to_string(),
+                    allowed:
+                        "allowed values are a whole number of milliseconds (0 syncs every put)"
+                            .into(),
+                })?;
+            // TODO(store): `CacheConfig { sync_interval }` comes with the storage engine
+            // rewrite; set `cfg.sync_interval = _sync_interval` once main has it.
+        }
         cfg.strategy = strategy;
         Ok(cfg)
     }
@@ -190,6 +209,12 @@ mod tests {
             e.contains("OPDBUS_CACHE_MAX_BYTES") && e.contains("8G"),
             "{e}"
         );
+        let args = DaemonArgs {
+            sync_interval_ms: Some("-5".into()),
+            ..Default::default()
+        };
+        let e = args.resolve().unwrap_err().to_string();
+        assert!(e.contains("OPDBUS_CACHE_SYNC_INTERVAL_MS"), "{e}");
     }
 
     #[test]
@@ -202,6 +227,7 @@ mod tests {
             max_bytes: Some("2G".into()),
             memory_bytes: Some("64M".into()),
             snapshots_keep: Some("3".into()),
+            sync_interval_ms: Some("0".into()),
             fs_root: None,
             gateway: Default::default(),
         };
