@@ -67,19 +67,7 @@ fn a_second_daemon_on_the_same_state_directory_stops_before_touching_it() {
         "{out}"
     );
     assert!(first.alive());
-    let got = ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Get",
-            "ss",
-            "ns",
-            "k",
-        ]),
-        "Get",
-    );
+    let got = ok(&bus.busctl_get("ns", "k"), "Get");
     assert_eq!(got.trim(), "ay 3 97 98 99");
 }
 
@@ -95,19 +83,7 @@ fn sigterm_records_a_clean_stop_so_the_next_start_does_not_check_the_cache() {
     let before = daemon.log().len();
     assert_eq!(daemon.stop(), Some(0));
     let again = Daemon::start(&bus, &state, &[]);
-    let got = ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Get",
-            "ss",
-            "ns",
-            "k",
-        ]),
-        "Get after the restart",
-    );
+    let got = ok(&bus.busctl_get("ns", "k"), "Get after the restart");
     assert_eq!(got.trim(), "ay 3 97 98 99");
     let log = again.log();
     let second_run = &log[before..];
