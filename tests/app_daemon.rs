@@ -159,6 +159,29 @@ fn missing_snapshots_and_inverted_history_ranges_get_the_contract_errors() {
         "GetHistory 0 0",
     );
     assert!(rows.contains('['), "{rows}");
+    // Put option sync (b): accepted as a boolean, refused by name otherwise.
+    let put = |opt: &[&str]| {
+        let mut args = vec![
+            "call",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.Cache",
+            "Put",
+            "ssaya{sv}",
+            "ns",
+            "synced",
+            "1",
+            "9",
+            "1",
+            "sync",
+        ];
+        args.extend_from_slice(opt);
+        bus.busctl(&args)
+    };
+    ok(&put(&["b", "true"]), "Put with sync true");
+    let err = fails(&put(&["s", "yes"]), "Put with sync as a string");
+    assert!(err.contains("option sync must be a boolean"), "{err}");
+    assert_eq!(ok(&bus.busctl_get("ns", "synced"), "Get").trim(), "ay 1 9");
 }
 
 #[test]
