@@ -67,19 +67,7 @@ fn a_second_daemon_on_the_same_state_directory_stops_before_touching_it() {
         "{out}"
     );
     assert!(first.alive());
-    let got = ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Get",
-            "ss",
-            "ns",
-            "k",
-        ]),
-        "Get",
-    );
+    let got = ok(&bus.busctl_get("ns", "k"), "Get");
     assert_eq!(got.trim(), "ay 3 97 98 99");
 }
 
@@ -95,19 +83,7 @@ fn sigterm_records_a_clean_stop_so_the_next_start_does_not_check_the_cache() {
     let before = daemon.log().len();
     assert_eq!(daemon.stop(), Some(0));
     let again = Daemon::start(&bus, &state, &[]);
-    let got = ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Get",
-            "ss",
-            "ns",
-            "k",
-        ]),
-        "Get after the restart",
-    );
+    let got = ok(&bus.busctl_get("ns", "k"), "Get after the restart");
     assert_eq!(got.trim(), "ay 3 97 98 99");
     let log = again.log();
     let second_run = &log[before..];
@@ -183,6 +159,29 @@ fn missing_snapshots_and_inverted_history_ranges_get_the_contract_errors() {
         "GetHistory 0 0",
     );
     assert!(rows.contains('['), "{rows}");
+    // Put option sync (b): accepted as a boolean, refused by name otherwise.
+    let put = |opt: &[&str]| {
+        let mut args = vec![
+            "call",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.Cache",
+            "Put",
+            "ssaya{sv}",
+            "ns",
+            "synced",
+            "1",
+            "9",
+            "1",
+            "sync",
+        ];
+        args.extend_from_slice(opt);
+        bus.busctl(&args)
+    };
+    ok(&put(&["b", "true"]), "Put with sync true");
+    let err = fails(&put(&["s", "yes"]), "Put with sync as a string");
+    assert!(err.contains("option sync must be a boolean"), "{err}");
+    assert_eq!(ok(&bus.busctl_get("ns", "synced"), "Get").trim(), "ay 1 9");
 }
 
 #[test]
@@ -241,5 +240,68 @@ fn memory_free_bytes_is_read_when_asked() {
         read(),
         "t 2048000",
         "the value is read when asked, not frozen"
+    );
+}
+
+#[test]
+fn a_missing_privilege_over_another_process_is_access_denied_naming_pid_and_capability() {
+    if !(dbus::prerequisites() && support::require_tool("setpriv", "util-linux")) {
+        return;
+    }
+    let bus = Bus::start();
+    let log = bus.dir().join("unprivileged.log");
+    let logf = std::fs::File::create(&log).expect("log file");
+    // root, but without CAP_SYS_NICE: it may not move another user's process.
+    let mut daemon = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-sys_nice", "--bounding-set=-sys_nice", "--"])
+        .arg(env!("CARGO_BIN_EXE_numa-cached"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("OPDBUS_CACHE_DIR", bus.dir().join("state"))
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(logf.try_clone().expect("log"))
+        .stderr(logf)
+        .spawn()
+        .expect("setpriv numa-cached");
+    let mut victim = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .expect("a process of nobody");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !bus.has_owner(NAME) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "numa-cached did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = victim.id().to_string();
+    let out = bus.gdbus_call(
+        "org.opdbus.NumaCache.Strategy.BindProcess",
+        &[&pid, "0", "bind"],
+    );
+    let _ = victim.kill();
+    let _ = victim.wait();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let err = fails(&out, "BindProcess on nobody's process without CAP_SYS_NICE");
+    assert!(
+        err.contains("org.freedesktop.DBus.Error.AccessDenied")
+            && err.contains(&format!("process {pid}"))
+            && err.contains("CAP_SYS_NICE"),
+        "{err}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("org.opdbus.NumaCache.bind-process failed for uid=0")
+            && text.contains(&format!("process {pid}")),
+        "the refusal is logged:\n{text}"
     );
 }

@@ -182,16 +182,7 @@ fn gateway_of_a_running_daemon_over_curl() {
     // Data-plane calls over the bus are timed into the histograms /metrics shows.
     let put = bus.busctl_put("gwtest", "k1", &[1, 2, 3]);
     ok(&put, "Put");
-    let get = bus.busctl(&[
-        "call",
-        NAME,
-        ROOT,
-        "org.opdbus.NumaCache.Cache",
-        "Get",
-        "ss",
-        "gwtest",
-        "k1",
-    ]);
+    let get = bus.busctl_get("gwtest", "k1");
     assert!(ok(&get, "Get").contains("ay 3 1 2 3"));
     let m = gw.tcp("/metrics", &[]);
     assert_eq!(m.status, 200, "{m:?}");
@@ -246,9 +237,7 @@ fn dbus_stats_http_stats_and_metrics_report_the_same_numbers() {
         ok(&bus.busctl_put("agree", &format!("k{i}"), &[i; 100]), "Put");
     }
     for key in ["k0", "k1", "k1", "absent"] {
-        let _ = bus.busctl(&[
-            "call", NAME, ROOT, "org.opdbus.NumaCache.Cache", "Get", "ss", "agree", key,
-        ]);
+        let _ = bus.busctl_get("agree", key);
     }
     // Nothing runs between the three reads: they must agree to the last field.
     let dbus_json = dbus::busctl_json_string(&ok(
@@ -265,10 +254,7 @@ fn dbus_stats_http_stats_and_metrics_report_the_same_numbers() {
     let http_json = gw.tcp("/api/v1/numa/cache/stats", &[]).json_ok();
     let metrics = gw.tcp("/metrics", &[]);
     assert_eq!(metrics.status, 200, "{metrics:?}");
-    assert_eq!(
-        dbus_json, http_json,
-        "D-Bus GetStats and HTTP stats differ"
-    );
+    assert_eq!(dbus_json, http_json, "D-Bus GetStats and HTTP stats differ");
     assert_eq!(dbus_json["totals"]["entries"], 4, "{dbus_json}");
     assert_eq!(dbus_json["totals"]["hits"], 3, "{dbus_json}");
     assert_eq!(dbus_json["totals"]["misses"], 1, "{dbus_json}");
@@ -298,7 +284,11 @@ fn dbus_stats_http_stats_and_metrics_report_the_same_numbers() {
     );
     let latency = &dbus_json["request_latency"];
     assert_eq!(
-        sample(&metrics.body, "numa_cache_request_duration_seconds_count", "get"),
+        sample(
+            &metrics.body,
+            "numa_cache_request_duration_seconds_count",
+            "get"
+        ),
         latency["get"]["count"].as_f64().expect("a count")
     );
     assert_eq!(latency["get"]["count"], 4, "{latency}");

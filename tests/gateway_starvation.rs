@@ -7,7 +7,7 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, GatewayDaemon, NAME, ROOT, ok};
+use dbus::{Bus, GatewayDaemon, ok};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -96,16 +96,7 @@ fn idle_connections_of_a_local_user_do_not_starve_put_and_get() {
         );
     }
     let got = ok(
-        &bus.busctl(&[
-            "call",
-            NAME,
-            ROOT,
-            "org.opdbus.NumaCache.Cache",
-            "Get",
-            "ss",
-            "starve",
-            "k4",
-        ]),
+        &bus.busctl_get("starve", "k4"),
         "Get while idle connections are held",
     );
     assert!(got.starts_with("ay 4096 7 7"), "{got}");

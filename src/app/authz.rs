@@ -5,6 +5,7 @@
 //! audit line (who, what, result).
 
 use crate::app::error::{AppError, AppResult, Refusal};
+use numa_cache_client::names::action;
 use std::collections::HashMap;
 use std::time::Duration;
 use zbus::{Connection, Variant};
@@ -26,10 +27,10 @@ impl Action {
     /// The polkit action id.
     pub fn id(self) -> &'static str {
         match self {
-            Action::SetStrategy => "org.opdbus.NumaCache.set-strategy",
-            Action::Optimize => "org.opdbus.NumaCache.optimize",
-            Action::ManageCache => "org.opdbus.NumaCache.manage-cache",
-            Action::BindProcess => "org.opdbus.NumaCache.bind-process",
+            Action::SetStrategy => action::SET_STRATEGY,
+            Action::Optimize => action::OPTIMIZE,
+            Action::ManageCache => action::MANAGE_CACHE,
+            Action::BindProcess => action::BIND_PROCESS,
         }
     }
 }

@@ -110,8 +110,10 @@ impl From<crate::store::StatsTotals> for Totals {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReport {
     /// Per node, keyed by node id (numeric order).
+    #[serde(default)]
     pub node_distribution: BTreeMap<u32, NodeRow>,
     /// Local against remote reads.
+    #[serde(default)]
     pub numa_benefits: Benefits,
     /// Totals.
     #[serde(default)]

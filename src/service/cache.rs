@@ -86,9 +86,10 @@ fn int_of(v: &OwnedVariant) -> Option<i128> {
 
 #[interface(name = "org.opdbus.NumaCache.Cache")]
 impl CacheIface {
-    /// Store value under (namespace, key); options ttl_seconds (t) and node (i, explicit
-    /// placement). Returns the node the entry was placed on. A namespace belongs to the uid
-    /// that first wrote to it; other non-root callers get AccessDenied.
+    /// Store value under (namespace, key); options ttl_seconds (t), node (i, explicit
+    /// placement) and sync (b, durable before the reply). Returns the node the entry was
+    /// placed on. A namespace belongs to the uid that first wrote to it; other non-root
+    /// callers get AccessDenied.
     #[zbus(out_args("node"))]
     async fn put(
         &self,

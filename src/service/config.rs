@@ -208,6 +208,12 @@ mod tests {
             e.contains("OPDBUS_CACHE_MAX_BYTES") && e.contains("8G"),
             "{e}"
         );
+        let args = DaemonArgs {
+            sync_interval_ms: Some("-5".into()),
+            ..Default::default()
+        };
+        let e = args.resolve().unwrap_err().to_string();
+        assert!(e.contains("OPDBUS_CACHE_SYNC_INTERVAL_MS"), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::service::node::NodeIface;
 use crate::service::stats::StatsIface;
 use crate::service::strategy::{StrategyIface, announce_strategy};
 use crate::service::topology::TopologyIface;
-use crate::service::{BUS_NAME, ROOT_PATH, Service, emit_properties, node_path, notify};
+use crate::service::{BUS_NAME, ROOT_PATH, Service, emit_properties, iface, node_path, notify};
 use crate::store::Cache;
 use crate::topology::watcher::TopologyWatcher;
 use futures_util::StreamExt;
@@ -335,13 +335,7 @@ async fn emit_topology_changed(svc: &Service, generation: u64, ids: Vec<u32>) ->
         ),
         ("Generation", Variant::from(generation)),
     ]);
-    emit_properties(
-        &svc.conn,
-        ROOT_PATH,
-        "org.opdbus.NumaCache.Topology",
-        changed,
-    )
-    .await?;
+    emit_properties(&svc.conn, ROOT_PATH, iface::TOPOLOGY, changed).await?;
     let emitter = zbus::object_server::SignalEmitter::new(&svc.conn, ROOT_PATH)?;
     TopologyIface::topology_changed(&emitter, generation, ids).await?;
     for n in t.nodes.iter() {
@@ -354,13 +348,7 @@ async fn emit_topology_changed(svc: &Service, generation: u64, ids: Vec<u32>) ->
             ("MemoryTotalBytes", Variant::from(hw.memory_total_bytes)),
             ("Distances", Variant::from(distances)),
         ]);
-        emit_properties(
-            &svc.conn,
-            &node_path(n.node_id),
-            "org.opdbus.NumaCache.Node",
-            changed,
-        )
-        .await?;
+        emit_properties(&svc.conn, &node_path(n.node_id), iface::NODE, changed).await?;
     }
     Ok(())
 }
@@ -400,13 +388,7 @@ async fn publish_stats(svc: Arc<Service>) {
         diff!(evictions, "Evictions");
         diff!(local_hit_ratio, "LocalHitRatio");
         if !changed.is_empty() {
-            let _ = emit_properties(
-                &svc.conn,
-                ROOT_PATH,
-                "org.opdbus.NumaCache.CacheStats",
-                changed,
-            )
-            .await;
+            let _ = emit_properties(&svc.conn, ROOT_PATH, iface::CACHE_STATS, changed).await;
         }
         last_totals = totals;
 
@@ -429,13 +411,7 @@ async fn publish_stats(svc: Arc<Service>) {
             if before.hit_rate != figures.hit_rate {
                 c.insert("HitRate", Variant::from(figures.hit_rate));
             }
-            let _ = emit_properties(
-                &svc.conn,
-                &node_path(n.node_id),
-                "org.opdbus.NumaCache.Node",
-                c,
-            )
-            .await;
+            let _ = emit_properties(&svc.conn, &node_path(n.node_id), iface::NODE, c).await;
         }
         // Coalesce: whatever happens in the next period is sent in one go after it.
         tokio::time::sleep(STATS_PERIOD).await;

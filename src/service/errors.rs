@@ -2,11 +2,12 @@
 //! an exhaustive match, to the names of the public contract.
 
 use crate::app::{AppError, Refusal};
+use numa_cache_client::names::error;
 use zbus::message::{Header, Message};
 use zbus::names::ErrorName;
 
 /// The prefix of our own error names.
-pub const ERROR_PREFIX: &str = "org.opdbus.NumaCache.Error";
+pub use numa_cache_client::names::ERROR_PREFIX;
 
 /// An error returned to a D-Bus caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -17,12 +18,12 @@ impl ServiceError {
     /// The D-Bus error name of this error.
     pub fn dbus_name(&self) -> &'static str {
         match &self.0 {
-            AppError::NotFound(_) => "org.opdbus.NumaCache.Error.NotFound",
-            AppError::InvalidArgument(..) => "org.opdbus.NumaCache.Error.InvalidArgument",
-            AppError::TooLarge(_) => "org.opdbus.NumaCache.Error.TooLarge",
-            AppError::NoSpace(_) => "org.opdbus.NumaCache.Error.NoSpace",
-            AppError::Corrupted(_) => "org.opdbus.NumaCache.Error.Corrupted",
-            AppError::Unavailable(_) => "org.opdbus.NumaCache.Error.Unavailable",
+            AppError::NotFound(_) => error::NOT_FOUND,
+            AppError::InvalidArgument(..) => error::INVALID_ARGUMENT,
+            AppError::TooLarge(_) => error::TOO_LARGE,
+            AppError::NoSpace(_) => error::NO_SPACE,
+            AppError::Corrupted(_) => error::CORRUPTED,
+            AppError::Unavailable(_) => error::UNAVAILABLE,
             AppError::AccessDenied(
                 Refusal::NotAuthorized
                 | Refusal::NoCredentials
@@ -30,10 +31,8 @@ impl ServiceError {
                 | Refusal::NotOwner
                 | Refusal::MissingPrivilege,
                 _,
-            ) => "org.freedesktop.DBus.Error.AccessDenied",
-            AppError::AuthenticationRequired(_) => {
-                "org.freedesktop.DBus.Error.InteractiveAuthorizationRequired"
-            }
+            ) => error::ACCESS_DENIED,
+            AppError::AuthenticationRequired(_) => error::INTERACTIVE_AUTHORIZATION_REQUIRED,
         }
     }
 

@@ -51,9 +51,10 @@ mod tests {
     fn info_is_informational_and_the_rest_keeps_its_rank() {
         let p = priorities();
         assert_eq!(p.info, Priority::Informational);
-        assert_eq!(p.info as u8, 6);
-        assert_eq!(p.warn as u8, 4);
-        assert_eq!(p.error as u8, 3);
-        assert_eq!(p.debug as u8, 7);
+        // The journal protocol's PRIORITY digit, as sent.
+        assert_eq!(p.info as u8, b'6');
+        assert_eq!(p.warn as u8, b'4');
+        assert_eq!(p.error as u8, b'3');
+        assert_eq!(p.debug as u8, b'7');
     }
 }

@@ -23,15 +23,9 @@ use std::sync::Arc;
 use zbus::Connection;
 use zbus::message::Header;
 
-/// The well-known bus name.
-pub const BUS_NAME: &str = "org.opdbus.NumaCache";
-/// The root object: Topology, Strategy, CacheStats, Cache and the ObjectManager.
-pub const ROOT_PATH: &str = "/org/opdbus/NumaCache";
-
-/// The object path of node `id`'s child object.
-pub fn node_path(id: u32) -> String {
-    format!("{ROOT_PATH}/node{id}")
-}
+/// The bus name, root path and node paths of the contract, shared with every client
+/// (`numa_cache_client::names`).
+pub use numa_cache_client::names::{BUS_NAME, ROOT_PATH, iface, node_path};
 
 /// What every interface shares: the application, the bus connection, and the credentials of
 /// callers by unique name.

@@ -20,7 +20,7 @@ pub struct StrategyIface {
 /// An a{sv} reply.
 pub type Reply = HashMap<String, Variant<'static>>;
 
-const STRATEGY_IFACE: &str = "org.opdbus.NumaCache.Strategy";
+const STRATEGY_IFACE: &str = crate::service::iface::STRATEGY;
 
 impl StrategyIface {
     /// Serve the strategy of `svc`.

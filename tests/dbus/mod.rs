@@ -697,3 +697,19 @@ pub fn start_expecting_exit(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+impl Bus {
+    /// `busctl call ... Cache Get` of (namespace, key), as root.
+    pub fn busctl_get(&self, namespace: &str, key: &str) -> Output {
+        self.busctl(&[
+            "call",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.Cache",
+            "Get",
+            "ss",
+            namespace,
+            key,
+        ])
+    }
+}
