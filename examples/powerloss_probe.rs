@@ -69,11 +69,13 @@ fn open(dir: &str) -> Cache {
     })
 }
 
+/// Latest acknowledged (version, ms since start) per (mode, key) since the last print.
+type Acks = Arc<Mutex<BTreeMap<(char, String), (u64, u128)>>>;
+
 fn write(dir: &str, ns: &str, secs: u64) {
     let cache = Arc::new(open(dir));
     let t0 = Instant::now();
-    // Latest acknowledged (version, ms) per (mode, key) since the last print.
-    let acks: Arc<Mutex<BTreeMap<(char, String), (u64, u128)>>> = Arc::default();
+    let acks: Acks = Arc::default();
     for t in 0..THREADS {
         let (cache, acks, ns) = (cache.clone(), acks.clone(), ns.to_string());
         std::thread::spawn(move || {

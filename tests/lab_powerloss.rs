@@ -7,6 +7,7 @@
 //! - every default put acknowledged at least the sync interval (1 s) plus a flush's time
 //!   before the cut is there;
 //! - no value read back is corrupted or torn (nor an error other than a miss).
+//!
 //! What the lab cannot show: a drive's volatile write cache losing data it was told to flush
 //! (QEMU's disk keeps everything that reached it), so fdatasync ordering is proven against
 //! the guest kernel's page cache, the layer that loses data here.
