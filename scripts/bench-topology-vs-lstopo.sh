@@ -106,5 +106,5 @@ echo "process start floor (true): wall $(field "$out/floor.json" 0 median) ms, c
 echo "wall: medians, cpu: mean user+system, of hyperfine -N --warmup 5 (JSON in $out/); ratio = lstopo / numacachectl"
 echo "numacachectl ($bin): $(stat -c %s "$bin") bytes ($(du -h "$bin" | cut -f1)), $(size "$bin" 2>/dev/null | awk 'NR == 2 { printf "text %s, data %s, bss %s", $1, $2, $3 }')"
 echo "links:"
-ldd "$bin" 2>&1 | sed 's/^/  /'
+{ ldd "$bin" 2>&1 || true; } | sed 's/^/  /'
 file -b "$bin" | sed 's/^/  /'
