@@ -480,3 +480,54 @@ fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
     );
     assert!(out.contains("4 114 111 111 116"), "{out}");
 }
+
+/// Build `examples/upstream_components.rs` (a no-op inside a full `cargo test`, which has
+/// built it) and return its path next to this test binary's profile directory.
+fn upstream_example() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--example", "upstream_components"])
+        .status()
+        .expect("running cargo build --example upstream_components");
+    assert!(status.success(), "building the example failed");
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    profile.join("examples/upstream_components")
+}
+
+#[test]
+fn the_upstream_example_runs_unchanged_code_against_the_daemon() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let example = upstream_example();
+    let run = || {
+        let out = std::process::Command::new(&example)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .output()
+            .expect("running the example");
+        dbus::ok(&out, "examples/upstream_components")
+    };
+    let first = run();
+    for want in [
+        "computed 2 embeddings for 3 requests",
+        "pass 1: 0 of 3 steps from the cache",
+        "pass 2: 3 of 3 steps from the cache",
+        "pass 2 step 1: step 1 done with CONFIGURE",
+        "invalidated 3 steps of deploy-42",
+    ] {
+        assert!(first.contains(want), "{want:?} missing from:\n{first}");
+    }
+    // A second run finds the embeddings the first one stored (nothing computed), and the
+    // invalidated workstack empty again.
+    let second = run();
+    for want in [
+        "computed 0 embeddings for 3 requests",
+        "pass 1: 0 of 3 steps from the cache",
+    ] {
+        assert!(second.contains(want), "{want:?} missing from:\n{second}");
+    }
+}

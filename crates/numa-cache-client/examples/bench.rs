@@ -1,0 +1,81 @@
+//! Round trips through the client crate against a running numa-cached, each against the
+//! same-run baseline `org.freedesktop.DBus.Peer.Ping` on the same connection: `Get` and
+//! `Put` of 4 KiB (async client), `Get` through the blocking facade (its thread hop), and
+//! the upstream `EmbeddingCache::get_embedding` of a 384-dimension vector.
+//!
+//! `cargo run --release -p numa-cache-client --example bench -- [CALLS] [ROUNDS]`, with
+//! DBUS_SYSTEM_BUS_ADDRESS pointing at the daemon's bus (scripts/bench-client.sh sets up a
+//! private bus and daemon and runs this). Rounds alternate the operations, so load changes
+//! on a shared machine hit every operation alike.
+
+use numa_cache_client::upstream::EmbeddingCache;
+use numa_cache_client::{Client, Error, blocking};
+use std::time::{Duration, Instant};
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    let mut args = std::env::args().skip(1);
+    let calls: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let c = Client::system().await?;
+    let b = blocking::Client::system()?;
+    let emb = EmbeddingCache::with_client(b.clone()).with_namespace("bench-embeddings");
+    let value = vec![0x5au8; 4096];
+    c.put("bench-client", "k", &value).await?;
+    let vector: Vec<f32> = (0..384).map(|i| i as f32 / 384.0).collect();
+    emb.put_embedding("the text", &vector)?;
+
+    let names = [
+        "ping",
+        "get 4 KiB",
+        "put 4 KiB",
+        "blocking get 4 KiB",
+        "get_embedding 384",
+    ];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(calls * rounds); names.len()];
+    for _ in 0..rounds {
+        for (i, s) in samples.iter_mut().enumerate() {
+            for n in 0..calls {
+                let t = Instant::now();
+                match i {
+                    0 => c.ping().await?,
+                    1 => {
+                        let v = c.get("bench-client", "k").await?;
+                        assert_eq!(v.map(|v| v.len()), Some(4096));
+                    }
+                    2 => {
+                        c.put("bench-client", &format!("p{}", n % 64), &value)
+                            .await?;
+                    }
+                    3 => {
+                        let v = b.get("bench-client", "k")?;
+                        assert_eq!(v.map(|v| v.len()), Some(4096));
+                    }
+                    _ => {
+                        let v = emb.get_embedding("the text")?;
+                        assert_eq!(v.as_ref().map(Vec::len), Some(384));
+                    }
+                }
+                s.push(t.elapsed());
+            }
+        }
+    }
+    let ping = median(&mut samples[0]);
+    println!(
+        "{calls} calls x {rounds} rounds per operation, median round trip, one connection each:"
+    );
+    for (name, s) in names.iter().zip(samples.iter_mut()) {
+        let m = median(s);
+        println!(
+            "  {name:<22} {:>8.1} µs   {:>5.2}x ping",
+            m.as_secs_f64() * 1e6,
+            m.as_secs_f64() / ping.as_secs_f64()
+        );
+    }
+    Ok(())
+}
