@@ -56,7 +56,8 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     let fs_root = args.fs_root.clone().unwrap_or_else(|| "/".into());
     let watcher = Arc::new(TopologyWatcher::start(fs_root, RESCAN_INTERVAL));
     let topology = watcher.current();
-    if !topology.numa_available || topology.nodes.len() < 2 {
+    // Said once: when the topology carries its own warning (NUMA missing), that line is it.
+    if (!topology.numa_available || topology.nodes.len() < 2) && topology.warnings.is_empty() {
         tracing::info!(
             nodes = topology.nodes.len(),
             "no usable NUMA topology here: the cache works without NUMA placement"
