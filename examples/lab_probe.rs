@@ -514,6 +514,12 @@ fn tier(dir: &str) -> Res<Value> {
             format!("{dir} is not btrfs: the page-cache check needs a real filesystem").into(),
         );
     }
+    // Every 1 MiB read-back buffer its own mapping, touched only by its reader and unmapped
+    // after: glibc's dynamic threshold would otherwise serve them from malloc arenas that
+    // other threads on other nodes touched first, and NUMA balancing then moves those
+    // (unrelated to the tier, but counted in AnonPages and numa_pages_migrated).
+    // SAFETY: mallopt only changes a malloc tunable.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) };
     // Debian's default; the defect of issue 13 shows only with it on.
     std::fs::write("/proc/sys/kernel/numa_balancing", "1")?;
     let balancing = std::fs::read_to_string("/proc/sys/kernel/numa_balancing")?

@@ -974,3 +974,64 @@ fn put_fd(address: &str, file: &std::fs::File) -> String {
         }
     })
 }
+
+/// GetHistory returns the `numa_cache_stats` rows in its range, and only those: rows are
+/// written into the daemon's index while it is stopped (the daemon writes its own once a
+/// minute, too slow to wait for), then asked for by range.
+#[test]
+fn get_history_returns_the_rows_in_its_range() {
+    let Some((bus, daemon)) = start() else {
+        return;
+    };
+    let state = daemon.state.clone();
+    assert_eq!(daemon.stop(), Some(0));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    {
+        let conn = rusqlite::Connection::open(state.join("index.db")).unwrap();
+        for (age, entries) in [(3000u64, 11i64), (2000, 22), (1000, 33)] {
+            conn.execute(
+                "INSERT INTO numa_cache_stats (node_id, timestamp, cache_entries, memory_usage_mb, hit_rate, unix_time,
+                 logical_bytes, stored_bytes, memory_tier_bytes, hits, misses)
+                 VALUES (0, ?1, ?2, 1, 0.5, ?3, 100, 50, 1048576, 7, 3)",
+                rusqlite::params![format!("row-{age}"), entries, (now - age) as i64],
+            )
+            .unwrap();
+        }
+    }
+    let _daemon = Daemon::start(&bus, &state, &[]);
+    let history = |since: u64, until: u64| -> Vec<serde_json::Value> {
+        let v = busctl_json_string(&call(
+            &bus,
+            STATS,
+            "GetHistory",
+            &["tt", &since.to_string(), &until.to_string()],
+        ));
+        v.as_array()
+            .unwrap_or_else(|| panic!("GetHistory: {v}"))
+            .iter()
+            .filter(|r| r["unix_time"].as_u64().is_some_and(|t| t + 500 <= now))
+            .cloned()
+            .collect()
+    };
+    let one = history(now - 2500, now - 1500);
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0]["cache_entries"], 22);
+    assert_eq!(one[0]["unix_time"].as_u64(), Some(now - 2000));
+    assert_eq!(one[0]["memory_tier_bytes"], 1048576);
+    assert_eq!((&one[0]["hits"], &one[0]["misses"]), (&7.into(), &3.into()));
+    // until 0 means now: the two younger rows, oldest first.
+    let two: Vec<u64> = history(now - 2500, 0)
+        .iter()
+        .map(|r| r["cache_entries"].as_u64().unwrap())
+        .collect();
+    assert_eq!(two, vec![22, 33]);
+    let err = gdbus_error(
+        &bus,
+        "org.opdbus.NumaCache.CacheStats.GetHistory",
+        &["5", "1"],
+    );
+    assert!(err.contains("InvalidArgument"), "{err}");
+}

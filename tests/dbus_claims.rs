@@ -8,7 +8,9 @@
 //! - denied Strategy and CacheStats calls leave the strategy, the counters and the target
 //!   process's CPUs as they were;
 //! - the Optimize rows `io_intensive` and `balanced` (and the other two) as the table says;
-//! - only root may own the bus name.
+//! - only root may own the bus name;
+//! - without NUMA the cache works and the log says so once; without CAP_SYS_NICE it works
+//!   and moving another user's process names the capability.
 
 mod dbus;
 mod support;
@@ -385,4 +387,122 @@ fn cpus_allowed(pid: u32) -> String {
         .unwrap()
         .trim()
         .to_string()
+}
+
+/// Log lines of `log` that contain any of `needles`.
+fn lines_with<'a>(log: &'a str, needles: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| needles.iter().any(|n| l.contains(n)))
+        .collect()
+}
+
+/// A machine without NUMA information (a sysfs tree with no node directories): the daemon
+/// starts, the cache works, and the log says so in one line (README: "falls back to plain
+/// cache behaviour and says so once in the log").
+#[test]
+fn without_numa_the_cache_works_and_says_so_once() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let root = bus.dir().join("no-numa-root");
+    for d in ["sys/devices/system/cpu", "proc"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("sys/devices/system/cpu/online"), "0-1\n").unwrap();
+    std::fs::write(root.join("proc/meminfo"), "MemTotal: 4194304 kB\n").unwrap();
+    let fs_root = root.display().to_string();
+    let mut daemon = Daemon::start_with(
+        &bus,
+        &bus.dir().join("state"),
+        &[],
+        &["--fs-root", &fs_root],
+    );
+    let numa = prop(&bus, "org.opdbus.NumaCache.Topology", "NumaAvailable");
+    assert_eq!(numa, "b false");
+    ok(&bus.busctl_put("plain", "k", &[4, 2]), "Put without NUMA");
+    let got = ok(
+        &bus.busctl(&["call", NAME, ROOT, CACHE, "Get", "ss", "plain", "k"]),
+        "Get without NUMA",
+    );
+    assert_eq!(got.trim(), "ay 2 4 2");
+    assert!(daemon.alive());
+    let log = daemon.log();
+    let said = lines_with(&log, &["NUMA information", "NUMA topology", "without NUMA"]);
+    assert_eq!(
+        said.len(),
+        1,
+        "the fallback must be said exactly once:\n{log}"
+    );
+}
+
+/// Without CAP_SYS_NICE (dropped from every set by setpriv before exec) the daemon starts and
+/// serves the cache; moving another user's process is refused with an error naming the
+/// capability; the log says it at most once per cause.
+#[test]
+fn without_cap_sys_nice_the_cache_works_and_binding_others_names_the_capability() {
+    if !dbus::prerequisites() || !support::require_tool("setpriv", "util-linux") {
+        return;
+    }
+    let bus = Bus::start();
+    let state = bus.dir().join("state");
+    let log_path = bus.dir().join("nocap.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let mut kid = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-sys_nice", "--bounding-set=-sys_nice", "--"])
+        .arg(env!("CARGO_BIN_EXE_numa-cached"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("OPDBUS_CACHE_DIR", &state)
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let pid = kid.id();
+    dbus::wait_for(
+        || bus.has_owner(NAME),
+        "numa-cached without CAP_SYS_NICE to own its name",
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap();
+    assert_eq!(
+        eff & (1 << 23),
+        0,
+        "CAP_SYS_NICE (23) must be gone: {eff:#x}"
+    );
+    ok(
+        &bus.busctl_put("nocap", "k", &[5]),
+        "Put without CAP_SYS_NICE",
+    );
+    let got = ok(
+        &bus.busctl(&["call", NAME, ROOT, CACHE, "Get", "ss", "nocap", "k"]),
+        "Get",
+    );
+    assert_eq!(got.trim(), "ay 1 5");
+    let other = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--", "sleep", "60"])
+        .spawn()
+        .unwrap();
+    let other = KillOnDrop(other);
+    let target = wait_for_sleep_child(other.0.id());
+    let o = bus.gdbus(&dbus::gdbus_call_args(
+        "org.opdbus.NumaCache.Strategy.BindProcess",
+        &[&target.to_string(), "0", "bind"],
+    ));
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("CAP_SYS_NICE"),
+        "BindProcess of nobody's process: {t}"
+    );
+    let _ = kid.kill();
+    let _ = kid.wait();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    for cause in ["is not possible here", "failed ("] {
+        let n = lines_with(&log, &[cause]).len();
+        assert!(n <= 1, "`{cause}` logged {n} times:\n{log}");
+    }
 }

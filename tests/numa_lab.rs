@@ -694,16 +694,20 @@ fn check_tier_json(m: &LabMachine, t: &Value) {
                 mib(at(d, o))
             );
         }
-        for (when, key) in [
-            ("after the puts", "tier_anon_delta_after_put"),
+        // After the reads 80%: AnonPages also counts memory that is not the tier (the heap
+        // tier of issue 13 left node 0 with 45%; the tier's own pages are judged exactly by
+        // numa_maps below).
+        for (when, key, share) in [
+            ("after the puts", "tier_anon_delta_after_put", 0.9),
             (
                 "after reads from other nodes",
                 "tier_anon_delta_after_reads",
+                0.8,
             ),
         ] {
             let d = &t[key];
             assert!(
-                at(d, n) >= 0.9 * bytes,
+                at(d, n) >= share * bytes,
                 "{}: {when}, node {n}'s AnonPages hold {:.1} of its {:.0} MiB memory tier: {d} (migrated: {})",
                 m.name,
                 mib(at(d, n)),

@@ -105,7 +105,8 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     let watcher = Arc::new(TopologyWatcher::start(fs_root.clone(), RESCAN_INTERVAL));
     let topology = watcher.current();
     crate::app::check_start_config(&config, &topology).map_err(DaemonError::Invalid)?;
-    if !topology.numa_available || topology.nodes.len() < 2 {
+    // Said once: when the topology carries its own warning (NUMA missing), that line is it.
+    if (!topology.numa_available || topology.nodes.len() < 2) && topology.warnings.is_empty() {
         tracing::info!(
             "no usable NUMA topology here ({} nodes): the cache works without NUMA placement",
             topology.nodes.len()

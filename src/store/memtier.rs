@@ -14,6 +14,7 @@ pub use arena::{ArenaError, NodeArena, NodeBytes};
 
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Bytes charged per item on top of its footprint: the key, the Arc header, the slot.
@@ -133,6 +134,31 @@ impl MemTier {
     pub fn capacity(&self) -> u64 {
         self.capacity
     }
+
+    /// Where the tier's pages are, as the kernel reports them (`move_pages` query): bytes of
+    /// resident pages per node. Measured, not assumed: with the node's memory full the
+    /// kernel may have placed some elsewhere. One syscall over every page the values touch.
+    pub fn resident_bytes_by_node(&self) -> BTreeMap<u32, u64> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let mut pages = BTreeSet::new();
+        for (_, v) in self.cache.iter() {
+            if v.is_empty() {
+                continue;
+            }
+            let first = v.addr() / page;
+            let last = (v.addr() + v.len() - 1) / page;
+            pages.extend((first..=last).map(|p| p * page));
+        }
+        let addrs: Vec<usize> = pages.into_iter().collect();
+        let mut out = BTreeMap::new();
+        if let Ok(status) = crate::policy::page_nodes(0, &addrs) {
+            for s in status.into_iter().filter(|&s| s >= 0) {
+                *out.entry(s as u32).or_default() += page as u64;
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -149,6 +175,23 @@ mod tests {
         assert!(t.len() > 50);
         let v = t.get(999).unwrap();
         assert_eq!(&v[..], &[999u64 as u8; 8192][..]);
+    }
+
+    /// Break check: counting one page per value instead of every page makes this fail.
+    #[test]
+    fn reports_where_the_kernel_put_its_pages() {
+        let node = crate::policy::mems_allowed().unwrap()[0];
+        let t = MemTier::on_node(node, 64 << 20);
+        assert!(t.resident_bytes_by_node().is_empty());
+        for id in 0..8u64 {
+            t.insert(id, vec![id as u8 + 1; 1 << 20]);
+        }
+        t.insert(100, [1u8; 100]);
+        let by_node = t.resident_bytes_by_node();
+        let total: u64 = by_node.values().sum();
+        // 8 MiB of values plus the page of the small one, all present and on the node.
+        assert_eq!(total, (8 << 20) + 4096, "{by_node:?}");
+        assert_eq!(by_node.get(&node), Some(&total), "{by_node:?}");
     }
 
     #[test]

@@ -400,7 +400,7 @@ mod tests {
             )
         };
         assert_eq!(rc, 0, "get_mempolicy: {}", io::Error::last_os_error());
-        (mode, mask[0] as u64)
+        (mode, mask[0])
     }
 
     #[test]
