@@ -145,13 +145,8 @@ impl App {
         // A call still running after the drain limit keeps a reference: then flush what can
         // be flushed and let its last reference stop the engine.
         match Arc::try_unwrap(cache) {
-            Ok(cache) => {
-                // TODO(store): call `Cache::close()` once the engine has it; dropping it stops
-                // the committer, which writes back and marks the index clean.
-                cache.flush()?;
-                drop(cache);
-                Ok(())
-            }
+            // Writes back, records the clean stop and waits for the engine's thread.
+            Ok(cache) => Ok(cache.close()?),
             Err(shared) => {
                 tracing::warn!(
                     "a call still holds the cache at stop; flushing, but the next start may check the cache"
