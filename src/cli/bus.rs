@@ -223,7 +223,11 @@ impl From<Error> for Sentence {
                 "{e}; is dbus running? (DBUS_SYSTEM_BUS_ADDRESS={})",
                 std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap_or_else(|_| "unset".into())
             ),
-            Error::AccessDenied(m) if m.contains("Rejected send message") => {
+            // dbus-daemon says "Rejected send message", dbus-broker "Sender is not authorized to
+            // send message": both are the bus policy, not polkit.
+            Error::AccessDenied(m)
+                if m.contains("Rejected send message") || m.contains("not authorized to send") =>
+            {
                 "permission denied by the bus policy: the Cache interface is for root and \
                  members of group numacache"
                     .to_string()

@@ -848,7 +848,14 @@ impl Cache {
             let shards: Vec<Arc<Shard>> = c.shared.layout().shards.values().cloned().collect();
             let name = snapshot::create(&root, &shards, &c.conn, btrfs, unix_ns() / 1_000_000_000)?;
             let gone = snapshot::rotate(&root, keep.max(1))?;
-            tracing::info!("snapshot {name} taken; rotated out {gone:?}");
+            tracing::info!(
+                "snapshot {name} taken; rotated out: {}",
+                if gone.is_empty() {
+                    "none".to_string()
+                } else {
+                    gone.join(", ")
+                }
+            );
             Ok(name)
         })
     }
@@ -970,10 +977,12 @@ impl Cache {
             placer: Arc::new(Placer::new(Arc::clone(&slot.topology), cfg)),
         };
         *slot = Arc::new(next);
+        let preference = cfg
+            .node_preference
+            .map_or_else(|| "none".to_string(), |n| format!("node {n}"));
         tracing::info!(
-            "strategy now {} (node preference {:?}, memory policy {})",
+            "strategy now {} (node preference {preference}, memory policy {})",
             cfg.strategy,
-            cfg.node_preference,
             cfg.memory_policy
         );
         Ok(n)

@@ -91,7 +91,8 @@ impl TopologyWatcher {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::info!(
-                        "no hotplug notifications ({e}); re-scanning the topology every {rescan_interval:?}"
+                        "no hotplug notifications ({e}); re-scanning the topology every {} s",
+                        rescan_interval.as_secs()
                     );
                     None
                 }
@@ -175,7 +176,8 @@ fn watch(shared: &Shared, mut socket: Option<UeventSocket>, rescan_interval: Dur
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 tracing::warn!(
-                    "hotplug notifications failed ({e}); re-scanning every {rescan_interval:?} instead"
+                    "hotplug notifications failed ({e}); re-scanning every {} s instead",
+                    rescan_interval.as_secs()
                 );
                 socket = None;
             }
