@@ -27,6 +27,8 @@ need=(
   "zstd:zstd"
   "socat:socat"
   "setpriv:util-linux"
+  "unshare:util-linux"
+  "/usr/bin/python3:python3"
 )
 missing=()
 for pair in "${need[@]}"; do
