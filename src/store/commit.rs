@@ -128,7 +128,11 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 
 enum Change {
     Insert(Row),
-    Remove { ns: String, key: String, id: u64 },
+    /// Remove the entry of map hash `hash` if it is still entry `id`.
+    Remove {
+        hash: u64,
+        id: u64,
+    },
 }
 
 fn clone_err(e: &StoreError) -> StoreError {
@@ -293,6 +297,7 @@ impl Committer {
         }
         if now >= self.last_touch_flush + TOUCH_EVERY {
             self.last_touch_flush = now;
+            self.shared.map.renormalize_if_needed();
             if let Err(e) = self.write_back_touches() {
                 tracing::warn!("writing back access times: {e}");
             }
@@ -316,15 +321,10 @@ impl Committer {
         }
     }
 
-    fn current(
-        &self,
-        pending: &HashMap<(String, String), Option<(u64, u32)>>,
-        ns: &str,
-        key: &str,
-    ) -> Option<(u64, u32)> {
-        match pending.get(&(ns.to_string(), key.to_string())) {
+    fn current(&self, pending: &HashMap<u64, Option<(u64, u32)>>, h: u64) -> Option<(u64, u32)> {
+        match pending.get(&h) {
             Some(p) => *p,
-            None => self.shared.map.with(ns, key, |e| (e.id, e.node)),
+            None => self.shared.map.with_hash(h, |e| (e.id, u32::from(e.node))),
         }
     }
 
@@ -365,7 +365,8 @@ impl Committer {
         let mut put_replies: Vec<(Reply<()>, Row)> = Vec::new();
         let mut bool_replies: Vec<(Reply<bool>, bool)> = Vec::new();
         let mut count_replies: Vec<(Reply<u64>, u64)> = Vec::new();
-        let mut pending: HashMap<(String, String), Option<(u64, u32)>> = HashMap::new();
+        let mut pending: HashMap<u64, Option<(u64, u32)>> = HashMap::new();
+        let mut batch_ns: Vec<(String, u64)> = Vec::new();
         let mut pressure = 0u64;
         let mut broken = 0u64;
         let mut expired = 0u64;
@@ -399,7 +400,8 @@ impl Committer {
                         }
                     }
                     want_sync |= sync;
-                    let cur = self.current(&pending, &row.namespace, &row.key);
+                    let h = self.shared.map.key_hash(&row.namespace, &row.key);
+                    let cur = self.current(&pending, h);
                     if cur.is_some_and(|(old, _)| old > row.id) {
                         // A newer put of this key (higher id) is already in: this one
                         // happened just before it (they overlapped), so it is answered and
@@ -409,16 +411,10 @@ impl Committer {
                         continue;
                     }
                     if let Some((old, _)) = cur {
-                        changes.push(Change::Remove {
-                            ns: row.namespace.clone(),
-                            key: row.key.clone(),
-                            id: old,
-                        });
+                        changes.push(Change::Remove { hash: h, id: old });
                     }
-                    pending.insert(
-                        (row.namespace.clone(), row.key.clone()),
-                        Some((row.id, row.node)),
-                    );
+                    pending.insert(h, Some((row.id, row.node)));
+                    batch_ns.push((row.namespace.clone(), h));
                     put_replies.push((reply, row.clone()));
                     changes.push(Change::Insert(row));
                 }
@@ -429,7 +425,8 @@ impl Committer {
                     why,
                     reply,
                 } => {
-                    let cur = self.current(&pending, &ns, &key);
+                    let h = self.shared.map.key_hash(&ns, &key);
+                    let cur = self.current(&pending, h);
                     let hit = match (cur, only_id) {
                         (Some((id, _)), Some(want)) => id == want,
                         (Some(_), None) => true,
@@ -441,32 +438,30 @@ impl Committer {
                             Why::Expired => expired += 1,
                             Why::User => {}
                         }
-                        pending.insert((ns.clone(), key.clone()), None);
-                        changes.push(Change::Remove { ns, key, id });
+                        pending.insert(h, None);
+                        changes.push(Change::Remove { hash: h, id });
                     }
                     if let Some(r) = reply {
                         bool_replies.push((r, hit));
                     }
                 }
                 Op::Clear { ns, reply } => {
-                    let mut keys = self.shared.map.keys_of(&ns);
-                    keys.extend(
-                        pending
-                            .keys()
-                            .filter(|(n, _)| *n == ns)
-                            .map(|(_, k)| k.clone()),
-                    );
-                    keys.sort();
-                    keys.dedup();
+                    // Entries in the map, plus puts of this batch into the namespace.
+                    let mut hashes: Vec<u64> = self
+                        .shared
+                        .map
+                        .of_namespace(&ns)
+                        .into_iter()
+                        .map(|(h, _)| h)
+                        .collect();
+                    hashes.extend(batch_ns.iter().filter(|(n, _)| *n == ns).map(|(_, h)| *h));
+                    hashes.sort_unstable();
+                    hashes.dedup();
                     let mut n = 0;
-                    for key in keys {
-                        if let Some((id, _)) = self.current(&pending, &ns, &key) {
-                            pending.insert((ns.clone(), key.clone()), None);
-                            changes.push(Change::Remove {
-                                ns: ns.clone(),
-                                key,
-                                id,
-                            });
+                    for h in hashes {
+                        if let Some((id, _)) = self.current(&pending, h) {
+                            pending.insert(h, None);
+                            changes.push(Change::Remove { hash: h, id });
                             n += 1;
                         }
                     }
@@ -705,18 +700,8 @@ impl Committer {
         for c in changes {
             match c {
                 Change::Insert(r) => {
-                    let e = Entry::new(
-                        r.id,
-                        r.loc,
-                        r.node,
-                        r.size,
-                        r.stored,
-                        r.checksum,
-                        r.created,
-                        r.expires.unwrap_or(0),
-                        unix_ns(),
-                        r.hits,
-                    );
+                    let h = self.shared.map.key_hash(&r.namespace, &r.key);
+                    let e = self.shared.map.entry_of(h, &r, self.shared.map.tick());
                     if r.expires.is_some() {
                         self.shared.ttl_entries.fetch_add(1, Relaxed);
                     }
@@ -724,13 +709,13 @@ impl Committer {
                     if let Some((seg, _)) = r.loc {
                         *self.live.entry((r.node, seg)).or_default() += segment::padded(r.stored);
                     }
-                    if let Some(old) = self.shared.map.insert(&r.namespace, &r.key, e) {
+                    if let Some(old) = self.shared.map.insert(e) {
                         // Overwrite handled as a Remove change before this insert.
                         debug_assert!(old.id != r.id);
                     }
                 }
-                Change::Remove { ns, key, id } => {
-                    let Some(e) = self.shared.map.remove(&ns, &key, Some(id)) else {
+                Change::Remove { hash, id } => {
+                    let Some(e) = self.shared.map.remove(hash, Some(id)) else {
                         continue;
                     };
                     self.forget(&layout, &e);
@@ -740,22 +725,25 @@ impl Committer {
     }
 
     fn forget(&mut self, layout: &crate::store::state::Layout, e: &Entry) {
-        self.shared.stats.remove_entry(e.node, e.size, e.stored);
+        let node = u32::from(e.node);
+        self.shared
+            .stats
+            .remove_entry(node, u64::from(e.size), u64::from(e.stored));
         if e.expires != 0 {
             self.shared.ttl_entries.fetch_sub(1, Relaxed);
         }
-        if let Some(t) = layout.tiers.get(&e.node) {
+        if let Some(t) = layout.tiers.get(&node) {
             t.remove(e.id);
         }
         match unpack_loc(e.loc.load(Relaxed)) {
             Some((seg, _)) => {
-                let k = (e.node, seg);
+                let k = (node, seg);
                 let live = self.live.entry(k).or_default();
-                *live = live.saturating_sub(segment::padded(e.stored));
+                *live = live.saturating_sub(segment::padded(u64::from(e.stored)));
                 if *live == 0
                     && layout
                         .shards
-                        .get(&e.node)
+                        .get(&node)
                         .is_some_and(|s| s.segments.active_id() != Some(seg))
                     && !self.to_unlink.contains(&k)
                 {
@@ -764,7 +752,7 @@ impl Committer {
                 }
             }
             None => {
-                if let Some(s) = layout.shards.get(&e.node)
+                if let Some(s) = layout.shards.get(&node)
                     && let Err(err) = s.remove_blob(e.id)
                 {
                     tracing::warn!("removing blob {}: {err}", s.blob_path(e.id).display());
@@ -819,12 +807,12 @@ impl Committer {
             return Ok(());
         };
         let mut moving: Vec<(u64, u64, u64)> = Vec::new(); // id, old packed loc, stored
-        self.shared.map.for_each(|_, _, e| {
-            if e.node == node
+        self.shared.map.for_each(|e| {
+            if u32::from(e.node) == node
                 && let Some((s, _)) = unpack_loc(e.loc.load(Relaxed))
                 && s == seg
             {
-                moving.push((e.id, e.loc.load(Relaxed), e.stored));
+                moving.push((e.id, e.loc.load(Relaxed), u64::from(e.stored)));
             }
         });
         // id, old packed loc, new segment, new offset, stored
@@ -862,7 +850,7 @@ impl Committer {
             .map(|&(id, old, s, o, _)| (id, (old, s, o)))
             .collect();
         // Only the committer changes the map, so every moved entry is still there.
-        self.shared.map.for_each(|_, _, e| {
+        self.shared.map.for_each(|e| {
             if let Some(&(old, s, o)) = by_id.get(&e.id) {
                 let _ = e
                     .loc
@@ -891,10 +879,10 @@ impl Committer {
     /// Remove the least recently used entries until `need` stored bytes are freed.
     pub fn evict(&mut self, need: u64) -> u64 {
         let map = &self.shared.map;
-        let mut ages: Vec<(u64, u64)> = Vec::new();
-        map.for_each(|_, _, e| ages.push((e.last_access_ns.load(Relaxed), e.stored)));
+        let mut ages: Vec<(u32, u64)> = Vec::new();
+        map.for_each(|e| ages.push((e.last_access.load(Relaxed), u64::from(e.stored))));
         ages.sort_unstable();
-        let (mut freed, mut cut, mut at_cut) = (0u64, 0u64, 0u64);
+        let (mut freed, mut cut, mut at_cut) = (0u64, 0u32, 0u64);
         for (age, stored) in &ages {
             if freed >= need {
                 break;
@@ -906,15 +894,15 @@ impl Committer {
             cut = *age;
             at_cut += 1;
         }
-        let mut victims: Vec<(String, String, u64)> = Vec::new();
+        let mut victims: Vec<(u64, u64)> = Vec::new();
         let mut ties = at_cut;
-        map.for_each(|ns, key, e| {
-            let age = e.last_access_ns.load(Relaxed);
+        map.for_each(|e| {
+            let age = e.last_access.load(Relaxed);
             if age < cut || (age == cut && ties > 0) {
                 if age == cut {
                     ties -= 1;
                 }
-                victims.push((ns.to_string(), key.to_string(), e.id));
+                victims.push((e.hash, e.id));
             }
         });
         let n = victims.len() as u64;
@@ -923,7 +911,7 @@ impl Committer {
         }
         let changes: Vec<Change> = victims
             .into_iter()
-            .map(|(ns, key, id)| Change::Remove { ns, key, id })
+            .map(|(hash, id)| Change::Remove { hash, id })
             .collect();
         let mut res = self.commit(&changes, &[], None);
         if matches!(res, Err(StoreError::NoSpace(_))) {
@@ -949,11 +937,10 @@ impl Committer {
     pub fn expire(&mut self) {
         let now = unix_ns() / 1_000_000_000;
         let mut gone: Vec<Change> = Vec::new();
-        self.shared.map.for_each(|ns, key, e| {
-            if e.expires != 0 && e.expires <= now {
+        self.shared.map.for_each(|e| {
+            if e.expired(now) {
                 gone.push(Change::Remove {
-                    ns: ns.to_string(),
-                    key: key.to_string(),
+                    hash: e.hash,
                     id: e.id,
                 });
             }
@@ -982,7 +969,9 @@ impl Committer {
             .conn
             .transaction()
             .map_err(|e| StoreError::sql("writing access times", e))?;
-        for (id, la, hits) in touched {
+        // Access order is a logical clock in memory; the index keeps the write-back time.
+        let la = unix_ns() / 1_000_000_000;
+        for (id, hits) in touched {
             index::touch_entry(&tx, id, la, hits)
                 .map_err(|e| StoreError::sql("writing access times", e))?;
         }
