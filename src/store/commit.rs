@@ -9,14 +9,17 @@
 //!   (WAL, `synchronous=NORMAL`): both are in the kernel and survive SIGKILL;
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
-//! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) does that flush
-//!   *before* its own commit, which is itself `FULL`: concurrent sync puts share one flush;
-//! - when a flush or a commit fails, nothing of the batch becomes visible and every op of it
-//!   is answered with the error: what is visible and what was answered agree;
+//! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
+//!   records while its own commit is `FULL` (the two in parallel): concurrent sync puts share
+//!   one flush (group commit);
+//! - when a commit fails, nothing of the batch becomes visible and every op of it is answered
+//!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
+//!   out of the index and answered with the error (its deletes are done and answered so):
+//!   what is visible and what was answered agree;
 //! - never `syncfs`.
 //!
-//! Each full flush records `verified_below`: every row with a smaller id was durable, record
-//! and row. After an unclean stop, recovery checks the records of the rows at or above it (a
+//! Each full flush (records first, then the mark's commit) records `verified_below`: every
+//! row with a smaller id was durable, record and row. After an unclean stop, recovery checks the records of the rows at or above it (a
 //! power loss may have kept a row whose record never reached the disk): a bad one is a miss.
 
 use crate::store::entries::{Entry, pack_loc, unpack_loc};
@@ -473,30 +476,72 @@ impl Committer {
             }
         }
         self.shared.puts_in_flight.fetch_sub(puts, Relaxed);
-        // A sync batch: records (and large files) first, then the FULL commit below.
-        let mut result = if want_sync && !changes.is_empty() {
-            self.flush_data()
+        // A sync batch: the records (and large files) and the FULL commit go to stable storage
+        // at the same time, two fdatasyncs in parallel. This does not advance
+        // `verified_below` (a row may reach the disk before its record): recovery checks these
+        // rows' records until the next full flush covers them.
+        let sync_now = want_sync && !changes.is_empty();
+        let (mut result, mut data) = if sync_now {
+            let shared = Arc::clone(&self.shared);
+            std::thread::scope(|s| {
+                let data = s.spawn(move || flush_data(&shared));
+                let c = self.commit(&changes, &new_ns, true, None);
+                let d = data.join().unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable("the flush thread panicked".into()))
+                });
+                (c, d)
+            })
         } else {
-            Ok(0)
+            (self.commit(&changes, &new_ns, false, None), Ok(0))
         };
-        let mut committed_below = None;
-        if result.is_ok() {
-            committed_below = want_sync.then(|| self.verified_mark());
-            result = self.commit(&changes, &new_ns, committed_below).map(|()| 0);
-            if matches!(result, Err(StoreError::NoSpace(_))) {
-                // The index itself could not grow: free the reserve, evict, and try once more.
-                self.release_reserve();
-                self.evict(pressure.max(self.shared.stats.stored_total() / 20).max(1));
-                result = self.commit(&changes, &new_ns, committed_below).map(|()| 0);
+        if matches!(result, Err(StoreError::NoSpace(_))) {
+            // The index itself could not grow: free the reserve, evict, and try once more.
+            self.release_reserve();
+            self.evict(pressure.max(self.shared.stats.stored_total() / 20).max(1));
+            result = self.commit(&changes, &new_ns, sync_now, None);
+            if sync_now && result.is_ok() && data.is_err() {
+                data = self.flush_data();
             }
         }
+        if let (Ok(()), Err(e)) = (&result, &data) {
+            // Rows committed, records not durable: take the puts back out (they are answered
+            // with the error and never visible); deletes and overwritten entries stay gone.
+            let undo: Vec<Change> = put_replies
+                .iter()
+                .map(|(_, r)| Change::Remove {
+                    hash: self.shared.map.key_hash(&r.namespace, &r.key),
+                    id: r.id,
+                })
+                .collect();
+            if let Err(e2) = self.commit(&undo, &[], false, None) {
+                tracing::error!("taking back the puts of a failed flush: {e2}");
+            }
+            tracing::error!("flushing a sync batch failed: {e}");
+            let removals: Vec<Change> = changes
+                .into_iter()
+                .filter(|c| matches!(c, Change::Remove { .. }))
+                .collect();
+            self.dirty = true;
+            self.apply(removals);
+            for (r, row) in put_replies {
+                self.discard_record(&row);
+                let _ = r.send(Err(clone_err(e)));
+            }
+            for (r, v) in bool_replies {
+                let _ = r.send(Ok(v));
+            }
+            for (r, v) in count_replies {
+                let _ = r.send(Ok(v));
+            }
+            for f in execs {
+                f(self);
+            }
+            return stop;
+        }
         match &result {
-            Ok(_) => {
+            Ok(()) => {
                 if !changes.is_empty() {
                     self.dirty = true;
-                }
-                if committed_below.is_some() {
-                    self.flushed();
                 }
                 self.apply(changes);
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
@@ -556,45 +601,8 @@ impl Committer {
             .unwrap_or_else(|| self.shared.next_id.load(Relaxed))
     }
 
-    /// fdatasync what puts wrote since the last flush: dirty segments, large-value files.
-    /// Returns how many files were synced. On failure they stay on the dirty lists.
     fn flush_data(&mut self) -> Result<u64, StoreError> {
-        let layout = self.shared.layout();
-        let mut n = 0u64;
-        let blobs: Vec<(u32, u64)> = std::mem::take(
-            &mut *self
-                .shared
-                .unsynced_blobs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        for (i, &(node, id)) in blobs.iter().enumerate() {
-            if let Some(s) = layout.shards.get(&node)
-                && let Err(e) = s.sync_blob(id)
-            {
-                self.shared
-                    .unsynced_blobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&blobs[i..]);
-                return Err(e);
-            }
-            n += 1;
-        }
-        if !blobs.is_empty() {
-            for s in layout.shards.values() {
-                s.sync_dir()?;
-            }
-        }
-        for s in layout.shards.values() {
-            let ids = s.segments.take_dirty();
-            if let Err(e) = s.segments.sync(&ids) {
-                s.segments.redirty(&ids);
-                return Err(e);
-            }
-            n += ids.len() as u64;
-        }
-        Ok(n)
+        flush_data(&self.shared)
     }
 
     /// Record, after a successful full flush, that durable state is complete.
@@ -624,27 +632,31 @@ impl Committer {
     pub fn full_flush(&mut self) -> Result<(), StoreError> {
         let mark = self.verified_mark();
         self.flush_data()?;
-        self.commit(&[], &[], Some(mark))?;
+        self.commit(&[], &[], true, Some(mark))?;
         self.flushed();
         Ok(())
     }
 
+    /// Commit `changes`; `full`: with an fdatasync of the WAL; `mark`: also record
+    /// `verified_below` (only after the records were flushed first).
     fn commit(
         &mut self,
         changes: &[Change],
         new_ns: &[(String, Option<u32>)],
-        full: Option<u64>,
+        full: bool,
+        mark: Option<u64>,
     ) -> Result<(), StoreError> {
-        if changes.is_empty() && new_ns.is_empty() && full.is_none() {
+        let full = full || mark.is_some();
+        if changes.is_empty() && new_ns.is_empty() && mark.is_none() {
             return Ok(());
         }
-        if full.is_some() {
+        if full {
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| StoreError::sql("flushing", e))?;
         }
-        let res = self.commit_tx(changes, new_ns, full);
-        if full.is_some() {
+        let res = self.commit_tx(changes, new_ns, mark);
+        if full {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }
         res?;
@@ -913,10 +925,10 @@ impl Committer {
             .into_iter()
             .map(|(hash, id)| Change::Remove { hash, id })
             .collect();
-        let mut res = self.commit(&changes, &[], None);
+        let mut res = self.commit(&changes, &[], false, None);
         if matches!(res, Err(StoreError::NoSpace(_))) {
             self.release_reserve();
-            res = self.commit(&changes, &[], None);
+            res = self.commit(&changes, &[], false, None);
         }
         match res {
             Ok(()) => {
@@ -949,7 +961,7 @@ impl Committer {
             return;
         }
         let n = gone.len() as u64;
-        match self.commit(&gone, &[], None) {
+        match self.commit(&gone, &[], false, None) {
             Ok(()) => {
                 self.dirty = true;
                 self.apply(gone);
@@ -1047,4 +1059,44 @@ pub fn live_of(rows: &[Row]) -> HashMap<(u32, u32), u64> {
         }
     }
     live
+}
+
+/// fdatasync what puts wrote since the last flush: dirty segments, large-value files.
+/// Returns how many files were synced. On failure they stay on the dirty lists.
+pub fn flush_data(shared: &Shared) -> Result<u64, StoreError> {
+    let layout = shared.layout();
+    let mut n = 0u64;
+    let blobs: Vec<(u32, u64)> = std::mem::take(
+        &mut *shared
+            .unsynced_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    for (i, &(node, id)) in blobs.iter().enumerate() {
+        if let Some(s) = layout.shards.get(&node)
+            && let Err(e) = s.sync_blob(id)
+        {
+            shared
+                .unsynced_blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&blobs[i..]);
+            return Err(e);
+        }
+        n += 1;
+    }
+    if !blobs.is_empty() {
+        for s in layout.shards.values() {
+            s.sync_dir()?;
+        }
+    }
+    for s in layout.shards.values() {
+        let ids = s.segments.take_dirty();
+        if let Err(e) = s.segments.sync(&ids) {
+            s.segments.redirty(&ids);
+            return Err(e);
+        }
+        n += ids.len() as u64;
+    }
+    Ok(n)
 }
