@@ -121,14 +121,14 @@ fn get_ns(cache: &Cache, n: u64, hot: bool) -> f64 {
 }
 
 /// In a fresh process: open (timed), RSS per entry, gets; print one line of figures.
-fn measure(dir: &Path, n: u64, label: &str) {
+fn measure(dir: &Path, n: u64, expect: u64, label: &str) {
     let before = rss_bytes();
     let t0 = Instant::now();
     let cache = open(dir);
     let open_s = t0.elapsed().as_secs_f64();
     let after = rss_bytes();
     let entries = cache.totals().entries;
-    assert_eq!(entries, n, "entries after open");
+    assert_eq!(entries, expect, "entries after open");
     let per_entry = after.saturating_sub(before) as f64 / n as f64;
     let hot = get_ns(&cache, n, true);
     let uniform = get_ns(&cache, n, false);
@@ -136,6 +136,7 @@ fn measure(dir: &Path, n: u64, label: &str) {
         "scale {n} entries ({label}): open {open_s:.3} s, RSS per entry {per_entry:.1} B ({} MiB), hot-set get {hot:.0} ns, uniform get {uniform:.0} ns",
         after.saturating_sub(before) >> 20
     );
+    println!("@@RSS {n} {}", after.saturating_sub(before));
     cache.close().expect("close");
 }
 
@@ -154,14 +155,25 @@ fn crash(dir: &Path) {
     std::process::abort();
 }
 
-fn child(args: &[&str]) {
-    let status = std::process::Command::new(std::env::current_exe().expect("exe"))
+/// Run this binary with `args`; print its output except the `@@RSS` lines, return their
+/// value (the open cache's RSS in bytes), if any.
+fn child(args: &[&str]) -> Option<u64> {
+    let out = std::process::Command::new(std::env::current_exe().expect("exe"))
         .args(args)
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .expect("re-exec");
     if args[0] != "crash" {
-        assert!(status.success(), "{args:?}: {status}");
+        assert!(out.status.success(), "{args:?}: {}", out.status);
     }
+    let mut rss = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        match line.strip_prefix("@@RSS ") {
+            Some(v) => rss = v.split_whitespace().nth(1).and_then(|b| b.parse().ok()),
+            None => println!("{line}"),
+        }
+    }
+    rss
 }
 
 fn main() {
@@ -169,7 +181,14 @@ fn main() {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
         ["populate", dir, n] => return populate(Path::new(dir), n.parse().expect("n")),
-        ["measure", dir, n, label] => return measure(Path::new(dir), n.parse().expect("n"), label),
+        ["measure", dir, n, expect, label] => {
+            return measure(
+                Path::new(dir),
+                n.parse().expect("n"),
+                expect.parse().expect("expected entries"),
+                label,
+            );
+        }
         ["crash", dir] => return crash(Path::new(dir)),
         _ => {}
     }
@@ -180,21 +199,32 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000_000);
+    let mut rss = Vec::new();
     for n in [10_000u64, big] {
         let dir = base.join(format!("scale-v2-{n}"));
         let d = dir.to_string_lossy().into_owned();
         let ns = n.to_string();
         child(&["populate", &d, &ns]);
-        child(&["measure", &d, &ns, "clean stop"]);
+        rss.push((
+            n,
+            child(&["measure", &d, &ns, &ns, "clean stop"]).unwrap_or(0),
+        ));
         child(&["crash", &d]);
         // The crash left one more entry (its marker): count it.
         let n1 = (n + 1).to_string();
-        child(&["measure", &d, &n1, "after a crash"]);
+        child(&["measure", &d, &ns, &n1, "after a crash"]);
         // Back to n entries for the next run.
         let cache = open(&dir);
         cache
             .delete("scale", "crash-marker", &Caller::default())
             .expect("delete");
         cache.close().expect("close");
+    }
+    if let [(n0, r0), (n1, r1)] = rss[..] {
+        println!(
+            "RSS per entry, marginal from {n0} to {n1} entries: {:.1} B (aim <= 64 B); fixed part {} MiB",
+            r1.saturating_sub(r0) as f64 / (n1 - n0) as f64,
+            r0 >> 20
+        );
     }
 }

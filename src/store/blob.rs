@@ -336,6 +336,26 @@ pub fn decode_parts(
     Ok(payload)
 }
 
+/// Decode a record read as header and payload, checking it is entry `id` of `namespace`/`key`
+/// (the in-memory map keeps no checksum: the header's own checksums and these names decide).
+pub fn decode_record(
+    header: &[u8],
+    payload: Vec<u8>,
+    id: u64,
+    namespace: &str,
+    key: &str,
+) -> Result<Vec<u8>, BlobError> {
+    let h = parse_header(header)?;
+    if h.id != id || h.namespace != namespace || h.key != key || h.header_len != header.len() {
+        return Err(BlobError::Header(format!(
+            "record is entry {} of {:?}/{:?}, the index expects entry {id} of {namespace:?}/{key:?}",
+            h.id, h.namespace, h.key
+        )));
+    }
+    let sum = h.checksum;
+    decode_parts(header, payload, id, sum)
+}
+
 /// Decode a whole file, checking it belongs to `id` and has `checksum`.
 pub fn decode(file: &[u8], id: u64, checksum: u64) -> Result<Vec<u8>, BlobError> {
     let h = parse_header(file)?;

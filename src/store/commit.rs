@@ -9,14 +9,17 @@
 //!   (WAL, `synchronous=NORMAL`): both are in the kernel and survive SIGKILL;
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
-//! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) does that flush
-//!   *before* its own commit, which is itself `FULL`: concurrent sync puts share one flush;
-//! - when a flush or a commit fails, nothing of the batch becomes visible and every op of it
-//!   is answered with the error: what is visible and what was answered agree;
+//! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
+//!   records while its own commit is `FULL` (the two in parallel): concurrent sync puts share
+//!   one flush (group commit);
+//! - when a commit fails, nothing of the batch becomes visible and every op of it is answered
+//!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
+//!   out of the index and answered with the error (its deletes are done and answered so):
+//!   what is visible and what was answered agree;
 //! - never `syncfs`.
 //!
-//! Each full flush records `verified_below`: every row with a smaller id was durable, record
-//! and row. After an unclean stop, recovery checks the records of the rows at or above it (a
+//! Each full flush (records first, then the mark's commit) records `verified_below`: every
+//! row with a smaller id was durable, record and row. After an unclean stop, recovery checks the records of the rows at or above it (a
 //! power loss may have kept a row whose record never reached the disk): a bad one is a miss.
 
 use crate::store::entries::{Entry, pack_loc, unpack_loc};
@@ -128,7 +131,11 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 
 enum Change {
     Insert(Row),
-    Remove { ns: String, key: String, id: u64 },
+    /// Remove the entry of map hash `hash` if it is still entry `id`.
+    Remove {
+        hash: u64,
+        id: u64,
+    },
 }
 
 fn clone_err(e: &StoreError) -> StoreError {
@@ -237,12 +244,17 @@ impl Committer {
         }
     }
 
-    /// Puts still writing their record will be here in a moment: wait for them (briefly) so
-    /// they share this batch's commit (and flush) instead of paying for the next one.
+    /// A batch that will flush: puts still writing their record will be here in a moment, so
+    /// wait for them (briefly) to share this flush instead of paying for the next one. A
+    /// batch without a flush commits at once (its commit costs no fdatasync).
     fn gather(&mut self, rx: &Receiver<Op>, batch: &mut Vec<Op>) {
         let is_put = |op: &Op| matches!(op, Op::Put { .. });
+        let flushes = self.sync_interval().is_zero()
+            || batch
+                .iter()
+                .any(|op| matches!(op, Op::Put { sync: true, .. }));
         let mut queued = batch.iter().filter(|op| is_put(op)).count() as u64;
-        if queued == 0 {
+        if queued == 0 || !flushes {
             return;
         }
         let deadline = Instant::now() + MAX_GATHER;
@@ -293,6 +305,7 @@ impl Committer {
         }
         if now >= self.last_touch_flush + TOUCH_EVERY {
             self.last_touch_flush = now;
+            self.shared.map.renormalize_if_needed();
             if let Err(e) = self.write_back_touches() {
                 tracing::warn!("writing back access times: {e}");
             }
@@ -316,15 +329,10 @@ impl Committer {
         }
     }
 
-    fn current(
-        &self,
-        pending: &HashMap<(String, String), Option<(u64, u32)>>,
-        ns: &str,
-        key: &str,
-    ) -> Option<(u64, u32)> {
-        match pending.get(&(ns.to_string(), key.to_string())) {
+    fn current(&self, pending: &HashMap<u64, Option<(u64, u32)>>, h: u64) -> Option<(u64, u32)> {
+        match pending.get(&h) {
             Some(p) => *p,
-            None => self.shared.map.with(ns, key, |e| (e.id, e.node)),
+            None => self.shared.map.with_hash(h, |e| (e.id, u32::from(e.node))),
         }
     }
 
@@ -365,7 +373,8 @@ impl Committer {
         let mut put_replies: Vec<(Reply<()>, Row)> = Vec::new();
         let mut bool_replies: Vec<(Reply<bool>, bool)> = Vec::new();
         let mut count_replies: Vec<(Reply<u64>, u64)> = Vec::new();
-        let mut pending: HashMap<(String, String), Option<(u64, u32)>> = HashMap::new();
+        let mut pending: HashMap<u64, Option<(u64, u32)>> = HashMap::new();
+        let mut batch_ns: Vec<(String, u64)> = Vec::new();
         let mut pressure = 0u64;
         let mut broken = 0u64;
         let mut expired = 0u64;
@@ -399,7 +408,8 @@ impl Committer {
                         }
                     }
                     want_sync |= sync;
-                    let cur = self.current(&pending, &row.namespace, &row.key);
+                    let h = self.shared.map.key_hash(&row.namespace, &row.key);
+                    let cur = self.current(&pending, h);
                     if cur.is_some_and(|(old, _)| old > row.id) {
                         // A newer put of this key (higher id) is already in: this one
                         // happened just before it (they overlapped), so it is answered and
@@ -409,16 +419,10 @@ impl Committer {
                         continue;
                     }
                     if let Some((old, _)) = cur {
-                        changes.push(Change::Remove {
-                            ns: row.namespace.clone(),
-                            key: row.key.clone(),
-                            id: old,
-                        });
+                        changes.push(Change::Remove { hash: h, id: old });
                     }
-                    pending.insert(
-                        (row.namespace.clone(), row.key.clone()),
-                        Some((row.id, row.node)),
-                    );
+                    pending.insert(h, Some((row.id, row.node)));
+                    batch_ns.push((row.namespace.clone(), h));
                     put_replies.push((reply, row.clone()));
                     changes.push(Change::Insert(row));
                 }
@@ -429,7 +433,8 @@ impl Committer {
                     why,
                     reply,
                 } => {
-                    let cur = self.current(&pending, &ns, &key);
+                    let h = self.shared.map.key_hash(&ns, &key);
+                    let cur = self.current(&pending, h);
                     let hit = match (cur, only_id) {
                         (Some((id, _)), Some(want)) => id == want,
                         (Some(_), None) => true,
@@ -441,32 +446,30 @@ impl Committer {
                             Why::Expired => expired += 1,
                             Why::User => {}
                         }
-                        pending.insert((ns.clone(), key.clone()), None);
-                        changes.push(Change::Remove { ns, key, id });
+                        pending.insert(h, None);
+                        changes.push(Change::Remove { hash: h, id });
                     }
                     if let Some(r) = reply {
                         bool_replies.push((r, hit));
                     }
                 }
                 Op::Clear { ns, reply } => {
-                    let mut keys = self.shared.map.keys_of(&ns);
-                    keys.extend(
-                        pending
-                            .keys()
-                            .filter(|(n, _)| *n == ns)
-                            .map(|(_, k)| k.clone()),
-                    );
-                    keys.sort();
-                    keys.dedup();
+                    // Entries in the map, plus puts of this batch into the namespace.
+                    let mut hashes: Vec<u64> = self
+                        .shared
+                        .map
+                        .of_namespace(&ns)
+                        .into_iter()
+                        .map(|(h, _)| h)
+                        .collect();
+                    hashes.extend(batch_ns.iter().filter(|(n, _)| *n == ns).map(|(_, h)| *h));
+                    hashes.sort_unstable();
+                    hashes.dedup();
                     let mut n = 0;
-                    for key in keys {
-                        if let Some((id, _)) = self.current(&pending, &ns, &key) {
-                            pending.insert((ns.clone(), key.clone()), None);
-                            changes.push(Change::Remove {
-                                ns: ns.clone(),
-                                key,
-                                id,
-                            });
+                    for h in hashes {
+                        if let Some((id, _)) = self.current(&pending, h) {
+                            pending.insert(h, None);
+                            changes.push(Change::Remove { hash: h, id });
                             n += 1;
                         }
                     }
@@ -478,30 +481,72 @@ impl Committer {
             }
         }
         self.shared.puts_in_flight.fetch_sub(puts, Relaxed);
-        // A sync batch: records (and large files) first, then the FULL commit below.
-        let mut result = if want_sync && !changes.is_empty() {
-            self.flush_data()
+        // A sync batch: the records (and large files) and the FULL commit go to stable storage
+        // at the same time, two fdatasyncs in parallel. This does not advance
+        // `verified_below` (a row may reach the disk before its record): recovery checks these
+        // rows' records until the next full flush covers them.
+        let sync_now = want_sync && !changes.is_empty();
+        let (mut result, mut data) = if sync_now {
+            let shared = Arc::clone(&self.shared);
+            std::thread::scope(|s| {
+                let data = s.spawn(move || flush_data(&shared));
+                let c = self.commit(&changes, &new_ns, true, None);
+                let d = data.join().unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable("the flush thread panicked".into()))
+                });
+                (c, d)
+            })
         } else {
-            Ok(0)
+            (self.commit(&changes, &new_ns, false, None), Ok(0))
         };
-        let mut committed_below = None;
-        if result.is_ok() {
-            committed_below = want_sync.then(|| self.verified_mark());
-            result = self.commit(&changes, &new_ns, committed_below).map(|()| 0);
-            if matches!(result, Err(StoreError::NoSpace(_))) {
-                // The index itself could not grow: free the reserve, evict, and try once more.
-                self.release_reserve();
-                self.evict(pressure.max(self.shared.stats.stored_total() / 20).max(1));
-                result = self.commit(&changes, &new_ns, committed_below).map(|()| 0);
+        if matches!(result, Err(StoreError::NoSpace(_))) {
+            // The index itself could not grow: free the reserve, evict, and try once more.
+            self.release_reserve();
+            self.evict(pressure.max(self.shared.stats.stored_total() / 20).max(1));
+            result = self.commit(&changes, &new_ns, sync_now, None);
+            if sync_now && result.is_ok() && data.is_err() {
+                data = self.flush_data();
             }
         }
+        if let (Ok(()), Err(e)) = (&result, &data) {
+            // Rows committed, records not durable: take the puts back out (they are answered
+            // with the error and never visible); deletes and overwritten entries stay gone.
+            let undo: Vec<Change> = put_replies
+                .iter()
+                .map(|(_, r)| Change::Remove {
+                    hash: self.shared.map.key_hash(&r.namespace, &r.key),
+                    id: r.id,
+                })
+                .collect();
+            if let Err(e2) = self.commit(&undo, &[], false, None) {
+                tracing::error!("taking back the puts of a failed flush: {e2}");
+            }
+            tracing::error!("flushing a sync batch failed: {e}");
+            let removals: Vec<Change> = changes
+                .into_iter()
+                .filter(|c| matches!(c, Change::Remove { .. }))
+                .collect();
+            self.dirty = true;
+            self.apply(removals);
+            for (r, row) in put_replies {
+                self.discard_record(&row);
+                let _ = r.send(Err(clone_err(e)));
+            }
+            for (r, v) in bool_replies {
+                let _ = r.send(Ok(v));
+            }
+            for (r, v) in count_replies {
+                let _ = r.send(Ok(v));
+            }
+            for f in execs {
+                f(self);
+            }
+            return stop;
+        }
         match &result {
-            Ok(_) => {
+            Ok(()) => {
                 if !changes.is_empty() {
                     self.dirty = true;
-                }
-                if committed_below.is_some() {
-                    self.flushed();
                 }
                 self.apply(changes);
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
@@ -561,45 +606,8 @@ impl Committer {
             .unwrap_or_else(|| self.shared.next_id.load(Relaxed))
     }
 
-    /// fdatasync what puts wrote since the last flush: dirty segments, large-value files.
-    /// Returns how many files were synced. On failure they stay on the dirty lists.
     fn flush_data(&mut self) -> Result<u64, StoreError> {
-        let layout = self.shared.layout();
-        let mut n = 0u64;
-        let blobs: Vec<(u32, u64)> = std::mem::take(
-            &mut *self
-                .shared
-                .unsynced_blobs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        for (i, &(node, id)) in blobs.iter().enumerate() {
-            if let Some(s) = layout.shards.get(&node)
-                && let Err(e) = s.sync_blob(id)
-            {
-                self.shared
-                    .unsynced_blobs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&blobs[i..]);
-                return Err(e);
-            }
-            n += 1;
-        }
-        if !blobs.is_empty() {
-            for s in layout.shards.values() {
-                s.sync_dir()?;
-            }
-        }
-        for s in layout.shards.values() {
-            let ids = s.segments.take_dirty();
-            if let Err(e) = s.segments.sync(&ids) {
-                s.segments.redirty(&ids);
-                return Err(e);
-            }
-            n += ids.len() as u64;
-        }
-        Ok(n)
+        flush_data(&self.shared)
     }
 
     /// Record, after a successful full flush, that durable state is complete.
@@ -629,27 +637,31 @@ impl Committer {
     pub fn full_flush(&mut self) -> Result<(), StoreError> {
         let mark = self.verified_mark();
         self.flush_data()?;
-        self.commit(&[], &[], Some(mark))?;
+        self.commit(&[], &[], true, Some(mark))?;
         self.flushed();
         Ok(())
     }
 
+    /// Commit `changes`; `full`: with an fdatasync of the WAL; `mark`: also record
+    /// `verified_below` (only after the records were flushed first).
     fn commit(
         &mut self,
         changes: &[Change],
         new_ns: &[(String, Option<u32>)],
-        full: Option<u64>,
+        full: bool,
+        mark: Option<u64>,
     ) -> Result<(), StoreError> {
-        if changes.is_empty() && new_ns.is_empty() && full.is_none() {
+        let full = full || mark.is_some();
+        if changes.is_empty() && new_ns.is_empty() && mark.is_none() {
             return Ok(());
         }
-        if full.is_some() {
+        if full {
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| StoreError::sql("flushing", e))?;
         }
-        let res = self.commit_tx(changes, new_ns, full);
-        if full.is_some() {
+        let res = self.commit_tx(changes, new_ns, mark);
+        if full {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }
         res?;
@@ -705,18 +717,8 @@ impl Committer {
         for c in changes {
             match c {
                 Change::Insert(r) => {
-                    let e = Entry::new(
-                        r.id,
-                        r.loc,
-                        r.node,
-                        r.size,
-                        r.stored,
-                        r.checksum,
-                        r.created,
-                        r.expires.unwrap_or(0),
-                        unix_ns(),
-                        r.hits,
-                    );
+                    let h = self.shared.map.key_hash(&r.namespace, &r.key);
+                    let e = self.shared.map.entry_of(h, &r, self.shared.map.tick());
                     if r.expires.is_some() {
                         self.shared.ttl_entries.fetch_add(1, Relaxed);
                     }
@@ -724,13 +726,13 @@ impl Committer {
                     if let Some((seg, _)) = r.loc {
                         *self.live.entry((r.node, seg)).or_default() += segment::padded(r.stored);
                     }
-                    if let Some(old) = self.shared.map.insert(&r.namespace, &r.key, e) {
+                    if let Some(old) = self.shared.map.insert(e) {
                         // Overwrite handled as a Remove change before this insert.
                         debug_assert!(old.id != r.id);
                     }
                 }
-                Change::Remove { ns, key, id } => {
-                    let Some(e) = self.shared.map.remove(&ns, &key, Some(id)) else {
+                Change::Remove { hash, id } => {
+                    let Some(e) = self.shared.map.remove(hash, Some(id)) else {
                         continue;
                     };
                     self.forget(&layout, &e);
@@ -740,22 +742,25 @@ impl Committer {
     }
 
     fn forget(&mut self, layout: &crate::store::state::Layout, e: &Entry) {
-        self.shared.stats.remove_entry(e.node, e.size, e.stored);
+        let node = u32::from(e.node);
+        self.shared
+            .stats
+            .remove_entry(node, u64::from(e.size), u64::from(e.stored));
         if e.expires != 0 {
             self.shared.ttl_entries.fetch_sub(1, Relaxed);
         }
-        if let Some(t) = layout.tiers.get(&e.node) {
+        if let Some(t) = layout.tiers.get(&node) {
             t.remove(e.id);
         }
         match unpack_loc(e.loc.load(Relaxed)) {
             Some((seg, _)) => {
-                let k = (e.node, seg);
+                let k = (node, seg);
                 let live = self.live.entry(k).or_default();
-                *live = live.saturating_sub(segment::padded(e.stored));
+                *live = live.saturating_sub(segment::padded(u64::from(e.stored)));
                 if *live == 0
                     && layout
                         .shards
-                        .get(&e.node)
+                        .get(&node)
                         .is_some_and(|s| s.segments.active_id() != Some(seg))
                     && !self.to_unlink.contains(&k)
                 {
@@ -764,7 +769,7 @@ impl Committer {
                 }
             }
             None => {
-                if let Some(s) = layout.shards.get(&e.node)
+                if let Some(s) = layout.shards.get(&node)
                     && let Err(err) = s.remove_blob(e.id)
                 {
                     tracing::warn!("removing blob {}: {err}", s.blob_path(e.id).display());
@@ -819,12 +824,12 @@ impl Committer {
             return Ok(());
         };
         let mut moving: Vec<(u64, u64, u64)> = Vec::new(); // id, old packed loc, stored
-        self.shared.map.for_each(|_, _, e| {
-            if e.node == node
+        self.shared.map.for_each(|e| {
+            if u32::from(e.node) == node
                 && let Some((s, _)) = unpack_loc(e.loc.load(Relaxed))
                 && s == seg
             {
-                moving.push((e.id, e.loc.load(Relaxed), e.stored));
+                moving.push((e.id, e.loc.load(Relaxed), u64::from(e.stored)));
             }
         });
         // id, old packed loc, new segment, new offset, stored
@@ -862,7 +867,7 @@ impl Committer {
             .map(|&(id, old, s, o, _)| (id, (old, s, o)))
             .collect();
         // Only the committer changes the map, so every moved entry is still there.
-        self.shared.map.for_each(|_, _, e| {
+        self.shared.map.for_each(|e| {
             if let Some(&(old, s, o)) = by_id.get(&e.id) {
                 let _ = e
                     .loc
@@ -891,10 +896,10 @@ impl Committer {
     /// Remove the least recently used entries until `need` stored bytes are freed.
     pub fn evict(&mut self, need: u64) -> u64 {
         let map = &self.shared.map;
-        let mut ages: Vec<(u64, u64)> = Vec::new();
-        map.for_each(|_, _, e| ages.push((e.last_access_ns.load(Relaxed), e.stored)));
+        let mut ages: Vec<(u32, u64)> = Vec::new();
+        map.for_each(|e| ages.push((e.last_access.load(Relaxed), u64::from(e.stored))));
         ages.sort_unstable();
-        let (mut freed, mut cut, mut at_cut) = (0u64, 0u64, 0u64);
+        let (mut freed, mut cut, mut at_cut) = (0u64, 0u32, 0u64);
         for (age, stored) in &ages {
             if freed >= need {
                 break;
@@ -906,15 +911,15 @@ impl Committer {
             cut = *age;
             at_cut += 1;
         }
-        let mut victims: Vec<(String, String, u64)> = Vec::new();
+        let mut victims: Vec<(u64, u64)> = Vec::new();
         let mut ties = at_cut;
-        map.for_each(|ns, key, e| {
-            let age = e.last_access_ns.load(Relaxed);
+        map.for_each(|e| {
+            let age = e.last_access.load(Relaxed);
             if age < cut || (age == cut && ties > 0) {
                 if age == cut {
                     ties -= 1;
                 }
-                victims.push((ns.to_string(), key.to_string(), e.id));
+                victims.push((e.hash, e.id));
             }
         });
         let n = victims.len() as u64;
@@ -923,12 +928,12 @@ impl Committer {
         }
         let changes: Vec<Change> = victims
             .into_iter()
-            .map(|(ns, key, id)| Change::Remove { ns, key, id })
+            .map(|(hash, id)| Change::Remove { hash, id })
             .collect();
-        let mut res = self.commit(&changes, &[], None);
+        let mut res = self.commit(&changes, &[], false, None);
         if matches!(res, Err(StoreError::NoSpace(_))) {
             self.release_reserve();
-            res = self.commit(&changes, &[], None);
+            res = self.commit(&changes, &[], false, None);
         }
         match res {
             Ok(()) => {
@@ -949,11 +954,10 @@ impl Committer {
     pub fn expire(&mut self) {
         let now = unix_ns() / 1_000_000_000;
         let mut gone: Vec<Change> = Vec::new();
-        self.shared.map.for_each(|ns, key, e| {
-            if e.expires != 0 && e.expires <= now {
+        self.shared.map.for_each(|e| {
+            if e.expired(now) {
                 gone.push(Change::Remove {
-                    ns: ns.to_string(),
-                    key: key.to_string(),
+                    hash: e.hash,
                     id: e.id,
                 });
             }
@@ -962,7 +966,7 @@ impl Committer {
             return;
         }
         let n = gone.len() as u64;
-        match self.commit(&gone, &[], None) {
+        match self.commit(&gone, &[], false, None) {
             Ok(()) => {
                 self.dirty = true;
                 self.apply(gone);
@@ -982,7 +986,9 @@ impl Committer {
             .conn
             .transaction()
             .map_err(|e| StoreError::sql("writing access times", e))?;
-        for (id, la, hits) in touched {
+        // Access order is a logical clock in memory; the index keeps the write-back time.
+        let la = unix_ns() / 1_000_000_000;
+        for (id, hits) in touched {
             index::touch_entry(&tx, id, la, hits)
                 .map_err(|e| StoreError::sql("writing access times", e))?;
         }
@@ -1058,4 +1064,44 @@ pub fn live_of(rows: &[Row]) -> HashMap<(u32, u32), u64> {
         }
     }
     live
+}
+
+/// fdatasync what puts wrote since the last flush: dirty segments, large-value files.
+/// Returns how many files were synced. On failure they stay on the dirty lists.
+pub fn flush_data(shared: &Shared) -> Result<u64, StoreError> {
+    let layout = shared.layout();
+    let mut n = 0u64;
+    let blobs: Vec<(u32, u64)> = std::mem::take(
+        &mut *shared
+            .unsynced_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    for (i, &(node, id)) in blobs.iter().enumerate() {
+        if let Some(s) = layout.shards.get(&node)
+            && let Err(e) = s.sync_blob(id)
+        {
+            shared
+                .unsynced_blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&blobs[i..]);
+            return Err(e);
+        }
+        n += 1;
+    }
+    if !blobs.is_empty() {
+        for s in layout.shards.values() {
+            s.sync_dir()?;
+        }
+    }
+    for s in layout.shards.values() {
+        let ids = s.segments.take_dirty();
+        if let Err(e) = s.segments.sync(&ids) {
+            s.segments.redirty(&ids);
+            return Err(e);
+        }
+        n += ids.len() as u64;
+    }
+    Ok(n)
 }

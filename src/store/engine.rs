@@ -9,7 +9,7 @@ use crate::store::commit::{self, Committer, Op, Why, Writer};
 use crate::store::config::{
     CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace,
 };
-use crate::store::entries::{Entry, EntryMap, unpack_loc};
+use crate::store::entries::{EntryMap, unpack_loc};
 use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
 use crate::store::memtier::MemTier;
@@ -211,7 +211,7 @@ impl Cache {
             inflight_bytes: InflightBytes::new(bound),
             unsynced_blobs: Mutex::new(Vec::new()),
         });
-        let now_ns = unix_ns();
+
         for r in &rec.rows {
             if r.expires.is_some() {
                 shared.ttl_entries.fetch_add(1, Relaxed);
@@ -219,20 +219,10 @@ impl Cache {
             shared.stats.add_entry(r.node, r.size, r.stored);
         }
         let live = commit::live_of(&rec.rows);
+        // Access order from the index's last-access times (seconds), oldest first.
+        let oldest = rec.rows.iter().map(|r| r.last_access).min().unwrap_or(0);
         shared.map.load(rec.rows, |r| {
-            let la = r.last_access.saturating_mul(1_000_000_000).min(now_ns);
-            Entry::new(
-                r.id,
-                r.loc,
-                r.node,
-                r.size,
-                r.stored,
-                r.checksum,
-                r.created,
-                r.expires.unwrap_or(0),
-                la,
-                r.hits,
-            )
+            (r.last_access.saturating_sub(oldest) + 1).min(u64::from(u32::MAX / 2)) as u32
         });
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(conn, Arc::clone(&shared), live);
@@ -633,13 +623,18 @@ impl Cache {
         let now = unix_ns();
         let now_s = now / 1_000_000_000;
         let found = self.shared.map.with(ns, key, |e| {
-            if e.expires != 0 && e.expires <= now_s {
+            if e.expired(now_s) {
                 return Err(e.id);
             }
-            self.shared.map.touch(e, now);
-            Ok((e.id, e.node, e.stored, e.checksum, e.loc.load(Relaxed)))
+            self.shared.map.touch(e);
+            Ok((
+                e.id,
+                u32::from(e.node),
+                u64::from(e.stored),
+                e.loc.load(Relaxed),
+            ))
         });
-        let (id, node, stored, checksum, loc) = match found {
+        let (id, node, stored, loc) = match found {
             Some(Ok(f)) => f,
             Some(Err(expired)) => {
                 let _ = self.send(Op::Delete {
@@ -676,6 +671,7 @@ impl Cache {
         let header_len = blob::FIXED_LEN + ns.len() + key.len() + 8;
         let payload_len = (stored as usize).saturating_sub(header_len);
         let map_shard = Arc::clone(&shard);
+        let hash = self.shared.map.key_hash(ns, key);
         let (ns2, key2) = (ns.to_string(), key.to_string());
         let me = Arc::clone(&self.shared);
         let read = layout.on_node(node, move || {
@@ -693,7 +689,7 @@ impl Cache {
                     && tries < 3
                     && let Some(now_loc) = me
                         .map
-                        .with(&ns2, &key2, |e| (e.id == id).then(|| e.loc.load(Relaxed)))
+                        .with_hash(hash, |e| (e.id == id).then(|| e.loc.load(Relaxed)))
                         .flatten()
                     && now_loc != loc
                 {
@@ -704,7 +700,7 @@ impl Cache {
                 break r;
             };
             let value = match parts {
-                Ok((header, payload)) => blob::decode_parts(&header, payload, id, checksum),
+                Ok((header, payload)) => blob::decode_record(&header, payload, id, &ns2, &key2),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(
                     blob::BlobError::Payload(format!("file is shorter than indexed: {e}")),
                 ),
@@ -798,29 +794,45 @@ impl Cache {
         Self::wait(rrx)
     }
 
-    /// What the index knows about `ns`/`key`.
+    /// What the index knows about `ns`/`key` (last access is the index's, written back
+    /// every few seconds).
     pub fn lookup(&self, ns: &str, key: &str) -> Result<EntryInfo, StoreError> {
         validate_namespace(ns)?;
         validate_key(key)?;
-        let now = unix_ns();
-        self.shared
+        let now_s = unix_ns() / 1_000_000_000;
+        let found = self
+            .shared
             .map
             .with(ns, key, |e| {
-                (e.expires == 0 || e.expires > now / 1_000_000_000).then(|| EntryInfo {
-                    size: e.size,
-                    stored_size: e.stored,
-                    node: e.node,
-                    created: e.created,
-                    last_access: e.last_access_ns.load(Relaxed) / 1_000_000_000,
-                    hits: e.hits.load(Relaxed),
-                    expires: (e.expires != 0).then_some(e.expires),
+                (!e.expired(now_s)).then(|| {
+                    (
+                        e.id,
+                        u64::from(e.size),
+                        u64::from(e.stored),
+                        u32::from(e.node),
+                        e.hits(),
+                    )
                 })
             })
-            .flatten()
-            .ok_or_else(|| StoreError::NotFound {
-                namespace: ns.into(),
-                key: key.into(),
-            })
+            .flatten();
+        let not_found = || StoreError::NotFound {
+            namespace: ns.into(),
+            key: key.into(),
+        };
+        let (id, size, stored_size, node, hits) = found.ok_or_else(not_found)?;
+        let times = self.exec(move |c| {
+            index::entry_times(&c.conn, id).map_err(|e| StoreError::sql("reading an entry", e))
+        })?;
+        let (created, last_access, expires) = times.ok_or_else(not_found)?;
+        Ok(EntryInfo {
+            size,
+            stored_size,
+            node,
+            created,
+            last_access,
+            hits,
+            expires,
+        })
     }
 
     /// Remove every entry of `ns`; returns how many.

@@ -1,43 +1,47 @@
-//! The in-memory entry map: (namespace, key) -> where the blob is and what it should hash to.
-//! Gets read it under a shard's read lock and never touch SQLite; only the committer thread
-//! changes it, after the index rows are committed. Access time and hits are atomics, written
-//! back to the index in batches.
+//! The in-memory entry map, compact: (namespace, key) -> where the record is. Built for
+//! 10M entries in at most 64 bytes each: no key is kept in memory, only a seeded 64-bit hash
+//! of (namespace, key) (a get checks the record's own header names the key it asked for, so
+//! a hash collision is a miss, never another key's value); entries are 48-byte structs in a
+//! dense slab per shard, found through a table of 4-byte slot numbers. Only the committer
+//! thread changes it, after the index rows are committed; gets read it under a shard's read
+//! lock and never touch SQLite. Access order and hits are atomics, written back to the index
+//! in batches.
 
 use crate::store::index::Row;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{RwLock, RwLockReadGuard};
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 const SHARDS: usize = 64;
+/// `Entry::hits`' top bit: touched since the last write-back.
+const DIRTY: u32 = 1 << 31;
 
-/// One entry as the engine tracks it.
+/// One entry as the engine tracks it (48 bytes).
 #[derive(Debug)]
 pub struct Entry {
+    /// Seeded hash of (namespace, key): the map's key.
+    pub hash: u64,
     /// Entry id (the record's id; the blob file name of a large value).
     pub id: u64,
     /// Where the record is: `segment << 32 | offset`, or `OWN_FILE` (a file of its own).
     /// Compaction moves a record with one store; a reader sees the old or the new place.
     pub loc: AtomicU64,
-    /// Node whose shard holds the blob.
-    pub node: u32,
+    /// Stored size of the record.
+    pub stored: u32,
     /// Logical size.
-    pub size: u64,
-    /// Stored size (the whole file).
-    pub stored: u64,
-    /// xxh3-64 of the logical bytes.
-    pub checksum: u64,
-    /// Creation, unix seconds.
-    pub created: u64,
-    /// Expiry, unix seconds (0: never).
-    pub expires: u64,
-    /// Last access, unix nanoseconds (LRU order and `last_access`).
-    pub last_access_ns: AtomicU64,
-    /// Hits served.
-    pub hits: AtomicU64,
-    /// Touched since the last write-back of access times.
-    pub dirty: AtomicBool,
+    pub size: u32,
+    /// Expiry, unix seconds (0: never; u32::MAX: beyond 2106, as good as never).
+    pub expires: u32,
+    /// Access order: the map's logical clock at the last read or write (LRU).
+    pub last_access: AtomicU32,
+    /// Hits served (the top bit marks "touched since the last write-back").
+    hits: AtomicU32,
+    /// Interned namespace.
+    pub ns: u16,
+    /// Node whose shard holds the record.
+    pub node: u16,
 }
 
 /// `Entry::loc` of a record that is a file of its own.
@@ -56,255 +60,341 @@ pub fn unpack_loc(v: u64) -> Option<(u32, u64)> {
     (v != OWN_FILE).then_some(((v >> 32) as u32, v & 0xffff_ffff))
 }
 
+/// Clamp a unix-seconds expiry into the map's u32 (0 stays "never").
+pub fn expires_u32(expires: Option<u64>) -> u32 {
+    match expires {
+        None | Some(0) => 0,
+        Some(s) => s.min(u64::from(u32::MAX)) as u32,
+    }
+}
+
 impl Entry {
-    /// The fixed fields of a new entry.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: u64,
-        loc: Option<(u32, u64)>,
-        node: u32,
-        size: u64,
-        stored: u64,
-        checksum: u64,
-        created: u64,
-        expires: u64,
-        last_access_ns: u64,
-        hits: u64,
-    ) -> Entry {
-        Entry {
-            id,
-            loc: AtomicU64::new(pack_loc(loc)),
-            node,
-            size,
-            stored,
-            checksum,
-            created,
-            expires,
-            last_access_ns: AtomicU64::new(last_access_ns),
-            hits: AtomicU64::new(hits),
-            dirty: AtomicBool::new(false),
-        }
+    /// Hits served.
+    pub fn hits(&self) -> u64 {
+        u64::from(self.hits.load(Relaxed) & !DIRTY)
+    }
+
+    /// Has an expiry that has passed at `now_s`.
+    pub fn expired(&self, now_s: u64) -> bool {
+        self.expires != 0 && u64::from(self.expires) <= now_s
     }
 }
 
-/// xxh3 with a per-process random seed: several times faster than SipHash on short keys
-/// (the map's lookups and its 1M-entry load at start-up), still not predictable by callers.
-#[derive(Clone)]
-pub struct SeededXxh3(u64);
+struct Shard {
+    table: HashTable<u32>,
+    slab: Vec<Entry>,
+    free: Vec<u32>,
+}
 
-impl Default for SeededXxh3 {
-    fn default() -> Self {
-        SeededXxh3(std::collections::hash_map::RandomState::new().hash_one(0x6e63_u64))
+impl Shard {
+    fn find(&self, h: u64) -> Option<u32> {
+        let slab = &self.slab;
+        self.table.find(h, |&i| slab[i as usize].hash == h).copied()
     }
 }
 
-impl BuildHasher for SeededXxh3 {
-    type Hasher = KeyHasher;
-    fn build_hasher(&self) -> KeyHasher {
-        KeyHasher { seed: self.0, h: 0 }
-    }
-}
-
-/// The hasher of [`SeededXxh3`].
-pub struct KeyHasher {
-    seed: u64,
-    h: u64,
-}
-
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.h = xxh3_64_with_seed(bytes, self.seed ^ self.h);
-    }
-    fn write_u8(&mut self, i: u8) {
-        // `str` hashing ends with a 0xff marker byte.
-        self.h = self.h.rotate_left(5) ^ u64::from(i);
-    }
-    fn finish(&self) -> u64 {
-        self.h
-    }
-}
-
-type KeyMap = HashMap<String, Entry, SeededXxh3>;
-type NsMap = HashMap<String, KeyMap, SeededXxh3>;
-
-/// The map, split into shards by key hash.
+/// The map, split into shards by hash.
 pub struct EntryMap {
-    shards: Box<[RwLock<NsMap>]>,
+    shards: Box<[RwLock<Shard>]>,
+    seed: u64,
+    /// The logical clock of access order.
+    clock: AtomicU32,
+    /// Namespace names by interned number.
+    names: RwLock<Vec<String>>,
     /// Some entry was touched since the last write-back.
     any_touched: AtomicBool,
-    hasher: SeededXxh3,
 }
 
 impl Default for EntryMap {
     fn default() -> Self {
-        let hasher = SeededXxh3::default();
         EntryMap {
             shards: (0..SHARDS)
-                .map(|_| RwLock::new(HashMap::with_hasher(hasher.clone())))
+                .map(|_| {
+                    RwLock::new(Shard {
+                        table: HashTable::new(),
+                        slab: Vec::new(),
+                        free: Vec::new(),
+                    })
+                })
                 .collect(),
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x6e63_u64),
+            clock: AtomicU32::new(1),
+            names: RwLock::new(Vec::new()),
             any_touched: AtomicBool::new(false),
-            hasher,
         }
     }
 }
 
-fn shard_of(ns: &str, key: &str) -> usize {
-    (xxh3_64(key.as_bytes()) ^ xxh3_64(ns.as_bytes()).rotate_left(17)) as usize % SHARDS
-}
-
 impl EntryMap {
-    /// Run `f` on the entry, under the shard's read lock.
+    /// The map's key for (`ns`, `key`): xxh3 with a per-process random seed, not
+    /// predictable by callers.
     #[inline]
-    pub fn with<R>(&self, ns: &str, key: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let g = self.read(ns, key);
-        g.get(ns).and_then(|m| m.get(key)).map(f)
+    pub fn key_hash(&self, ns: &str, key: &str) -> u64 {
+        xxh3_64_with_seed(key.as_bytes(), xxh3_64_with_seed(ns.as_bytes(), self.seed))
     }
 
-    fn read(&self, ns: &str, key: &str) -> RwLockReadGuard<'_, NsMap> {
+    fn shard(&self, h: u64) -> &RwLock<Shard> {
+        &self.shards[(h >> 58) as usize % SHARDS]
+    }
+
+    fn read(&self, h: u64) -> RwLockReadGuard<'_, Shard> {
         // A poisoned lock only means a panic elsewhere; the map itself stays consistent
         // because every change is a single insert or remove.
-        self.shards[shard_of(ns, key)]
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shard(h).read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Mark an entry read now: access time and hit count, flagged for the next write-back.
-    /// No allocation or lock here: with 1M keys nearly every get is a first touch.
+    /// The current tick of the access clock (and advance it).
     #[inline]
-    pub fn touch(&self, e: &Entry, now_ns: u64) {
-        e.last_access_ns.store(now_ns, Relaxed);
-        e.hits.fetch_add(1, Relaxed);
-        if !e.dirty.load(Relaxed) {
-            e.dirty.store(true, Relaxed);
+    pub fn tick(&self) -> u32 {
+        self.clock.fetch_add(1, Relaxed)
+    }
+
+    /// Run `f` on the entry of (`ns`, `key`), under the shard's read lock.
+    #[inline]
+    pub fn with<R>(&self, ns: &str, key: &str, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        self.with_hash(self.key_hash(ns, key), f)
+    }
+
+    /// Run `f` on the entry of hash `h`.
+    #[inline]
+    pub fn with_hash<R>(&self, h: u64, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let g = self.read(h);
+        g.find(h).map(|i| f(&g.slab[i as usize]))
+    }
+
+    /// Mark an entry read now: access order and hit count, flagged for the next write-back.
+    #[inline]
+    pub fn touch(&self, e: &Entry) {
+        e.last_access.store(self.tick(), Relaxed);
+        let before = e.hits.fetch_add(1, Relaxed);
+        if before & DIRTY == 0 {
+            e.hits.fetch_or(DIRTY, Relaxed);
             self.any_touched.store(true, Relaxed);
         }
     }
 
-    /// Take the touched entries' current (id, last_access_s, hits), clearing their flags
-    /// (a scan of the map, done every few seconds by the committer and only after gets).
-    pub fn take_touched(&self) -> Vec<(u64, u64, u64)> {
+    /// Take the touched entries' (id, hits), clearing their flags (a scan of the map, done
+    /// every few seconds by the committer and only after gets).
+    pub fn take_touched(&self) -> Vec<(u64, u64)> {
         if !self.any_touched.swap(false, Relaxed) {
             return Vec::new();
         }
         let mut out = Vec::new();
-        self.for_each(|_, _, e| {
-            if e.dirty.load(Relaxed) {
-                e.dirty.store(false, Relaxed);
-                out.push((
-                    e.id,
-                    e.last_access_ns.load(Relaxed) / 1_000_000_000,
-                    e.hits.load(Relaxed),
-                ));
+        self.for_each(|e| {
+            if e.hits.load(Relaxed) & DIRTY != 0 {
+                let h = e.hits.fetch_and(!DIRTY, Relaxed);
+                out.push((e.id, u64::from(h & !DIRTY)));
             }
         });
         out
     }
 
-    /// Insert or replace; returns the replaced entry.
-    pub fn insert(&self, ns: &str, key: &str, e: Entry) -> Option<Entry> {
-        self.insert_owned(ns.to_string(), key.to_string(), e)
+    /// The interned number of namespace `ns` (added when new).
+    pub fn intern(&self, ns: &str) -> u16 {
+        if let Some(i) = self.ns_index(ns) {
+            return i;
+        }
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = names.iter().position(|n| n == ns) {
+            return i as u16;
+        }
+        names.push(ns.to_string());
+        // More than 65536 namespaces share the last number (Clear of those then scans a
+        // little more); the index, not this number, says which namespace a row is in.
+        (names.len() - 1).min(u16::MAX as usize) as u16
     }
 
-    /// Insert or replace, taking the strings (no copies: the start-up load moves 1M keys).
-    pub fn insert_owned(&self, ns: String, key: String, e: Entry) -> Option<Entry> {
-        let mut g = self.shards[shard_of(&ns, &key)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        match g.get_mut(ns.as_str()) {
-            Some(m) => m.insert(key, e),
+    /// The interned number of `ns`, if it has one.
+    pub fn ns_index(&self, ns: &str) -> Option<u16> {
+        self.names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .position(|n| n == ns)
+            .map(|i| i.min(u16::MAX as usize) as u16)
+    }
+
+    /// A new entry for `row` (interning its namespace); `order` is its access order.
+    pub fn entry_of(&self, h: u64, r: &Row, order: u32) -> Entry {
+        Entry {
+            hash: h,
+            id: r.id,
+            loc: AtomicU64::new(pack_loc(r.loc)),
+            stored: r.stored.min(u64::from(u32::MAX)) as u32,
+            size: r.size.min(u64::from(u32::MAX)) as u32,
+            expires: expires_u32(r.expires),
+            last_access: AtomicU32::new(order),
+            hits: AtomicU32::new(r.hits.min(u64::from(!DIRTY)) as u32),
+            ns: self.intern(&r.namespace),
+            node: r.node.min(u32::from(u16::MAX)) as u16,
+        }
+    }
+
+    /// Insert or replace the entry of `e.hash`; returns the replaced entry.
+    pub fn insert(&self, e: Entry) -> Option<Entry> {
+        let h = e.hash;
+        let mut g = self.shard(h).write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = g.find(h) {
+            return Some(std::mem::replace(&mut g.slab[i as usize], e));
+        }
+        let Shard { table, slab, free } = &mut *g;
+        let slot = match free.pop() {
+            Some(i) => {
+                slab[i as usize] = e;
+                i
+            }
             None => {
-                let mut m = HashMap::with_hasher(self.hasher.clone());
-                m.insert(key, e);
-                g.insert(ns, m);
-                None
+                slab.push(e);
+                (slab.len() - 1) as u32
             }
-        }
+        };
+        table.insert_unique(h, slot, |&i| slab[i as usize].hash);
+        None
     }
 
-    /// Load many rows at once (start-up): grouped by shard, each shard filled under one
-    /// lock with its tables sized up front, shards spread over the CPUs.
-    pub fn load(&self, rows: Vec<Row>, make: impl Fn(&Row) -> Entry + Sync) {
-        let mut by_shard: Vec<Vec<Row>> = (0..SHARDS).map(|_| Vec::new()).collect();
+    /// Load many rows at once (start-up), each shard sized once.
+    pub fn load(&self, rows: Vec<Row>, order: impl Fn(&Row) -> u32) {
+        let mut max = 0u32;
+        let mut by_shard: Vec<Vec<Entry>> = (0..SHARDS).map(|_| Vec::new()).collect();
         for r in rows {
-            by_shard[shard_of(&r.namespace, &r.key)].push(r);
+            let h = self.key_hash(&r.namespace, &r.key);
+            let o = order(&r);
+            max = max.max(o);
+            by_shard[(h >> 58) as usize % SHARDS].push(self.entry_of(h, &r, o));
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8);
-        let mut work: Vec<Vec<(usize, Vec<Row>)>> = (0..threads).map(|_| Vec::new()).collect();
-        for (i, rows) in by_shard.into_iter().enumerate() {
-            work[i % threads].push((i, rows));
-        }
-        let make = &make;
-        std::thread::scope(|s| {
-            for part in work {
-                s.spawn(move || {
-                    for (i, rows) in part {
-                        self.fill_shard(i, rows, make);
+        for (i, entries) in by_shard.into_iter().enumerate() {
+            let mut g = self.shards[i].write().unwrap_or_else(|p| p.into_inner());
+            let Shard { table, slab, .. } = &mut *g;
+            table.reserve(entries.len(), |&k| slab[k as usize].hash);
+            slab.reserve_exact(entries.len());
+            for e in entries {
+                let h = e.hash;
+                if let Some(&j) = table.find(h, |&k| slab[k as usize].hash == h) {
+                    // Two rows for one key (only after a collision of 64-bit hashes, or a
+                    // repaired index): the newer id wins.
+                    if slab[j as usize].id < e.id {
+                        slab[j as usize] = e;
                     }
-                });
-            }
-        });
-    }
-
-    fn fill_shard(&self, i: usize, rows: Vec<Row>, make: &(impl Fn(&Row) -> Entry + Sync)) {
-        let mut g = self.shards[i].write().unwrap_or_else(|p| p.into_inner());
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for r in &rows {
-            *counts.entry(r.namespace.as_str()).or_default() += 1;
-        }
-        for (ns, n) in counts {
-            g.entry(ns.to_string())
-                .or_insert_with(|| HashMap::with_hasher(self.hasher.clone()))
-                .reserve(n);
-        }
-        for r in rows {
-            let e = make(&r);
-            if let Some(m) = g.get_mut(r.namespace.as_str()) {
-                m.insert(r.key, e);
+                    continue;
+                }
+                slab.push(e);
+                let slot = (slab.len() - 1) as u32;
+                table.insert_unique(h, slot, |&k| slab[k as usize].hash);
             }
         }
+        self.clock.fetch_max(max.saturating_add(1), Relaxed);
     }
 
-    /// Remove the entry; when `only_id` is given, only if it is still that entry.
-    pub fn remove(&self, ns: &str, key: &str, only_id: Option<u64>) -> Option<Entry> {
-        let mut g = self.shards[shard_of(ns, key)]
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        let m = g.get_mut(ns)?;
+    /// Remove the entry of hash `h`; when `only_id` is given, only if it is still that entry.
+    pub fn remove(&self, h: u64, only_id: Option<u64>) -> Option<Entry> {
+        let mut g = self.shard(h).write().unwrap_or_else(|p| p.into_inner());
+        let Shard { table, slab, free } = &mut *g;
+        let Ok(found) = table.find_entry(h, |&i| slab[i as usize].hash == h) else {
+            return None;
+        };
+        let slot = *found.get();
         if let Some(id) = only_id
-            && m.get(key).map(|e| e.id) != Some(id)
+            && slab[slot as usize].id != id
         {
             return None;
         }
-        let e = m.remove(key);
-        if m.is_empty() {
-            g.remove(ns);
-        }
-        e
+        found.remove();
+        free.push(slot);
+        // Leave a dead placeholder in the slot (reused by the next insert).
+        let dead = Entry {
+            hash: 0,
+            id: 0,
+            loc: AtomicU64::new(OWN_FILE),
+            stored: 0,
+            size: 0,
+            expires: 0,
+            last_access: AtomicU32::new(0),
+            hits: AtomicU32::new(0),
+            ns: 0,
+            node: 0,
+        };
+        Some(std::mem::replace(&mut slab[slot as usize], dead))
     }
 
-    /// Visit every entry (namespace, key, entry), one shard at a time.
-    pub fn for_each(&self, mut f: impl FnMut(&str, &str, &Entry)) {
+    /// Visit every live entry, one shard at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&Entry)) {
         for s in self.shards.iter() {
             let g = s.read().unwrap_or_else(|p| p.into_inner());
-            for (ns, m) in g.iter() {
-                for (k, e) in m.iter() {
-                    f(ns, k, e);
-                }
+            for &i in g.table.iter() {
+                f(&g.slab[i as usize]);
             }
         }
     }
 
-    /// Keys of namespace `ns`.
-    pub fn keys_of(&self, ns: &str) -> Vec<String> {
+    /// (hash, id) of the entries of namespace `ns`.
+    pub fn of_namespace(&self, ns: &str) -> Vec<(u64, u64)> {
+        let Some(n) = self.ns_index(ns) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        for s in self.shards.iter() {
-            let g = s.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(m) = g.get(ns) {
-                out.extend(m.keys().cloned());
+        self.for_each(|e| {
+            if e.ns == n {
+                out.push((e.hash, e.id));
             }
-        }
+        });
         out
+    }
+
+    /// Renumber access order when the clock nears its end (after ~2^31 reads and writes):
+    /// order is kept, values halve.
+    pub fn renormalize_if_needed(&self) {
+        if self.clock.load(Relaxed) < 3 << 30 {
+            return;
+        }
+        self.for_each(|e| {
+            let v = e.last_access.load(Relaxed);
+            e.last_access.store(v / 2, Relaxed);
+        });
+        self.clock.store((3 << 30) / 2, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u64, ns: &str, key: &str) -> Row {
+        Row {
+            id,
+            namespace: ns.into(),
+            key: key.into(),
+            node: 0,
+            size: 10,
+            stored: 90,
+            checksum: 0,
+            created: 0,
+            last_access: 0,
+            hits: 0,
+            expires: None,
+            loc: Some((1, 64)),
+        }
+    }
+
+    #[test]
+    fn entries_are_small_and_the_map_round_trips() {
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        let m = EntryMap::default();
+        let h = m.key_hash("ns", "a");
+        assert_ne!(h, m.key_hash("ns", "b"));
+        assert_ne!(h, m.key_hash("nsa", ""));
+        assert!(m.insert(m.entry_of(h, &row(1, "ns", "a"), 0)).is_none());
+        let h2 = m.key_hash("other", "b");
+        m.insert(m.entry_of(h2, &row(2, "other", "b"), 0));
+        assert_eq!(m.with("ns", "a", |e| e.id), Some(1));
+        assert_eq!(m.of_namespace("other"), vec![(h2, 2)]);
+        assert!(m.remove(h, Some(9)).is_none(), "only_id guards the removal");
+        assert_eq!(m.remove(h, Some(1)).map(|e| e.id), Some(1));
+        assert!(m.with("ns", "a", |_| ()).is_none());
+        // The freed slot is reused.
+        m.insert(m.entry_of(h, &row(3, "ns", "a"), 0));
+        assert_eq!(m.with_hash(h, |e| e.id), Some(3));
+        m.with_hash(h, |e| m.touch(e));
+        assert_eq!(m.take_touched(), vec![(3, 1)]);
+        assert!(m.take_touched().is_empty());
     }
 }

@@ -228,6 +228,22 @@ pub fn delete_entry(tx: &Transaction, id: u64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// (created, last_access, expires) of entry `id`, unix seconds.
+pub fn entry_times(
+    conn: &Connection,
+    id: u64,
+) -> rusqlite::Result<Option<(u64, u64, Option<u64>)>> {
+    conn.prepare_cached("SELECT created, last_access, expires FROM entries WHERE id = ?1")?
+        .query_row([id as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+                r.get::<_, Option<i64>>(2)?.map(|v| v.max(0) as u64),
+            ))
+        })
+        .optional()
+}
+
 /// Point an entry at a new record location (compaction moved it).
 pub fn move_entry(tx: &Transaction, id: u64, seg: u32, off: u64) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE entries SET segment = ?2, seg_offset = ?3 WHERE id = ?1")?
