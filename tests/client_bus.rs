@@ -533,3 +533,51 @@ fn the_upstream_example_runs_unchanged_code_against_the_daemon() {
         assert!(second.contains(want), "{want:?} missing from:\n{second}");
     }
 }
+
+#[tokio::test]
+async fn get_or_insert_with_fills_once_and_a_failed_fill_stores_nothing() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let lease = Duration::from_millis(500);
+    assert_eq!(
+        c.get_or_lease("fill", "k", lease).await.unwrap(),
+        numa_cache_client::Lease::Fill
+    );
+    // A fill that fails puts nothing and returns its own error.
+    let e = c
+        .get_or_insert_with("fill", "k", lease, || async {
+            Err::<Vec<u8>, Error>(Error::Unavailable("the model is down".into()))
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Unavailable(ref m) if m == "the model is down"),
+        "{e:?}"
+    );
+    assert_eq!(c.get("fill", "k").await.unwrap(), None);
+    // Then the next caller fills, once; later callers read.
+    let mut fills = 0;
+    for _ in 0..3 {
+        let v = c
+            .get_or_insert_with("fill", "k", lease, || {
+                fills += 1;
+                async { Ok::<_, Error>(b"computed".to_vec()) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, b"computed");
+    }
+    assert_eq!(fills, 1);
+    assert_eq!(
+        c.get_or_lease("fill", "k", lease).await.unwrap(),
+        numa_cache_client::Lease::Hit(b"computed".to_vec())
+    );
+    assert_eq!(
+        c.get("fill", "k").await.unwrap().as_deref(),
+        Some(&b"computed"[..])
+    );
+}
