@@ -90,6 +90,14 @@ fn render(c: &mut Criterion) {
     latency.get.observe(Duration::from_micros(30));
     let snap = latency.snapshot();
     let strategy = StrategyConfig::default();
+    // /metrics: the typed report the application builds, rendered directly.
+    let mut report: numa_cache::app::StatsReport =
+        serde_json::from_value(stats.clone()).expect("a statistics report");
+    report.request_latency = Some(snap.clone());
+    c.bench_function("render_metrics_typed_8_nodes", |b| {
+        b.iter(|| numa_cache::gateway::metrics::render_metrics(black_box(&report), 3, &strategy))
+    });
+    // numacachectl: the GetStats JSON read into the report, then rendered.
     c.bench_function("render_prometheus_8_nodes", |b| {
         b.iter(|| {
             render_prometheus(black_box(&MetricsInput {

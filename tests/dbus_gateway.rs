@@ -182,16 +182,7 @@ fn gateway_of_a_running_daemon_over_curl() {
     // Data-plane calls over the bus are timed into the histograms /metrics shows.
     let put = bus.busctl_put("gwtest", "k1", &[1, 2, 3]);
     ok(&put, "Put");
-    let get = bus.busctl(&[
-        "call",
-        NAME,
-        ROOT,
-        "org.opdbus.NumaCache.Cache",
-        "Get",
-        "ss",
-        "gwtest",
-        "k1",
-    ]);
+    let get = bus.busctl_get("gwtest", "k1");
     assert!(ok(&get, "Get").contains("ay 3 1 2 3"));
     let m = gw.tcp("/metrics", &[]);
     assert_eq!(m.status, 200, "{m:?}");
@@ -221,4 +212,85 @@ fn gateway_of_a_running_daemon_over_curl() {
     let socket = gw.socket.clone();
     assert_eq!(gw.daemon.stop(), Some(0));
     assert!(!socket.exists(), "the socket outlived the daemon");
+}
+
+/// The value of `name{node="N"}`, or of the unlabelled `name`, in a Prometheus text.
+fn node_sample(text: &str, name: &str, node: Option<&str>) -> f64 {
+    let prefix = match node {
+        Some(n) => format!("{name}{{node=\"{n}\"}} "),
+        None => format!("{name} "),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+}
+
+#[test]
+fn dbus_stats_http_stats_and_metrics_report_the_same_numbers() {
+    if !(dbus::prerequisites() && support::require_tool("curl", "curl")) {
+        return;
+    }
+    let bus = Bus::start_with(false);
+    let gw = GatewayDaemon::start(&bus, &bus.dir().join("state"));
+    for i in 0..4 {
+        ok(&bus.busctl_put("agree", &format!("k{i}"), &[i; 100]), "Put");
+    }
+    for key in ["k0", "k1", "k1", "absent"] {
+        let _ = bus.busctl_get("agree", key);
+    }
+    // Nothing runs between the three reads: they must agree to the last field.
+    let dbus_json = dbus::busctl_json_string(&ok(
+        &bus.busctl(&[
+            "--json=short",
+            "call",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.CacheStats",
+            "GetStats",
+        ]),
+        "GetStats",
+    ));
+    let http_json = gw.tcp("/api/v1/numa/cache/stats", &[]).json_ok();
+    let metrics = gw.tcp("/metrics", &[]);
+    assert_eq!(metrics.status, 200, "{metrics:?}");
+    assert_eq!(dbus_json, http_json, "D-Bus GetStats and HTTP stats differ");
+    assert_eq!(dbus_json["totals"]["entries"], 4, "{dbus_json}");
+    assert_eq!(dbus_json["totals"]["hits"], 3, "{dbus_json}");
+    assert_eq!(dbus_json["totals"]["misses"], 1, "{dbus_json}");
+    let nodes = dbus_json["node_distribution"]
+        .as_object()
+        .expect("node_distribution");
+    for (node, row) in nodes {
+        for (family, field) in [
+            ("numa_cache_entries", "cache_entries"),
+            ("numa_cache_hits_total", "hits"),
+            ("numa_cache_misses_total", "misses"),
+            ("numa_cache_logical_bytes", "logical_bytes"),
+            ("numa_cache_stored_bytes", "stored_bytes"),
+            ("numa_cache_memory_tier_bytes", "memory_tier_bytes"),
+            ("numa_cache_hit_ratio", "hit_rate"),
+        ] {
+            assert_eq!(
+                node_sample(&metrics.body, family, Some(node)),
+                row[field].as_f64().expect("a number"),
+                "{family} of node {node}"
+            );
+        }
+    }
+    assert_eq!(
+        node_sample(&metrics.body, "numa_cache_total_evictions_total", None),
+        dbus_json["totals"]["evictions"].as_f64().expect("a number")
+    );
+    let latency = &dbus_json["request_latency"];
+    assert_eq!(
+        sample(
+            &metrics.body,
+            "numa_cache_request_duration_seconds_count",
+            "get"
+        ),
+        latency["get"]["count"].as_f64().expect("a count")
+    );
+    assert_eq!(latency["get"]["count"], 4, "{latency}");
+    assert_eq!(latency["put"]["count"], 4, "{latency}");
 }

@@ -1,5 +1,6 @@
 //! Hotplug as a bus client sees it: the daemon watches a synthetic sysfs tree
-//! (`--fs-root`); when a node appears there, `Refresh()` (or the periodic re-scan) publishes
+//! (`--fs-root`); when a node appears there, `Refresh()` (and, tested on its own, the
+//! periodic re-scan with no call at all) publishes
 //! a new generation, the node's object appears under the ObjectManager (InterfacesAdded),
 //! TopologyChanged and PropertiesChanged are emitted; when it goes, InterfacesRemoved.
 //! A synthetic tree stands in for real hotplug here; the NUMA lab (tests/lab) does it for
@@ -8,9 +9,8 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon, NAME, ROOT, ok};
+use dbus::{Bus, Daemon, Monitor, NAME, ROOT, ok};
 use numa_cache::topology::synthetic::{SyntheticMachine, SyntheticNode};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn machine(nodes: &[(u32, u32)]) -> SyntheticMachine {
@@ -31,7 +31,11 @@ fn machine(nodes: &[(u32, u32)]) -> SyntheticMachine {
 }
 
 fn wait_text(path: &std::path::Path, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_text_for(path, needles, Duration::from_secs(10))
+}
+
+fn wait_text_for(path: &std::path::Path, needles: &[&str], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
     loop {
         let t = std::fs::read_to_string(path).unwrap_or_default();
         if needles.iter().all(|n| t.contains(n)) {
@@ -71,14 +75,13 @@ fn node_objects_follow_hotplug() {
     assert_eq!(ids.trim(), "au 1 0");
 
     let mon_out = bus.dir().join("hotplug-monitor.txt");
-    let mut mon = Command::new("gdbus")
-        .args(["monitor", "--system", "--dest", NAME])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
-        .stdout(std::fs::File::create(&mon_out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Returns once gdbus has subscribed (no fixed sleep).
+    let mon = Monitor::start(
+        &bus,
+        "gdbus",
+        &["monitor", "--system", "--dest", NAME],
+        "hotplug-monitor.txt",
+    );
 
     // Node 1 comes online.
     machine(&[(0, 0), (1, 1)]).write(&root).unwrap();
@@ -146,11 +149,59 @@ fn node_objects_follow_hotplug() {
     let tree = ok(&bus.busctl(&["tree", NAME]), "busctl tree");
     assert!(!tree.contains("node1"), "{tree}");
 
-    let _ = mon.kill();
-    let _ = mon.wait();
+    drop(mon);
     assert_eq!(
         daemon.stop(),
         Some(0),
         "numa-cached must stop cleanly after hotplug"
     );
+}
+
+/// Nobody calls Refresh(): the daemon's own periodic re-scan (every 30 s, the fallback when
+/// no uevent arrives, as for a synthetic tree) publishes the new node by itself.
+#[test]
+fn the_periodic_rescan_publishes_a_new_node_without_refresh() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let root = bus.dir().join("sysroot");
+    machine(&[(0, 0)]).write(&root).unwrap();
+    let fs_root = root.display().to_string();
+    let _daemon = Daemon::start_with(
+        &bus,
+        &bus.dir().join("state"),
+        &[("OPDBUS_NUMA_STRATEGY", "disabled")],
+        &["--fs-root", &fs_root],
+    );
+    let mon = Monitor::start(
+        &bus,
+        "gdbus",
+        &["monitor", "--system", "--dest", NAME],
+        "rescan-monitor.txt",
+    );
+    let started = Instant::now();
+    machine(&[(0, 0), (1, 1)]).write(&root).unwrap();
+    // The re-scan interval is 30 s; 45 s allows for a loaded machine.
+    wait_text_for(
+        &bus.dir().join("rescan-monitor.txt"),
+        &[
+            "InterfacesAdded (objectpath '/org/opdbus/NumaCache/node1'",
+            "TopologyChanged (uint64 2, [uint32 0, 1])",
+        ],
+        Duration::from_secs(45),
+    );
+    drop(mon);
+    eprintln!("the re-scan published node 1 after {:?}", started.elapsed());
+    let ids = ok(
+        &bus.busctl(&[
+            "get-property",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.Topology",
+            "NodeIds",
+        ]),
+        "NodeIds",
+    );
+    assert_eq!(ids.trim(), "au 2 0 1");
 }

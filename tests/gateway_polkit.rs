@@ -6,7 +6,7 @@ mod gateway;
 mod support;
 
 use gateway::polkit::{GRANTED_USER, PolkitBus, TestUser};
-use numa_cache::gateway::authz::{Action, AuthzError, Polkit, UnixProcess};
+use numa_cache::app::{Action, AppError, Polkit, Refusal, Requester, Subject, UnixProcess};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,16 @@ fn sleeper_as(user: &str) -> (Child, UnixProcess) {
     (child, subject)
 }
 
+/// An HTTP-style requester for a unix-process subject.
+fn who(p: UnixProcess) -> Requester {
+    Requester {
+        subject: Subject::UnixProcess(p),
+        uid: Some(p.uid),
+        pid: Some(p.pid),
+        cpu: None,
+    }
+}
+
 fn id_of(user: &str, flag: &str) -> u32 {
     let out = Command::new("id").args([flag, user]).output().expect("id");
     String::from_utf8_lossy(&out.stdout)
@@ -67,35 +77,35 @@ async fn polkit_grants_root_and_the_group_and_refuses_nobody() {
     }
     let _user = TestUser::create();
     let bus = PolkitBus::start();
-    let polkit = Polkit::with_address(bus.address.clone());
+    let polkit = Polkit::at(Some(bus.address.clone()));
 
-    let me = UnixProcess::from_peer(Some(std::process::id() as i32), 0).unwrap();
+    let me = who(UnixProcess::from_peer(Some(std::process::id() as i32), 0).unwrap());
     polkit
         .check(&me, Action::SetStrategy)
         .await
         .expect("root is authorized");
 
     let (mut nobody, subject) = sleeper_as("nobody");
-    let refused = polkit.check(&subject, Action::Optimize).await;
+    let refused = polkit.check(&who(subject), Action::Optimize).await;
     let _ = nobody.kill();
     let _ = nobody.wait();
     match refused {
-        Err(AuthzError::Denied { action, uid }) => {
-            assert_eq!(action, "org.opdbus.NumaCache.optimize");
-            assert_eq!(uid, subject.uid);
+        Err(AppError::AccessDenied(Refusal::NotAuthorized, msg)) => {
+            assert!(msg.contains("org.opdbus.NumaCache.optimize"), "{msg}");
+            assert!(msg.contains(&format!("uid={}", subject.uid)), "{msg}");
         }
         other => panic!("nobody should be denied, got {other:?}"),
     }
 
     let (mut granted, subject) = sleeper_as(GRANTED_USER);
-    let allowed = polkit.check(&subject, Action::SetStrategy).await;
+    let allowed = polkit.check(&who(subject), Action::SetStrategy).await;
     let _ = granted.kill();
     let _ = granted.wait();
     allowed.expect("a member of the granted group is authorized");
 
-    let nowhere = Polkit::with_address("unix:path=/nonexistent/bus");
+    let nowhere = Polkit::at(Some("unix:path=/nonexistent/bus".into()));
     assert!(matches!(
         nowhere.check(&me, Action::SetStrategy).await,
-        Err(AuthzError::Unreachable(_))
+        Err(AppError::AccessDenied(Refusal::AuthorityUnavailable, _))
     ));
 }

@@ -1,7 +1,10 @@
-//! Crash safety: a child process (this test binary, re-executed) does concurrent puts and
-//! deletes and is killed with SIGKILL at random moments, 20 times. After each restart every
-//! key reads back byte-identical to its last acknowledged operation (or to the one in flight),
-//! never torn, and no temporary or orphan file remains.
+//! Crash safety: a child process (this test binary, re-executed) does concurrent puts (default
+//! and sync) and deletes and dies abruptly (abort: no destructor, no flush, the same as a
+//! SIGKILL for what reaches the disk) once a set number of operations have been acknowledged,
+//! 20 times with 20 different counts: the kill points are reproducible by count, not by clock.
+//! After each restart every key reads back byte-identical to its last acknowledged operation
+//! (or to the one in flight), never torn; no temporary file remains; every large-value file on
+//! disk belongs to a live entry.
 
 mod store_util;
 
@@ -9,12 +12,15 @@ use numa_cache::store::{Cache, Caller, PutOptions, StoreError};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use store_util::{Mount, check_value, config, topo1, value_for};
 
 const CHILD_ENV: &str = "NUMA_CACHE_CRASH_CHILD";
 const THREADS: usize = 4;
 const KEYS_PER_THREAD: usize = 8;
+/// Above this a value is stored as a file of its own.
+const LARGE: usize = 1_200_000;
 
 /// Operation `i` on a key: every 7th is a delete, the others put version `i`.
 fn is_delete(i: u64) -> bool {
@@ -23,22 +29,38 @@ fn is_delete(i: u64) -> bool {
 
 fn size_of(key: &str, i: u64) -> usize {
     let h = xxhash_rust::xxh3::xxh3_64(format!("{key}{i}").as_bytes());
-    [300, 4096, 20_000, 70_000][(h % 4) as usize]
+    [300, 4096, 20_000, 70_000, 300, 4096, 20_000, LARGE][(h % 8) as usize]
 }
 
-/// The child: run until killed. Each thread owns its keys, so per key the operations are
-/// sequential and the last acknowledged one is known from its log.
+/// How many acknowledged operations round `round` lets happen before the child dies.
+fn kill_after(round: u64) -> u64 {
+    30 + (round * 97) % 600
+}
+
+/// The child: run until it has `kill_after` acknowledged operations, then abort. Each thread
+/// owns its keys, so per key the operations are sequential and the last acknowledged one is
+/// known from its log. Odd threads use sync puts.
 #[test]
 fn crash_child_writer() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (dir, ns) = spec.split_once('|').expect("dir|namespace");
+    let mut parts = spec.split('|');
+    let (Some(dir), Some(ns), Some(limit)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("dir|namespace|count expected");
+    };
+    let limit: u64 = limit.parse().expect("count");
     let cache = Cache::open(config(Path::new(dir)), topo1()).expect("child opens the cache");
-    let cache = std::sync::Arc::new(cache);
+    let cache = Arc::new(cache);
+    let acked = Arc::new(AtomicU64::new(0));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
-            let (cache, ns, dir) = (cache.clone(), ns.to_string(), dir.to_string());
+            let (cache, ns, dir, acked) = (
+                cache.clone(),
+                ns.to_string(),
+                dir.to_string(),
+                acked.clone(),
+            );
             std::thread::spawn(move || {
                 let mut log = std::fs::OpenOptions::new()
                     .create(true)
@@ -46,6 +68,10 @@ fn crash_child_writer() {
                     .open(Path::new(&dir).join(format!("../ack-{ns}-{t}")))
                     .expect("ack log");
                 let me = Caller::default();
+                let opts = PutOptions {
+                    sync: t % 2 == 1,
+                    ..PutOptions::default()
+                };
                 for i in 0u64.. {
                     for k in 0..KEYS_PER_THREAD {
                         let key = format!("t{t}k{k}");
@@ -53,11 +79,13 @@ fn crash_child_writer() {
                             cache.delete(&ns, &key, &me).expect("delete");
                         } else {
                             let v = value_for(&key, i, size_of(&key, i));
-                            cache
-                                .put(&ns, &key, &v, &PutOptions::default(), &me)
-                                .expect("put");
+                            cache.put(&ns, &key, &v, &opts, &me).expect("put");
                         }
+                        // An unbuffered append: the line is in the kernel before the count.
                         writeln!(log, "{key} {i}").expect("ack");
+                        if acked.fetch_add(1, Ordering::SeqCst) + 1 == limit {
+                            std::process::abort();
+                        }
                     }
                 }
             })
@@ -90,7 +118,7 @@ fn sigkill_during_concurrent_puts_20_times() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let Some(m) = Mount::btrfs(512, false) else {
+    let Some(m) = Mount::btrfs(1024, false) else {
         return;
     };
     let dir = m.dir();
@@ -98,33 +126,30 @@ fn sigkill_during_concurrent_puts_20_times() {
     let exe = std::env::current_exe().unwrap();
     for round in 0..20u64 {
         let ns = format!("r{round}");
-        let mut child = Command::new(&exe)
+        let limit = kill_after(round);
+        let status = Command::new(&exe)
             .args([
                 "--exact",
                 "crash_child_writer",
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, format!("{}|{ns}", dir.display()))
+            .env(CHILD_ENV, format!("{}|{ns}|{limit}", dir.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()
+            .status()
             .unwrap();
-        // Random moments: 150-650 ms into the child's life.
-        let jitter = xxhash_rust::xxh3::xxh3_64(
-            &std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-                .to_le_bytes(),
-        ) % 500;
-        std::thread::sleep(Duration::from_millis(150 + jitter));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        assert!(!status.success(), "round {round}: the child was to die");
 
         let cache = Cache::open(config(&dir), topo1()).unwrap();
         let (acks, ops) = last_acks(&m.path, &ns);
+        // Other threads may finish an operation between the count and the abort.
+        assert!(
+            ops as u64 >= limit && ops as u64 <= limit + THREADS as u64,
+            "round {round}: {ops} acknowledged operations, the child died at {limit}"
+        );
         let mut present = 0;
+        let mut large = 0;
         for t in 0..THREADS {
             for k in 0..KEYS_PER_THREAD {
                 let key = format!("t{t}k{k}");
@@ -141,6 +166,9 @@ fn sigkill_during_concurrent_puts_20_times() {
                 let got = match cache.get(&ns, &key, &me) {
                     Ok(v) => {
                         present += 1;
+                        // Records above 1 MiB stored are files of their own.
+                        let stored = cache.lookup(&ns, &key).unwrap().stored_size;
+                        large += usize::from(stored > 1 << 20);
                         Some(check_value(&key, &v))
                     }
                     Err(StoreError::NotFound { .. }) => None,
@@ -154,17 +182,25 @@ fn sigkill_during_concurrent_puts_20_times() {
             }
         }
         assert!(
+            present > 0,
+            "round {round}: no key present after {ops} operations"
+        );
+        assert!(
             store_util::temp_files(&dir).is_empty(),
             "round {round}: temp files left"
         );
-        let files = store_util::blob_files(&dir).len() as u64;
+        // Earlier rounds' namespaces hold their large values too: count those of this one
+        // against the files whose header names this round's namespace.
+        let files = store_util::records(&dir)
+            .into_iter()
+            .filter(|(f, _, _, n, _)| *n == ns && !f.to_string_lossy().ends_with(".seg"))
+            .count();
         assert_eq!(
-            files,
-            cache.totals().entries,
-            "round {round}: orphan blob files or rows without a file"
+            files, large,
+            "round {round}: large-value files without an entry (or entries without a file)"
         );
         eprintln!(
-            "round {round}: {ops} acknowledged operations, {present} keys present, {files} blobs"
+            "round {round}: died after {limit}, {ops} acknowledged operations, {present} keys present, {large} large files"
         );
     }
 }

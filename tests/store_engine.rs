@@ -70,17 +70,22 @@ fn ttl_expires_and_counts() {
         return;
     };
     let cache = Cache::open(config(&m.dir()), topo1()).unwrap();
+    // Expiry has one-second resolution: a 3 s TTL is still there right after the puts
+    // however slow they are, and gone 4 s later.
     let o = PutOptions {
-        ttl: Some(Duration::from_millis(600)),
+        ttl: Some(Duration::from_secs(3)),
         ..Default::default()
     };
+    let t0 = std::time::Instant::now();
     cache.put("t", "short", b"soon gone", &o, &ME).unwrap();
     cache
         .put("t", "long", b"stays", &PutOptions::default(), &ME)
         .unwrap();
-    assert_eq!(cache.get("t", "short", &ME).unwrap(), b"soon gone");
+    if t0.elapsed() < Duration::from_secs(2) {
+        assert_eq!(cache.get("t", "short", &ME).unwrap(), b"soon gone");
+    }
     assert!(cache.lookup("t", "short").unwrap().expires.is_some());
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(t0.elapsed()));
     assert!(matches!(
         cache.get("t", "short", &ME),
         Err(StoreError::NotFound { .. })
@@ -108,7 +113,7 @@ fn disk_bound_evicts_least_recently_used() {
     cache
         .put("e", "hot", &value_for("hot", 1, 8192), &o, &ME)
         .unwrap();
-    for i in 0..100 {
+    for i in 0..300 {
         let k = format!("k{i}");
         let v = value_for(&k, 1, 8192); // incompressible
         cache.put("e", &k, &v, &o, &ME).unwrap();
@@ -120,7 +125,7 @@ fn disk_bound_evicts_least_recently_used() {
         cache.get("e", "hot", &ME).unwrap();
     }
     let t = cache.totals();
-    assert!(t.evictions >= 60, "{t:?}");
+    assert!(t.evictions >= 260, "{t:?}");
     assert_eq!(
         check_value("hot", &cache.get("e", "hot", &ME).unwrap()),
         1,
@@ -130,10 +135,14 @@ fn disk_bound_evicts_least_recently_used() {
         matches!(cache.get("e", "k0", &ME), Err(StoreError::NotFound { .. })),
         "the oldest went first"
     );
-    assert_eq!(
-        store_util::blob_files(&m.dir()).len() as u64,
-        t.entries,
-        "evicted files are gone"
+    // Evicted records are dead space, reclaimed a segment at a time (removed when empty,
+    // compacted when mostly dead): the disk holds a bounded multiple of the cap, not all
+    // 2.4 MiB written.
+    cache.flush().unwrap();
+    let on_disk = store_util::segment_bytes(&m.dir());
+    assert!(
+        on_disk <= 5 * (256 << 10) / 2,
+        "{on_disk} bytes of segments for a 256 KiB cap"
     );
     // A value that can never fit the bound.
     assert!(matches!(
@@ -210,16 +219,23 @@ fn many_threads_on_the_same_keys_no_torn_values_counters_add_up() {
     let t = cache.totals();
     assert_eq!(t.hits + t.misses, gets.load(Ordering::Relaxed), "{t:?}");
     assert_eq!(t.entries, 6);
-    assert_eq!(
-        store_util::blob_files(&m.dir()).len(),
-        6,
-        "replaced blobs were removed"
-    );
     let per_node: u64 = [0, 1]
         .iter()
         .map(|&n| cache.node_stats(n).unwrap().entries)
         .sum();
     assert_eq!(per_node, 6);
+    // Replaced records stay on disk as dead space until reclaimed, so a rebuild from the
+    // records alone must pick the newest of each key: the same values as the live index.
+    let before: Vec<Vec<u8>> = (0..6)
+        .map(|i| cache.get("same", &format!("shared{i}"), &ME).unwrap())
+        .collect();
+    drop(cache);
+    std::fs::remove_file(m.dir().join("index.db")).unwrap();
+    let cache = Cache::open(config(&m.dir()), topo2()).unwrap();
+    assert_eq!(cache.totals().entries, 6);
+    for (i, v) in before.iter().enumerate() {
+        assert_eq!(&cache.get("same", &format!("shared{i}"), &ME).unwrap(), v);
+    }
 }
 
 #[test]
@@ -435,6 +451,11 @@ fn two_nodes_local_and_remote_gets_are_measured() {
     let topo = topo2();
     let cpu_of = |n: usize| topo.nodes[n].cpus[0];
     if cpu_of(0) == cpu_of(1) {
+        // Under CI a one-CPU runner must not pass silently: the test did not run.
+        assert!(
+            !store_util::support::in_ci(),
+            "one CPU: the two synthetic nodes cannot differ; CI needs at least 2 CPUs"
+        );
         eprintln!("SKIP: one CPU, the two synthetic nodes cannot differ");
         return;
     }
@@ -470,8 +491,18 @@ fn two_nodes_local_and_remote_gets_are_measured() {
         b["remote_samples"].as_u64().unwrap() > 0 && b["local_samples"].as_u64().unwrap() > 0,
         "{b}"
     );
-    // Measured, not assumed: a ratio of two measured means.
-    assert!(b["memory_bandwidth_gain"].as_f64().unwrap() > 0.0);
+    // Measured, not assumed: the gain is remote mean / local mean and the improvement is
+    // remote mean - local mean, so with both kinds of samples they must agree in sign, and
+    // an exact 1.0 / 0.0 would be the "no samples" default, not a measurement.
+    let gain = b["memory_bandwidth_gain"].as_f64().unwrap();
+    let improvement = b["latency_improvement_ms"].as_f64().unwrap();
+    assert!(gain.is_finite() && gain > 0.0 && gain != 1.0, "{b}");
+    assert!(improvement != 0.0, "{b}");
+    assert_eq!(
+        gain > 1.0,
+        improvement > 0.0,
+        "gain and improvement disagree: {b}"
+    );
     let ratio = s["totals"]["local_hit_ratio"].as_f64().unwrap();
     assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
     assert_eq!(s["node_distribution"]["1"]["cache_entries"], 1);

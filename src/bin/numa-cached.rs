@@ -1,13 +1,11 @@
 //! numa-cached: the org.opdbus.NumaCache system service.
 //!
-//! Logs to the journal when systemd started us (JOURNAL_STREAM set), else to stderr;
-//! `RUST_LOG` sets the level (default info).
+//! Logs to the journal when systemd started us (JOURNAL_STREAM set), else to stderr
+//! (`service::logging`); `RUST_LOG` sets the level (default info).
 
 use clap::Parser;
 use numa_cache::service::config::DaemonArgs;
 use numa_cache::service::daemon;
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::prelude::*;
 
 #[derive(Parser)]
 #[command(
@@ -20,26 +18,6 @@ struct Cli {
     args: DaemonArgs,
 }
 
-fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        match tracing_journald::layer() {
-            Ok(journal) => {
-                tracing_subscriber::registry()
-                    .with(filter)
-                    .with(journal)
-                    .init();
-                return;
-            }
-            Err(e) => eprintln!("numa-cached: journald unreachable ({e}); logging to stderr"),
-        }
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() {
     let cli = Cli::parse();
     // Check the configuration before anything else so a bad value is the only message.
@@ -47,7 +25,7 @@ fn main() {
         eprintln!("numa-cached: {e}");
         std::process::exit(2);
     }
-    init_logging();
+    numa_cache::service::logging::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -282,12 +282,13 @@ async fn daemon_topology(c: &Client) -> Result<Topology, Error> {
     let report = c.get_topology().await?;
     let mut nodes = Vec::with_capacity(t.node_ids.len());
     for n in c.nodes().await? {
-        let allowed = report
-            .nodes
-            .iter()
-            .find(|r| r.node_id == n.id)
+        let reported = report.nodes.iter().find(|r| r.node_id == n.id);
+        let allowed = reported
             .map(|r| r.allowed)
             .unwrap_or_else(|| t.allowed_nodes.contains(&n.id));
+        let kind = reported
+            .map(|r| crate::topology::NodeKind::from_label(&r.kind))
+            .unwrap_or(crate::topology::NodeKind::General);
         nodes.push(NumaNode {
             node_id: n.id,
             allowed_cpus: n
@@ -303,6 +304,7 @@ async fn daemon_topology(c: &Client) -> Result<Topology, Error> {
             has_memory: n.has_memory,
             allowed,
             distances: n.distances,
+            kind,
         });
     }
     Ok(Topology {

@@ -1,7 +1,7 @@
 //! The gateway's error responses: one JSON shape, `{"error":{"code","message"}}`, with the
-//! HTTP status that fits, and the single mapping from engine errors to it.
+//! HTTP status that fits, and the single mapping from the application's errors to it.
 
-use crate::store::StoreError;
+use crate::app::{AppError, Invalid, Refusal};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,34 +57,49 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        let message = e.to_string();
-        match e {
-            StoreError::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
-            StoreError::InvalidArgument(_) => Self::bad_request("invalid_argument", message),
-            StoreError::TooLarge { .. } => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
-            }
-            StoreError::PermissionDenied(_) => Self::forbidden("permission_denied", message),
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> Self {
+        let (status, code) = match &e {
+            AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::InvalidArgument(kind, _) => (
+                StatusCode::BAD_REQUEST,
+                match kind {
+                    Invalid::Strategy => "unknown_strategy",
+                    Invalid::WorkloadType => "unknown_workload_type",
+                    Invalid::MemoryPolicy => "unknown_memory_policy",
+                    Invalid::Node => "invalid_node",
+                    Invalid::Range => "invalid_range",
+                    Invalid::Argument => "invalid_argument",
+                },
+            ),
+            AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             // Out of space and engine trouble are conditions of the server, not of the
             // request: the client may retry later.
-            StoreError::NoSpace(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_space", message)
+            AppError::NoSpace(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_space"),
+            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::Corrupted(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupted"),
+            AppError::AccessDenied(refusal, _) => (
+                StatusCode::FORBIDDEN,
+                match refusal {
+                    Refusal::NotAuthorized => "not_authorized",
+                    Refusal::NoCredentials => "no_credentials",
+                    Refusal::AuthorityUnavailable => "authority_unavailable",
+                    Refusal::NotOwner => "permission_denied",
+                    Refusal::MissingPrivilege => "missing_privilege",
+                },
+            ),
+            AppError::AuthenticationRequired(_) => {
+                (StatusCode::FORBIDDEN, "authentication_required")
             }
-            StoreError::Unavailable(_) => Self::unavailable(message),
-            StoreError::Corrupted(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "corrupted", message)
-            }
-            #[allow(unreachable_patterns)]
-            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
-        }
+        };
+        Self::new(status, code, e.message())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     #[test]
     fn engine_errors_map_to_statuses_and_keep_their_message() {
@@ -113,7 +128,7 @@ mod tests {
         ];
         for (err, status, code) in cases {
             let text = err.to_string();
-            let api = ApiError::from(err);
+            let api = ApiError::from(AppError::from(err));
             assert_eq!(api.status.as_u16(), status, "{api}");
             assert_eq!(api.code, code);
             assert_eq!(api.message, text);

@@ -1,19 +1,21 @@
 //! The optional HTTP gateway of numa-cached: the seed's four endpoints, the statistics history
-//! and Prometheus metrics, as a thin adapter over the same engine calls and polkit actions as
-//! the D-Bus interfaces. Off unless a unix socket or a loopback TCP address is given.
+//! and Prometheus metrics, as a thin adapter over the application layer (the same use cases,
+//! polkit actions and errors as D-Bus). Off unless a unix socket or a loopback TCP address is
+//! given.
 //!
 //! Reads are open to anyone who can connect. POSTs are accepted only on the unix socket, where
-//! the peer's credentials (SO_PEERCRED) go to polkit as a `unix-process` subject.
+//! the peer's credentials (SO_PEERCRED) become a polkit `unix-process` subject. Connections
+//! are bounded: at most [`MAX_CONNECTIONS`] at once, each closed when its request headers do
+//! not arrive within [`HEADER_READ_TIMEOUT`] or it stays silent for [`IDLE_TIMEOUT`], so idle
+//! clients cannot exhaust the daemon's descriptors.
 
-pub mod authz;
 pub mod errors;
+mod limits;
 pub mod metrics;
 pub mod request;
 mod routes;
 
-use crate::store::Cache;
-use authz::Polkit;
-use metrics::CacheLatency;
+use crate::app::App;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -23,6 +25,8 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+pub use limits::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 
 /// The daemon's HTTP flags, for `#[command(flatten)]` into its clap parser.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
@@ -68,62 +72,16 @@ impl GatewayConfig {
     }
 }
 
-/// What the gateway's handlers read: the engine, the topology generation, the data-plane
-/// latencies and the polkit client. Cheap to clone.
+/// What the gateway's handlers use: the application. Cheap to clone.
 #[derive(Clone)]
 pub struct GatewayState {
-    cache: Arc<Cache>,
-    generation: Arc<dyn Fn() -> u64 + Send + Sync>,
-    latency: Arc<CacheLatency>,
-    polkit: Arc<Polkit>,
-    on_change: Option<Arc<dyn Fn(StrategyChange) + Send + Sync>>,
-}
-
-/// What an authorized POST changed, for the daemon to announce the same way as a change made
-/// over D-Bus (StrategyChanged, PropertiesChanged), since the engine itself emits nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StrategyChange {
-    /// The strategy now active.
-    pub config: crate::placement::StrategyConfig,
-    /// What `Cache::set_strategy` returned (worker pools re-applied).
-    pub affected_processes: usize,
-    /// The workload type, when the change came from `POST /api/v1/numa/optimize`.
-    pub workload_type: Option<crate::placement::WorkloadType>,
+    app: Arc<App>,
 }
 
 impl GatewayState {
-    /// State over `cache`. `generation` returns the current topology generation (the
-    /// daemon's hotplug watcher owns it); `latency` is the histograms the data plane records
-    /// into.
-    pub fn new(
-        cache: Arc<Cache>,
-        generation: impl Fn() -> u64 + Send + Sync + 'static,
-        latency: Arc<CacheLatency>,
-    ) -> Self {
-        GatewayState {
-            cache,
-            generation: Arc::new(generation),
-            latency,
-            polkit: Arc::new(Polkit::new()),
-            on_change: None,
-        }
-    }
-
-    /// Call `listener` after every strategy change made through the gateway. It runs on the
-    /// request's task, so it should only hand the change on (e.g. spawn the signal emission).
-    pub fn on_strategy_change(
-        mut self,
-        listener: impl Fn(StrategyChange) + Send + Sync + 'static,
-    ) -> Self {
-        self.on_change = Some(Arc::new(listener));
-        self
-    }
-
-    /// Ask the polkit authority on the bus at `address` instead of the system bus
-    /// (`DBUS_SYSTEM_BUS_ADDRESS` or the standard socket).
-    pub fn with_polkit_bus(mut self, address: impl Into<String>) -> Self {
-        self.polkit = Arc::new(Polkit::with_address(address));
-        self
+    /// Serve `app`.
+    pub fn new(app: Arc<App>) -> Self {
+        GatewayState { app }
     }
 }
 
@@ -169,20 +127,6 @@ pub(crate) enum Peer {
     Tcp(SocketAddr),
     /// A unix-socket client with its kernel-reported `(pid, uid)`, when the kernel gave them.
     Unix(Option<(Option<i32>, u32)>),
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Peer::Tcp(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
-        Peer::Unix(stream.io().peer_cred().ok().map(|c| (c.pid(), c.uid())))
-    }
 }
 
 /// The bound listeners, ready to serve.
@@ -232,27 +176,11 @@ impl Gateway {
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut servers = tokio::task::JoinSet::new();
         if let Some(listener) = self.tcp {
-            let mut stop = stop_tx.subscribe();
-            let svc = app.clone().into_make_service_with_connect_info::<Peer>();
-            servers.spawn(async move {
-                axum::serve(listener, svc)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.recv().await;
-                    })
-                    .await
-            });
+            servers.spawn(limits::serve(listener, app.clone(), stop_tx.subscribe()));
         }
         let socket_path = self.unix.as_ref().map(|(_, p)| p.clone());
         if let Some((listener, _)) = self.unix {
-            let mut stop = stop_tx.subscribe();
-            let svc = app.into_make_service_with_connect_info::<Peer>();
-            servers.spawn(async move {
-                axum::serve(listener, svc)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.recv().await;
-                    })
-                    .await
-            });
+            servers.spawn(limits::serve(listener, app, stop_tx.subscribe()));
         }
         let mut result = Ok(());
         tokio::select! {
@@ -411,35 +339,6 @@ mod tests {
             Some(Path::new("/run/numa-cache/http.sock"))
         );
         assert!(!cfg.allow_remote);
-    }
-
-    #[tokio::test]
-    async fn spawn_does_nothing_when_no_listener_is_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::store::CacheConfig {
-            dir: dir.path().join("cache"),
-            ..crate::store::CacheConfig::default()
-        };
-        let topology = Arc::new(crate::topology::detect_live());
-        let cache = Arc::new(Cache::open(config, topology).unwrap());
-        let state = GatewayState::new(cache, || 0, Arc::default());
-        assert!(
-            spawn(&GatewayArgs::default(), state.clone())
-                .unwrap()
-                .is_none()
-        );
-        let remote = GatewayArgs {
-            http_listen: Some("0.0.0.0:0".parse().unwrap()),
-            ..GatewayArgs::default()
-        };
-        assert!(matches!(
-            spawn(&remote, state.clone()),
-            Err(GatewayError::RemoteRefused(_))
-        ));
-        assert!(matches!(
-            serve(state, GatewayConfig::default()).await,
-            Err(GatewayError::NotConfigured)
-        ));
     }
 
     #[tokio::test]

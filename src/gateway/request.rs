@@ -1,8 +1,8 @@
 //! Request bodies and queries: the content type, the size bound and the JSON shapes of the
-//! POST endpoints, checked here so that a malformed or oversized body never reaches the engine.
+//! POST endpoints, checked here so that a malformed or oversized body never reaches the
+//! application (which checks the values: names, nodes, ranges).
 
 use crate::gateway::errors::ApiError;
-use crate::placement::{MemoryPolicy, Strategy, WorkloadType};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -48,79 +48,6 @@ pub struct HistoryQuery {
     /// End, Unix seconds, inclusive; default now.
     pub until: Option<u64>,
 }
-
-impl StrategyRequest {
-    /// The strategy and node preference, or a 400 naming the bad value and the allowed ones.
-    pub fn validate(&self) -> Result<(Strategy, Option<u32>), ApiError> {
-        let strategy = self
-            .strategy
-            .parse::<Strategy>()
-            .map_err(|e| ApiError::bad_request("unknown_strategy", e.to_string()))?;
-        let node = node_argument("node_preference", self.node_preference)?;
-        Ok((strategy, node))
-    }
-}
-
-impl OptimizeRequest {
-    /// The workload type, target node and memory policy, or a 400 naming the bad value.
-    pub fn validate(&self) -> Result<(WorkloadType, Option<u32>, Option<MemoryPolicy>), ApiError> {
-        let workload = self
-            .workload_type
-            .parse::<WorkloadType>()
-            .map_err(|e| ApiError::bad_request("unknown_workload_type", e.to_string()))?;
-        let node = node_argument("target_node", self.target_node)?;
-        let policy = self
-            .memory_policy
-            .as_deref()
-            .map(|p| p.parse::<MemoryPolicy>())
-            .transpose()
-            .map_err(|e| ApiError::bad_request("unknown_memory_policy", e.to_string()))?;
-        Ok((workload, node, policy))
-    }
-}
-
-impl HistoryQuery {
-    /// `(since, until)` with defaults applied, or a 400 when the range is reversed.
-    pub fn range(&self, now_unix: u64) -> Result<(u64, u64), ApiError> {
-        // Unix times are int64 on the wire (openapi.yaml, SQLite); larger ones are not times.
-        for (name, v) in [("since", self.since), ("until", self.until)] {
-            if let Some(v) = v.filter(|v| *v > i64::MAX as u64) {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    format!("{name}={v} is past the largest Unix time ({})", i64::MAX),
-                ));
-            }
-        }
-        let until = self.until.unwrap_or(now_unix);
-        let since = self.since.unwrap_or(until.saturating_sub(24 * 3600));
-        if since > until {
-            return Err(ApiError::bad_request(
-                "invalid_range",
-                format!(
-                    "since ({since}) is after until ({until}): give since <= until, both in Unix seconds"
-                ),
-            ));
-        }
-        Ok((since, until))
-    }
-}
-
-/// A node argument: -1 or absent means none; other negatives and values past the kernel's
-/// node numbers are refused here (an unknown but plausible node is the engine's to refuse).
-fn node_argument(name: &str, value: Option<i64>) -> Result<Option<u32>, ApiError> {
-    match value {
-        None | Some(-1) => Ok(None),
-        Some(n) => u32::try_from(n).ok().filter(|n| *n < MAX_NODE_ID).map(Some).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_node",
-                format!("{name} {n} is not a node number: give -1 for none or a node id from 0 to {}", MAX_NODE_ID - 1),
-            )
-        }),
-    }
-}
-
-/// The kernel's node numbers are below MAX_NUMNODES, at most 1 << 10.
-pub const MAX_NODE_ID: u32 = 1024;
 
 /// Check the content type and parse `bytes` as `T`.
 pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
@@ -221,49 +148,6 @@ mod tests {
     }
 
     #[test]
-    fn strategy_body_parses_and_validates() {
-        let r: StrategyRequest = parse_json(
-            &json_headers(),
-            br#"{"strategy":"local_node","node_preference":0}"#,
-        )
-        .unwrap();
-        assert_eq!(r.validate().unwrap(), (Strategy::LocalNode, Some(0)));
-        let r: StrategyRequest =
-            parse_json(&json_headers(), br#"{"strategy":"interleave"}"#).unwrap();
-        assert_eq!(r.validate().unwrap(), (Strategy::Interleave, None));
-        let r: StrategyRequest = parse_json(
-            &json_headers(),
-            br#"{"strategy":"disabled","node_preference":-1}"#,
-        )
-        .unwrap();
-        assert_eq!(r.validate().unwrap(), (Strategy::Disabled, None));
-    }
-
-    #[test]
-    fn unknown_strategy_is_400_and_lists_the_choices() {
-        let r: StrategyRequest = parse_json(&json_headers(), br#"{"strategy":"fastest"}"#).unwrap();
-        let e = r.validate().unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert_eq!(e.code, "unknown_strategy");
-        assert!(
-            e.message.contains("fastest") && e.message.contains("round_robin"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn bad_nodes_are_400() {
-        for n in [-2i64, 1024, i64::MAX] {
-            let e = node_argument("target_node", Some(n)).unwrap_err();
-            assert_eq!(
-                (e.status, e.code),
-                (StatusCode::BAD_REQUEST, "invalid_node")
-            );
-            assert!(e.message.contains("target_node"), "{e}");
-        }
-    }
-
-    #[test]
     fn malformed_bodies_and_unknown_fields_are_400() {
         for body in [
             &b"{"[..],
@@ -289,46 +173,6 @@ mod tests {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let e = parse_json::<StrategyRequest>(&h, br#"{"strategy":"local_node"}"#).unwrap_err();
         assert!(e.message.contains("text/plain"), "{e}");
-    }
-
-    #[test]
-    fn optimize_body_validates_each_field() {
-        let r: OptimizeRequest = parse_json(
-            &json_headers(),
-            br#"{"workload_type":"cpu_intensive","target_node":0,"memory_policy":"bind"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            r.validate().unwrap(),
-            (
-                WorkloadType::CpuIntensive,
-                Some(0),
-                Some(MemoryPolicy::Bind)
-            )
-        );
-        let r: OptimizeRequest =
-            parse_json(&json_headers(), br#"{"workload_type":"gaming"}"#).unwrap();
-        assert_eq!(r.validate().unwrap_err().code, "unknown_workload_type");
-        let r: OptimizeRequest = parse_json(
-            &json_headers(),
-            br#"{"workload_type":"balanced","memory_policy":"spread"}"#,
-        )
-        .unwrap();
-        assert_eq!(r.validate().unwrap_err().code, "unknown_memory_policy");
-    }
-
-    #[test]
-    fn history_range_defaults_and_refuses_reversed_ranges() {
-        let q = HistoryQuery {
-            since: None,
-            until: None,
-        };
-        assert_eq!(q.range(100_000).unwrap(), (100_000 - 86_400, 100_000));
-        let q = HistoryQuery {
-            since: Some(5),
-            until: Some(4),
-        };
-        assert_eq!(q.range(100).unwrap_err().code, "invalid_range");
     }
 
     #[tokio::test]

@@ -1,12 +1,12 @@
-//! The endpoints. Each POST follows the same steps in the same order as the D-Bus methods:
-//! refuse it off the unix socket, parse and validate the body, check polkit, act.
+//! The endpoints: each parses its transport (query, body, the socket peer), calls the
+//! application's use case and renders the typed result; errors map once, in `errors`.
 
-use crate::gateway::authz::{Action, AuthzError, UnixProcess};
+use crate::app::{Requester, Subject, UnixProcess};
+use crate::app::{StatsReport, StrategyReply};
 use crate::gateway::errors::ApiError;
-use crate::gateway::metrics::{MetricsInput, render_prometheus};
+use crate::gateway::metrics::render_metrics;
 use crate::gateway::request::{HistoryQuery, OptimizeRequest, StrategyRequest, drain, read_json};
-use crate::gateway::{GatewayState, Peer, StrategyChange};
-use crate::placement::{self, StrategyConfig, WorkloadType};
+use crate::gateway::{GatewayState, Peer};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -15,8 +15,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
-use std::time::{SystemTime, UNIX_EPOCH};
+use serde_json::Value;
 
 /// The gateway's routes over `state`.
 pub(crate) fn router(state: GatewayState) -> Router {
@@ -32,23 +31,13 @@ pub(crate) fn router(state: GatewayState) -> Router {
         .with_state(state)
 }
 
-/// Run a blocking engine call off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the engine call did not complete: {e}")))
-}
-
 async fn topology(State(s): State<GatewayState>) -> Result<Json<Value>, ApiError> {
-    let cache = s.cache.clone();
-    Ok(Json(blocking(move || cache.topology().to_json()).await?))
+    let _call = s.app.enter()?;
+    Ok(Json(s.app.topology_json()))
 }
 
-async fn stats(State(s): State<GatewayState>) -> Result<Json<Value>, ApiError> {
-    let cache = s.cache.clone();
-    Ok(Json(blocking(move || cache.stats_json()).await?))
+async fn stats(State(s): State<GatewayState>) -> Result<Json<StatsReport>, ApiError> {
+    Ok(Json(s.app.stats().await?))
 }
 
 async fn history(
@@ -64,24 +53,13 @@ async fn history(
             ),
         )
     })?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (since, until) = query.range(now)?;
-    let cache = s.cache.clone();
-    Ok(Json(blocking(move || cache.history(since, until)).await??))
+    Ok(Json(s.app.history(query.since, query.until).await?))
 }
 
 async fn metrics(State(s): State<GatewayState>) -> Result<Response, ApiError> {
-    let cache = s.cache.clone();
-    let (stats, strategy) = blocking(move || (cache.stats_json(), cache.strategy())).await?;
-    let latency = s.latency.snapshot();
-    let text = render_prometheus(&MetricsInput {
-        stats: &stats,
-        generation: (s.generation)(),
-        strategy: &strategy,
-        latency: Some(&latency),
-    });
+    let report = s.app.stats().await?;
+    let strategy = s.app.strategy_view().config;
+    let text = render_metrics(&report, s.app.generation(), &strategy);
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -97,23 +75,11 @@ async fn set_strategy(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let (creds, body) = socket_caller(peer, body).await?;
+) -> Result<Json<StrategyReply>, ApiError> {
+    let (who, body) = socket_caller(peer, body).await?;
     let req: StrategyRequest = read_json(&headers, body).await?;
-    let (strategy, node_preference) = req.validate()?;
-    authorize(&s, creds, Action::SetStrategy).await?;
-    let cache = s.cache.clone();
-    let applied = blocking(move || {
-        let cfg = StrategyConfig {
-            strategy,
-            node_preference,
-            memory_policy: cache.strategy().memory_policy,
-        };
-        cache.set_strategy(cfg).map(|n| (n, cfg))
-    })
-    .await??;
-    announce(&s, applied.1, applied.0, None);
-    Ok(Json(applied_json("applied", applied.0, &applied.1, None)))
+    let node = req.node_preference.unwrap_or(-1);
+    Ok(Json(s.app.set_strategy(&who, &req.strategy, node).await?))
 }
 
 async fn optimize(
@@ -121,66 +87,26 @@ async fn optimize(
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
-    let (creds, body) = socket_caller(peer, body).await?;
+) -> Result<Json<StrategyReply>, ApiError> {
+    let (who, body) = socket_caller(peer, body).await?;
     let req: OptimizeRequest = read_json(&headers, body).await?;
-    let (workload, target_node, memory_policy) = req.validate()?;
-    // The same plan as D-Bus Optimize; a target node this machine cannot use is a 400.
-    let cfg = placement::optimize_plan(workload, target_node, memory_policy, &s.cache.topology())
-        .map_err(|e| ApiError::bad_request("invalid_node", e.to_string()))?;
-    authorize(&s, creds, Action::Optimize).await?;
-    let cache = s.cache.clone();
-    let affected = blocking(move || cache.set_strategy(cfg)).await??;
-    announce(&s, cfg, affected, Some(workload));
-    Ok(Json(applied_json(
-        "optimized",
-        affected,
-        &cfg,
-        Some(workload),
-    )))
+    let reply = s
+        .app
+        .optimize(
+            &who,
+            &req.workload_type,
+            req.target_node.unwrap_or(-1),
+            req.memory_policy.as_deref(),
+        )
+        .await?;
+    Ok(Json(reply))
 }
 
-fn announce(
-    s: &GatewayState,
-    config: StrategyConfig,
-    affected: usize,
-    workload: Option<WorkloadType>,
-) {
-    if let Some(listener) = &s.on_change {
-        listener(StrategyChange {
-            config,
-            affected_processes: affected,
-            workload_type: workload,
-        });
-    }
-}
-
-/// The seed's response to a strategy change, plus what was applied (the same fields as the
-/// D-Bus replies of SetStrategy and Optimize).
-fn applied_json(
-    status: &str,
-    affected: usize,
-    cfg: &StrategyConfig,
-    workload: Option<WorkloadType>,
-) -> Value {
-    let mut v = json!({
-        "status": status,
-        "strategy": cfg.strategy.as_str(),
-        "affected_processes": affected,
-        "node_preference": cfg.node_preference.map_or(-1, i64::from),
-        "memory_policy": cfg.memory_policy.as_str(),
-    });
-    if let Some(w) = workload {
-        v["workload_type"] = json!(w.as_str());
-    }
-    v
-}
-
-/// The unix-socket caller's credentials with the body to read, or the refusal (after
-/// draining the body) for a caller that cannot be identified.
-async fn socket_caller(peer: Peer, body: Body) -> Result<((Option<i32>, u32), Body), ApiError> {
+/// The unix-socket caller as a polkit `unix-process` subject with the body to read, or the
+/// refusal (after draining the body) for a caller that cannot be identified.
+async fn socket_caller(peer: Peer, body: Body) -> Result<(Requester, Body), ApiError> {
     match socket_peer(peer) {
-        Ok(creds) => Ok((creds, body)),
+        Ok(who) => Ok((who, body)),
         Err(e) => {
             drain(body).await;
             Err(e)
@@ -189,7 +115,7 @@ async fn socket_caller(peer: Peer, body: Body) -> Result<((Option<i32>, u32), Bo
 }
 
 /// POSTs change the service; over TCP nobody can be identified, so they are refused there.
-fn socket_peer(peer: Peer) -> Result<(Option<i32>, u32), ApiError> {
+fn socket_peer(peer: Peer) -> Result<Requester, ApiError> {
     match peer {
         Peer::Tcp(addr) => Err(ApiError::forbidden(
             "post_over_tcp",
@@ -197,32 +123,20 @@ fn socket_peer(peer: Peer) -> Result<(Option<i32>, u32), ApiError> {
                 "changes are accepted only on the gateway's unix socket (--http-socket), where polkit can identify the caller; {addr} connected over TCP, which serves reads only. Use curl --unix-socket PATH, or numacachectl"
             ),
         )),
-        Peer::Unix(Some(creds)) => Ok(creds),
+        Peer::Unix(Some((pid, uid))) => {
+            let process = UnixProcess::from_peer(pid, uid)?;
+            Ok(Requester {
+                subject: Subject::UnixProcess(process),
+                uid: Some(uid),
+                pid: Some(process.pid),
+                cpu: None,
+            })
+        }
         Peer::Unix(None) => Err(ApiError::forbidden(
             "no_credentials",
             "the kernel gave no credentials for this connection, so polkit cannot check it",
         )),
     }
-}
-
-async fn authorize(
-    s: &GatewayState,
-    creds: (Option<i32>, u32),
-    action: Action,
-) -> Result<(), ApiError> {
-    let subject = UnixProcess::from_peer(creds.0, creds.1).map_err(authz_error)?;
-    s.polkit.check(&subject, action).await.map_err(authz_error)
-}
-
-fn authz_error(e: AuthzError) -> ApiError {
-    let code = match e {
-        AuthzError::NoPeerPid | AuthzError::ProcessGone { .. } => "no_credentials",
-        AuthzError::Denied { .. } => "not_authorized",
-        AuthzError::ChallengeRequired { .. } => "authentication_required",
-        // polkit unreachable: denied, as over D-Bus, with the reason given.
-        AuthzError::Unreachable(_) => "authority_unavailable",
-    };
-    ApiError::forbidden(code, e.to_string())
 }
 
 async fn not_found(method: axum::http::Method, uri: axum::http::Uri, body: Body) -> ApiError {

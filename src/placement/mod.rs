@@ -12,4 +12,6 @@ pub use bind::{BindReport, bind_process, optimize_plan};
 pub use error::PlacementError;
 pub use placer::Placer;
 pub use pool::NodePools;
-pub use strategy::{MemoryPolicy, Strategy, StrategyConfig, UnknownName, WorkloadType};
+pub use strategy::{
+    MemoryPolicy, Strategy, StrategyConfig, UnknownName, WorkloadType, optimal_strategy,
+};

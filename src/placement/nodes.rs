@@ -1,13 +1,14 @@
 //! Questions about a topology that placement asks: which nodes can hold memory, which can run
 //! workers, the node of a CPU, and the nearest node of a set by SLIT distance.
 
-use crate::topology::{NumaNode, Topology};
+use crate::topology::{NodeKind, NumaNode, Topology};
 
-/// Allowed nodes with memory, ascending: where entries and bound pages may go.
+/// Allowed nodes with general memory, ascending: where entries and bound pages may go.
+/// GPU memory nodes are left out (used only when a caller names one: `explicit_gpu_node`).
 pub(crate) fn memory_nodes(t: &Topology) -> Vec<u32> {
     t.nodes
         .iter()
-        .filter(|n| n.has_memory && is_allowed(t, n))
+        .filter(|n| n.has_memory && n.kind == NodeKind::General && is_allowed(t, n))
         .map(|n| n.node_id)
         .collect()
 }
@@ -19,6 +20,13 @@ pub(crate) fn cpu_nodes(t: &Topology) -> Vec<u32> {
         .filter(|n| !n.allowed_cpus.is_empty())
         .map(|n| n.node_id)
         .collect()
+}
+
+/// True when `node_id` is a GPU memory node this process may use: placement never picks it,
+/// a caller that names it gets it.
+pub(crate) fn explicit_gpu_node(t: &Topology, node_id: u32) -> bool {
+    t.node(node_id)
+        .is_some_and(|n| n.kind == NodeKind::Gpu && n.has_memory && is_allowed(t, n))
 }
 
 fn is_allowed(t: &Topology, n: &NumaNode) -> bool {
@@ -78,6 +86,7 @@ pub(crate) fn this_machine() -> Topology {
             has_memory: true,
             allowed: true,
             distances: [(home, 10)].into(),
+            kind: NodeKind::General,
         }],
         allowed_cpus: cpus,
         allowed_nodes: vec![home],

@@ -139,6 +139,8 @@ impl Placer {
             let reason = match nodes::node(&s.topology, id) {
                 None => "no such node",
                 Some(n) if !n.has_memory => "it has no memory",
+                // GPU memory: never placed on its own, but a caller may name it.
+                Some(_) if nodes::explicit_gpu_node(&s.topology, id) => return Ok(id),
                 Some(_) if !s.candidates.contains(&id) => "this process's cpuset excludes it",
                 Some(_) => return Ok(id),
             };
@@ -242,6 +244,7 @@ mod tests {
             has_memory: mem_gib > 0,
             allowed,
             distances: BTreeMap::new(),
+            kind: Default::default(),
         }
     }
 

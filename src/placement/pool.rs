@@ -232,7 +232,8 @@ impl NodePools {
     /// on a machine without usable NUMA data), pinned and with the memory policy of `config`.
     pub fn start(topology: &Topology, config: &StrategyConfig) -> NodePools {
         if !topology.numa_available {
-            tracing::info!(
+            // The daemon already said it once (README); pools start again on every change.
+            tracing::debug!(
                 "no usable NUMA information: worker threads run unpinned with the default memory policy"
             );
         }
@@ -427,6 +428,7 @@ mod tests {
             has_memory: false,
             allowed: false,
             distances: [(home, 40), (7, 10)].into(),
+            kind: Default::default(),
         });
         t
     }

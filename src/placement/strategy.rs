@@ -211,6 +211,21 @@ impl fmt::Display for WorkloadType {
     }
 }
 
+impl From<crate::topology::SuggestedStrategy> for Strategy {
+    fn from(s: crate::topology::SuggestedStrategy) -> Strategy {
+        match s {
+            crate::topology::SuggestedStrategy::LocalNode => Strategy::LocalNode,
+            crate::topology::SuggestedStrategy::Interleave => Strategy::Interleave,
+            crate::topology::SuggestedStrategy::Disabled => Strategy::Disabled,
+        }
+    }
+}
+
+/// The strategy that suits `topology` (see `topology::optimal_strategy` for the rules).
+pub fn optimal_strategy(topology: &crate::topology::Topology) -> Strategy {
+    crate::topology::optimal_strategy(topology).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +240,13 @@ mod tests {
         }
         for w in WorkloadType::ALL {
             assert_eq!(w.as_str().parse::<WorkloadType>().unwrap(), w);
+        }
+        for s in [
+            crate::topology::SuggestedStrategy::LocalNode,
+            crate::topology::SuggestedStrategy::Interleave,
+            crate::topology::SuggestedStrategy::Disabled,
+        ] {
+            assert_eq!(Strategy::from(s).as_str(), s.as_str());
         }
         let e = "fastest".parse::<Strategy>().unwrap_err().to_string();
         assert!(e.contains("fastest") && e.contains("round_robin"), "{e}");

@@ -3,6 +3,10 @@
 
 use std::io;
 
+/// The capability that moving another process's threads or pages needs. Defined here, with
+/// the error that names it, so that `privilege` depends on `error` and not both ways.
+pub const CAP_SYS_NICE: &str = "CAP_SYS_NICE";
+
 /// A placement syscall could not be carried out.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -69,7 +73,7 @@ impl PolicyError {
         match err.raw_os_error() {
             Some(libc::ESRCH) => PolicyError::NoSuchProcess { pid },
             Some(libc::EPERM) => PolicyError::MissingCapability {
-                capability: super::privilege::CAP_SYS_NICE,
+                capability: CAP_SYS_NICE,
                 action: action.to_string(),
             },
             Some(libc::ENOSYS) => PolicyError::Unsupported { what: call },
@@ -88,6 +92,28 @@ impl PolicyError {
             ),
             _ => false,
         }
+    }
+}
+
+/// Skip the calling unit test for `reason`: a failure under CI=true; else said on stderr
+/// and logged to `NUMA_CACHE_SKIP_LOG` like the integration tests' `support::skip`.
+#[cfg(test)]
+pub(crate) fn test_skip(reason: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(!ci, "{reason}; under CI=true no test may skip");
+    eprintln!("SKIP: {reason}");
+    if let Some(path) = std::env::var_os("NUMA_CACHE_SKIP_LOG")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown test")
+            .to_string();
+        let _ = writeln!(f, "numa_cache (unit): {test}\t{reason}");
     }
 }
 

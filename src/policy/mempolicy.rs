@@ -129,7 +129,7 @@ fn map_mempolicy_errno(call: &'static str, mode: MemPolicyMode, nodes: &[u32]) -
             ),
         },
         Some(libc::EPERM) => PolicyError::MissingCapability {
-            capability: super::privilege::CAP_SYS_NICE,
+            capability: super::error::CAP_SYS_NICE,
             action: format!("{call} with {}", mode.name()),
         },
         Some(libc::ENOSYS) => PolicyError::Unsupported { what: call },
@@ -312,10 +312,38 @@ mod tests {
     fn support_detection_agrees_with_the_basic_modes() {
         assert!(supported(MemPolicyMode::Bind));
         assert!(supported(MemPolicyMode::Interleave));
-        // Newer modes depend on the kernel: detection must simply not panic, and agree with
-        // itself.
-        let pm = supported(MemPolicyMode::PreferredMany);
-        assert_eq!(pm, supported(MemPolicyMode::PreferredMany));
-        let _ = supported(MemPolicyMode::WeightedInterleave);
+        // Newer modes came with known kernel versions: detection must agree with the
+        // running kernel's (MPOL_PREFERRED_MANY in 5.15, MPOL_WEIGHTED_INTERLEAVE in 6.9).
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let version = kernel_version(&release).unwrap_or_else(|| panic!("release {release:?}"));
+        assert_eq!(
+            supported(MemPolicyMode::PreferredMany),
+            version >= (5, 15),
+            "MPOL_PREFERRED_MANY on {release}"
+        );
+        assert_eq!(
+            supported(MemPolicyMode::WeightedInterleave),
+            version >= (6, 9),
+            "MPOL_WEIGHTED_INTERLEAVE on {release}"
+        );
+        // An unknown mode number is refused by the kernel, so the probe can say no.
+        assert!(
+            std::thread::spawn(|| {
+                // SAFETY: set_mempolicy with an invalid mode and no node mask only fails.
+                unsafe { libc::syscall(libc::SYS_set_mempolicy, 99, std::ptr::null::<u64>(), 0) }
+            })
+            .join()
+            .unwrap()
+                < 0
+        );
+    }
+
+    /// `6.18.44-fc-v669` -> (6, 18).
+    fn kernel_version(release: &str) -> Option<(u32, u32)> {
+        let mut it = release
+            .trim()
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().ok());
+        Some((it.next()??, it.next()??))
     }
 }

@@ -4,7 +4,9 @@
 
 mod affinity;
 mod error;
+pub mod flock;
 mod mask;
+pub mod memfd;
 mod mempolicy;
 mod pages;
 mod privilege;
@@ -15,11 +17,11 @@ pub use affinity::{
     task_ids,
 };
 pub use error::PolicyError;
-pub use error::id_list;
+pub use error::{CAP_SYS_NICE, id_list};
 pub use mask::Bitmask;
 pub use mempolicy::{
     MemPolicyMode, MoveFlags, get_mempolicy, mbind, mems_allowed, set_mempolicy, supported,
 };
 pub use pages::{AnonPages, migrate_pages, move_pages_to, page_nodes, process_pages_per_node};
-pub use privilege::{CAP_SYS_NICE, check_other_process, has_sys_nice};
+pub use privilege::{check_other_process, has_sys_nice};
 pub use uevent::{Uevent, UeventSocket};

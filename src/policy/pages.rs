@@ -182,6 +182,10 @@ pub fn migrate_pages(pid: i32, from: &[u32], to: &[u32]) -> Result<u64, PolicyEr
                 ),
             });
         }
+        if err.raw_os_error() == Some(libc::EPERM) && privilege::has_sys_nice() {
+            // With CAP_SYS_NICE held, EPERM is the kernel's ptrace read-access check.
+            return Err(ptrace_denied(pid, "migrating the pages of"));
+        }
         return Err(PolicyError::from_errno(
             "migrate_pages",
             pid,
@@ -192,17 +196,32 @@ pub fn migrate_pages(pid: i32, from: &[u32], to: &[u32]) -> Result<u64, PolicyEr
     Ok(rc as u64)
 }
 
+/// The capability the kernel asks for before it shows another process's memory map or
+/// migrates its pages (ptrace read access): needed for another user's process and for a
+/// process holding capabilities this one lacks.
+const CAP_SYS_PTRACE: &str = "CAP_SYS_PTRACE";
+
+/// The privilege error for a refused ptrace read-access check on `pid`.
+fn ptrace_denied(pid: i32, doing: &str) -> PolicyError {
+    PolicyError::MissingCapability {
+        capability: CAP_SYS_PTRACE,
+        action: format!(
+            "{doing} pid {pid} (the kernel checks ptrace read access: another user's process, or one holding capabilities this process lacks)"
+        ),
+    }
+}
+
 /// Resident pages of process `pid` per node, summed over `/proc/PID/numa_maps`.
 pub fn process_pages_per_node(pid: i32) -> Result<BTreeMap<u32, u64>, PolicyError> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            PolicyError::NoSuchProcess { pid }
-        } else {
-            PolicyError::Syscall {
-                call: "read /proc/PID/numa_maps",
-                source: e,
-            }
-        }
+    let path = format!("/proc/{pid}/numa_maps");
+    let text = std::fs::read_to_string(&path).map_err(|e| match e.raw_os_error() {
+        _ if e.kind() == io::ErrorKind::NotFound => PolicyError::NoSuchProcess { pid },
+        Some(libc::ESRCH) => PolicyError::NoSuchProcess { pid },
+        Some(libc::EACCES) | Some(libc::EPERM) => ptrace_denied(pid, &format!("reading {path} of")),
+        _ => PolicyError::Syscall {
+            call: "read numa_maps",
+            source: io::Error::new(e.kind(), format!("{path}: {e}")),
+        },
     })?;
     let mut per_node = BTreeMap::new();
     for field in text.split_whitespace() {
@@ -245,6 +264,84 @@ mod tests {
         let buf = AnonPages::new(2).unwrap();
         let status = page_nodes(0, &buf.page_addrs()).unwrap();
         assert_eq!(status, vec![-libc::ENOENT; 2]);
+    }
+
+    /// The privilege error names the capability and the real pid (it once said "PID").
+    #[test]
+    fn a_refused_ptrace_check_names_cap_sys_ptrace_and_the_pid() {
+        let e = ptrace_denied(4242, "reading /proc/4242/numa_maps of");
+        assert!(matches!(
+            e,
+            PolicyError::MissingCapability {
+                capability: "CAP_SYS_PTRACE",
+                ..
+            }
+        ));
+        let msg = e.to_string();
+        assert!(msg.contains("pid 4242 "), "{msg}");
+        assert!(msg.contains("CAP_SYS_PTRACE"), "{msg}");
+        assert!(!msg.contains("PID"), "{msg}");
+    }
+
+    /// Capabilities are per thread: drop CAP_SYS_PTRACE on a test thread only, then read the
+    /// memory map of (and migrate) a process of another user (started as `nobody`). A stock
+    /// kernel refuses both (the systemd lab sees it under Debian's kernel); the error must
+    /// name CAP_SYS_PTRACE and the real pid. Some sandbox kernels grant the access anyway:
+    /// then the calls must succeed, which is checked too.
+    #[test]
+    fn another_users_memory_map_without_cap_sys_ptrace() {
+        use caps::{CapSet, Capability};
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "needs root to start a process as another user"
+            );
+            eprintln!("SKIP: needs root to start a process as another user");
+            return;
+        }
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .uid(65534)
+            .gid(65534)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let nodes = mems_allowed().unwrap();
+        let (read, migrated) = std::thread::spawn(move || {
+            caps::drop(None, CapSet::Effective, Capability::CAP_SYS_PTRACE).unwrap();
+            (
+                process_pages_per_node(pid),
+                migrate_pages(pid, &nodes, &nodes[..1]),
+            )
+        })
+        .join()
+        .unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        match (read, migrated) {
+            (Ok(pages), Ok(_)) => {
+                eprintln!("this kernel grants ptrace read access without CAP_SYS_PTRACE");
+                assert!(!pages.is_empty(), "numa_maps of pid {pid} read as empty");
+            }
+            (read, migrated) => {
+                for e in [read.err(), migrated.err()].into_iter().flatten() {
+                    assert!(
+                        matches!(
+                            e,
+                            PolicyError::MissingCapability {
+                                capability: "CAP_SYS_PTRACE",
+                                ..
+                            }
+                        ),
+                        "{e:?}"
+                    );
+                    let msg = e.to_string();
+                    assert!(msg.contains(&format!("pid {pid} ")), "{msg}");
+                }
+            }
+        }
     }
 
     #[test]

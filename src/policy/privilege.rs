@@ -1,11 +1,9 @@
 //! Capability checks in front of calls that act on other processes, so a missing privilege
 //! is reported by name before anything is half done.
 
+pub use super::error::CAP_SYS_NICE;
 use super::error::PolicyError;
 use caps::{CapSet, Capability};
-
-/// The capability that moving another process's threads or pages needs.
-pub const CAP_SYS_NICE: &str = "CAP_SYS_NICE";
 
 /// Does this process hold CAP_SYS_NICE in its effective set?
 pub fn has_sys_nice() -> bool {
@@ -68,7 +66,7 @@ mod tests {
         use std::os::unix::process::CommandExt;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIP: needs root to start a process as another user");
+            crate::policy::error::test_skip("needs root to start a process as another user");
             return;
         }
         let mut child = std::process::Command::new("sleep")

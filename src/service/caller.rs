@@ -1,10 +1,12 @@
 //! Who is calling: the uid and pid of a message's sender, asked of the bus once per
 //! connection (unique names are never reused on a bus), and the CPU that pid last ran on,
-//! read from /proc and reused for a few milliseconds: it changes, but reading it costs as
-//! much as a small Get, and a caller that moved within that time is rare and harmless.
+//! read from /proc (procfs) and reused for a few milliseconds: it changes, but reading it
+//! costs as much as a small Get, and a caller that moved within that time is rare and
+//! harmless. The polkit subject of a D-Bus caller is its unique name.
 
+use crate::app::authz::last_cpu;
+use crate::app::{AppError, Refusal, Requester, Subject};
 use crate::service::errors::ServiceError;
-use crate::store::Caller;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -49,9 +51,10 @@ impl CallerCache {
         header: &Header<'_>,
     ) -> Result<Credentials, ServiceError> {
         let sender = header.sender().ok_or_else(|| {
-            ServiceError::AccessDenied(
+            ServiceError(AppError::AccessDenied(
+                Refusal::NoCredentials,
                 "the message has no sender; cannot tell who is calling".into(),
-            )
+            ))
         })?;
         if let Some(k) = self.lock().get(sender.as_str()) {
             return Ok(k.creds);
@@ -63,7 +66,10 @@ impl CallerCache {
             dbus.get_connection_unix_process_id(name)
         );
         let uid = uid.map_err(|e| {
-            ServiceError::AccessDenied(format!("the bus could not tell the caller's uid: {e}"))
+            ServiceError(AppError::AccessDenied(
+                Refusal::NoCredentials,
+                format!("the bus could not tell the caller's uid: {e}"),
+            ))
         })?;
         let creds = Credentials {
             uid,
@@ -84,12 +90,14 @@ impl CallerCache {
         Ok(creds)
     }
 
-    /// The engine's view of the caller: uid for namespace ownership, last CPU for placement.
-    pub async fn caller(
+    /// The caller as the application needs it: the polkit subject (its unique name, and
+    /// whether the message allows interactive authorization), uid for namespace ownership
+    /// and audit lines, pid, and last CPU for placement.
+    pub async fn requester(
         &self,
         conn: &Connection,
         header: &Header<'_>,
-    ) -> Result<Caller, ServiceError> {
+    ) -> Result<Requester, ServiceError> {
         let creds = self.credentials(conn, header).await?;
         let sender = header.sender().map(|s| s.as_str()).unwrap_or_default();
         let now = Instant::now();
@@ -109,8 +117,17 @@ impl CallerCache {
                 cpu
             }
         };
-        Ok(Caller {
+        let interactive = header
+            .primary()
+            .flags()
+            .contains(zbus::message::Flags::ALLOW_INTERACTIVE_AUTH);
+        Ok(Requester {
+            subject: Subject::BusName {
+                name: sender.to_string(),
+                interactive,
+            },
             uid: Some(creds.uid),
+            pid: (creds.pid != 0).then_some(creds.pid),
             cpu,
         })
     }
@@ -118,39 +135,5 @@ impl CallerCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
         // A poisoned lock only means another call panicked mid-insert; the map is still valid.
         self.known.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The CPU `pid` last ran on: field 39 of /proc/PID/stat. None when unknown.
-pub fn last_cpu(pid: u32) -> Option<u32> {
-    if pid == 0 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_cpu(&stat)
-}
-
-/// Field 39 ("processor") of a /proc/PID/stat line. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted after its last ')'.
-fn parse_stat_cpu(stat: &str) -> Option<u32> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')' comes field 3 (state); field 39 is 36 further on.
-    rest.split_ascii_whitespace().nth(36)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_cpu_field_survives_odd_command_names() {
-        let mut line = String::from("1234 (a) b (c)) S");
-        for i in 4..=52 {
-            line.push_str(&format!(" {}", if i == 39 { 7 } else { i }));
-        }
-        assert_eq!(parse_stat_cpu(&line), Some(7));
-        assert_eq!(parse_stat_cpu("garbage"), None);
-        let me = std::process::id();
-        assert!(last_cpu(me).is_some());
     }
 }

@@ -35,6 +35,10 @@ pub struct DaemonArgs {
     /// How many snapshots to keep.
     #[arg(long, env = "OPDBUS_CACHE_SNAPSHOTS_KEEP", value_name = "N")]
     pub snapshots_keep: Option<String>,
+    /// A default put is on stable storage within this many milliseconds (0: every put is
+    /// synced before it is answered). Default 1000.
+    #[arg(long, env = "OPDBUS_CACHE_SYNC_INTERVAL_MS", value_name = "MS")]
+    pub sync_interval_ms: Option<String>,
     /// Read the topology from a captured or synthetic tree (DIR/sys, DIR/proc) instead of
     /// this machine, and watch it there (tests, demos of hotplug). Default: /.
     #[arg(long, value_name = "DIR")]
@@ -125,6 +129,20 @@ impl DaemonArgs {
                 allowed: "allowed values are a whole number (0 keeps none)".into(),
             })?;
         }
+        if let Some(v) = nonempty(&self.sync_interval_ms) {
+            let ms = v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= 3_600_000)
+                .ok_or_else(|| ConfigError {
+                    variable: "OPDBUS_CACHE_SYNC_INTERVAL_MS",
+                    flag: "sync-interval-ms",
+                    value: v.to_string(),
+                    allowed: "allowed values are milliseconds from 0 (sync every put) to 3600000"
+                        .into(),
+                })?;
+            cfg.sync_interval = std::time::Duration::from_millis(ms);
+        }
         cfg.strategy = strategy;
         Ok(cfg)
     }
@@ -190,6 +208,12 @@ mod tests {
             e.contains("OPDBUS_CACHE_MAX_BYTES") && e.contains("8G"),
             "{e}"
         );
+        let args = DaemonArgs {
+            sync_interval_ms: Some("-5".into()),
+            ..Default::default()
+        };
+        let e = args.resolve().unwrap_err().to_string();
+        assert!(e.contains("OPDBUS_CACHE_SYNC_INTERVAL_MS"), "{e}");
     }
 
     #[test]
@@ -202,6 +226,7 @@ mod tests {
             max_bytes: Some("2G".into()),
             memory_bytes: Some("64M".into()),
             snapshots_keep: Some("3".into()),
+            sync_interval_ms: Some("250".into()),
             fs_root: None,
             gateway: Default::default(),
         };
@@ -212,6 +237,7 @@ mod tests {
         assert_eq!(c.max_bytes, 2 << 30);
         assert_eq!(c.memory_bytes, 64 << 20);
         assert_eq!(c.snapshots_keep, 3);
+        assert_eq!(c.sync_interval, std::time::Duration::from_millis(250));
         assert_eq!(parse_size("8GiB"), Some(8 << 30));
         assert_eq!(parse_size("12X"), None);
     }

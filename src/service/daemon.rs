@@ -1,21 +1,27 @@
-//! The daemon's life: connect to the system bus, serve every interface (then take the name),
-//! publish topology and statistics changes, tell systemd we are ready and alive, and on
-//! SIGTERM stop taking calls, let running calls finish, flush the engine and exit.
+//! The daemon's life: check no other instance serves the name, lock the state directory, open
+//! the engine, serve every interface (then take the name, without replacing anyone), follow
+//! the application's events with signals, tell systemd we are ready and alive, and on
+//! SIGTERM stop taking calls, let running calls finish and close the engine (a clean stop).
+//! Losing the bus name is fatal.
 
+use crate::app::authz::Polkit;
+use crate::app::{App, Event, Limits, StateDirError, lock_state_dir};
 use crate::gateway::{self, GatewayHandle, GatewayState};
 use crate::service::cache::CacheIface;
 use crate::service::config::DaemonArgs;
-use crate::service::node::{CacheFigures, NodeIface};
+use crate::service::node::NodeIface;
 use crate::service::stats::StatsIface;
-use crate::service::strategy::{StrategyIface, announce_strategy_change, record_strategy_change};
+use crate::service::strategy::{StrategyIface, announce_strategy};
 use crate::service::topology::TopologyIface;
-use crate::service::{BUS_NAME, Limits, ROOT_PATH, Service, emit_properties, node_path, notify};
-use crate::store::{Cache, StatsTotals};
+use crate::service::{BUS_NAME, ROOT_PATH, Service, emit_properties, iface, node_path, notify};
+use crate::store::Cache;
 use crate::topology::watcher::TopologyWatcher;
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use zbus::Variant;
+use zbus::fdo::{RequestNameFlags, RequestNameReply};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +29,12 @@ pub enum DaemonError {
     /// A configuration value is invalid.
     #[error(transparent)]
     Config(#[from] crate::service::config::ConfigError),
+    /// A configured value does not fit this machine (e.g. a node preference it lacks).
+    #[error("invalid configuration: {0}")]
+    Invalid(crate::app::AppError),
+    /// The state directory is another daemon's, or unusable.
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
     /// The engine could not open its state.
     #[error("cannot open the cache: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -31,6 +43,17 @@ pub enum DaemonError {
         "D-Bus: {0} (is the system bus running, and may this user own {BUS_NAME}? see dbus/org.opdbus.NumaCache.conf)"
     )]
     Bus(#[from] zbus::Error),
+    /// Another process serves the bus name.
+    #[error(
+        "{BUS_NAME} is already served on this bus by process {owner}: numa-cached is running; stop it first (systemctl stop numa-cached) instead of starting a second one"
+    )]
+    AlreadyRunning {
+        /// The owner's pid, or "unknown".
+        owner: String,
+    },
+    /// Another connection took the bus name while we ran.
+    #[error("lost the bus name {BUS_NAME} to another connection; stopping")]
+    NameLost,
     /// The HTTP gateway could not start.
     #[error(transparent)]
     Gateway(#[from] crate::gateway::GatewayError),
@@ -39,12 +62,29 @@ pub enum DaemonError {
     Other(String),
 }
 
-/// How long SIGTERM waits for running calls before flushing anyway.
+impl From<zbus::fdo::Error> for DaemonError {
+    fn from(e: zbus::fdo::Error) -> DaemonError {
+        DaemonError::Bus(e.into())
+    }
+}
+
+/// How long SIGTERM waits for running calls before closing anyway.
 const DRAIN_LIMIT: Duration = Duration::from_secs(20);
 /// The topology is re-read this often even without hotplug events (containers get none).
 const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
-/// Statistics properties are compared and signalled at most this often.
+/// Statistics properties are signalled at most this often.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
+
+/// The pid owning `BUS_NAME` on `conn`'s bus, when someone does.
+async fn name_owner(dbus: &zbus::fdo::DBusProxy<'_>) -> Option<String> {
+    let name = zbus::names::BusName::try_from(BUS_NAME).ok()?;
+    let owner = dbus.get_name_owner(name).await.ok()?;
+    let pid = dbus
+        .get_connection_unix_process_id(owner.clone().into())
+        .await
+        .map_or_else(|_| "unknown".to_string(), |p| p.to_string());
+    Some(format!("{pid} (connection {owner})"))
+}
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
@@ -54,33 +94,54 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         ..Limits::default()
     };
     let fs_root = args.fs_root.clone().unwrap_or_else(|| "/".into());
-    let watcher = Arc::new(TopologyWatcher::start(fs_root, RESCAN_INTERVAL));
+
+    // Before anything touches the state: is the service already running on this bus?
+    let conn = zbus::connection::Builder::system().build().await?;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    if let Some(owner) = name_owner(&dbus).await {
+        return Err(DaemonError::AlreadyRunning { owner });
+    }
+
+    let watcher = Arc::new(TopologyWatcher::start(fs_root.clone(), RESCAN_INTERVAL));
     let topology = watcher.current();
-    if !topology.numa_available || topology.nodes.len() < 2 {
+    crate::app::check_start_config(&config, &topology).map_err(DaemonError::Invalid)?;
+    // Said once: when the topology carries its own warning (NUMA missing), that line is it.
+    if (!topology.numa_available || topology.nodes.len() < 2) && topology.warnings.is_empty() {
         tracing::info!(
-            nodes = topology.nodes.len(),
-            "no usable NUMA topology here: the cache works without NUMA placement"
+            "no usable NUMA topology here ({} nodes): the cache works without NUMA placement",
+            topology.nodes.len()
         );
     }
     for w in &topology.warnings {
         tracing::warn!("topology: {w}");
     }
+    // One daemon per state directory, checked before recovery could run on a live store.
+    let state_lock = lock_state_dir(&config.dir)?;
     let dir = config.dir.clone();
     let cache = tokio::task::spawn_blocking(move || Cache::open(config, topology))
         .await
         .map_err(|e| DaemonError::Other(format!("opening the cache failed: {e}")))??;
-    let cache = Arc::new(cache);
-    tracing::info!(dir = %dir.display(), btrfs = cache.btrfs(), strategy = %cache.strategy().strategy, "cache open");
-
-    // Connect without a name, serve everything, and only then ask for the name, so a caller
-    // activated by the name never finds a half-served object.
-    let conn = zbus::connection::Builder::system().build().await?;
-    let svc = Arc::new(Service::new(
-        Arc::clone(&cache),
+    let s = cache.strategy();
+    tracing::info!(
+        "cache open in {} (btrfs: {}, strategy {}, node preference {}, memory policy {})",
+        dir.display(),
+        if cache.btrfs() { "yes" } else { "no" },
+        s.strategy,
+        s.node_preference
+            .map_or_else(|| "none".to_string(), |n| n.to_string()),
+        s.memory_policy
+    );
+    let app = Arc::new(App::new(
+        cache,
         Arc::clone(&watcher),
-        conn.clone(),
+        fs_root,
+        Polkit::on(conn.clone()),
         limits,
     ));
+
+    // Serve everything, and only then ask for the name, so a caller activated by the name
+    // never finds a half-served object.
+    let svc = Arc::new(Service::new(Arc::clone(&app), conn.clone()));
     let server = conn.object_server();
     server.at(ROOT_PATH, zbus::fdo::ObjectManager).await?;
     server
@@ -99,11 +160,24 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     sync_node_objects(&svc, &mut nodes).await;
     // Bind the HTTP listeners before taking the name, so a bad --http-* flag or a busy
     // socket stops start-up instead of leaving a half-configured service running.
-    let gateway = start_gateway(args, &svc)?;
-    conn.request_name(BUS_NAME).await?;
-    tracing::info!(name = BUS_NAME, "serving on the system bus");
+    let gateway = start_gateway(args, &app)?;
+    let events = app.subscribe();
+    let mut lost = dbus.receive_name_lost_with_args(&[(0, BUS_NAME)]).await?;
+    // Never replace a running owner (the default would), and never wait in a queue.
+    match conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await?
+    {
+        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => {}
+        RequestNameReply::Exists | RequestNameReply::InQueue => {
+            let owner = name_owner(&dbus).await.unwrap_or_else(|| "unknown".into());
+            return Err(DaemonError::AlreadyRunning { owner });
+        }
+    }
+    tracing::info!("serving {BUS_NAME} on the system bus");
 
-    let topo_task = tokio::spawn(watch_topology(Arc::clone(&svc), nodes));
+    let topo_task = tokio::spawn(Arc::clone(&app).follow_topology());
+    let event_task = tokio::spawn(follow_events(Arc::clone(&svc), events, nodes));
     let stats_task = tokio::spawn(publish_stats(Arc::clone(&svc)));
     let dog_task = notify::watchdog_interval().map(|every| {
         tokio::spawn(async move {
@@ -114,69 +188,61 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         })
     });
     if let Err(e) = notify::notify("READY=1\nSTATUS=serving org.opdbus.NumaCache") {
-        tracing::warn!(error = %e, "could not notify systemd");
+        tracing::warn!("could not notify systemd: {e}");
     }
 
-    wait_for_stop().await?;
-    tracing::info!("stopping: no new calls, finishing the running ones");
+    let outcome = tokio::select! {
+        r = wait_for_stop() => r,
+        _ = lost.next() => Err(DaemonError::NameLost),
+    };
+    match &outcome {
+        Ok(()) => tracing::info!("stopping: no new calls, finishing the running ones"),
+        Err(e) => tracing::error!("{e}"),
+    }
     let _ = notify::notify("STOPPING=1");
     if let Some(gw) = gateway {
         // Stop HTTP first: it finishes in-flight requests and removes its socket file.
         if let Err(e) = gw.shutdown().await {
-            tracing::warn!(error = %e, "the HTTP gateway did not stop cleanly");
+            tracing::warn!("the HTTP gateway did not stop cleanly: {e}");
         }
     }
-    let drained = svc.gate.close_and_drain(DRAIN_LIMIT).await;
-    if !drained {
+    if !app.drain(DRAIN_LIMIT).await {
         tracing::warn!(
-            inflight = svc.gate.inflight(),
-            "calls still running after {DRAIN_LIMIT:?}; flushing anyway"
+            "{} calls still running after {} s; closing anyway",
+            app.inflight(),
+            DRAIN_LIMIT.as_secs()
         );
     }
     let _ = conn.release_name(BUS_NAME).await;
-    topo_task.abort();
-    stats_task.abort();
+    for t in [topo_task, event_task, stats_task] {
+        t.abort();
+    }
     if let Some(t) = dog_task {
         t.abort();
     }
-    tokio::task::spawn_blocking(move || cache.flush())
+    let closing = Arc::clone(&app);
+    tokio::task::spawn_blocking(move || closing.close())
         .await
-        .map_err(|e| DaemonError::Other(format!("flushing the cache failed: {e}")))??;
-    tracing::info!("flushed; bye");
+        .map_err(|e| DaemonError::Other(format!("closing the cache failed: {e}")))?
+        .map_err(|e| DaemonError::Other(format!("closing the cache failed: {e}")))?;
+    drop(state_lock);
+    outcome?;
+    tracing::info!("cache closed cleanly; bye");
     Ok(())
 }
 
-/// Start the HTTP gateway when `--http-socket`/`--http-listen` ask for it (off by default).
-/// It shares the service's engine, topology generation and latency histograms, and every
-/// strategy change it makes is recorded and announced on the bus through the same functions
-/// SetStrategy/Optimize use.
-fn start_gateway(
-    args: &DaemonArgs,
-    svc: &Arc<Service>,
-) -> Result<Option<GatewayHandle>, DaemonError> {
-    let watcher = Arc::clone(&svc.watcher);
-    let announcer = Arc::clone(svc);
-    let state = GatewayState::new(
-        Arc::clone(&svc.cache),
-        move || watcher.generation(),
-        Arc::clone(&svc.latency),
-    )
-    .on_strategy_change(move |change| {
-        record_strategy_change(
-            &announcer,
-            change.affected_processes,
-            change.workload_type.map(|w| w.as_str()),
-        );
-        let svc = Arc::clone(&announcer);
-        tokio::spawn(async move { announce_strategy_change(&svc).await });
-    });
-    let handle = gateway::spawn(&args.gateway, state)?;
+/// Start the HTTP gateway when `--http-socket`/`--http-listen` ask for it (off by default),
+/// over the same application (its polkit client uses the daemon's bus connection).
+fn start_gateway(args: &DaemonArgs, app: &Arc<App>) -> Result<Option<GatewayHandle>, DaemonError> {
+    let handle = gateway::spawn(&args.gateway, GatewayState::new(Arc::clone(app)))?;
     if let Some(h) = &handle {
-        tracing::info!(
-            socket = ?h.socket_path(),
-            tcp = ?h.tcp_addr(),
-            "HTTP gateway listening"
-        );
+        let socket = h
+            .socket_path()
+            .map_or_else(|| "none".to_string(), |p| p.display().to_string());
+        let tcp = h
+            .tcp_addr()
+            .map_or_else(|| "none".to_string(), |a| a.to_string());
+        tracing::info!("HTTP gateway listening on socket {socket}, TCP {tcp}");
     }
     Ok(handle)
 }
@@ -197,11 +263,11 @@ async fn wait_for_stop() -> Result<(), DaemonError> {
 /// Make the node objects match the current topology: new nodes appear (InterfacesAdded
 /// through the ObjectManager), vanished ones go (InterfacesRemoved).
 async fn sync_node_objects(svc: &Arc<Service>, have: &mut BTreeSet<u32>) {
-    let want: BTreeSet<u32> = svc.topology().nodes.iter().map(|n| n.node_id).collect();
+    let want: BTreeSet<u32> = svc.app.topology().nodes.iter().map(|n| n.node_id).collect();
     let server = svc.conn.object_server();
     for gone in have.difference(&want).copied().collect::<Vec<_>>() {
         if let Err(e) = server.remove::<NodeIface, _>(node_path(gone)).await {
-            tracing::warn!(node = gone, error = %e, "could not remove the node object");
+            tracing::warn!("could not remove the object of node {gone}: {e}");
         }
         have.remove(&gone);
     }
@@ -213,95 +279,103 @@ async fn sync_node_objects(svc: &Arc<Service>, have: &mut BTreeSet<u32>) {
             Ok(_) => {
                 have.insert(new);
             }
-            Err(e) => tracing::warn!(node = new, error = %e, "could not add the node object"),
+            Err(e) => tracing::warn!("could not add the object of node {new}: {e}"),
         }
     }
 }
 
-/// Follow the watcher: on each new generation hand the topology to the engine, update node
-/// objects, and emit PropertiesChanged + TopologyChanged.
-async fn watch_topology(svc: Arc<Service>, mut nodes: BTreeSet<u32>) {
-    let mut seen = svc.watcher.generation();
+/// Turn the application's events into D-Bus objects and signals.
+async fn follow_events(
+    svc: Arc<Service>,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    mut nodes: BTreeSet<u32>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
     loop {
-        let listener = svc.watcher.listen();
-        if svc.watcher.generation() == seen {
-            listener.await;
-        }
-        let generation = svc.watcher.generation();
-        if generation == seen {
-            continue;
-        }
-        seen = generation;
-        let topology = svc.watcher.current();
-        let cache = Arc::clone(&svc.cache);
-        let t2 = Arc::clone(&topology);
-        let _ = tokio::task::spawn_blocking(move || cache.update_topology(t2)).await;
-        sync_node_objects(&svc, &mut nodes).await;
-        let ids: Vec<u32> = topology.nodes.iter().map(|n| n.node_id).collect();
-        tracing::info!(generation, nodes = ?ids, "topology changed");
-        if let Err(e) = emit_topology_changed(&svc, generation, ids).await {
-            tracing::warn!(error = %e, "could not signal the topology change");
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("{n} change events were skipped; signals may lag");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        match event {
+            Event::TopologyChanged {
+                generation,
+                node_ids,
+            } => {
+                sync_node_objects(&svc, &mut nodes).await;
+                if let Err(e) = emit_topology_changed(&svc, generation, node_ids).await {
+                    tracing::warn!("could not signal the topology change: {e}");
+                }
+            }
+            Event::StrategyChanged(view) => announce_strategy(&svc.conn, &view, true).await,
+            Event::ProcessBound(view) => announce_strategy(&svc.conn, &view, false).await,
         }
     }
 }
 
+/// One PropertiesChanged with every Topology property, TopologyChanged, then the hardware
+/// properties of each node object (CPUs may have gone offline).
 async fn emit_topology_changed(svc: &Service, generation: u64, ids: Vec<u32>) -> zbus::Result<()> {
-    let iface = svc
-        .conn
-        .object_server()
-        .interface::<_, TopologyIface>(ROOT_PATH)
-        .await?;
-    let emitter = iface.signal_emitter();
-    {
-        let t = iface.get().await;
-        t.numa_available_changed(emitter).await?;
-        t.node_ids_changed(emitter).await?;
-        t.allowed_cpus_changed(emitter).await?;
-        t.allowed_nodes_changed(emitter).await?;
-        t.total_memory_bytes_changed(emitter).await?;
-        t.distances_changed(emitter).await?;
-        t.optimal_strategy_changed(emitter).await?;
-        t.generation_changed(emitter).await?;
-    }
-    TopologyIface::topology_changed(emitter, generation, ids).await?;
-    // Node hardware properties may have changed too (CPUs offlined).
-    for n in svc.topology().nodes.iter() {
-        if let Ok(node) = svc
-            .conn
-            .object_server()
-            .interface::<_, NodeIface>(node_path(n.node_id))
-            .await
-        {
-            let e = node.signal_emitter();
-            let g = node.get().await;
-            g.cpus_changed(e).await?;
-            g.has_cpu_changed(e).await?;
-            g.has_memory_changed(e).await?;
-            g.memory_total_bytes_changed(e).await?;
-            g.distances_changed(e).await?;
-        }
+    let t = svc.app.topology();
+    let changed = HashMap::from([
+        ("NumaAvailable", Variant::from(t.numa_available)),
+        ("NodeIds", Variant::from(ids.clone())),
+        ("AllowedCpus", Variant::from(t.allowed_cpus.clone())),
+        ("AllowedNodes", Variant::from(t.allowed_nodes.clone())),
+        ("TotalMemoryBytes", Variant::from(t.total_memory_bytes())),
+        (
+            "Distances",
+            Variant::from(crate::service::topology::distance_matrix(&t)),
+        ),
+        (
+            "OptimalStrategy",
+            Variant::from(svc.app.optimal_strategy().as_str()),
+        ),
+        ("Generation", Variant::from(generation)),
+    ]);
+    emit_properties(&svc.conn, ROOT_PATH, iface::TOPOLOGY, changed).await?;
+    let emitter = zbus::object_server::SignalEmitter::new(&svc.conn, ROOT_PATH)?;
+    TopologyIface::topology_changed(&emitter, generation, ids).await?;
+    for n in t.nodes.iter() {
+        let hw = svc.app.node_hardware(n.node_id);
+        let distances: HashMap<u32, u32> = hw.distances.into_iter().collect();
+        let changed = HashMap::from([
+            ("Cpus", Variant::from(hw.cpus)),
+            ("HasCpu", Variant::from(hw.has_cpu)),
+            ("HasMemory", Variant::from(hw.has_memory)),
+            ("MemoryTotalBytes", Variant::from(hw.memory_total_bytes)),
+            ("Distances", Variant::from(distances)),
+        ]);
+        emit_properties(&svc.conn, &node_path(n.node_id), iface::NODE, changed).await?;
     }
     Ok(())
 }
 
-/// Once a second, compare the statistics with what was last signalled and send one
-/// PropertiesChanged per object holding every property that moved.
+/// When the application says cache figures moved, send one PropertiesChanged per object
+/// holding every property that changed since the last one, at most once per
+/// [`STATS_PERIOD`]; nothing at all while the cache is idle.
 async fn publish_stats(svc: Arc<Service>) {
-    let mut last_totals: Option<StatsTotals> = None;
-    let mut last_nodes: BTreeMap<u32, CacheFigures> = BTreeMap::new();
-    let mut tick = tokio::time::interval(STATS_PERIOD);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = svc.app.stats_changes();
+    let mut last_totals = svc.app.totals();
+    let mut last_nodes: BTreeMap<u32, crate::app::NodeFigures> = svc
+        .app
+        .topology()
+        .nodes
+        .iter()
+        .map(|n| (n.node_id, svc.app.node_figures(n.node_id)))
+        .collect();
     loop {
-        tick.tick().await;
-        let cache = Arc::clone(&svc.cache);
-        let Ok(totals) = tokio::task::spawn_blocking(move || cache.totals()).await else {
-            continue;
-        };
+        if changes.changed().await.is_err() {
+            return;
+        }
+        let totals = svc.app.totals();
         let mut changed: HashMap<&str, Variant<'_>> = HashMap::new();
-        let prev = last_totals.as_ref();
         macro_rules! diff {
             ($field:ident, $name:literal) => {
-                if prev.is_none_or(|p| p.$field != totals.$field) {
+                if last_totals.$field != totals.$field {
                     changed.insert($name, Variant::from(totals.$field));
                 }
             };
@@ -314,22 +388,14 @@ async fn publish_stats(svc: Arc<Service>) {
         diff!(hit_rate, "HitRate");
         diff!(evictions, "Evictions");
         diff!(local_hit_ratio, "LocalHitRatio");
-        // The first round only records the baseline: nothing changed yet for anyone.
-        if prev.is_some() && !changed.is_empty() {
-            let _ = emit_properties(
-                &svc.conn,
-                ROOT_PATH,
-                "org.opdbus.NumaCache.CacheStats",
-                changed,
-            )
-            .await;
+        if !changed.is_empty() {
+            let _ = emit_properties(&svc.conn, ROOT_PATH, iface::CACHE_STATS, changed).await;
         }
-        last_totals = Some(totals);
+        last_totals = totals;
 
-        for n in svc.topology().nodes.iter() {
-            let figures = NodeIface::new(Arc::clone(&svc), n.node_id).stats();
-            let before = last_nodes.insert(n.node_id, figures);
-            let Some(before) = before else { continue };
+        for n in svc.app.topology().nodes.iter() {
+            let figures = svc.app.node_figures(n.node_id);
+            let before = last_nodes.insert(n.node_id, figures).unwrap_or_default();
             if before == figures {
                 continue;
             }
@@ -346,13 +412,9 @@ async fn publish_stats(svc: Arc<Service>) {
             if before.hit_rate != figures.hit_rate {
                 c.insert("HitRate", Variant::from(figures.hit_rate));
             }
-            let _ = emit_properties(
-                &svc.conn,
-                &node_path(n.node_id),
-                "org.opdbus.NumaCache.Node",
-                c,
-            )
-            .await;
+            let _ = emit_properties(&svc.conn, &node_path(n.node_id), iface::NODE, c).await;
         }
+        // Coalesce: whatever happens in the next period is sent in one go after it.
+        tokio::time::sleep(STATS_PERIOD).await;
     }
 }

@@ -1,8 +1,8 @@
 //! org.opdbus.NumaCache.Topology on the root object: the machine's NUMA layout as the
 //! daemon sees it (limited by its cpuset), its generation, and TopologyChanged on hotplug.
 
+use crate::service::Service;
 use crate::service::errors::ServiceError;
-use crate::service::{Service, blocking};
 use crate::topology::Topology;
 use std::sync::Arc;
 use zbus::interface;
@@ -39,13 +39,14 @@ impl TopologyIface {
     /// then runs without NUMA placement.
     #[zbus(property)]
     fn numa_available(&self) -> bool {
-        self.svc.topology().numa_available
+        self.svc.app.topology().numa_available
     }
 
     /// The kernel's node numbers, ascending (may be sparse).
     #[zbus(property)]
     fn node_ids(&self) -> Vec<u32> {
         self.svc
+            .app
             .topology()
             .nodes
             .iter()
@@ -56,75 +57,64 @@ impl TopologyIface {
     /// The CPUs the daemon may run on (its affinity and cpuset), ascending.
     #[zbus(property)]
     fn allowed_cpus(&self) -> Vec<u32> {
-        self.svc.topology().allowed_cpus.clone()
+        self.svc.app.topology().allowed_cpus.clone()
     }
 
     /// The nodes whose memory the daemon may use (its cpuset), ascending.
     #[zbus(property)]
     fn allowed_nodes(&self) -> Vec<u32> {
-        self.svc.topology().allowed_nodes.clone()
+        self.svc.app.topology().allowed_nodes.clone()
     }
 
     /// MemTotal of all nodes, in bytes.
     #[zbus(property)]
     fn total_memory_bytes(&self) -> u64 {
-        self.svc.topology().total_memory_bytes()
+        self.svc.app.topology().total_memory_bytes()
     }
 
     /// SLIT distances, rows and columns in NodeIds order.
     #[zbus(property)]
     fn distances(&self) -> Vec<Vec<u32>> {
-        distance_matrix(&self.svc.topology())
+        distance_matrix(&self.svc.app.topology())
     }
 
     /// The strategy this topology calls for (local_node; interleave when no node has both
     /// CPUs and memory; disabled when the NUMA data cannot be trusted).
     #[zbus(property)]
     fn optimal_strategy(&self) -> String {
-        crate::topology::optimal_strategy(&self.svc.topology())
-            .as_str()
-            .to_string()
+        self.svc.app.optimal_strategy().as_str().to_string()
     }
 
     /// Bumped on every topology change (hotplug, cpuset change).
     #[zbus(property)]
     fn generation(&self) -> u64 {
-        self.svc.watcher.generation()
+        self.svc.app.generation()
     }
 
     /// The topology as JSON: the seed's "Get NUMA Topology" response plus has_cpu,
     /// has_memory, allowed, allowed_nodes, allowed_cpus, numa_available and warnings.
     #[zbus(out_args("topology_json"))]
     async fn get_topology(&self) -> Result<String, ServiceError> {
-        let _call = self.svc.enter()?;
-        serde_json::to_string(&self.svc.topology().to_json())
-            .map_err(|e| ServiceError::Unavailable(format!("could not encode the topology: {e}")))
+        let _call = self.svc.app.enter()?;
+        serde_json::to_string(&self.svc.app.topology_json()).map_err(|e| {
+            ServiceError(crate::app::AppError::Unavailable(format!(
+                "could not encode the topology: {e}"
+            )))
+        })
     }
 
     /// The node whose CPU list holds `cpu`; InvalidArgument for a CPU that is not online.
     #[zbus(out_args("node"))]
     async fn node_of_cpu(&self, cpu: u32) -> Result<u32, ServiceError> {
-        let _call = self.svc.enter()?;
-        let t = self.svc.topology();
-        t.node_of_cpu(cpu).ok_or_else(|| {
-            let last = t.nodes.iter().flat_map(|n| n.cpus.iter()).max();
-            ServiceError::invalid(format!(
-                "CPU {cpu} is not an online CPU of any node (online CPUs go up to {})",
-                last.map_or("none".to_string(), |c| c.to_string())
-            ))
-        })
+        let _call = self.svc.app.enter()?;
+        Ok(self.svc.app.node_of_cpu(cpu)?)
     }
 
     /// Re-read the topology now instead of waiting for a hotplug event; a change is
     /// published as a new Generation and TopologyChanged.
     async fn refresh(&self) -> Result<(), ServiceError> {
-        let _call = self.svc.enter()?;
-        let watcher = Arc::clone(&self.svc.watcher);
-        blocking(move || {
-            watcher.refresh();
-            Ok(())
-        })
-        .await
+        let _call = self.svc.app.enter()?;
+        Ok(self.svc.app.refresh_topology().await?)
     }
 
     /// The topology changed: its new generation and node ids.
@@ -152,6 +142,7 @@ mod tests {
             has_memory: true,
             allowed: true,
             distances: dist.iter().copied().collect(),
+            kind: Default::default(),
         }
     }
 

@@ -3,16 +3,18 @@
 //!
 //! Layout, little endian: magic `NCB1`, version u16, flags u16, id u64, logical length u64,
 //! payload length u64, xxh3-64 of the logical bytes u64, created u64, expires u64 (0: never),
-//! namespace length u16, key length u16, reserved u32, namespace, key, xxh3-64 of everything
-//! before it (the header checksum), then the payload.
+//! namespace length u16, key length u16, owner u32 (uid + 1 of the namespace's owner, 0: none;
+//! version 1 wrote 0 here), namespace, key, xxh3-64 of everything before it (the header
+//! checksum), then the payload. The same record is a file of its own (large values, and every
+//! value a version-1 cache wrote) or one record of an append-only segment (`segment.rs`).
 
 use std::cell::RefCell;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// File magic.
 pub const MAGIC: &[u8; 4] = b"NCB1";
-/// Format version written by this build.
-pub const VERSION: u16 = 1;
+/// Format version written by this build (2: the owner field).
+pub const VERSION: u16 = 2;
 /// Flag: the payload is a zstd frame.
 pub const FLAG_ZSTD: u16 = 1;
 /// Size of the fixed part of the header.
@@ -46,6 +48,8 @@ pub struct Header {
     pub namespace: String,
     /// Key.
     pub key: String,
+    /// The namespace's owner when the record was written (None: no owner, or a v1 record).
+    pub owner: Option<u32>,
     /// Bytes of the header, checksum included.
     pub header_len: usize,
 }
@@ -100,6 +104,7 @@ pub fn encode(
     min_compress: usize,
     created: u64,
     expires: u64,
+    owner: Option<u32>,
 ) -> (Vec<u8>, u64) {
     let checksum = xxh3_64(value);
     let worth_trying = value.len() >= min_compress.max(64)
@@ -116,30 +121,82 @@ pub fn encode(
         Some(c) => (FLAG_ZSTD, c),
         None => (0, value),
     };
-    let header_len = FIXED_LEN + namespace.len() + key.len() + 8;
-    let mut out = Vec::with_capacity(header_len + payload.len());
+    let mut out = encode_header(
+        &HeaderFields {
+            id,
+            flags,
+            logical_len: value.len() as u64,
+            payload_len: payload.len() as u64,
+            checksum,
+            created,
+            expires,
+            owner,
+        },
+        namespace,
+        key,
+    );
+    out.reserve_exact(payload.len());
+    out.extend_from_slice(payload);
+    (out, checksum)
+}
+
+/// The fixed fields of a header, for [`encode_header`].
+pub struct HeaderFields {
+    /// Entry id.
+    pub id: u64,
+    /// FLAG_* bits.
+    pub flags: u16,
+    /// Logical length.
+    pub logical_len: u64,
+    /// Payload length.
+    pub payload_len: u64,
+    /// xxh3-64 of the logical bytes.
+    pub checksum: u64,
+    /// Creation, unix seconds.
+    pub created: u64,
+    /// Expiry, unix seconds (0: never).
+    pub expires: u64,
+    /// Namespace owner.
+    pub owner: Option<u32>,
+}
+
+/// Length of the header of a record of `namespace`/`key`.
+pub fn header_len(namespace: &str, key: &str) -> usize {
+    FIXED_LEN + namespace.len() + key.len() + 8
+}
+
+/// Encode just a header (a streamed put writes the payload first, then this in front).
+pub fn encode_header(f: &HeaderFields, namespace: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(header_len(namespace, key));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&flags.to_le_bytes());
+    out.extend_from_slice(&f.flags.to_le_bytes());
     for v in [
-        id,
-        value.len() as u64,
-        payload.len() as u64,
-        checksum,
-        created,
-        expires,
+        f.id,
+        f.logical_len,
+        f.payload_len,
+        f.checksum,
+        f.created,
+        f.expires,
     ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(&(namespace.len() as u16).to_le_bytes());
     out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    let owner_field = f.owner.map_or(0, |u| u.saturating_add(1));
+    out.extend_from_slice(&owner_field.to_le_bytes());
     out.extend_from_slice(namespace.as_bytes());
     out.extend_from_slice(key.as_bytes());
     let hh = xxh3_64(&out);
     out.extend_from_slice(&hh.to_le_bytes());
-    out.extend_from_slice(payload);
-    (out, checksum)
+    out
+}
+
+/// Would zstd at `level` save ≥ 10% on data that starts with `sample`?
+pub fn compression_pays(level: i32, sample: &[u8]) -> bool {
+    compress(level, sample)
+        .map(|c| pays(sample.len(), c.len()))
+        .unwrap_or(false)
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -164,9 +221,9 @@ pub fn parse_header(b: &[u8]) -> Result<Header, BlobError> {
         return Err(BlobError::Header("wrong magic".into()));
     }
     let version = u16_at(b, 4);
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(BlobError::Header(format!(
-            "format version {version}, this build reads {VERSION}"
+            "format version {version}, this build reads 1-{VERSION}"
         )));
     }
     let ns_len = u16_at(b, 56) as usize;
@@ -197,6 +254,10 @@ pub fn parse_header(b: &[u8]) -> Result<Header, BlobError> {
         expires: u64_at(b, 48),
         namespace,
         key,
+        owner: match u32::from_le_bytes([b[60], b[61], b[62], b[63]]) {
+            0 => None,
+            n => Some(n - 1),
+        },
         header_len,
     })
 }
@@ -294,9 +355,9 @@ mod tests {
     #[test]
     fn round_trip_compressed_and_raw() {
         let text = b"hello world ".repeat(500);
-        let (f, _) = encode(7, "ns", "k", &text, 3, 0, 10, 0);
+        let (f, _) = encode(7, "ns", "k", &text, 3, 0, 10, 0, Some(1000));
         let h = parse_header(&f).unwrap();
-        assert_eq!(h.flags, FLAG_ZSTD);
+        assert_eq!((h.flags, h.owner), (FLAG_ZSTD, Some(1000)));
         assert!(f.len() < text.len() / 4);
         assert_eq!(decode(&f, 7, h.checksum).unwrap(), text);
 
@@ -309,16 +370,19 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect();
-        let (f, _) = encode(8, "ns", "k2", &noise, 3, 0, 10, 99);
+        let (f, _) = encode(8, "ns", "k2", &noise, 3, 0, 10, 99, None);
         let h = parse_header(&f).unwrap();
-        assert_eq!((h.flags, h.expires, h.key.as_str()), (0, 99, "k2"));
+        assert_eq!(
+            (h.flags, h.expires, h.key.as_str(), h.owner),
+            (0, 99, "k2", None)
+        );
         assert_eq!(decode(&f, 8, h.checksum).unwrap(), noise);
     }
 
     #[test]
     fn any_flipped_byte_is_detected() {
         let text = b"some text to compress ".repeat(40);
-        let (f, _) = encode(1, "ns", "key", &text, 3, 0, 1, 0);
+        let (f, _) = encode(1, "ns", "key", &text, 3, 0, 1, 0, Some(0));
         let sum = parse_header(&f).unwrap().checksum;
         for i in 0..f.len() {
             let mut g = f.clone();

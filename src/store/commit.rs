@@ -1,20 +1,31 @@
 //! The committer: the one thread that writes the index and changes the entry map. Puts,
-//! deletes and clears queue here; whatever has queued while the previous batch was being made
-//! durable becomes the next batch: one SQLite transaction, then one `syncfs` covering the
-//! batch's blob files and the WAL, then every waiter is answered (group commit). It also runs
-//! the periodic work: disk-bound eviction, TTL expiry, access-time write-back, stats rows.
+//! deletes and clears queue here; whatever has queued while the previous batch was being
+//! committed becomes the next batch: one SQLite transaction, then every waiter is answered
+//! (group commit). It also owns the flusher, reclaim of dead segment space, the disk-bound
+//! eviction, TTL expiry, access-time write-back and stats rows.
 //!
-//! Why one flush is enough: a put's blob is renamed into place before its row commits, and
-//! nobody is answered before the flush. A crash before it can leave rows whose blob is short
-//! or missing (dropped at start-up by a size check) or blobs without a row (indexed again
-//! from their header when their id is at or above the committed `next_id`, removed when a
-//! committed delete or overwrite had replaced them). An answered put is always on disk.
+//! The durability contract (ARCHITECTURE.md, "Storage"):
+//! - a default put is answered once its record is written (pwrite) and its row committed
+//!   (WAL, `synchronous=NORMAL`): both are in the kernel and survive SIGKILL;
+//! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
+//!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
+//! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) does that flush
+//!   *before* its own commit, which is itself `FULL`: concurrent sync puts share one flush;
+//! - when a flush or a commit fails, nothing of the batch becomes visible and every op of it
+//!   is answered with the error: what is visible and what was answered agree;
+//! - never `syncfs`.
+//!
+//! Each full flush records `verified_below`: every row with a smaller id was durable, record
+//! and row. After an unclean stop, recovery checks the records of the rows at or above it (a
+//! power loss may have kept a row whose record never reached the disk): a bad one is a miss.
 
-use crate::store::engine::{Shared, unix_ns};
-use crate::store::entries::Entry;
+use crate::store::entries::{Entry, pack_loc, unpack_loc};
 use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
+use crate::store::segment;
+use crate::store::state::{Shared, unix_ns};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
@@ -34,14 +45,26 @@ pub enum Why {
     Broken,
 }
 
+/// Who writes a put, for the namespace owner check done here (one owner even when two
+/// users' first puts race).
+#[derive(Clone, Copy, Debug)]
+pub struct Writer {
+    /// The caller's uid (None: in-process, unchecked).
+    pub uid: Option<u32>,
+    /// The owner to record when the namespace is new.
+    pub claim: u32,
+}
+
 /// Work for the committer.
 pub enum Op {
-    /// Index a blob already written to its shard.
+    /// Index a record already written to its shard.
     Put {
         /// The row.
         row: Row,
-        /// Set when the namespace is new: its owner.
-        new_namespace: Option<Option<u32>>,
+        /// Who writes it.
+        writer: Writer,
+        /// Answer only once record and row are on stable storage.
+        sync: bool,
         /// Answer.
         reply: Reply<()>,
     },
@@ -69,8 +92,8 @@ pub enum Op {
     Pressure(u64),
     /// Run with the committer (index access, snapshots).
     Exec(Box<dyn FnOnce(&mut Committer) + Send>),
-    /// Write back, mark the index clean and stop.
-    Stop,
+    /// Write back, mark the index clean and stop; answer when done.
+    Stop(Option<Reply<()>>),
 }
 
 /// The committer's state.
@@ -82,36 +105,105 @@ pub struct Committer {
     last_touch_flush: Instant,
     last_stats: Instant,
     last_ttl: Instant,
-    /// How long the last flush took (bounds how long a batch waits for stragglers).
-    last_sync_time: Duration,
+    last_flush: Instant,
+    last_reclaim: Instant,
+    /// Something was committed or written since the last full flush.
+    dirty: bool,
+    /// Live stored bytes per (node, segment).
+    live: HashMap<(u32, u32), u64>,
+    /// Segments with nothing live, removed after the next full flush (so that the deletes
+    /// emptying them are durable before their bytes go).
+    to_unlink: Vec<(u32, u32)>,
+    /// The reserve file: room for the index's own writes when the disk is full.
+    reserve: PathBuf,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
 const TTL_EVERY: Duration = Duration::from_millis(500);
+const RECLAIM_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
-const MAX_GATHER: Duration = Duration::from_millis(4);
+const MAX_GATHER: Duration = Duration::from_millis(2);
+/// Size of the reserve file kept beside the index.
+pub const RESERVE_BYTES: u64 = 8 << 20;
 
 enum Change {
     Insert(Row),
     Remove { ns: String, key: String, id: u64 },
 }
 
+fn clone_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
+        StoreError::PermissionDenied(m) => StoreError::PermissionDenied(m.clone()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
 impl Committer {
-    /// A committer over `conn`.
-    pub fn new(conn: rusqlite::Connection, shared: Arc<Shared>) -> Committer {
+    /// A committer over `conn`; `live` is the live bytes per segment of the loaded rows.
+    pub fn new(
+        conn: rusqlite::Connection,
+        shared: Arc<Shared>,
+        live: HashMap<(u32, u32), u64>,
+    ) -> Committer {
         let now = Instant::now();
-        Committer {
+        let reserve = shared.cfg.dir.join("reserve");
+        let c = Committer {
             conn,
             shared,
             last_touch_flush: now,
             last_stats: now,
             last_ttl: now,
-            last_sync_time: Duration::ZERO,
+            last_flush: now,
+            last_reclaim: now,
+            dirty: false,
+            live,
+            to_unlink: Vec::new(),
+            reserve,
+        };
+        c.ensure_reserve();
+        c
+    }
+
+    /// Keep the reserve file at its size (best effort: on a full disk it stays short).
+    fn ensure_reserve(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.reserve);
+        let Ok(f) = f else { return };
+        if f.metadata().map(|m| m.len()).unwrap_or(0) >= RESERVE_BYTES {
+            return;
+        }
+        // Real bytes, not a hole: on copy-on-write btrfs only written extents hold space.
+        let chunk = vec![0u8; 1 << 20];
+        use std::io::Write;
+        let mut w = &f;
+        let mut n = 0;
+        while n < RESERVE_BYTES {
+            if w.write_all(&chunk).is_err() {
+                let _ = f.set_len(0);
+                return;
+            }
+            n += chunk.len() as u64;
+        }
+        let _ = segment::fdatasync(&f);
+    }
+
+    /// Give the reserve's room back to the filesystem (the disk is full and the index must
+    /// commit evictions).
+    fn release_reserve(&self) {
+        if std::fs::remove_file(&self.reserve).is_ok() {
+            tracing::warn!("disk full: released the index reserve to commit evictions");
         }
     }
 
     /// Serve `rx` until Stop or until every sender is gone.
     pub fn run(mut self, rx: Receiver<Op>) {
+        let mut stop_reply = None;
         loop {
             let wait = self
                 .next_deadline()
@@ -121,7 +213,7 @@ impl Committer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut stop = false;
+            let mut stop = None;
             if let Some(first) = first {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -134,22 +226,26 @@ impl Committer {
                 stop = self.run_batch(batch);
             }
             self.periodic();
-            if stop {
+            if let Some(r) = stop {
+                stop_reply = r;
                 break;
             }
         }
-        self.shutdown();
+        let res = self.shutdown();
+        if let Some(r) = stop_reply {
+            let _ = r.send(res);
+        }
     }
 
-    /// Puts still writing their blob will be here in a moment: wait for them (at most half
-    /// a flush) so they share this batch's flush instead of paying for the next one.
+    /// Puts still writing their record will be here in a moment: wait for them (briefly) so
+    /// they share this batch's commit (and flush) instead of paying for the next one.
     fn gather(&mut self, rx: &Receiver<Op>, batch: &mut Vec<Op>) {
         let is_put = |op: &Op| matches!(op, Op::Put { .. });
         let mut queued = batch.iter().filter(|op| is_put(op)).count() as u64;
         if queued == 0 {
             return;
         }
-        let deadline = Instant::now() + (self.last_sync_time / 2).min(MAX_GATHER);
+        let deadline = Instant::now() + MAX_GATHER;
         while queued < self.shared.puts_in_flight.load(Relaxed) && batch.len() < MAX_BATCH {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -158,7 +254,7 @@ impl Committer {
             match rx.recv_timeout(left) {
                 Ok(op) => {
                     queued += u64::from(is_put(&op));
-                    let stop = matches!(op, Op::Stop);
+                    let stop = matches!(op, Op::Stop(_));
                     batch.push(op);
                     if stop {
                         break;
@@ -169,11 +265,22 @@ impl Committer {
         }
     }
 
+    fn sync_interval(&self) -> Duration {
+        self.shared.cfg.sync_interval
+    }
+
     fn next_deadline(&self) -> Instant {
         let stats = self.last_stats + self.shared.cfg.stats_interval;
         let touch = self.last_touch_flush + TOUCH_EVERY;
         let ttl = self.last_ttl + TTL_EVERY;
-        stats.min(touch).min(ttl)
+        let mut d = stats
+            .min(touch)
+            .min(ttl)
+            .min(self.last_reclaim + RECLAIM_EVERY);
+        if self.dirty {
+            d = d.min(self.last_flush + self.sync_interval());
+        }
+        d
     }
 
     fn periodic(&mut self) {
@@ -196,6 +303,17 @@ impl Committer {
                 tracing::warn!("writing a numa_cache_stats row: {e}");
             }
         }
+        if now >= self.last_reclaim + RECLAIM_EVERY {
+            self.last_reclaim = now;
+            self.reclaim();
+            self.ensure_reserve();
+        }
+        if self.dirty && now >= self.last_flush + self.sync_interval() {
+            if let Err(e) = self.full_flush() {
+                // Retried at the next interval; the data stays in the kernel meanwhile.
+                tracing::error!("background flush failed (will retry): {e}");
+            }
+        }
     }
 
     fn current(
@@ -210,41 +328,98 @@ impl Committer {
         }
     }
 
-    /// Apply a batch; true when it held Stop.
-    fn run_batch(&mut self, batch: Vec<Op>) -> bool {
-        let mut stop = false;
+    /// The owner of `ns` as this batch sees it (pending claims first).
+    fn owner_of(&self, pending_ns: &HashMap<String, Option<u32>>, ns: &str) -> Option<Option<u32>> {
+        if let Some(o) = pending_ns.get(ns) {
+            return Some(*o);
+        }
+        self.shared
+            .namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ns)
+            .copied()
+    }
+
+    /// Drop the record of a put that will not be indexed (a large value's file goes now; a
+    /// segment record is dead space, reclaimed with its segment).
+    fn discard_record(&self, row: &Row) {
+        if row.loc.is_none() {
+            let layout = self.shared.layout();
+            if let Some(s) = layout.shards.get(&row.node) {
+                let _ = s.remove_blob(row.id);
+            }
+        }
+        if let Some(t) = self.shared.layout().tiers.get(&row.node) {
+            t.remove(row.id);
+        }
+    }
+
+    /// Apply a batch; Some when it held Stop (with its reply, if any).
+    fn run_batch(&mut self, batch: Vec<Op>) -> Option<Option<Reply<()>>> {
+        let mut stop = None;
         let mut execs = Vec::new();
         let mut changes: Vec<Change> = Vec::new();
         let mut new_ns: Vec<(String, Option<u32>)> = Vec::new();
-        let mut put_replies: Vec<(Reply<()>, u64, u32)> = Vec::new();
+        let mut pending_ns: HashMap<String, Option<u32>> = HashMap::new();
+        let mut put_replies: Vec<(Reply<()>, Row)> = Vec::new();
         let mut bool_replies: Vec<(Reply<bool>, bool)> = Vec::new();
         let mut count_replies: Vec<(Reply<u64>, u64)> = Vec::new();
         let mut pending: HashMap<(String, String), Option<(u64, u32)>> = HashMap::new();
         let mut pressure = 0u64;
         let mut broken = 0u64;
         let mut expired = 0u64;
+        let mut want_sync = self.sync_interval().is_zero();
+        let mut puts = 0u64;
         for op in batch {
             match op {
                 Op::Put {
                     row,
-                    new_namespace,
+                    writer,
+                    sync,
                     reply,
                 } => {
-                    if let Some((old, _)) = self.current(&pending, &row.namespace, &row.key) {
+                    puts += 1;
+                    // The owner check that counts: inside the committer, against owners
+                    // committed and claimed earlier in this very batch.
+                    match self.owner_of(&pending_ns, &row.namespace) {
+                        Some(Some(owner)) if writer.uid.is_some_and(|u| u != 0 && u != owner) => {
+                            let uid = writer.uid.unwrap_or(0);
+                            self.discard_record(&row);
+                            let _ = reply.send(Err(StoreError::PermissionDenied(format!(
+                                "namespace {:?} belongs to uid {owner}; uid {uid} may read it but not change it",
+                                row.namespace
+                            ))));
+                            continue;
+                        }
+                        Some(_) => {}
+                        None => {
+                            pending_ns.insert(row.namespace.clone(), Some(writer.claim));
+                            new_ns.push((row.namespace.clone(), Some(writer.claim)));
+                        }
+                    }
+                    want_sync |= sync;
+                    let cur = self.current(&pending, &row.namespace, &row.key);
+                    if cur.is_some_and(|(old, _)| old > row.id) {
+                        // A newer put of this key (higher id) is already in: this one
+                        // happened just before it (they overlapped), so it is answered and
+                        // never visible. Ids order a key's versions, live and in a rebuild.
+                        self.discard_record(&row);
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
+                    if let Some((old, _)) = cur {
                         changes.push(Change::Remove {
                             ns: row.namespace.clone(),
                             key: row.key.clone(),
                             id: old,
                         });
                     }
-                    if let Some(owner) = new_namespace {
-                        new_ns.push((row.namespace.clone(), owner));
-                    }
                     pending.insert(
                         (row.namespace.clone(), row.key.clone()),
                         Some((row.id, row.node)),
                     );
-                    put_replies.push((reply, row.id, row.node));
+                    put_replies.push((reply, row.clone()));
                     changes.push(Change::Insert(row));
                 }
                 Op::Delete {
@@ -299,38 +474,39 @@ impl Committer {
                 }
                 Op::Pressure(bytes) => pressure = pressure.max(bytes),
                 Op::Exec(f) => execs.push(f),
-                Op::Stop => stop = true,
+                Op::Stop(r) => stop = Some(r),
             }
         }
-        let wrote = !changes.is_empty();
-        self.shared
-            .puts_in_flight
-            .fetch_sub(put_replies.len() as u64, Relaxed);
-        let result = self.commit(&changes, &new_ns);
+        self.shared.puts_in_flight.fetch_sub(puts, Relaxed);
+        // A sync batch: records (and large files) first, then the FULL commit below.
+        let mut result = if want_sync && !changes.is_empty() {
+            self.flush_data()
+        } else {
+            Ok(0)
+        };
+        let mut committed_below = None;
+        if result.is_ok() {
+            committed_below = want_sync.then(|| self.verified_mark());
+            result = self.commit(&changes, &new_ns, committed_below).map(|()| 0);
+            if matches!(result, Err(StoreError::NoSpace(_))) {
+                // The index itself could not grow: free the reserve, evict, and try once more.
+                self.release_reserve();
+                self.evict(pressure.max(self.shared.stats.stored_total() / 20).max(1));
+                result = self.commit(&changes, &new_ns, committed_below).map(|()| 0);
+            }
+        }
         match &result {
-            Ok(()) => {
+            Ok(_) => {
+                if !changes.is_empty() {
+                    self.dirty = true;
+                }
+                if committed_below.is_some() {
+                    self.flushed();
+                }
                 self.apply(changes);
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
                 self.shared.stats.evictions.fetch_add(expired, Relaxed);
-                let max = self.shared.cfg.max_bytes;
-                let stored = self.shared.stats.stored_total();
-                if stored > max {
-                    // Evict a little below the bound so eviction does not run on every put.
-                    let need = stored - max + (max / 64).min(64 << 20);
-                    self.evict(need);
-                }
-                if pressure > 0 {
-                    self.evict(pressure);
-                }
-                if wrote && let Err(e) = self.sync() {
-                    tracing::error!("making a batch durable: {e}");
-                    for (r, _, _) in put_replies.drain(..) {
-                        let _ = r.send(Err(StoreError::Unavailable(format!(
-                            "flushing the cache filesystem: {e}"
-                        ))));
-                    }
-                }
-                for (r, _, _) in put_replies {
+                for (r, _) in put_replies {
                     let _ = r.send(Ok(()));
                 }
                 for (r, v) in bool_replies {
@@ -339,14 +515,18 @@ impl Committer {
                 for (r, v) in count_replies {
                     let _ = r.send(Ok(v));
                 }
+                let max = self.shared.cfg.max_bytes;
+                let stored = self.shared.stats.stored_total();
+                if stored > max {
+                    // Evict a little below the bound so eviction does not run on every put.
+                    let need = stored - max + (max / 64).min(64 << 20);
+                    self.evict(need);
+                }
             }
             Err(e) => {
-                tracing::warn!("index commit failed: {e}");
-                let layout = self.shared.layout();
-                for (r, id, node) in put_replies {
-                    if let Some(s) = layout.shards.get(&node) {
-                        let _ = s.remove_blob(id);
-                    }
+                tracing::warn!("batch failed, nothing of it is visible: {e}");
+                for (r, row) in put_replies {
+                    self.discard_record(&row);
                     let _ = r.send(Err(clone_err(e)));
                 }
                 for (r, _) in bool_replies {
@@ -357,20 +537,139 @@ impl Committer {
                 }
             }
         }
+        if pressure > 0 {
+            self.evict(pressure);
+            self.reclaim();
+        }
         for f in execs {
             f(self);
         }
         stop
     }
 
+    /// The id below which every row will be durable once the flush under way completes:
+    /// the smallest id of a put not yet answered, else the next id.
+    fn verified_mark(&self) -> u64 {
+        let inflight = self
+            .shared
+            .inflight_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        inflight
+            .first()
+            .copied()
+            .unwrap_or_else(|| self.shared.next_id.load(Relaxed))
+    }
+
+    /// fdatasync what puts wrote since the last flush: dirty segments, large-value files.
+    /// Returns how many files were synced. On failure they stay on the dirty lists.
+    fn flush_data(&mut self) -> Result<u64, StoreError> {
+        let layout = self.shared.layout();
+        let mut n = 0u64;
+        let blobs: Vec<(u32, u64)> = std::mem::take(
+            &mut *self
+                .shared
+                .unsynced_blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (i, &(node, id)) in blobs.iter().enumerate() {
+            if let Some(s) = layout.shards.get(&node)
+                && let Err(e) = s.sync_blob(id)
+            {
+                self.shared
+                    .unsynced_blobs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(&blobs[i..]);
+                return Err(e);
+            }
+            n += 1;
+        }
+        if !blobs.is_empty() {
+            for s in layout.shards.values() {
+                s.sync_dir()?;
+            }
+        }
+        for s in layout.shards.values() {
+            let ids = s.segments.take_dirty();
+            if let Err(e) = s.segments.sync(&ids) {
+                s.segments.redirty(&ids);
+                return Err(e);
+            }
+            n += ids.len() as u64;
+        }
+        Ok(n)
+    }
+
+    /// Record, after a successful full flush, that durable state is complete.
+    fn flushed(&mut self) {
+        self.last_flush = Instant::now();
+        self.dirty = false;
+        let layout = self.shared.layout();
+        for (node, seg) in std::mem::take(&mut self.to_unlink) {
+            if self.live.get(&(node, seg)).copied().unwrap_or(0) > 0 {
+                continue; // live again? (never: segments are append-only; kept to be safe)
+            }
+            if let Some(s) = layout.shards.get(&node) {
+                if s.segments.active_id() == Some(seg) {
+                    continue;
+                }
+                match s.segments.remove(seg) {
+                    Ok(()) => {
+                        self.live.remove(&(node, seg));
+                    }
+                    Err(e) => tracing::warn!("removing an empty segment: {e}"),
+                }
+            }
+        }
+    }
+
+    /// The flusher's work: data, then a FULL commit of the mark (the WAL's fdatasync).
+    pub fn full_flush(&mut self) -> Result<(), StoreError> {
+        let mark = self.verified_mark();
+        self.flush_data()?;
+        self.commit(&[], &[], Some(mark))?;
+        self.flushed();
+        Ok(())
+    }
+
     fn commit(
         &mut self,
         changes: &[Change],
         new_ns: &[(String, Option<u32>)],
+        full: Option<u64>,
     ) -> Result<(), StoreError> {
-        if changes.is_empty() && new_ns.is_empty() {
+        if changes.is_empty() && new_ns.is_empty() && full.is_none() {
             return Ok(());
         }
+        if full.is_some() {
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| StoreError::sql("flushing", e))?;
+        }
+        let res = self.commit_tx(changes, new_ns, full);
+        if full.is_some() {
+            let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        }
+        res?;
+        let mut owners = self
+            .shared
+            .namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for (ns, owner) in new_ns {
+            owners.entry(ns.clone()).or_insert(*owner);
+        }
+        Ok(())
+    }
+
+    fn commit_tx(
+        &mut self,
+        changes: &[Change],
+        new_ns: &[(String, Option<u32>)],
+        full: Option<u64>,
+    ) -> Result<(), StoreError> {
         let next_id = self.shared.next_id.load(Relaxed);
         let now = unix_ns() / 1_000_000_000;
         let tx = self
@@ -390,45 +689,41 @@ impl Committer {
         }
         index::meta_set(&tx, "next_id", next_id as i64)
             .map_err(|e| StoreError::sql("writing a batch", e))?;
-        tx.commit()
-            .map_err(|e| StoreError::sql("committing a batch", e))?;
-        let mut owners = self
-            .shared
-            .namespaces
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        for (ns, owner) in new_ns {
-            owners.entry(ns.clone()).or_insert(*owner);
+        if let Some(mark) = full {
+            index::meta_set(&tx, "verified_below", mark as i64)
+                .map_err(|e| StoreError::sql("writing a batch", e))?;
         }
-        Ok(())
+        tx.commit()
+            .map_err(|e| StoreError::sql("committing a batch", e))
     }
 
     /// Make committed changes visible: the map, the counters, the files of removed entries.
-    fn apply(&self, changes: Vec<Change>) {
+    fn apply(&mut self, changes: Vec<Change>) {
         let layout = self.shared.layout();
-        let stats = &self.shared.stats;
+        let shared = Arc::clone(&self.shared);
+        let stats = &shared.stats;
         for c in changes {
             match c {
                 Change::Insert(r) => {
-                    let expires_ns = r
-                        .expires
-                        .map(|s| s.saturating_mul(1_000_000_000))
-                        .unwrap_or(0);
                     let e = Entry::new(
                         r.id,
+                        r.loc,
                         r.node,
                         r.size,
                         r.stored,
                         r.checksum,
                         r.created,
-                        expires_ns,
+                        r.expires.unwrap_or(0),
                         unix_ns(),
                         r.hits,
                     );
-                    if expires_ns != 0 {
+                    if r.expires.is_some() {
                         self.shared.ttl_entries.fetch_add(1, Relaxed);
                     }
                     stats.add_entry(r.node, r.size, r.stored);
+                    if let Some((seg, _)) = r.loc {
+                        *self.live.entry((r.node, seg)).or_default() += segment::padded(r.stored);
+                    }
                     if let Some(old) = self.shared.map.insert(&r.namespace, &r.key, e) {
                         // Overwrite handled as a Remove change before this insert.
                         debug_assert!(old.id != r.id);
@@ -444,38 +739,152 @@ impl Committer {
         }
     }
 
-    fn forget(&self, layout: &crate::store::engine::Layout, e: &Entry) {
+    fn forget(&mut self, layout: &crate::store::state::Layout, e: &Entry) {
         self.shared.stats.remove_entry(e.node, e.size, e.stored);
-        if e.expires_ns != 0 {
+        if e.expires != 0 {
             self.shared.ttl_entries.fetch_sub(1, Relaxed);
         }
         if let Some(t) = layout.tiers.get(&e.node) {
             t.remove(e.id);
         }
-        if let Some(s) = layout.shards.get(&e.node)
-            && let Err(err) = s.remove_blob(e.id)
-        {
-            tracing::warn!("removing blob {}: {err}", s.blob_path(e.id).display());
-        }
-    }
-
-    fn sync(&mut self) -> Result<(), StoreError> {
-        let t0 = Instant::now();
-        let res = self.sync_all();
-        self.last_sync_time = t0.elapsed();
-        res
-    }
-
-    fn sync_all(&self) -> Result<(), StoreError> {
-        let layout = self.shared.layout();
-        let mut devs = Vec::new();
-        for s in layout.shards.values() {
-            let d = s.dev();
-            if !devs.contains(&d) {
-                devs.push(d);
-                s.syncfs()?;
+        match unpack_loc(e.loc.load(Relaxed)) {
+            Some((seg, _)) => {
+                let k = (e.node, seg);
+                let live = self.live.entry(k).or_default();
+                *live = live.saturating_sub(segment::padded(e.stored));
+                if *live == 0
+                    && layout
+                        .shards
+                        .get(&e.node)
+                        .is_some_and(|s| s.segments.active_id() != Some(seg))
+                    && !self.to_unlink.contains(&k)
+                {
+                    self.to_unlink.push(k);
+                    self.dirty = true;
+                }
+            }
+            None => {
+                if let Some(s) = layout.shards.get(&e.node)
+                    && let Err(err) = s.remove_blob(e.id)
+                {
+                    tracing::warn!("removing blob {}: {err}", s.blob_path(e.id).display());
+                }
             }
         }
+    }
+
+    /// Reclaim dead segment space: sealed segments with nothing live are removed (after the
+    /// next flush), mostly dead ones compacted (live records copied to the active segment).
+    pub fn reclaim(&mut self) {
+        let layout = self.shared.layout();
+        let mut victims: Vec<(u32, u32, u64)> = Vec::new();
+        for s in layout.shards.values() {
+            let active = s.segments.active_id();
+            for seg in s.segments.ids() {
+                if Some(seg) == active {
+                    continue;
+                }
+                let live = self.live.get(&(s.node, seg)).copied().unwrap_or(0);
+                let k = (s.node, seg);
+                if live == 0 {
+                    if !self.to_unlink.contains(&k) {
+                        self.to_unlink.push(k);
+                        self.dirty = true;
+                    }
+                    continue;
+                }
+                let len = s.segments.len_of(seg).unwrap_or(0);
+                if len >= s.segments.seg_bytes / 4 && live < len / 2 {
+                    victims.push((s.node, seg, live));
+                }
+            }
+        }
+        // One segment per round keeps the committer responsive; the emptiest first.
+        victims.sort_by_key(|v| v.2);
+        if let Some(&(node, seg, _)) = victims.first()
+            && let Err(e) = self.compact(node, seg)
+        {
+            tracing::warn!("compacting segment {seg} of node {node}: {e}");
+        }
+        if !self.to_unlink.is_empty() {
+            let _ = self.full_flush();
+        }
+    }
+
+    /// Move the live records of segment `seg` to the active segment, make them and their new
+    /// rows durable, then drop the segment.
+    fn compact(&mut self, node: u32, seg: u32) -> Result<(), StoreError> {
+        let layout = self.shared.layout();
+        let Some(shard) = layout.shards.get(&node).cloned() else {
+            return Ok(());
+        };
+        let mut moving: Vec<(u64, u64, u64)> = Vec::new(); // id, old packed loc, stored
+        self.shared.map.for_each(|_, _, e| {
+            if e.node == node
+                && let Some((s, _)) = unpack_loc(e.loc.load(Relaxed))
+                && s == seg
+            {
+                moving.push((e.id, e.loc.load(Relaxed), e.stored));
+            }
+        });
+        // id, old packed loc, new segment, new offset, stored
+        let mut moved: Vec<(u64, u64, u32, u64, u64)> = Vec::new();
+        for (id, old, stored) in moving {
+            let Some((s, off)) = unpack_loc(old) else {
+                continue;
+            };
+            let raw = shard
+                .segments
+                .read_raw(s, off, stored)
+                .map_err(|e| StoreError::io("reading a record to compact", e))?;
+            let (to, at) = shard.segments.append(&raw)?;
+            moved.push((id, old, to, at, stored));
+        }
+        // The copies are durable before any row points at them, and the rows before the
+        // old segment goes.
+        self.flush_data()?;
+        {
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| StoreError::sql("compacting", e))?;
+            let res = (|| {
+                let tx = self.conn.transaction()?;
+                for &(id, _, s, o, _) in &moved {
+                    index::move_entry(&tx, id, s, o)?;
+                }
+                tx.commit()
+            })();
+            let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+            res.map_err(|e| StoreError::sql("compacting", e))?;
+        }
+        let by_id: HashMap<u64, (u64, u32, u64)> = moved
+            .iter()
+            .map(|&(id, old, s, o, _)| (id, (old, s, o)))
+            .collect();
+        // Only the committer changes the map, so every moved entry is still there.
+        self.shared.map.for_each(|_, _, e| {
+            if let Some(&(old, s, o)) = by_id.get(&e.id) {
+                let _ = e
+                    .loc
+                    .compare_exchange(old, pack_loc(Some((s, o))), Relaxed, Relaxed);
+            }
+        });
+        let mut moved_bytes = 0;
+        for &(_, _, to, _, stored) in &moved {
+            *self.live.entry((node, to)).or_default() += segment::padded(stored);
+            moved_bytes += stored;
+        }
+        self.live.insert((node, seg), 0);
+        match shard.segments.remove(seg) {
+            Ok(()) => {
+                self.live.remove(&(node, seg));
+            }
+            Err(e) => tracing::warn!("removing compacted segment: {e}"),
+        }
+        tracing::debug!(
+            "compacted segment {seg} of node {node}: moved {} records, {moved_bytes} bytes",
+            moved.len()
+        );
         Ok(())
     }
 
@@ -516,8 +925,14 @@ impl Committer {
             .into_iter()
             .map(|(ns, key, id)| Change::Remove { ns, key, id })
             .collect();
-        match self.commit(&changes, &[]) {
+        let mut res = self.commit(&changes, &[], None);
+        if matches!(res, Err(StoreError::NoSpace(_))) {
+            self.release_reserve();
+            res = self.commit(&changes, &[], None);
+        }
+        match res {
             Ok(()) => {
+                self.dirty = true;
                 self.apply(changes);
                 self.shared.stats.evictions.fetch_add(n, Relaxed);
                 tracing::debug!("evicted {n} entries to free {need} bytes");
@@ -530,11 +945,12 @@ impl Committer {
         }
     }
 
-    fn expire(&mut self) {
-        let now = unix_ns();
+    /// The background TTL sweep: remove every entry whose expiry has passed.
+    pub fn expire(&mut self) {
+        let now = unix_ns() / 1_000_000_000;
         let mut gone: Vec<Change> = Vec::new();
         self.shared.map.for_each(|ns, key, e| {
-            if e.expires_ns != 0 && e.expires_ns <= now {
+            if e.expires != 0 && e.expires <= now {
                 gone.push(Change::Remove {
                     ns: ns.to_string(),
                     key: key.to_string(),
@@ -546,8 +962,9 @@ impl Committer {
             return;
         }
         let n = gone.len() as u64;
-        match self.commit(&gone, &[]) {
+        match self.commit(&gone, &[], None) {
             Ok(()) => {
+                self.dirty = true;
                 self.apply(gone);
                 self.shared.stats.evictions.fetch_add(n, Relaxed);
             }
@@ -602,35 +1019,43 @@ impl Committer {
             .map_err(|e| StoreError::sql("writing stats", e))
     }
 
-    /// Write everything back, checkpoint the WAL and flush the filesystem.
+    /// Write everything back and make it durable (a flush point: snapshots, SIGTERM).
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.write_back_touches()?;
+        self.reclaim();
+        self.full_flush()?;
         self.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .map_err(|e| StoreError::sql("checkpointing", e))?;
-        self.sync()
+            .map_err(|e| StoreError::sql("checkpointing", e))
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self) -> Result<(), StoreError> {
         let res = self.flush().and_then(|()| {
+            self.conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| StoreError::sql("marking a clean stop", e))?;
             index::meta_set(&self.conn, "clean", 1)
                 .map_err(|e| StoreError::sql("marking a clean stop", e))?;
             self.conn
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-                .map_err(|e| StoreError::sql("checkpointing", e))?;
-            self.sync()
+                .map_err(|e| StoreError::sql("checkpointing", e))
         });
-        if let Err(e) = res {
+        if let Err(e) = &res {
             tracing::error!(
-                "stopping the cache cleanly failed; the next start will check every file: {e}"
+                "stopping the cache cleanly failed; the next start will check the recent records: {e}"
             );
         }
+        res
     }
 }
 
-fn clone_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
-        other => StoreError::Unavailable(other.to_string()),
+/// Live stored bytes per (node, segment) of `rows` (start-up).
+pub fn live_of(rows: &[Row]) -> HashMap<(u32, u32), u64> {
+    let mut live = HashMap::new();
+    for r in rows {
+        if let Some((seg, _)) = r.loc {
+            *live.entry((r.node, seg)).or_default() += segment::padded(r.stored);
+        }
     }
+    live
 }

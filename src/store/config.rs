@@ -33,6 +33,10 @@ pub struct CacheConfig {
     pub stats_retention: Duration,
     /// The strategy used when `numa_strategies` has no active row.
     pub strategy: StrategyConfig,
+    /// How often the flusher makes default puts durable (`OPDBUS_CACHE_SYNC_INTERVAL_MS`,
+    /// default 1 s): a default put is in the kernel when answered (survives SIGKILL) and on
+    /// stable storage within this interval. Zero syncs every put before it is answered.
+    pub sync_interval: Duration,
 }
 
 impl Default for CacheConfig {
@@ -48,6 +52,7 @@ impl Default for CacheConfig {
             stats_interval: Duration::from_secs(60),
             stats_retention: Duration::from_secs(7 * 24 * 3600),
             strategy: StrategyConfig::default(),
+            sync_interval: Duration::from_millis(1000),
         }
     }
 }
@@ -68,6 +73,9 @@ pub struct PutOptions {
     pub ttl: Option<Duration>,
     /// Explicit placement; must be an allowed node with memory, else InvalidArgument.
     pub node: Option<u32>,
+    /// Answer only once the value and its index row are on stable storage (fdatasync);
+    /// concurrent sync puts share one flush.
+    pub sync: bool,
 }
 
 /// What the index knows about one entry (D-Bus `Lookup`).
@@ -75,7 +83,7 @@ pub struct PutOptions {
 pub struct EntryInfo {
     /// Logical (uncompressed) size in bytes.
     pub size: u64,
-    /// Bytes of the blob file on disk, header included.
+    /// Bytes of the record on disk, header included.
     pub stored_size: u64,
     /// The node whose shard holds the entry.
     pub node: u32,

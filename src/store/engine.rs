@@ -3,167 +3,31 @@
 //! node (always for memory-tier hits); otherwise the entry's node pool does the disk read,
 //! so page-cache and memory-tier pages stay on the entry's node.
 
-use crate::placement::{NodePools, Placer, Strategy, StrategyConfig};
+use crate::placement::{NodePools, Placer, StrategyConfig};
 use crate::store::blob;
-use crate::store::commit::{Committer, Op, Why};
+use crate::store::commit::{self, Committer, Op, Why, Writer};
 use crate::store::config::{
     CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace,
 };
-use crate::store::entries::{Entry, EntryMap};
+use crate::store::entries::{Entry, EntryMap, unpack_loc};
 use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
 use crate::store::memtier::MemTier;
 use crate::store::recovery;
+use crate::store::segment::{LARGE_RECORD, segment_bytes_for};
 use crate::store::shard::{self, Shard};
 use crate::store::snapshot;
-use crate::store::stats::{NodeStats, Stats, StatsTotals, Tier};
+use crate::store::state::{
+    InflightBytes, Layout, Shared, cpu_map, current_cpu, placeable, unix_ns,
+};
+use crate::store::stats::{CacheStats, NodeStats, StatsTotals, Tier};
 use crate::topology::Topology;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
-
-/// Unix time in nanoseconds.
-pub fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
-
-fn current_cpu() -> Option<u32> {
-    // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure.
-    let c = unsafe { libc::sched_getcpu() };
-    (c >= 0).then_some(c as u32)
-}
-
-/// Everything that changes together when the topology or the strategy changes. Readers
-/// hold it briefly; changes build a new one and swap it in.
-pub struct Layout {
-    /// The topology in force.
-    pub topology: Arc<Topology>,
-    /// CPU number -> node.
-    cpu_node: Vec<u32>,
-    /// Nodes new entries may go to (allowed, with memory), ascending.
-    pub placeable: Vec<u32>,
-    /// Every shard, including those of nodes that vanished (still readable).
-    pub shards: BTreeMap<u32, Arc<Shard>>,
-    /// Memory tiers by node.
-    pub tiers: BTreeMap<u32, Arc<MemTier>>,
-    /// Worker pools.
-    pub pools: Arc<NodePools>,
-    /// The active strategy.
-    pub strategy: StrategyConfig,
-}
-
-impl Layout {
-    fn node_of_cpu(&self, cpu: Option<u32>) -> u32 {
-        cpu.and_then(|c| self.cpu_node.get(c as usize).copied())
-            .unwrap_or_else(|| self.placeable.first().copied().unwrap_or(0))
-    }
-
-    /// Nodes stats are reported for: the topology's and any shard's.
-    pub fn stat_nodes(&self) -> Vec<u32> {
-        let mut v: Vec<u32> = self
-            .topology
-            .nodes
-            .iter()
-            .map(|n| n.node_id)
-            .chain(self.shards.keys().copied())
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    }
-
-    /// Run `job` where the pages it touches belong to `node`: here when this thread is on
-    /// that node's pool's node (or NUMA is off), else on the pool.
-    fn on_node<R: Send + 'static>(&self, node: u32, job: impl FnOnce() -> R + Send + 'static) -> R {
-        let serving = self.pools.serving_node(node);
-        if self.strategy.strategy == Strategy::Disabled
-            || self.placeable.len() <= 1 && self.shards.len() <= 1
-            || self.node_of_cpu(current_cpu()) == serving
-        {
-            job()
-        } else {
-            self.pools.run(serving, job)
-        }
-    }
-}
-
-fn cpu_map(t: &Topology) -> Vec<u32> {
-    let max = t
-        .nodes
-        .iter()
-        .flat_map(|n| n.cpus.iter())
-        .copied()
-        .max()
-        .map(|m| m as usize + 1)
-        .unwrap_or(0);
-    let mut v = vec![t.nodes.first().map(|n| n.node_id).unwrap_or(0); max];
-    for n in &t.nodes {
-        for &c in &n.cpus {
-            v[c as usize] = n.node_id;
-        }
-    }
-    v
-}
-
-fn placeable(t: &Topology) -> Vec<u32> {
-    let mut v: Vec<u32> = t
-        .nodes
-        .iter()
-        .filter(|n| n.has_memory && (n.allowed || t.allowed_nodes.is_empty()))
-        .map(|n| n.node_id)
-        .collect();
-    if !t.numa_available {
-        v.truncate(1);
-    }
-    if v.is_empty() {
-        v.push(t.nodes.first().map(|n| n.node_id).unwrap_or(0));
-    }
-    v
-}
-
-/// State shared by the Cache and its committer thread.
-pub struct Shared {
-    /// Configuration.
-    pub cfg: CacheConfig,
-    /// The state directory is on btrfs.
-    pub btrfs: bool,
-    /// The entry map.
-    pub map: EntryMap,
-    layout: RwLock<Arc<Layout>>,
-    /// Counters.
-    pub stats: Stats,
-    /// Namespace -> owner uid.
-    pub namespaces: RwLock<HashMap<String, Option<u32>>>,
-    /// Next entry id.
-    pub next_id: AtomicU64,
-    /// Entries with a TTL (the expiry sweep is skipped when 0).
-    pub ttl_entries: AtomicU64,
-    /// Puts writing their blob or queued, not yet answered: the committer waits briefly
-    /// for them so that they share one flush.
-    pub puts_in_flight: AtomicU64,
-    /// Chooses the node of new entries (the placement module owns the strategies).
-    pub placer: Placer,
-}
-
-impl Shared {
-    /// The current layout.
-    pub fn layout(&self) -> Arc<Layout> {
-        Arc::clone(&self.layout.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// One node's figures, memory tier included.
-    pub fn node_stats_in(&self, layout: &Layout, node: u32) -> NodeStats {
-        let mut s = self.stats.node_stats(node);
-        s.memory_tier_bytes = layout.tiers.get(&node).map(|t| t.bytes()).unwrap_or(0);
-        s
-    }
-}
+use std::time::{Duration, Instant};
 
 /// The cache engine. `Send + Sync`; the daemon holds it in an `Arc`.
 pub struct Cache {
@@ -175,12 +39,44 @@ pub struct Cache {
     dir: PathBuf,
 }
 
+/// Removes a put's id from the in-flight set when the put is over (answered or failed).
+struct IdGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for IdGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .inflight_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+/// Expiry (unix seconds) of a put at `now_s` with `ttl`: saturating, and capped where the
+/// index (SQLite INTEGER) can hold it, so a huge TTL means "practically never", never a wrap.
+pub fn expiry(now_s: u64, ttl: Option<Duration>) -> Option<u64> {
+    ttl.map(|t| {
+        let secs = t.as_secs().saturating_add(u64::from(t.subsec_nanos() > 0));
+        now_s.saturating_add(secs).min(i64::MAX as u64)
+    })
+}
+
+/// The bound on bytes of puts in flight: enough for many concurrent puts of the largest value.
+fn inflight_bound(cfg: &CacheConfig) -> u64 {
+    cfg.max_value_bytes.saturating_mul(2).max(64 << 20)
+}
+
 fn tier_share(cfg: &CacheConfig, nodes: usize) -> u64 {
     cfg.memory_bytes / nodes.max(1) as u64
 }
 
 impl Cache {
-    /// Open (creating or repairing) the cache in `config.dir` for `topology`.
+    /// Open (creating or repairing) the cache in `config.dir` for `topology`. A v1 cache
+    /// (one file per value) opens as it is: its files stay readable as large-value files and
+    /// new values go to segments; the schema gains its location columns.
     pub fn open(config: CacheConfig, topology: Arc<Topology>) -> Result<Cache, StoreError> {
         if config.zstd_level < 1 || config.zstd_level > 22 {
             return Err(StoreError::InvalidArgument(format!(
@@ -189,10 +85,30 @@ impl Cache {
             )));
         }
         let dir = config.dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        // Nothing inside the state directory may be a symlink: start-up removes and rewrites
+        // files there and must never do it to a link's target.
+        for (name, want_dir) in [
+            ("shards", true),
+            ("snapshots", true),
+            ("index.db", false),
+            ("index.db-wal", false),
+            ("index.db-shm", false),
+            ("index.db-journal", false),
+            ("reserve", false),
+        ] {
+            shard::refuse_symlink(&dir.join(name), want_dir)?;
+        }
         let shards_dir = dir.join("shards");
-        for d in [&dir, &shards_dir] {
-            std::fs::create_dir_all(d)
-                .map_err(|e| StoreError::io(format!("creating {}", d.display()), e))?;
+        match std::fs::create_dir(&shards_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::io(
+                    format!("creating {}", shards_dir.display()),
+                    e,
+                ));
+            }
+            _ => {}
         }
         let btrfs = shard::is_btrfs(&dir)?;
         if !btrfs {
@@ -220,7 +136,15 @@ impl Cache {
         nodes.dedup();
         let mut shards = BTreeMap::new();
         for n in nodes {
-            shards.insert(n, Arc::new(Shard::open(&shards_dir, n, btrfs)?));
+            shards.insert(
+                n,
+                Arc::new(Shard::open(
+                    &shards_dir,
+                    n,
+                    btrfs,
+                    segment_bytes_for(config.max_bytes),
+                )?),
+            );
         }
         let list: Vec<Arc<Shard>> = shards.values().cloned().collect();
         let rec = recovery::recover(&dir, &list)?;
@@ -231,9 +155,12 @@ impl Cache {
             Some(s) => s,
             None => config.strategy,
         };
+        // Ids never repeat, even after a power loss lost the last ones: start above the
+        // clock in microseconds too (puts run well below one per microsecond).
+        let next_id = rec.next_id.max(unix_ns() / 1000);
         {
-            // This one commit is fsynced (a WAL fsync, far cheaper than a syncfs): the clean
-            // flag must be cleared on disk before any write can happen.
+            // This one commit is fsynced: the clean flag must be cleared on disk before any
+            // write can happen.
             conn.pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| StoreError::sql("opening", e))?;
             let tx = conn
@@ -242,7 +169,9 @@ impl Cache {
             index::write_topology(&tx, &topology)
                 .map_err(|e| StoreError::sql("writing numa_topology", e))?;
             index::meta_set(&tx, "clean", 0).map_err(|e| StoreError::sql("opening", e))?;
-            index::meta_set(&tx, "next_id", rec.next_id as i64)
+            index::meta_set(&tx, "next_id", next_id as i64)
+                .map_err(|e| StoreError::sql("opening", e))?;
+            index::meta_set(&tx, "verified_below", next_id as i64)
                 .map_err(|e| StoreError::sql("opening", e))?;
             tx.commit().map_err(|e| StoreError::sql("opening", e))?;
             conn.pragma_update(None, "synchronous", "NORMAL")
@@ -252,12 +181,11 @@ impl Cache {
             let share = tier_share(&config, placeable.len());
             shards
                 .keys()
-                .map(|&n| (n, Arc::new(MemTier::new(share))))
+                .map(|&n| (n, Arc::new(MemTier::on_node(n, share))))
                 .collect()
         } else {
             BTreeMap::new()
         };
-        let topology_for_placer = Arc::clone(&topology);
         let layout = Layout {
             cpu_node: cpu_map(&topology),
             placeable,
@@ -265,19 +193,23 @@ impl Cache {
             tiers,
             pools: Arc::new(NodePools::start(&topology, &strategy)),
             strategy,
+            placer: Arc::new(Placer::new(Arc::clone(&topology), strategy)),
             topology,
         };
+        let bound = inflight_bound(&config);
         let shared = Arc::new(Shared {
             cfg: config,
             btrfs,
             map: EntryMap::default(),
             layout: RwLock::new(Arc::new(layout)),
-            stats: Stats::default(),
+            stats: Default::default(),
             namespaces: RwLock::new(rec.namespaces.into_iter().collect()),
-            next_id: AtomicU64::new(rec.next_id),
+            next_id: AtomicU64::new(next_id),
             ttl_entries: AtomicU64::new(0),
             puts_in_flight: AtomicU64::new(0),
-            placer: Placer::new(Arc::clone(&topology_for_placer), strategy),
+            inflight_ids: Mutex::new(Default::default()),
+            inflight_bytes: InflightBytes::new(bound),
+            unsynced_blobs: Mutex::new(Vec::new()),
         });
         let now_ns = unix_ns();
         for r in &rec.rows {
@@ -286,18 +218,24 @@ impl Cache {
             }
             shared.stats.add_entry(r.node, r.size, r.stored);
         }
+        let live = commit::live_of(&rec.rows);
         shared.map.load(rec.rows, |r| {
-            let expires_ns = r
-                .expires
-                .map(|s| s.saturating_mul(1_000_000_000))
-                .unwrap_or(0);
             let la = r.last_access.saturating_mul(1_000_000_000).min(now_ns);
             Entry::new(
-                r.id, r.node, r.size, r.stored, r.checksum, r.created, expires_ns, la, r.hits,
+                r.id,
+                r.loc,
+                r.node,
+                r.size,
+                r.stored,
+                r.checksum,
+                r.created,
+                r.expires.unwrap_or(0),
+                la,
+                r.hits,
             )
         });
         let (tx, rx) = mpsc::channel();
-        let committer = Committer::new(conn, Arc::clone(&shared));
+        let committer = Committer::new(conn, Arc::clone(&shared), live);
         let handle = std::thread::Builder::new()
             .name("cache-committer".into())
             .spawn(move || committer.run(rx))
@@ -334,41 +272,47 @@ impl Cache {
         Self::wait(rrx)
     }
 
-    /// Ownership check; for a new namespace, the owner to record.
-    fn check_owner(
-        &self,
-        ns: &str,
-        caller: &Caller,
-        writing: bool,
-    ) -> Result<Option<Option<u32>>, StoreError> {
+    /// Early ownership check (the committer checks again, and that check decides); returns
+    /// the owner a record of `ns` carries: the current owner, or the caller's claim.
+    fn check_owner(&self, ns: &str, caller: &Caller) -> Result<Writer, StoreError> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        let writer = Writer {
+            uid: caller.uid,
+            claim: caller.uid.unwrap_or(me),
+        };
         let owners = self
             .shared
             .namespaces
             .read()
             .unwrap_or_else(|p| p.into_inner());
-        match owners.get(ns) {
-            Some(owner) => {
-                if let (Some(uid), Some(owner)) = (caller.uid, owner)
-                    && uid != 0
-                    && uid != *owner
-                {
-                    return Err(StoreError::PermissionDenied(format!(
-                        "namespace {ns:?} belongs to uid {owner}; uid {uid} may read it but not change it"
-                    )));
-                }
-                Ok(None)
-            }
-            None if writing => {
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                let me = unsafe { libc::geteuid() };
-                Ok(Some(Some(caller.uid.unwrap_or(me))))
-            }
-            None => Ok(None),
+        if let Some(Some(owner)) = owners.get(ns)
+            && let Some(uid) = caller.uid
+            && uid != 0
+            && uid != *owner
+        {
+            return Err(StoreError::PermissionDenied(format!(
+                "namespace {ns:?} belongs to uid {owner}; uid {uid} may read it but not change it"
+            )));
+        }
+        Ok(writer)
+    }
+
+    fn record_owner(&self, ns: &str, writer: &Writer) -> Option<u32> {
+        match self
+            .shared
+            .namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ns)
+        {
+            Some(owner) => *owner,
+            None => Some(writer.claim),
         }
     }
 
-    fn choose_node(&self, layout: &Layout, key: &str, caller: &Caller) -> u32 {
-        let node = self.shared.placer.place(key.as_bytes(), caller.cpu);
+    fn choose_node(layout: &Layout, key: &str, caller: &Caller) -> u32 {
+        let node = layout.placer.place(key.as_bytes(), caller.cpu);
         if layout.shards.contains_key(&node) {
             node
         } else {
@@ -376,8 +320,74 @@ impl Cache {
         }
     }
 
-    /// Store `value` under `ns`/`key`; returns the node whose shard holds it. Durable when it
-    /// returns (its blob and index row are on disk).
+    fn target_node(
+        layout: &Layout,
+        key: &str,
+        opts: &PutOptions,
+        caller: &Caller,
+    ) -> Result<u32, StoreError> {
+        match opts.node {
+            Some(n) => {
+                let n = layout
+                    .placer
+                    .check_node(i64::from(n))
+                    .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
+                if !layout.shards.contains_key(&n) {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "node {n} has no shard; nodes with shards: {:?}",
+                        layout.shards.keys().collect::<Vec<_>>()
+                    )));
+                }
+                Ok(n)
+            }
+            None => Ok(Self::choose_node(layout, key, caller)),
+        }
+    }
+
+    /// A new entry id, registered as in flight until the guard drops (under one lock, so a
+    /// flush never sees an id handed out but not yet registered).
+    fn new_id(&self) -> IdGuard<'_> {
+        let mut set = self
+            .shared
+            .inflight_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let id = self.shared.next_id.fetch_add(1, Relaxed);
+        set.insert(id);
+        IdGuard {
+            shared: &self.shared,
+            id,
+        }
+    }
+
+    /// Hand a written record to the committer and wait for its answer.
+    fn commit_put(&self, row: Row, writer: Writer, sync: bool) -> Result<(), StoreError> {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        if let Err(e) = self.send(Op::Put {
+            row,
+            writer,
+            sync,
+            reply: rtx,
+        }) {
+            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
+        Self::wait(rrx)
+    }
+
+    fn pressure(&self, stored: u64) {
+        // Make room for the next put: the least recently used entries go.
+        let _ = self.send(Op::Pressure(
+            stored
+                .saturating_mul(4)
+                .max(self.shared.stats.stored_total() / 20),
+        ));
+    }
+
+    /// Store `value` under `ns`/`key`; returns the node whose shard holds it. When it returns
+    /// the value and its index row are in the kernel (they survive a crash of this process);
+    /// they reach stable storage within `sync_interval`, or before it returns with
+    /// `opts.sync` (ARCHITECTURE.md, "Storage", has the whole contract).
     pub fn put(
         &self,
         ns: &str,
@@ -395,34 +405,16 @@ impl Cache {
                 limit,
             });
         }
-        let new_namespace = self.check_owner(ns, caller, true)?;
+        let writer = self.check_owner(ns, caller)?;
         let layout = self.shared.layout();
-        let node = match opts.node {
-            Some(n) => {
-                let n = self
-                    .shared
-                    .placer
-                    .check_node(i64::from(n))
-                    .map_err(|e| StoreError::InvalidArgument(e.to_string()))?;
-                if !layout.shards.contains_key(&n) {
-                    return Err(StoreError::InvalidArgument(format!(
-                        "node {n} has no shard; nodes with shards: {:?}",
-                        layout.shards.keys().collect::<Vec<_>>()
-                    )));
-                }
-                n
-            }
-            None => self.choose_node(&layout, key, caller),
-        };
-        let now = unix_ns();
-        let created = now / 1_000_000_000;
-        let expires = opts
-            .ttl
-            .map(|t| (now + t.as_nanos() as u64).div_ceil(1_000_000_000));
+        let node = Self::target_node(&layout, key, opts, caller)?;
+        let created = unix_ns() / 1_000_000_000;
+        let expires = expiry(created, opts.ttl);
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let id = self.shared.next_id.fetch_add(1, Relaxed);
+        let _bytes = self.shared.inflight_bytes.acquire(value.len() as u64)?;
+        let id = self.new_id();
         let (bytes, checksum) = blob::encode(
-            id,
+            id.id,
             ns,
             key,
             value,
@@ -430,6 +422,7 @@ impl Cache {
             self.shared.cfg.compress_min_bytes,
             created,
             expires.unwrap_or(0),
+            self.record_owner(ns, &writer),
         );
         let stored = bytes.len() as u64;
         if stored > self.shared.cfg.max_bytes {
@@ -444,31 +437,44 @@ impl Cache {
             .cloned()
             .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
         let tier = layout.tiers.get(&node).cloned();
+        let small = stored <= LARGE_RECORD;
+        // Every value put whole goes to the tier (as a read would put it there), large ones too.
         let owned: Option<Vec<u8>> = tier.as_ref().map(|_| value.to_vec());
         // The committer answers (and un-counts) every put that reaches its queue.
         self.shared.puts_in_flight.fetch_add(1, Relaxed);
+        let idv = id.id;
         let written = layout.on_node(node, move || {
-            shard.write_blob(id, &bytes)?;
+            let loc = if small {
+                Some(shard.segments.append(&bytes)?)
+            } else {
+                shard.write_blob(idv, &bytes)?;
+                None
+            };
             if let (Some(t), Some(v)) = (tier, owned) {
                 // Allocated here, on the node's thread, so the tier's pages are local.
-                t.insert(id, Arc::from(v));
+                t.insert(idv, Arc::from(v));
             }
-            Ok::<(), StoreError>(())
+            Ok::<_, StoreError>(loc)
         });
-        if let Err(e) = written {
-            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
-            if matches!(e, StoreError::NoSpace(_)) {
-                // Make room for the next put: the least recently used entries go.
-                let _ = self.send(Op::Pressure(
-                    stored
-                        .saturating_mul(4)
-                        .max(self.shared.stats.stored_total() / 20),
-                ));
+        let loc = match written {
+            Ok(loc) => loc,
+            Err(e) => {
+                self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+                if matches!(e, StoreError::NoSpace(_)) {
+                    self.pressure(stored);
+                }
+                return Err(e);
             }
-            return Err(e);
+        };
+        if loc.is_none() {
+            self.shared
+                .unsynced_blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((node, idv));
         }
         let row = Row {
-            id,
+            id: idv,
             namespace: ns.to_string(),
             key: key.to_string(),
             node,
@@ -479,17 +485,135 @@ impl Cache {
             last_access: created,
             hits: 0,
             expires,
+            loc,
         };
-        let (rtx, rrx) = mpsc::sync_channel(1);
-        if let Err(e) = self.send(Op::Put {
-            row,
-            new_namespace,
-            reply: rtx,
-        }) {
-            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
-            return Err(e);
+        self.commit_put(row, writer, opts.sync)?;
+        Ok(node)
+    }
+
+    /// Store the contents of `file` (a PutFd's memfd) under `ns`/`key`, streaming it to the
+    /// shard in 1 MiB pieces: the value is never held in memory whole, so a put of N bytes
+    /// raises the resident memory by far less than N. Same contract and errors as `put`.
+    pub fn put_file(
+        &self,
+        ns: &str,
+        key: &str,
+        file: &std::fs::File,
+        opts: &PutOptions,
+        caller: &Caller,
+    ) -> Result<u32, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("reading the size of the value's descriptor", e))?
+            .len();
+        if len <= LARGE_RECORD {
+            let mut v = vec![0u8; len as usize];
+            file.read_exact_at(&mut v, 0)
+                .map_err(|e| StoreError::io("reading the value's descriptor", e))?;
+            return self.put(ns, key, &v, opts, caller);
         }
-        Self::wait(rrx)?;
+        validate_namespace(ns)?;
+        validate_key(key)?;
+        let limit = self
+            .shared
+            .cfg
+            .max_value_bytes
+            .min(self.shared.cfg.max_bytes);
+        if len > limit {
+            return Err(StoreError::TooLarge { size: len, limit });
+        }
+        let writer = self.check_owner(ns, caller)?;
+        let layout = self.shared.layout();
+        let node = Self::target_node(&layout, key, opts, caller)?;
+        let created = unix_ns() / 1_000_000_000;
+        let expires = expiry(created, opts.ttl);
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _bytes = self.shared.inflight_bytes.acquire(len)?;
+        let id = self.new_id();
+        let shard = layout
+            .shards
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
+        let level = self.shared.cfg.zstd_level;
+        let mut sample = vec![0u8; (64usize << 10).min(len as usize)];
+        file.read_exact_at(&mut sample, 0)
+            .map_err(|e| StoreError::io("reading the value's descriptor", e))?;
+        let compress = len >= self.shared.cfg.compress_min_bytes.max(64) as u64
+            && blob::compression_pays(level, &sample);
+        drop(sample);
+        let hl = blob::header_len(ns, key);
+        let owner = self.record_owner(ns, &writer);
+        self.shared.puts_in_flight.fetch_add(1, Relaxed);
+        let (ns2, key2) = (ns.to_string(), key.to_string());
+        let src = file
+            .try_clone()
+            .map_err(|e| StoreError::io("duplicating the value's descriptor", e))?;
+        let idv = id.id;
+        let sh = Arc::clone(&shard);
+        let written = layout.on_node(node, move || {
+            let tmp = sh.create_tmp(idv)?;
+            let res = stream_record(&src, &tmp, len, hl, compress, level).and_then(
+                |(payload_len, checksum)| {
+                    let header = blob::encode_header(
+                        &blob::HeaderFields {
+                            id: idv,
+                            flags: if compress { blob::FLAG_ZSTD } else { 0 },
+                            logical_len: len,
+                            payload_len,
+                            checksum,
+                            created,
+                            expires: expires.unwrap_or(0),
+                            owner,
+                        },
+                        &ns2,
+                        &key2,
+                    );
+                    tmp.write_all_at(&header, 0)
+                        .map_err(|e| StoreError::io("writing a record header", e))?;
+                    Ok((hl as u64 + payload_len, checksum))
+                },
+            );
+            drop(tmp);
+            match res {
+                Ok(r) => sh.publish_tmp(idv).map(|()| r),
+                Err(e) => {
+                    sh.remove_tmp(idv);
+                    Err(e)
+                }
+            }
+        });
+        let (stored, checksum) = match written {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+                if matches!(e, StoreError::NoSpace(_)) {
+                    self.pressure(len);
+                }
+                return Err(e);
+            }
+        };
+        self.shared
+            .unsynced_blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((node, idv));
+        let row = Row {
+            id: idv,
+            namespace: ns.to_string(),
+            key: key.to_string(),
+            node,
+            size: len,
+            stored,
+            checksum,
+            created,
+            last_access: created,
+            hits: 0,
+            expires,
+            loc: None,
+        };
+        self.commit_put(row, writer, opts.sync)?;
         Ok(node)
     }
 
@@ -507,14 +631,15 @@ impl Cache {
             None => here,
         };
         let now = unix_ns();
+        let now_s = now / 1_000_000_000;
         let found = self.shared.map.with(ns, key, |e| {
-            if e.expires_ns != 0 && e.expires_ns <= now {
+            if e.expires != 0 && e.expires <= now_s {
                 return Err(e.id);
             }
             self.shared.map.touch(e, now);
-            Ok((e.id, e.node, e.stored, e.checksum))
+            Ok((e.id, e.node, e.stored, e.checksum, e.loc.load(Relaxed)))
         });
-        let (id, node, stored, checksum) = match found {
+        let (id, node, stored, checksum, loc) = match found {
             Some(Ok(f)) => f,
             Some(Err(expired)) => {
                 let _ = self.send(Op::Delete {
@@ -550,8 +675,35 @@ impl Cache {
         let tier = tier.cloned();
         let header_len = blob::FIXED_LEN + ns.len() + key.len() + 8;
         let payload_len = (stored as usize).saturating_sub(header_len);
+        let map_shard = Arc::clone(&shard);
+        let (ns2, key2) = (ns.to_string(), key.to_string());
+        let me = Arc::clone(&self.shared);
         let read = layout.on_node(node, move || {
-            let value = match shard.read_blob(id, header_len, payload_len) {
+            let mut loc = loc;
+            let mut tries = 0;
+            let parts = loop {
+                let r = match unpack_loc(loc) {
+                    Some((seg, off)) => map_shard.segments.read(seg, off, header_len, payload_len),
+                    None => shard.read_blob(id, header_len, payload_len),
+                };
+                // Compaction may have moved the record and dropped its old segment between
+                // the map lookup and the read: look again.
+                if let Err(e) = &r
+                    && e.kind() == std::io::ErrorKind::NotFound
+                    && tries < 3
+                    && let Some(now_loc) = me
+                        .map
+                        .with(&ns2, &key2, |e| (e.id == id).then(|| e.loc.load(Relaxed)))
+                        .flatten()
+                    && now_loc != loc
+                {
+                    loc = now_loc;
+                    tries += 1;
+                    continue;
+                }
+                break r;
+            };
+            let value = match parts {
                 Ok((header, payload)) => blob::decode_parts(&header, payload, id, checksum),
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(
                     blob::BlobError::Payload(format!("file is shorter than indexed: {e}")),
@@ -600,7 +752,7 @@ impl Cache {
                         key,
                         id,
                         caller_node,
-                        "blob file is missing".into(),
+                        "its record (file or segment) is missing".into(),
                     ));
                 }
                 Err(self.miss(caller_node, ns, key))
@@ -633,7 +785,7 @@ impl Cache {
     pub fn delete(&self, ns: &str, key: &str, caller: &Caller) -> Result<bool, StoreError> {
         validate_namespace(ns)?;
         validate_key(key)?;
-        self.check_owner(ns, caller, false)?;
+        self.check_owner(ns, caller)?;
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let (rtx, rrx) = mpsc::sync_channel(1);
         self.send(Op::Delete {
@@ -654,14 +806,14 @@ impl Cache {
         self.shared
             .map
             .with(ns, key, |e| {
-                (e.expires_ns == 0 || e.expires_ns > now).then(|| EntryInfo {
+                (e.expires == 0 || e.expires > now / 1_000_000_000).then(|| EntryInfo {
                     size: e.size,
                     stored_size: e.stored,
                     node: e.node,
                     created: e.created,
                     last_access: e.last_access_ns.load(Relaxed) / 1_000_000_000,
                     hits: e.hits.load(Relaxed),
-                    expires: (e.expires_ns != 0).then(|| e.expires_ns.div_ceil(1_000_000_000)),
+                    expires: (e.expires != 0).then_some(e.expires),
                 })
             })
             .flatten()
@@ -674,7 +826,7 @@ impl Cache {
     /// Remove every entry of `ns`; returns how many.
     pub fn clear(&self, ns: &str, caller: &Caller) -> Result<u64, StoreError> {
         validate_namespace(ns)?;
-        self.check_owner(ns, caller, false)?;
+        self.check_owner(ns, caller)?;
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let (rtx, rrx) = mpsc::sync_channel(1);
         self.send(Op::Clear {
@@ -711,42 +863,29 @@ impl Cache {
         snapshot::delete(&self.dir.join("snapshots"), name)
     }
 
-    /// The seed's statistics JSON plus our extra fields.
-    pub fn stats_json(&self) -> serde_json::Value {
+    /// Every figure of the engine, typed: the front-ends render it (the D-Bus JSON, the HTTP
+    /// JSON and /metrics from this one value).
+    pub fn stats(&self) -> CacheStats {
         let layout = self.shared.layout();
-        let mut dist = serde_json::Map::new();
-        for node in layout.stat_nodes() {
-            let s = self.shared.node_stats_in(&layout, node);
-            dist.insert(
-                node.to_string(),
-                serde_json::json!({
-                    "cache_entries": s.entries,
-                    "memory_usage_mb": s.memory_tier_bytes >> 20,
-                    "hit_rate": s.hit_rate,
-                    "logical_bytes": s.logical_bytes,
-                    "stored_bytes": s.stored_bytes,
-                    "memory_tier_bytes": s.memory_tier_bytes,
-                    "hits": s.hits,
-                    "misses": s.misses,
-                }),
-            );
-        }
+        let node_distribution = layout
+            .stat_nodes()
+            .into_iter()
+            .map(|n| (n, self.shared.node_stats_in(&layout, n)))
+            .collect();
         let single = layout.topology.nodes.len() <= 1;
-        let b = self.shared.stats.benefits(single);
-        serde_json::json!({
-            "node_distribution": dist,
-            "numa_benefits": {
-                "latency_improvement_ms": b.latency_improvement_ms,
-                "memory_bandwidth_gain": b.memory_bandwidth_gain,
-                "single_node": b.single_node,
-                "local_samples": b.local_samples,
-                "remote_samples": b.remote_samples,
-            },
-            "totals": self.totals(),
-            "corrupted": self.shared.stats.corrupted.load(Relaxed),
-            "btrfs": self.shared.btrfs,
-            "strategy": layout.strategy.strategy.as_str(),
-        })
+        CacheStats {
+            node_distribution,
+            numa_benefits: self.shared.stats.benefits(single),
+            totals: self.totals(),
+            corrupted: self.shared.stats.corrupted.load(Relaxed),
+            btrfs: self.shared.btrfs,
+            strategy: layout.strategy.strategy.as_str().to_string(),
+        }
+    }
+
+    /// The seed's statistics JSON plus our extra fields (rendered from [`Cache::stats`]).
+    pub fn stats_json(&self) -> serde_json::Value {
+        self.stats().to_json()
     }
 
     /// Totals for the D-Bus CacheStats properties.
@@ -799,10 +938,12 @@ impl Cache {
     }
 
     /// Validate, persist and apply a strategy; existing entries stay where they are.
-    /// Returns the number of worker threads re-applied.
+    /// Returns the number of worker threads re-applied. The layout (strategy, pools' settings
+    /// and placer) changes in one swap, so placement can never lag behind the strategy.
     pub fn set_strategy(&self, cfg: StrategyConfig) -> Result<usize, StoreError> {
         if let Some(p) = cfg.node_preference {
             self.shared
+                .layout()
                 .placer
                 .check_node(i64::from(p))
                 .map_err(|e| StoreError::InvalidArgument(format!("node_preference: {e}")))?;
@@ -818,10 +959,6 @@ impl Cache {
             .unwrap_or_else(|p| p.into_inner());
         let pools = Arc::clone(&slot.pools);
         let n = pools.apply(&cfg);
-        if let Err(e) = self.shared.placer.set_config(cfg) {
-            // Checked above; only a topology change in between can get here.
-            tracing::warn!("placement keeps its previous strategy: {e}");
-        }
         let next = Layout {
             topology: Arc::clone(&slot.topology),
             cpu_node: slot.cpu_node.clone(),
@@ -830,6 +967,7 @@ impl Cache {
             tiers: slot.tiers.clone(),
             pools,
             strategy: cfg,
+            placer: Arc::new(Placer::new(Arc::clone(&slot.topology), cfg)),
         };
         *slot = Arc::new(next);
         tracing::info!(
@@ -860,7 +998,12 @@ impl Cache {
         let shards_dir = self.dir.join("shards");
         for &n in &placeable {
             if let std::collections::btree_map::Entry::Vacant(v) = shards.entry(n) {
-                match Shard::open(&shards_dir, n, self.shared.btrfs) {
+                match Shard::open(
+                    &shards_dir,
+                    n,
+                    self.shared.btrfs,
+                    segment_bytes_for(self.shared.cfg.max_bytes),
+                ) {
                     Ok(s) => {
                         v.insert(Arc::new(s));
                     }
@@ -871,13 +1014,15 @@ impl Cache {
             }
             if self.shared.cfg.memory_bytes > 0 {
                 tiers.entry(n).or_insert_with(|| {
-                    Arc::new(MemTier::new(tier_share(&self.shared.cfg, placeable.len())))
+                    Arc::new(MemTier::on_node(
+                        n,
+                        tier_share(&self.shared.cfg, placeable.len()),
+                    ))
                 });
             }
         }
         let strategy = slot.strategy;
         let repinned = slot.pools.update(&topology);
-        self.shared.placer.set_topology(Arc::clone(&topology));
         tracing::info!("topology changed: {repinned} worker threads re-pinned");
         let next = Layout {
             cpu_node: cpu_map(&topology),
@@ -886,6 +1031,7 @@ impl Cache {
             tiers,
             pools: Arc::clone(&slot.pools),
             strategy,
+            placer: Arc::new(Placer::new(Arc::clone(&topology), strategy)),
             topology: Arc::clone(&topology),
         };
         *slot = Arc::new(next);
@@ -906,15 +1052,19 @@ impl Cache {
         self.shared.btrfs
     }
 
-    /// Finish queued work, write back access times, checkpoint the WAL and flush (SIGTERM).
+    /// Finish queued work, write back access times and make everything durable (records,
+    /// files, index; a WAL checkpoint). Never `syncfs`.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.exec(|c| c.flush())
     }
-}
 
-impl Drop for Cache {
-    fn drop(&mut self) {
-        let _ = self.tx.send(Op::Stop);
+    /// Stop the cache: finish queued work, flush, record a clean stop (the next open loads
+    /// the index without checking records) and wait for the committer. Dropping the Cache
+    /// does the same but cannot report a failure.
+    pub fn close(self) -> Result<(), StoreError> {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        self.send(Op::Stop(Some(rtx)))?;
+        let res = Self::wait(rrx);
         if let Some(h) = self
             .committer
             .lock()
@@ -923,5 +1073,84 @@ impl Drop for Cache {
         {
             let _ = h.join();
         }
+        res
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        if let Some(h) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = self.tx.send(Op::Stop(None));
+            let _ = h.join();
+        }
+    }
+}
+
+/// Copy `len` bytes of `src` into `dst` after a `header_len` gap, zstd-compressed when
+/// `compress`, in 1 MiB pieces; returns (payload bytes written, xxh3-64 of the value).
+fn stream_record(
+    src: &std::fs::File,
+    dst: &std::fs::File,
+    len: u64,
+    header_len: usize,
+    compress: bool,
+    level: i32,
+) -> Result<(u64, u64), StoreError> {
+    use std::io::{Seek, SeekFrom, Write};
+    let wr = |e| StoreError::io("writing a streamed value", e);
+    let mut out = dst;
+    out.seek(SeekFrom::Start(header_len as u64)).map_err(wr)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut counting = CountingWriter { inner: out, n: 0 };
+    if compress {
+        let mut z = zstd::stream::Encoder::new(&mut counting, level).map_err(wr)?;
+        copy_hashed(src, &mut z, len, &mut hasher)?;
+        z.finish().map_err(wr)?;
+    } else {
+        copy_hashed(src, &mut counting, len, &mut hasher)?;
+    }
+    counting.flush().map_err(wr)?;
+    Ok((counting.n, hasher.digest()))
+}
+
+fn copy_hashed(
+    src: &std::fs::File,
+    w: &mut impl std::io::Write,
+    len: u64,
+    hasher: &mut xxhash_rust::xxh3::Xxh3,
+) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    while at < len {
+        let n = ((len - at) as usize).min(buf.len());
+        src.read_exact_at(&mut buf[..n], at)
+            .map_err(|e| StoreError::io("reading the value's descriptor", e))?;
+        hasher.update(&buf[..n]);
+        w.write_all(&buf[..n])
+            .map_err(|e| StoreError::io("writing a streamed value", e))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+struct CountingWriter<W> {
+    inner: W,
+    n: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

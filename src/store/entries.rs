@@ -15,8 +15,11 @@ const SHARDS: usize = 64;
 /// One entry as the engine tracks it.
 #[derive(Debug)]
 pub struct Entry {
-    /// Entry id, also the blob file name.
+    /// Entry id (the record's id; the blob file name of a large value).
     pub id: u64,
+    /// Where the record is: `segment << 32 | offset`, or `OWN_FILE` (a file of its own).
+    /// Compaction moves a record with one store; a reader sees the old or the new place.
+    pub loc: AtomicU64,
     /// Node whose shard holds the blob.
     pub node: u32,
     /// Logical size.
@@ -27,8 +30,8 @@ pub struct Entry {
     pub checksum: u64,
     /// Creation, unix seconds.
     pub created: u64,
-    /// Expiry, unix nanoseconds (0: never).
-    pub expires_ns: u64,
+    /// Expiry, unix seconds (0: never).
+    pub expires: u64,
     /// Last access, unix nanoseconds (LRU order and `last_access`).
     pub last_access_ns: AtomicU64,
     /// Hits served.
@@ -37,28 +40,46 @@ pub struct Entry {
     pub dirty: AtomicBool,
 }
 
+/// `Entry::loc` of a record that is a file of its own.
+pub const OWN_FILE: u64 = u64::MAX;
+
+/// Pack a row's location into `Entry::loc`.
+pub fn pack_loc(loc: Option<(u32, u64)>) -> u64 {
+    match loc {
+        Some((seg, off)) => (u64::from(seg) << 32) | (off & 0xffff_ffff),
+        None => OWN_FILE,
+    }
+}
+
+/// Unpack `Entry::loc`.
+pub fn unpack_loc(v: u64) -> Option<(u32, u64)> {
+    (v != OWN_FILE).then_some(((v >> 32) as u32, v & 0xffff_ffff))
+}
+
 impl Entry {
     /// The fixed fields of a new entry.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: u64,
+        loc: Option<(u32, u64)>,
         node: u32,
         size: u64,
         stored: u64,
         checksum: u64,
         created: u64,
-        expires_ns: u64,
+        expires: u64,
         last_access_ns: u64,
         hits: u64,
     ) -> Entry {
         Entry {
             id,
+            loc: AtomicU64::new(pack_loc(loc)),
             node,
             size,
             stored,
             checksum,
             created,
-            expires_ns,
+            expires,
             last_access_ns: AtomicU64::new(last_access_ns),
             hits: AtomicU64::new(hits),
             dirty: AtomicBool::new(false),

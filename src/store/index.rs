@@ -1,7 +1,10 @@
 //! The SQLite index (`index.db`, WAL): schema and migrations by `PRAGMA user_version`, and the
 //! prepared statements the committer and recovery use. Only the committer thread writes it.
-//! Commits use `synchronous=NORMAL` (no fsync of their own): the committer's `syncfs` after
-//! each batch makes the WAL and the batch's blob files durable with one flush.
+//! Commits use `synchronous=NORMAL` (no fsync of their own: a commit is in the kernel, which
+//! survives SIGKILL); the committer's flusher fdatasyncs the WAL with a `synchronous=FULL`
+//! commit. `locking_mode=EXCLUSIVE` keeps the WAL index in heap memory instead of a shared
+//! mapping of `index.db-shm`, so a full copy-on-write filesystem gives SQLITE_FULL, never a
+//! SIGBUS on a page of that mapping.
 
 use crate::placement::{MemoryPolicy, Strategy, StrategyConfig};
 use crate::topology::Topology;
@@ -9,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use std::path::Path;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE numa_topology (
@@ -67,6 +70,12 @@ CREATE TABLE meta (
 );
 ";
 
+/// Version 2: values live in segments; NULL segment = a file of its own (every v1 entry).
+const SCHEMA_V2: &str = "
+ALTER TABLE entries ADD COLUMN segment INTEGER;
+ALTER TABLE entries ADD COLUMN seg_offset INTEGER;
+";
+
 /// An `entries` row.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -92,11 +101,21 @@ pub struct Row {
     pub hits: u64,
     /// Expiry, unix s.
     pub expires: Option<u64>,
+    /// Segment and offset of the record; None: the record is a file of its own.
+    pub loc: Option<(u32, u64)>,
 }
 
 /// Open `path` with our pragmas and bring its schema to SCHEMA_VERSION.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )?;
+    // Before WAL is entered: then the WAL index lives in heap memory, no -shm mapping.
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -114,6 +133,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if version < 1 {
         conn.execute_batch(&format!(
             "BEGIN; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+        ))?;
+    }
+    if version < 2 {
+        conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA_V2} PRAGMA user_version = 2; COMMIT;"
         ))?;
     }
     Ok(())
@@ -142,8 +166,8 @@ pub fn meta_set(conn: &Connection, name: &str, value: i64) -> rusqlite::Result<(
 
 fn load_range(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<Row>> {
     let mut st = conn.prepare(
-        "SELECT id, namespace, key, node, size, stored_size, checksum, created, last_access, hits, expires
-         FROM entries WHERE id >= ?1 AND id < ?2",
+        "SELECT id, namespace, key, node, size, stored_size, checksum, created, last_access, hits, expires,
+         segment, seg_offset FROM entries WHERE id >= ?1 AND id < ?2",
     )?;
     let rows = st.query_map([from, to], |r| {
         Ok(Row {
@@ -158,66 +182,26 @@ fn load_range(conn: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<Row
             last_access: r.get::<_, i64>(8)? as u64,
             hits: r.get::<_, i64>(9)? as u64,
             expires: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+            loc: match (r.get::<_, Option<i64>>(11)?, r.get::<_, Option<i64>>(12)?) {
+                (Some(s), Some(o)) => Some((s as u32, o as u64)),
+                _ => None,
+            },
         })
     })?;
     rows.collect()
 }
 
-/// Every entry row. Large indexes are read in id ranges by several read-only connections
-/// to `path` at once (WAL allows concurrent readers): start-up time with 1M entries.
-pub fn load_entries(conn: &Connection, path: &Path) -> rusqlite::Result<Vec<Row>> {
-    let (lo, hi): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT min(id), max(id) FROM entries", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    let (Some(lo), Some(hi)) = (lo, hi) else {
-        return Ok(Vec::new());
-    };
-    let end = hi.saturating_add(1);
-    let parts = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4) as i64;
-    if parts == 1 || end - lo < 100_000 {
-        return load_range(conn, lo, end);
-    }
-    let step = (end - lo) / parts + 1;
-    let ranges: Vec<(i64, i64)> = (0..parts)
-        .map(|i| (lo + i * step, (lo + (i + 1) * step).min(end)))
-        .collect();
-    let results: Vec<rusqlite::Result<Vec<Row>>> = std::thread::scope(|s| {
-        let others: Vec<_> = ranges[1..]
-            .iter()
-            .map(|&(a, b)| {
-                s.spawn(move || {
-                    let c = Connection::open_with_flags(
-                        path,
-                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                    )?;
-                    load_range(&c, a, b)
-                })
-            })
-            .collect();
-        let mut out = vec![load_range(conn, ranges[0].0, ranges[0].1)];
-        for h in others {
-            out.push(
-                h.join()
-                    .unwrap_or_else(|_| Err(rusqlite::Error::InvalidQuery)),
-            );
-        }
-        out
-    });
-    let mut all = Vec::new();
-    for r in results {
-        all.extend(r?);
-    }
-    Ok(all)
+/// Every entry row. One connection: the index is opened in exclusive locking mode (no
+/// shared-memory WAL index), so no second reader can open it.
+pub fn load_entries(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
+    load_range(conn, i64::MIN, i64::MAX)
 }
 
 /// Insert an entry row.
 pub fn insert_entry(tx: &Transaction, r: &Row) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO entries (id, namespace, key, node, size, stored_size, checksum, created, last_access, hits, expires)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT OR REPLACE INTO entries (id, namespace, key, node, size, stored_size, checksum, created, last_access, hits, expires, segment, seg_offset)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         r.id as i64,
@@ -230,7 +214,9 @@ pub fn insert_entry(tx: &Transaction, r: &Row) -> rusqlite::Result<()> {
         r.created as i64,
         r.last_access as i64,
         r.hits as i64,
-        r.expires.map(|v| v as i64)
+        r.expires.map(|v| v.min(i64::MAX as u64) as i64),
+        r.loc.map(|(s, _)| i64::from(s)),
+        r.loc.map(|(_, o)| o as i64)
     ])?;
     Ok(())
 }
@@ -239,6 +225,13 @@ pub fn insert_entry(tx: &Transaction, r: &Row) -> rusqlite::Result<()> {
 pub fn delete_entry(tx: &Transaction, id: u64) -> rusqlite::Result<()> {
     tx.prepare_cached("DELETE FROM entries WHERE id = ?1")?
         .execute([id as i64])?;
+    Ok(())
+}
+
+/// Point an entry at a new record location (compaction moved it).
+pub fn move_entry(tx: &Transaction, id: u64, seg: u32, off: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE entries SET segment = ?2, seg_offset = ?3 WHERE id = ?1")?
+        .execute(params![id as i64, i64::from(seg), off as i64])?;
     Ok(())
 }
 
@@ -478,7 +471,7 @@ mod tests {
         assert_eq!(
             c.pragma_query_value(None, "user_version", |r| r.get::<_, i32>(0))
                 .unwrap(),
-            1
+            SCHEMA_VERSION
         );
         assert!(active_strategy(&c).unwrap().is_none());
         let cfg = StrategyConfig {

@@ -1,6 +1,7 @@
-//! The cache engine: per-node shards (BTRFS subvolumes), self-describing zstd blob files, the
-//! SQLite index with group commit, a node-local memory tier, eviction, snapshots and
-//! statistics. Usable in-process; the daemon wraps it for D-Bus.
+//! The cache engine: per-node shards (BTRFS subvolumes) holding append-only segments of
+//! self-describing records (zstd where it pays; large values in files of their own), the
+//! SQLite index with group commit and a stated durability contract, a node-local memory
+//! tier, eviction, snapshots and statistics. Usable in-process; the daemon wraps it.
 //!
 //! ```no_run
 //! use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions};
@@ -29,11 +30,14 @@ pub mod error;
 pub mod index;
 pub mod memtier;
 mod recovery;
+pub mod segment;
 pub mod shard;
 pub mod snapshot;
+mod state;
 pub mod stats;
 
 pub use config::{CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace};
 pub use engine::Cache;
+pub use engine::expiry;
 pub use error::StoreError;
-pub use stats::{NodeStats, NumaBenefits, StatsTotals};
+pub use stats::{CacheStats, NodeStats, NumaBenefits, StatsTotals};

@@ -1,12 +1,14 @@
-//! Start-up: open (or rebuild) the index and make it agree with the shard files. After a clean
-//! stop this is just loading the rows. After a crash: unfinished temp files are removed, rows
-//! whose file is missing or short are dropped, files without a row are checked and indexed
-//! again (or removed when a committed delete or overwrite had already replaced them), and a
-//! missing or corrupt `index.db` is rebuilt from the blob headers.
-
+//! Start-up: open (or rebuild) the index and make it agree with the shards. After a clean
+//! stop this is just loading the rows. After an unclean one (crash, SIGKILL, power loss):
+//! unfinished temp files are removed; rows whose record is missing or beyond its segment's end
+//! are dropped; rows at or above `verified_below` (not yet covered by a full flush) have their
+//! record read and checked, and a torn one is dropped (a miss, never data); large-value files
+//! without a row are removed. A missing or corrupt `index.db` is rebuilt from the records
+//! alone (segment scans and large-value files), namespace owners included.
 use crate::store::blob;
 use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
+use crate::store::segment;
 use crate::store::shard::{self, Shard};
 use rusqlite::Connection;
 use std::collections::HashMap;
@@ -30,6 +32,7 @@ struct Repairs {
     rebuilt: bool,
     temp_removed: u64,
     rows_dropped: u64,
+    records_checked: u64,
     files_indexed: u64,
     files_removed: u64,
 }
@@ -103,14 +106,20 @@ pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreErro
     let mut rows = if rep.rebuilt {
         Vec::new()
     } else {
-        index::load_entries(&conn, &db).map_err(|e| StoreError::sql("loading entries", e))?
+        index::load_entries(&conn).map_err(|e| StoreError::sql("loading entries", e))?
     };
-    let persisted_next = index::meta_get(&conn, "next_id")
-        .map_err(|e| StoreError::sql("reading meta", e))?
-        .unwrap_or(0)
-        .max(0) as u64;
-    if !clean {
-        rows = reconcile(&mut conn, rows, shards, persisted_next, &mut rep)?;
+    let meta = |name: &str| -> Result<u64, StoreError> {
+        Ok(index::meta_get(&conn, name)
+            .map_err(|e| StoreError::sql("reading meta", e))?
+            .unwrap_or(0)
+            .max(0) as u64)
+    };
+    let persisted_next = meta("next_id")?;
+    let verified_below = meta("verified_below")?;
+    if rep.rebuilt {
+        rows = rebuild(&mut conn, shards, &mut rep)?;
+    } else if !clean {
+        rows = reconcile(&mut conn, rows, shards, verified_below, &mut rep)?;
     }
     let namespaces =
         index::load_namespaces(&conn).map_err(|e| StoreError::sql("loading namespaces", e))?;
@@ -127,7 +136,7 @@ pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreErro
         tracing::warn!(
             rebuilt = rep.rebuilt,
             temp_files_removed = rep.temp_removed,
-            rows_without_file_dropped = rep.rows_dropped,
+            rows_without_record_dropped = rep.rows_dropped,
             files_indexed = rep.files_indexed,
             stale_files_removed = rep.files_removed,
             "repaired the cache after an unclean stop"
@@ -146,8 +155,18 @@ pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreErro
 fn has_blobs(shard: &Path) -> bool {
     std::fs::read_dir(shard)
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.file_name() != shard::TMP_DIR)
+            rd.filter_map(|e| e.ok()).any(|e| {
+                let n = e.file_name();
+                if n == shard::TMP_DIR {
+                    return false;
+                }
+                if n == segment::SEG_DIR {
+                    return std::fs::read_dir(e.path())
+                        .map(|mut r| r.next().is_some())
+                        .unwrap_or(false);
+                }
+                true
+            })
         })
         .unwrap_or(false)
 }
@@ -159,117 +178,116 @@ fn now_s() -> u64 {
         .unwrap_or(0)
 }
 
+/// Large-value files of a shard: (id, path, length).
+fn blob_files(s: &Shard) -> Vec<(u64, std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&s.path) else {
+        return out;
+    };
+    for fan in rd.filter_map(|e| e.ok()) {
+        let name = fan.file_name();
+        if name == shard::TMP_DIR
+            || name == segment::SEG_DIR
+            || !fan.file_type().map(|t| t.is_dir()).unwrap_or(false)
+        {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(fan.path()) else {
+            continue;
+        };
+        for f in files.filter_map(|e| e.ok()) {
+            if !f.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                continue;
+            }
+            let id = f.file_name().to_str().and_then(shard::parse_blob_name);
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            match id {
+                Some(id) => out.push((id, f.path(), len)),
+                None => out.push((u64::MAX, f.path(), len)),
+            }
+        }
+    }
+    out
+}
+
+/// Read and check the record of `r` (the whole value).
+fn record_ok(s: &Shard, r: &Row) -> bool {
+    let header_len = blob::FIXED_LEN + r.namespace.len() + r.key.len() + 8;
+    let Some(payload_len) = (r.stored as usize).checked_sub(header_len) else {
+        return false;
+    };
+    let parts = match r.loc {
+        Some((seg, off)) => s.segments.read(seg, off, header_len, payload_len),
+        None => s.read_blob(r.id, header_len, payload_len),
+    };
+    match parts {
+        Ok((h, p)) => blob::decode_parts(&h, p, r.id, r.checksum).is_ok(),
+        Err(_) => false,
+    }
+}
+
 fn reconcile(
     conn: &mut Connection,
     rows: Vec<Row>,
     shards: &[Arc<Shard>],
-    persisted_next: u64,
+    verified_below: u64,
     rep: &mut Repairs,
 ) -> Result<Vec<Row>, StoreError> {
-    let mut by_id: HashMap<u64, (Row, bool)> =
-        rows.into_iter().map(|r| (r.id, (r, false))).collect();
-    let mut found: Vec<Row> = Vec::new();
+    let by_node: HashMap<u32, &Arc<Shard>> = shards.iter().map(|s| (s.node, s)).collect();
+    let mut seg_len: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut files: HashMap<(u32, u64), u64> = HashMap::new();
     let mut remove: Vec<std::path::PathBuf> = Vec::new();
-    let now = now_s();
     for s in shards {
-        let tmp = s.path.join(shard::TMP_DIR);
-        if let Ok(rd) = std::fs::read_dir(&tmp) {
-            for e in rd.filter_map(|e| e.ok()) {
-                if std::fs::remove_file(e.path()).is_ok() {
-                    rep.temp_removed += 1;
-                }
+        rep.temp_removed += s.clear_tmp();
+        for seg in s.segments.ids() {
+            seg_len.insert((s.node, seg), s.segments.len_of(seg).unwrap_or(0));
+        }
+        for (id, path, len) in blob_files(s) {
+            if id == u64::MAX {
+                remove.push(path);
+            } else {
+                files.insert((s.node, id), len);
             }
         }
-        let Ok(rd) = std::fs::read_dir(&s.path) else {
-            continue;
+    }
+    let mut keep = Vec::with_capacity(rows.len());
+    let mut dropped = Vec::new();
+    for r in rows {
+        let present = match r.loc {
+            Some((seg, off)) => seg_len
+                .get(&(r.node, seg))
+                .is_some_and(|&len| off.saturating_add(r.stored) <= len),
+            None => files.remove(&(r.node, r.id)) == Some(r.stored),
         };
-        for fan in rd.filter_map(|e| e.ok()) {
-            if fan.file_name() == shard::TMP_DIR
-                || !fan.file_type().map(|t| t.is_dir()).unwrap_or(false)
+        let ok = present
+            && (r.id < verified_below || {
+                rep.records_checked += 1;
+                by_node.get(&r.node).is_some_and(|s| record_ok(s, &r))
+            });
+        if ok {
+            keep.push(r);
+        } else {
+            if r.loc.is_none()
+                && let Some(s) = by_node.get(&r.node)
             {
-                continue;
+                remove.push(s.blob_path(r.id));
             }
-            let Ok(files) = std::fs::read_dir(fan.path()) else {
-                continue;
-            };
-            for f in files.filter_map(|e| e.ok()) {
-                let path = f.path();
-                let id = f.file_name().to_str().and_then(shard::parse_blob_name);
-                let Some(id) = id else {
-                    remove.push(path);
-                    continue;
-                };
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                if let Some((row, seen)) = by_id.get_mut(&id)
-                    && row.node == s.node
-                {
-                    if len == row.stored {
-                        *seen = true;
-                    } else {
-                        remove.push(path); // torn by the crash: its row goes too
-                    }
-                    continue;
-                }
-                // A file without a row: indexed again when its put may have been
-                // acknowledged (id not below the committed high-water mark) and it checks out.
-                let row = if id >= persisted_next {
-                    check_orphan(&path, id, s.node, now)
-                } else {
-                    None
-                };
-                match row {
-                    Some(r) => found.push(r),
-                    None => remove.push(path),
-                }
-            }
+            dropped.push(r.id);
         }
     }
-    let dropped: Vec<u64> = by_id
-        .iter()
-        .filter(|(_, (_, seen))| !seen)
-        .map(|(id, _)| *id)
-        .collect();
+    // Files without a row belong to puts never answered (an answered put's row is committed
+    // before its answer) or to entries already replaced: they go.
+    for ((node, id), _) in files {
+        if let Some(s) = by_node.get(&node) {
+            remove.push(s.blob_path(id));
+        }
+    }
     rep.rows_dropped = dropped.len() as u64;
-    for id in &dropped {
-        by_id.remove(id);
-    }
-    // Newest id wins per (namespace, key) among the rows and the recovered files.
-    let mut winner: HashMap<(String, String), Row> = HashMap::new();
-    let mut losers: Vec<Row> = Vec::new();
-    let mut new_ids: std::collections::HashSet<u64> = Default::default();
-    for r in found.iter() {
-        new_ids.insert(r.id);
-    }
-    for r in by_id.into_values().map(|(r, _)| r).chain(found) {
-        let k = (r.namespace.clone(), r.key.clone());
-        match winner.get(&k) {
-            Some(w) if w.id > r.id => losers.push(r),
-            _ => {
-                if let Some(old) = winner.insert(k, r) {
-                    losers.push(old);
-                }
-            }
-        }
-    }
     let tx = conn
         .transaction()
         .map_err(|e| StoreError::sql("repairing", e))?;
     for id in &dropped {
         index::delete_entry(&tx, *id).map_err(|e| StoreError::sql("repairing", e))?;
-    }
-    for l in &losers {
-        if !new_ids.contains(&l.id) {
-            index::delete_entry(&tx, l.id).map_err(|e| StoreError::sql("repairing", e))?;
-        }
-        if let Some(s) = shards.iter().find(|s| s.node == l.node) {
-            remove.push(s.blob_path(l.id));
-        }
-    }
-    for r in winner.values().filter(|r| new_ids.contains(&r.id)) {
-        index::insert_entry(&tx, r).map_err(|e| StoreError::sql("repairing", e))?;
-        index::insert_namespace(&tx, &r.namespace, None, now)
-            .map_err(|e| StoreError::sql("repairing", e))?;
-        rep.files_indexed += 1;
     }
     tx.commit().map_err(|e| StoreError::sql("repairing", e))?;
     for p in remove {
@@ -277,28 +295,111 @@ fn reconcile(
             rep.files_removed += 1;
         }
     }
-    Ok(winner.into_values().collect())
+    Ok(keep)
 }
 
-fn check_orphan(path: &Path, id: u64, node: u32, now: u64) -> Option<Row> {
-    let bytes = std::fs::read(path).ok()?;
-    let h = blob::parse_header(&bytes).ok()?;
-    if h.id != id || h.stored_len() != bytes.len() as u64 || (h.expires != 0 && h.expires <= now) {
-        return None;
-    }
-    blob::decode_payload(&h, &bytes).ok()?;
-    let stored = h.stored_len();
-    Some(Row {
-        id,
-        namespace: h.namespace,
-        key: h.key,
+fn row_of(h: &blob::Header, node: u32, loc: Option<(u32, u64)>) -> Row {
+    Row {
+        id: h.id,
+        namespace: h.namespace.clone(),
+        key: h.key.clone(),
         node,
         size: h.logical_len,
-        stored,
+        stored: h.stored_len(),
         checksum: h.checksum,
         created: h.created,
         last_access: h.created,
         hits: 0,
         expires: (h.expires != 0).then_some(h.expires),
-    })
+        loc,
+    }
+}
+
+/// Build the index from the records alone: every intact segment record and large-value file;
+/// per key the newest id wins; each namespace's owner is the one its newest record carries.
+fn rebuild(
+    conn: &mut Connection,
+    shards: &[Arc<Shard>],
+    rep: &mut Repairs,
+) -> Result<Vec<Row>, StoreError> {
+    let now = now_s();
+    let mut found: Vec<(Row, Option<u32>)> = Vec::new();
+    let mut remove = Vec::new();
+    for s in shards {
+        rep.temp_removed += s.clear_tmp();
+        for seg in s.segments.ids() {
+            for (off, h) in s.segments.scan(seg)? {
+                if h.expires != 0 && h.expires <= now {
+                    continue;
+                }
+                let owner = h.owner;
+                found.push((row_of(&h, s.node, Some((seg, off))), owner));
+            }
+        }
+        for (id, path, _) in blob_files(s) {
+            let checked = std::fs::read(&path).ok().and_then(|bytes| {
+                let h = blob::parse_header(&bytes).ok()?;
+                (h.id == id
+                    && h.stored_len() == bytes.len() as u64
+                    && (h.expires == 0 || h.expires > now)
+                    && blob::decode_payload(&h, &bytes).is_ok())
+                .then_some(h)
+            });
+            match checked {
+                Some(h) => found.push((row_of(&h, s.node, None), h.owner)),
+                None => remove.push(path),
+            }
+        }
+    }
+    let mut winner: HashMap<(String, String), (Row, Option<u32>)> = HashMap::new();
+    for (r, owner) in found {
+        let k = (r.namespace.clone(), r.key.clone());
+        match winner.get(&k) {
+            Some((w, _)) if w.id > r.id => {
+                if w.loc.is_none() && r.loc.is_none() {
+                    remove.push(shard_blob(shards, &r));
+                }
+            }
+            _ => {
+                if let Some((old, _)) = winner.insert(k, (r, owner))
+                    && old.loc.is_none()
+                {
+                    remove.push(shard_blob(shards, &old));
+                }
+            }
+        }
+    }
+    let mut owners: HashMap<String, (u64, Option<u32>)> = HashMap::new();
+    for (r, owner) in winner.values() {
+        let e = owners.entry(r.namespace.clone()).or_insert((r.id, *owner));
+        if r.id >= e.0 {
+            *e = (r.id, *owner);
+        }
+    }
+    let tx = conn
+        .transaction()
+        .map_err(|e| StoreError::sql("rebuilding", e))?;
+    for (r, _) in winner.values() {
+        index::insert_entry(&tx, r).map_err(|e| StoreError::sql("rebuilding", e))?;
+        rep.files_indexed += 1;
+    }
+    for (ns, (_, owner)) in &owners {
+        index::insert_namespace(&tx, ns, *owner, now)
+            .map_err(|e| StoreError::sql("rebuilding", e))?;
+    }
+    tx.commit().map_err(|e| StoreError::sql("rebuilding", e))?;
+    for p in remove {
+        if std::fs::remove_file(&p).is_ok() {
+            rep.files_removed += 1;
+        }
+    }
+    Ok(winner.into_values().map(|(r, _)| r).collect())
+}
+
+fn shard_blob(shards: &[Arc<Shard>], r: &Row) -> std::path::PathBuf {
+    shards
+        .iter()
+        .find(|s| s.node == r.node)
+        .map(|s| s.blob_path(r.id))
+        .unwrap_or_default()
 }

@@ -1,12 +1,15 @@
 //! One shard per node: a BTRFS subvolume `shards/node<N>` (created, snapshotted and destroyed
 //! with the btrfs ioctls, compression property `none` because blobs are compressed by us), or
-//! a plain directory elsewhere. Blob files live in 256 fan-out folders named by the id's low
-//! byte and are written to `tmp/` first, then renamed into place.
+//! a plain directory elsewhere. Small values are records in the shard's append-only segments
+//! (`seg/`, see `segment.rs`); large ones (and every value of a version-1 cache) are blob files
+//! in 256 fan-out folders named by the id's low byte, written to `tmp/` first, then renamed
+//! into place. Everything is opened relative to the shard's folder without following
+//! symlinks: a planted symlink makes start-up refuse, never act on the link's target.
 
 use crate::store::error::StoreError;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -177,6 +180,29 @@ pub struct Shard {
     /// Path of the shard (subvolume or folder).
     pub path: PathBuf,
     dir: File,
+    /// The append-only segments holding small values.
+    pub segments: crate::store::segment::SegmentLog,
+}
+
+/// Refuse `path` when it is a symlink (or, with `want_dir`, not a folder): start-up must never
+/// act on a link's target. Missing is fine (it will be created).
+pub fn refuse_symlink(path: &Path, want_dir: bool) -> Result<(), StoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() || (want_dir && !m.is_dir()) => {
+            Err(StoreError::Unavailable(format!(
+                "the state directory layout was tampered with: {} is {}; refusing to start (move it away or restore the original)",
+                path.display(),
+                if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "not a folder"
+                }
+            )))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io(format!("checking {}", path.display()), e)),
+    }
 }
 
 /// Relative path of blob `id` inside its shard.
@@ -195,8 +221,15 @@ fn rel(name: &str) -> CString {
 
 impl Shard {
     /// Open (creating when missing) the shard of `node` under `shards`.
-    pub fn open(shards: &Path, node: u32, btrfs: bool) -> Result<Shard, StoreError> {
+    /// `seg_bytes` is the size at which its segments are sealed.
+    pub fn open(
+        shards: &Path,
+        node: u32,
+        btrfs: bool,
+        seg_bytes: u64,
+    ) -> Result<Shard, StoreError> {
         let path = shards.join(format!("node{node}"));
+        refuse_symlink(&path, true)?;
         if !path.exists() {
             if btrfs {
                 create_subvolume(&path)?;
@@ -209,10 +242,58 @@ impl Shard {
             }
         }
         let tmp = path.join(TMP_DIR);
-        std::fs::create_dir_all(&tmp)
-            .map_err(|e| StoreError::io(format!("creating {}", tmp.display()), e))?;
-        let dir = open_dir(&path)?;
-        Ok(Shard { node, path, dir })
+        for d in [&tmp, &path.join(crate::store::segment::SEG_DIR)] {
+            refuse_symlink(d, true)?;
+        }
+        match std::fs::create_dir(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::io(format!("creating {}", tmp.display()), e));
+            }
+            _ => {}
+        }
+        let dir = crate::store::segment::open_dir_nofollow(&path)
+            .map_err(|e| crate::store::segment::tampered_or_io(&path, e))?;
+        // Fan-out folders must be real folders too: blobs are read and removed through them.
+        if let Ok(rd) = std::fs::read_dir(&path) {
+            for e in rd.filter_map(|e| e.ok()) {
+                if e.file_type().map(|t| t.is_symlink()).unwrap_or(false) {
+                    refuse_symlink(&e.path(), true)?;
+                }
+            }
+        }
+        let segments = crate::store::segment::SegmentLog::open(&path, node, seg_bytes)?;
+        Ok(Shard {
+            node,
+            path,
+            dir,
+            segments,
+        })
+    }
+
+    /// Remove whatever an interrupted put left in `tmp/` (entries only, never through a link:
+    /// `tmp` itself was checked not to be a symlink, and unlinkat does not follow one).
+    pub fn clear_tmp(&self) -> u64 {
+        let Ok(tmpdir) = crate::store::segment::openat_nofollow(
+            &self.dir,
+            TMP_DIR,
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        ) else {
+            return 0;
+        };
+        let Ok(rd) = std::fs::read_dir(format!("/proc/self/fd/{}", tmpdir.as_raw_fd())) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.filter_map(|e| e.ok()) {
+            let Ok(c) = CString::new(e.file_name().as_bytes()) else {
+                continue;
+            };
+            // SAFETY: a NUL-terminated name relative to the open tmp directory.
+            if unsafe { libc::unlinkat(tmpdir.as_raw_fd(), c.as_ptr(), 0) } == 0 {
+                n += 1;
+            }
+        }
+        n
     }
 
     fn openat(&self, name: &CString, flags: libc::c_int) -> std::io::Result<File> {
@@ -253,15 +334,23 @@ impl Shard {
         }
     }
 
-    /// Write blob `id` (the whole encoded file) to `tmp/`, then rename it into place. Not
-    /// fsynced here: the committer's one `syncfs` per batch makes a batch durable before its
-    /// index rows are acknowledged.
+    /// Write blob `id` (the whole encoded file) to `tmp/`, then rename it into place. The
+    /// file is not fsynced here: `sync_blob` does it before the put's row is flushed.
     pub fn write_blob(&self, id: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_blob_from(id, &mut &bytes[..])
+    }
+
+    /// Like `write_blob`, streaming the encoded file from `src` (a PutFd's memfd: no copy
+    /// of the whole value in memory).
+    pub fn write_blob_from(&self, id: u64, src: &mut dyn Read) -> Result<(), StoreError> {
         let tmp = rel(&tmp_name(id));
         let fin = rel(&blob_name(id));
         let res = (|| {
-            let mut f = self.openat(&tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY)?;
-            f.write_all(bytes)?;
+            let mut f = self.openat(
+                &tmp,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+            )?;
+            std::io::copy(src, &mut f)?;
             drop(f);
             match self.renameat(&tmp, &fin) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -285,6 +374,47 @@ impl Shard {
         Ok(())
     }
 
+    /// Create blob `id`'s temporary file (a streamed put fills it, then `publish_tmp`).
+    pub fn create_tmp(&self, id: u64) -> Result<File, StoreError> {
+        self.openat(
+            &rel(&tmp_name(id)),
+            libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NOFOLLOW,
+        )
+        .map_err(|e| {
+            StoreError::io(
+                format!("creating {}/{}", self.path.display(), tmp_name(id)),
+                e,
+            )
+        })
+    }
+
+    /// Rename blob `id`'s temporary file into place.
+    pub fn publish_tmp(&self, id: u64) -> Result<(), StoreError> {
+        let (tmp, fin) = (rel(&tmp_name(id)), rel(&blob_name(id)));
+        let res = match self.renameat(&tmp, &fin) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let fan = self.path.join(format!("{:02x}", id & 0xff));
+                match std::fs::create_dir(&fan) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                    _ => self.renameat(&tmp, &fin),
+                }
+            }
+            other => other,
+        };
+        res.map_err(|e| {
+            let _ = self.unlinkat(&tmp);
+            StoreError::io(
+                format!("writing {}/{}", self.path.display(), blob_name(id)),
+                e,
+            )
+        })
+    }
+
+    /// Remove blob `id`'s temporary file (a streamed put failed).
+    pub fn remove_tmp(&self, id: u64) {
+        let _ = self.unlinkat(&rel(&tmp_name(id)));
+    }
+
     /// Read blob `id` as its header (`header_len` bytes) and its payload (`payload_len`
     /// bytes) into separate buffers, so a raw payload becomes the value without a copy.
     /// A file shorter than that gives an UnexpectedEof error; a missing one NotFound.
@@ -294,7 +424,7 @@ impl Shard {
         header_len: usize,
         payload_len: usize,
     ) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
-        let mut f = self.openat(&rel(&blob_name(id)), libc::O_RDONLY)?;
+        let mut f = self.openat(&rel(&blob_name(id)), libc::O_RDONLY | libc::O_NOFOLLOW)?;
         let mut header = vec![0u8; header_len];
         f.read_exact(&mut header)?;
         let mut payload = Vec::with_capacity(payload_len);
@@ -324,24 +454,30 @@ impl Shard {
         self.path.join(blob_name(id))
     }
 
-    /// Flush every dirty page and metadata of the filesystem holding this shard (one flush
-    /// for a whole batch of puts: the group commit).
-    pub fn syncfs(&self) -> Result<(), StoreError> {
-        // SAFETY: syncfs on an open descriptor has no memory-safety preconditions.
-        let rc = unsafe { libc::syncfs(self.dir.as_raw_fd()) };
-        if rc != 0 {
-            return Err(StoreError::io(
-                format!("syncfs {}", self.path.display()),
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+    /// Make blob file `id` and its name durable: fdatasync the file, then fsync its fan-out
+    /// folder (the rename). Never `syncfs`: other services share the filesystem.
+    pub fn sync_blob(&self, id: u64) -> Result<(), StoreError> {
+        let what = || format!("fsync {}", self.blob_path(id).display());
+        let f = match self.openat(&rel(&blob_name(id)), libc::O_RDONLY | libc::O_NOFOLLOW) {
+            Ok(f) => f,
+            // Deleted or replaced since: nothing left to make durable.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io(what(), e)),
+        };
+        crate::store::segment::fdatasync(&f).map_err(|e| StoreError::io(what(), e))?;
+        let fan = self
+            .openat(
+                &rel(&format!("{:02x}", id & 0xff)),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            )
+            .map_err(|e| StoreError::io(what(), e))?;
+        crate::store::segment::fdatasync(&fan).map_err(|e| StoreError::io(what(), e))
     }
 
-    /// The device of the shard's filesystem, to issue one syncfs per filesystem.
-    pub fn dev(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        self.dir.metadata().map(|m| m.dev()).unwrap_or(0)
+    /// fsync the shard's own folder (a fan-out folder was created).
+    pub fn sync_dir(&self) -> Result<(), StoreError> {
+        crate::store::segment::fdatasync(&self.dir)
+            .map_err(|e| StoreError::io(format!("fsync {}", self.path.display()), e))
     }
 }
 

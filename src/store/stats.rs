@@ -123,6 +123,63 @@ pub struct NodeStats {
     pub hit_rate: f64,
 }
 
+/// Every figure of the engine at one moment, typed (`Cache::stats`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CacheStats {
+    /// Per node figures, by node number.
+    pub node_distribution: std::collections::BTreeMap<u32, NodeStats>,
+    /// Measured local against remote gets.
+    pub numa_benefits: NumaBenefits,
+    /// Totals over all nodes.
+    pub totals: StatsTotals,
+    /// Entries dropped because their bytes failed a check.
+    pub corrupted: u64,
+    /// The shards are btrfs subvolumes.
+    pub btrfs: bool,
+    /// The active strategy's name.
+    pub strategy: String,
+}
+
+impl CacheStats {
+    /// The seed's statistics JSON plus our extra fields (the shape `GetStats` returns).
+    pub fn to_json(&self) -> serde_json::Value {
+        let dist: serde_json::Map<String, serde_json::Value> = self
+            .node_distribution
+            .iter()
+            .map(|(node, s)| {
+                (
+                    node.to_string(),
+                    serde_json::json!({
+                        "cache_entries": s.entries,
+                        "memory_usage_mb": s.memory_tier_bytes >> 20,
+                        "hit_rate": s.hit_rate,
+                        "logical_bytes": s.logical_bytes,
+                        "stored_bytes": s.stored_bytes,
+                        "memory_tier_bytes": s.memory_tier_bytes,
+                        "hits": s.hits,
+                        "misses": s.misses,
+                    }),
+                )
+            })
+            .collect();
+        let b = &self.numa_benefits;
+        serde_json::json!({
+            "node_distribution": dist,
+            "numa_benefits": {
+                "latency_improvement_ms": b.latency_improvement_ms,
+                "memory_bandwidth_gain": b.memory_bandwidth_gain,
+                "single_node": b.single_node,
+                "local_samples": b.local_samples,
+                "remote_samples": b.remote_samples,
+            },
+            "totals": self.totals,
+            "corrupted": self.corrupted,
+            "btrfs": self.btrfs,
+            "strategy": self.strategy,
+        })
+    }
+}
+
 /// Measured difference between gets served on the caller's node and elsewhere.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct NumaBenefits {

@@ -2,7 +2,9 @@
 //! the kernel exposes it: the cgroup path from `proc/self/cgroup` (a v2 `0::` line or a v1
 //! line naming the `cpuset` controller) or `proc/self/cpuset`, the mount point from
 //! `proc/mounts`, then `cpuset.cpus.effective`/`cpuset.mems.effective` (v2),
-//! `cpuset.cpus`/`cpuset.mems` (v1) or `cpus`/`mems` (the old `cpuset` filesystem).
+//! `cpuset.cpus`/`cpuset.mems` (v1), `cpus`/`mems` (v1 mounted with `-o noprefix`, as old
+//! container tools and `/dev/cpuset` setups do, read from the mount options) or `cpus`/`mems`
+//! (the old `cpuset` filesystem).
 
 use super::cpulist::parse_cpulist_bytes;
 use super::reader::{Outcome, TreeReader};
@@ -20,6 +22,8 @@ pub(crate) struct CpusetLimits {
 enum Kind {
     V2,
     V1,
+    /// cgroup v1 with the `noprefix` mount option: the v1 path, the legacy file names.
+    V1NoPrefix,
     Legacy,
 }
 
@@ -28,7 +32,7 @@ impl Kind {
         match self {
             Kind::V2 => ("cpuset.cpus.effective", "cpuset.mems.effective"),
             Kind::V1 => ("cpuset.cpus", "cpuset.mems"),
-            Kind::Legacy => ("cpus", "mems"),
+            Kind::V1NoPrefix | Kind::Legacy => ("cpus", "mems"),
         }
     }
 }
@@ -111,9 +115,11 @@ pub(crate) fn read_limits(r: &mut TreeReader, warnings: &mut Vec<String>) -> Opt
                 else {
                     continue;
                 };
+                let has = |opt: &str| opts.split(',').any(|o| o == opt);
                 let kind = match fstype {
                     "cgroup2" => Kind::V2,
-                    "cgroup" if opts.split(',').any(|o| o == "cpuset") => Kind::V1,
+                    "cgroup" if has("cpuset") && has("noprefix") => Kind::V1NoPrefix,
+                    "cgroup" if has("cpuset") => Kind::V1,
                     "cpuset" => Kind::Legacy,
                     _ => continue,
                 };
@@ -132,7 +138,7 @@ pub(crate) fn read_limits(r: &mut TreeReader, warnings: &mut Vec<String>) -> Opt
     let mut candidates: Vec<(Kind, String, String)> = Vec::new();
     for (kind, mnt) in &mounts {
         let path = match (kind, &v1_path, &v2_path, &generic_path) {
-            (Kind::V1, Some(p), _, _) | (Kind::V2, _, Some(p), _) => p,
+            (Kind::V1 | Kind::V1NoPrefix, Some(p), _, _) | (Kind::V2, _, Some(p), _) => p,
             (_, _, _, Some(p)) => p,
             _ => continue,
         };
@@ -141,7 +147,7 @@ pub(crate) fn read_limits(r: &mut TreeReader, warnings: &mut Vec<String>) -> Opt
     // v1 and the legacy filesystem before v2: on hybrid hosts the cpuset controller lives in
     // v1 and the v2 tree has no cpuset files.
     candidates.sort_by_key(|(k, _, _)| match k {
-        Kind::V1 => 0,
+        Kind::V1 | Kind::V1NoPrefix => 0,
         Kind::Legacy => 1,
         Kind::V2 => 2,
     });

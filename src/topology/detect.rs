@@ -7,7 +7,7 @@ use super::cpulist::{parse_cpulist_bytes, parse_cpumap_bytes};
 use super::cpuset::read_limits;
 use super::distance::parse_distance_row_bytes;
 use super::meminfo::parse_meminfo_bytes;
-use super::model::{NumaNode, Topology};
+use super::model::{NodeKind, NumaNode, Topology};
 use super::reader::{Outcome, TreeReader};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -197,7 +197,9 @@ impl Detection {
     }
 
     /// Nodes that are NVIDIA GPU memory (`proc/driver/nvidia/gpus/*/numa_status` says
-    /// `Node: N`). Like hwloc, they are left out: the cache must not place data in GPU memory.
+    /// `Node: N`). They are listed with kind `gpu` (as hwloc does with
+    /// HWLOC_KEEP_NVIDIA_GPU_NUMA_NODES=1, subtype GPUMemory); placement never picks them on
+    /// its own, only when a caller names the node.
     fn gpu_memory_nodes(&mut self) -> Vec<u32> {
         let Ok(entries) = std::fs::read_dir(self.r.path("proc/driver/nvidia/gpus")) else {
             return Vec::new();
@@ -218,7 +220,7 @@ impl Detection {
                     .and_then(|v| u32::try_from(v).ok());
                 if let Some(node) = node {
                     self.warn(format!(
-                        "node {node} is the memory of NVIDIA GPU {name}; left out (no cache data in GPU memory)"
+                        "node {node} is the memory of NVIDIA GPU {name}: listed as kind gpu, used only when asked for by number"
                     ));
                     nodes.push(node);
                 }
@@ -238,9 +240,6 @@ impl Detection {
         let mut nodes = Vec::with_capacity(ids.len());
         let mut rel = String::with_capacity(64);
         for &id in ids {
-            if gpu_nodes.contains(&id) {
-                continue;
-            }
             rel.clear();
             rel.push_str(NODE_DIR);
             rel.push_str("/node");
@@ -319,6 +318,11 @@ impl Detection {
                     has_memory,
                     allowed: false,
                     distances: BTreeMap::new(),
+                    kind: if gpu_nodes.contains(&id) {
+                        NodeKind::Gpu
+                    } else {
+                        NodeKind::General
+                    },
                 },
                 row,
             ));
@@ -511,7 +515,10 @@ pub(crate) fn detect_with(fs_root: &Path, affinity: Option<&[u32]>) -> Topology 
     }
     if allowed_nodes.is_empty() {
         d.untrusted("the cpuset allows no existing NUMA node".to_string());
-    } else if !nodes.iter().any(|n| n.allowed && n.has_memory) {
+    } else if !nodes
+        .iter()
+        .any(|n| n.allowed && n.has_memory && n.kind == NodeKind::General)
+    {
         d.untrusted("no allowed NUMA node has memory (or its size is unknown)".to_string());
     }
 
@@ -557,6 +564,7 @@ fn single_node(d: &mut Detection, online: Option<&[u32]>) -> NumaNode {
         has_memory: total > 0,
         allowed: false,
         distances: BTreeMap::from([(0, LOCAL_DISTANCE)]),
+        kind: NodeKind::General,
     }
 }
 
@@ -808,7 +816,7 @@ mod tests {
     }
 
     #[test]
-    fn nvidia_gpu_memory_nodes_are_left_out() {
+    fn nvidia_gpu_memory_nodes_are_listed_with_kind_gpu() {
         let mut machine = SyntheticMachine::uniform(3, 2, 1 << 20);
         machine.nodes[2].cpus.clear();
         let dir = tree(&machine);
@@ -820,16 +828,17 @@ mod tests {
         )
         .unwrap();
         let t = detect(&dir);
-        assert_eq!(t.node_ids(), vec![0, 1]);
+        assert_eq!(t.node_ids(), vec![0, 1, 2]);
+        let kinds: Vec<NodeKind> = t.nodes.iter().map(|n| n.kind).collect();
+        assert_eq!(kinds, [NodeKind::General, NodeKind::General, NodeKind::Gpu]);
         assert!(warned(
             &t,
             "node 2 is the memory of NVIDIA GPU 0004:04:00.0"
         ));
         assert!(t.numa_available);
-        // Rows still match by online node number although node 2 is gone.
         assert_eq!(
             t.node(1).unwrap().distances,
-            BTreeMap::from([(0, 20), (1, 10)])
+            BTreeMap::from([(0, 20), (1, 10), (2, 20)])
         );
     }
 
@@ -907,6 +916,7 @@ mod tests {
                 "distances",
                 "has_cpu",
                 "has_memory",
+                "kind",
                 "memory_mb",
                 "node_id"
             ]

@@ -17,9 +17,8 @@ pub mod watcher;
 pub use cpulist::{CpuListError, format_cpulist, parse_cpulist, parse_cpumap};
 pub use distance::{DistanceError, parse_distance_row};
 pub use meminfo::{MemInfo, MeminfoError, parse_meminfo};
-pub use model::{NumaNode, Topology};
+pub use model::{NodeKind, NumaNode, Topology};
 
-use crate::placement::Strategy;
 use std::path::Path;
 
 /// Read the topology of the captured (or live) tree under `fs_root`: `fs_root/sys`,
@@ -44,7 +43,8 @@ pub fn detect_live() -> Topology {
     }
 }
 
-/// The strategy that suits this topology.
+/// The strategy that suits this topology, by name (`placement::optimal_strategy` turns it
+/// into a `placement::Strategy`; topology does not depend on placement).
 ///
 /// - `disabled` when `numa_available` is false: the data cannot be trusted for placement.
 /// - One allowed node with memory: `local_node`. Every strategy then puts everything on
@@ -57,17 +57,46 @@ pub fn detect_live() -> Topology {
 /// - Several nodes but none with both allowed CPUs and memory (CPUs on memory-less nodes,
 ///   memory on CPU-less ones): `interleave`, since no placement is local anyway and
 ///   spreading uses every node's bandwidth.
-pub fn optimal_strategy(topology: &Topology) -> Strategy {
+pub fn optimal_strategy(topology: &Topology) -> SuggestedStrategy {
     if !topology.numa_available {
-        return Strategy::Disabled;
+        return SuggestedStrategy::Disabled;
     }
     let local = topology
         .nodes
         .iter()
         .any(|n| n.allowed && n.has_memory && !n.allowed_cpus.is_empty());
     if local {
-        Strategy::LocalNode
+        SuggestedStrategy::LocalNode
     } else {
-        Strategy::Interleave
+        SuggestedStrategy::Interleave
+    }
+}
+
+/// The placement strategy a topology calls for: the three of `placement::Strategy` that
+/// [`optimal_strategy`] can suggest, spelled the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuggestedStrategy {
+    /// `local_node`.
+    LocalNode,
+    /// `interleave`.
+    Interleave,
+    /// `disabled`.
+    Disabled,
+}
+
+impl SuggestedStrategy {
+    /// The strategy's public name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuggestedStrategy::LocalNode => "local_node",
+            SuggestedStrategy::Interleave => "interleave",
+            SuggestedStrategy::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for SuggestedStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

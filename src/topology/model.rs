@@ -3,6 +3,37 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// What a node's memory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// Ordinary system memory (DRAM, HBM, CXL): where placement puts entries.
+    #[default]
+    General,
+    /// The memory of a GPU exposed as a NUMA node (NVIDIA GPUs on POWER9 with NVLink:
+    /// `proc/driver/nvidia/gpus/*/numa_status` names it). Listed, never chosen by placement;
+    /// used only when a caller names the node explicitly.
+    Gpu,
+}
+
+impl NodeKind {
+    /// The label in the Topology JSON and the CLI: `general` or `gpu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::General => "general",
+            NodeKind::Gpu => "gpu",
+        }
+    }
+
+    /// The kind a label names; unknown labels (a newer daemon) read as `General`.
+    pub fn from_label(label: &str) -> NodeKind {
+        match label {
+            "gpu" => NodeKind::Gpu,
+            _ => NodeKind::General,
+        }
+    }
+}
+
 /// One NUMA node as the kernel numbers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NumaNode {
@@ -24,6 +55,9 @@ pub struct NumaNode {
     pub allowed: bool,
     /// SLIT distance to every node, keyed by node id.
     pub distances: BTreeMap<u32, u32>,
+    /// What the node's memory is: placement uses only `General` nodes on its own.
+    #[serde(default)]
+    pub kind: NodeKind,
 }
 
 /// A consistent view of the machine's NUMA layout at one instant.
@@ -56,6 +90,7 @@ impl Topology {
                 has_memory: true,
                 allowed: true,
                 distances: [(0, 10)].into(),
+                kind: NodeKind::General,
             }],
             allowed_cpus: cpus,
             allowed_nodes: vec![0],
@@ -118,8 +153,8 @@ impl Topology {
 
     /// The Topology JSON of ARCHITECTURE.md: the seed's `nodes[]` (`node_id`, `cpu_count`,
     /// `cpu_list`, `memory_mb`, `distances`), `total_memory_mb`, `optimal_strategy`, plus
-    /// `has_cpu`, `has_memory`, `allowed` per node and `allowed_nodes`, `allowed_cpus`,
-    /// `numa_available`, `warnings`.
+    /// `has_cpu`, `has_memory`, `allowed`, `kind` (`general` or `gpu`) per node and
+    /// `allowed_nodes`, `allowed_cpus`, `numa_available`, `warnings`.
     pub fn to_json(&self) -> serde_json::Value {
         // The view only borrows; serialising it cannot fail (no non-string map keys other
         // than integers, which serde_json turns into strings).
@@ -148,6 +183,7 @@ impl Topology {
                     has_cpu: n.has_cpu,
                     has_memory: n.has_memory,
                     allowed: n.allowed,
+                    kind: n.kind.as_str(),
                 })
                 .collect(),
             total_memory_mb: self.total_memory_bytes() / MIB,
@@ -183,4 +219,5 @@ struct NodeJson<'a> {
     has_cpu: bool,
     has_memory: bool,
     allowed: bool,
+    kind: &'static str,
 }

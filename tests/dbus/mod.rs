@@ -542,6 +542,26 @@ impl PolkitRule {
     }
 }
 
+impl PolkitRule {
+    /// Install a rule answering `result` (`YES`, `NO`, `AUTH_ADMIN`, ...) for the
+    /// org.opdbus.NumaCache actions when the JavaScript `condition` on `subject` holds;
+    /// `tag` keeps two rules of one test process apart.
+    pub fn install_js(tag: &str, condition: &str, result: &str) -> PolkitRule {
+        let path = PathBuf::from(format!(
+            "/etc/polkit-1/rules.d/49-numa-cache-test-{}-{tag}.rules",
+            std::process::id()
+        ));
+        let js = format!(
+            "polkit.addRule(function(action, subject) {{\n  if (action.id.indexOf(\"org.opdbus.NumaCache.\") == 0 && ({condition})) {{\n    return polkit.Result.{result};\n  }}\n}});\n"
+        );
+        std::fs::create_dir_all("/etc/polkit-1/rules.d").unwrap();
+        std::fs::write(&path, js).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        PolkitRule(path)
+    }
+}
+
 impl Drop for PolkitRule {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -556,7 +576,14 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Start `program args` on `bus`, writing to `name` in the bus's directory.
+    /// Start `program args` on `bus`, writing to `name` in the bus's directory, and return
+    /// once it is subscribed (no sleep: readiness is observed).
+    ///
+    /// - `gdbus monitor --dest NAME` prints "The name NAME is owned by" after the reply to
+    ///   its GetNameOwner, which the bus sends after processing the AddMatch calls the same
+    ///   connection sent before it: once printed, the match rules are registered.
+    /// - `busctl monitor` is a bus monitor: it is ready once it shows a Ping we send to the
+    ///   daemon (sent again every 100 ms until it shows).
     pub fn start(bus: &Bus, program: &str, args: &[&str], name: &str) -> Monitor {
         let out = bus.dir().join(name);
         let f = std::fs::File::create(&out).unwrap();
@@ -567,9 +594,28 @@ impl Monitor {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting the monitor");
-        // Give it time to subscribe before anything happens.
-        std::thread::sleep(Duration::from_millis(700));
-        Monitor { child, out }
+        let m = Monitor { child, out };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = m.text();
+            let ready = if program == "gdbus" {
+                t.contains("is owned by")
+            } else {
+                t.contains("Ping")
+            };
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{program} {args:?} did not subscribe within 20 s:\n{t}"
+            );
+            if program != "gdbus" {
+                let _ = bus.busctl(&["call", NAME, ROOT, "org.freedesktop.DBus.Peer", "Ping"]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
     }
 
     /// What it printed so far.
@@ -598,5 +644,72 @@ impl Drop for Monitor {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+}
+
+/// Run numa-cached on `bus` with state in `state` until it exits (it is expected to refuse to
+/// start); panics when it is still running after 20 s, since a daemon that should have
+/// refused then serves instead.
+pub fn start_expecting_exit(
+    bus: &Bus,
+    state: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_numa-cached"));
+    cmd.args(args)
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .env("OPDBUS_CACHE_DIR", state)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting numa-cached");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            let out = child.wait_with_output().expect("collecting its output");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return (out.status.code(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collecting its output");
+            panic!(
+                "numa-cached kept running instead of refusing to start:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Bus {
+    /// `busctl call ... Cache Get` of (namespace, key), as root.
+    pub fn busctl_get(&self, namespace: &str, key: &str) -> Output {
+        self.busctl(&[
+            "call",
+            NAME,
+            ROOT,
+            "org.opdbus.NumaCache.Cache",
+            "Get",
+            "ss",
+            namespace,
+            key,
+        ])
     }
 }

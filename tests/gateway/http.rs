@@ -1,10 +1,10 @@
 //! The gateway running in-process over a real cache in a temporary directory, listening on a
 //! temporary unix socket and an ephemeral loopback port, and `curl` to talk to it.
 
-use numa_cache::gateway::metrics::CacheLatency;
-use numa_cache::gateway::{GatewayArgs, GatewayHandle, GatewayState, StrategyChange};
+use numa_cache::app::{App, CacheLatency, Event, Limits, Polkit, StrategyView};
+use numa_cache::gateway::{GatewayArgs, GatewayHandle, GatewayState};
 use numa_cache::store::{Cache, CacheConfig, Caller, PutOptions};
-use numa_cache::topology;
+use numa_cache::topology::watcher::TopologyWatcher;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -13,18 +13,18 @@ use std::time::Duration;
 
 /// A running gateway and what it serves.
 pub struct Served {
+    /// The application the gateway serves.
+    pub app: Arc<App>,
     /// The engine behind it, for checking what a request changed.
     pub cache: Arc<Cache>,
-    /// The latency histograms /metrics renders.
-    pub latency: Arc<CacheLatency>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
     /// The unix socket.
     pub socket: PathBuf,
     /// The cache directory (and the socket's).
     pub dir: tempfile::TempDir,
-    /// Every change the gateway announced, in order.
-    pub changes: Arc<Mutex<Vec<StrategyChange>>>,
+    /// Every strategy change the application announced, in order.
+    pub changes: Arc<Mutex<Vec<StrategyView>>>,
     handle: Option<GatewayHandle>,
 }
 
@@ -39,16 +39,21 @@ pub async fn serve(polkit_bus: Option<&str>) -> Served {
         dir: dir.path().join("cache"),
         ..CacheConfig::default()
     };
-    let cache =
-        Arc::new(Cache::open(config, Arc::new(topology::detect_live())).expect("open cache"));
-    let latency = Arc::new(CacheLatency::default());
+    let watcher = Arc::new(TopologyWatcher::start("/", Duration::from_secs(3600)));
+    let cache = Cache::open(config, watcher.current()).expect("open cache");
+    let polkit = Polkit::at(polkit_bus.map(str::to_string));
+    let app = Arc::new(App::new(cache, watcher, "/", polkit, Limits::default()));
     let changes = Arc::new(Mutex::new(Vec::new()));
     let seen = changes.clone();
-    let mut state = GatewayState::new(cache.clone(), || 7, latency.clone())
-        .on_strategy_change(move |c| seen.lock().expect("lock").push(c));
-    if let Some(address) = polkit_bus {
-        state = state.with_polkit_bus(address);
-    }
+    let mut events = app.subscribe();
+    tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            if let Event::StrategyChanged(view) = e {
+                seen.lock().expect("lock").push(view);
+            }
+        }
+    });
+    let state = GatewayState::new(app.clone());
     let socket = dir.path().join("http.sock");
     let args = GatewayArgs {
         http_socket: Some(socket.clone()),
@@ -60,8 +65,8 @@ pub async fn serve(polkit_bus: Option<&str>) -> Served {
         .expect("the gateway is configured");
     let base = format!("http://{}", handle.tcp_addr().expect("tcp address"));
     Served {
-        cache,
-        latency,
+        cache: app.cache().expect("the cache is open"),
+        app,
         base,
         socket,
         dir,
@@ -71,6 +76,11 @@ pub async fn serve(polkit_bus: Option<&str>) -> Served {
 }
 
 impl Served {
+    /// The latency histograms /metrics renders.
+    pub fn latency(&self) -> &CacheLatency {
+        self.app.latency()
+    }
+
     /// The node the tests place entries on: the first allowed node with memory.
     pub fn home(&self) -> u32 {
         let t = self.cache.topology();

@@ -2,13 +2,15 @@
 # Fetches Debian's own kernel (the .deb of linux-image-amd64's dependency, never installed,
 # only unpacked) into a cache directory, once. Prints the path of the vmlinuz on stdout.
 # Usage: fetch-kernel.sh CACHE_DIR
-# With CI=true, QEMU, busybox and cpio are installed with apt-get when missing.
+# As root, QEMU, busybox, cpio and btrfs-progs are installed with apt-get when missing.
 set -euo pipefail
 cache=${1:?usage: fetch-kernel.sh CACHE_DIR}
 mkdir -p "$cache"
 cd "$cache"
 
-if [[ -n $(ls kroot/boot/vmlinuz-* 2>/dev/null) ]]; then
+# The kernel and the modules the lab's filesystem needs (brd: a RAM disk whose pages are not
+# page cache, so FilePages counts only the filesystem's own cache; btrfs, as in production).
+if [[ -n $(ls kroot/boot/vmlinuz-* 2>/dev/null) && -d $(ls -d kroot/lib/modules/*/kernel 2>/dev/null | head -n1)/fs/btrfs ]]; then
   ls kroot/boot/vmlinuz-* | head -n1 | sed "s|^|$PWD/|"
   exit 0
 fi
@@ -20,6 +22,7 @@ missing=()
 command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v busybox >/dev/null || missing+=(busybox-static)
 command -v cpio >/dev/null || missing+=(cpio)
+command -v mkfs.btrfs >/dev/null || [[ -x /sbin/mkfs.btrfs ]] || missing+=(btrfs-progs)
 if ((${#missing[@]})); then
   [[ $(id -u) -eq 0 ]] || { echo "missing packages: ${missing[*]} (run as root to install)" >&2; exit 2; }
   apt_update
@@ -37,8 +40,11 @@ if ! ls "$kpkg"_*.deb >/dev/null 2>&1; then
 fi
 rm -rf kroot.tmp
 dpkg -x "$kpkg"_*.deb kroot.tmp
-# Only the kernel image is needed: NUMA is built in, no module is loaded by the lab.
-mkdir -p kroot/boot
+# NUMA is built in; the modules tree is kept for btrfs and brd (build-initramfs.sh copies
+# only those and what they depend on, by each module's `depends=`).
+rm -rf kroot
+mkdir -p kroot/boot kroot/lib
 mv kroot.tmp/boot/vmlinuz-* kroot/boot/
+mv kroot.tmp/lib/modules kroot/lib/modules
 rm -rf kroot.tmp "$kpkg"_*.deb
 ls kroot/boot/vmlinuz-* | head -n1 | sed "s|^|$PWD/|"

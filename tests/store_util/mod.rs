@@ -110,6 +110,7 @@ fn node(id: u32, cpus: Vec<u32>, nodes: u32) -> NumaNode {
         distances: (0..nodes)
             .map(|o| (o, if o == id { 10 } else { 20 }))
             .collect(),
+        kind: Default::default(),
     }
 }
 
@@ -208,7 +209,7 @@ pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Blob files of every shard under `cache/shards`.
+/// Large-value files (a file per value) of every shard under `cache/shards`.
 pub fn blob_files(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(shards) = std::fs::read_dir(cache.join("shards")) else {
@@ -219,12 +220,65 @@ pub fn blob_files(cache: &Path) -> Vec<PathBuf> {
             continue;
         };
         for fan in fans.filter_map(|e| e.ok()) {
-            if fan.file_name() == "tmp" {
+            if fan.file_name() == "tmp" || fan.file_name() == "seg" {
                 continue;
             }
             if let Ok(files) = std::fs::read_dir(fan.path()) {
                 out.extend(files.filter_map(|e| e.ok()).map(|e| e.path()));
             }
+        }
+    }
+    out
+}
+
+/// Segment files of every shard (`shards/node*/seg/*.seg`).
+pub fn segment_files(cache: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(shards) = std::fs::read_dir(cache.join("shards")) else {
+        return out;
+    };
+    for s in shards.filter_map(|e| e.ok()) {
+        if let Ok(rd) = std::fs::read_dir(s.path().join("seg")) {
+            out.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Bytes of every segment file on disk (live and dead records).
+pub fn segment_bytes(cache: &Path) -> u64 {
+    segment_files(cache)
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .sum()
+}
+
+/// Every intact record on disk, found by parsing the files (not through the index):
+/// (file, offset, stored length, namespace, key). Large-value files have offset 0.
+pub fn records(cache: &Path) -> Vec<(PathBuf, u64, u64, String, String)> {
+    use numa_cache::store::blob;
+    let mut out = Vec::new();
+    for f in segment_files(cache) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        let mut off = 0usize;
+        while off + blob::FIXED_LEN + 8 <= bytes.len() {
+            if let Ok(h) = blob::parse_header(&bytes[off..])
+                && off + h.stored_len() as usize <= bytes.len()
+                && blob::decode_payload(&h, &bytes[off..off + h.stored_len() as usize]).is_ok()
+            {
+                let len = h.stored_len();
+                out.push((f.clone(), off as u64, len, h.namespace, h.key));
+                off += (len as usize).div_ceil(8) * 8;
+            } else {
+                off += 8;
+            }
+        }
+    }
+    for f in blob_files(cache) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        if let Ok(h) = blob::parse_header(&bytes) {
+            out.push((f.clone(), 0, bytes.len() as u64, h.namespace, h.key));
         }
     }
     out

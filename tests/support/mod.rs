@@ -14,12 +14,35 @@ pub fn in_ci() -> bool {
 }
 
 fn missing(what: &str, how: &str) -> bool {
-    let msg = format!("missing prerequisite: {what} (install with: {how})");
-    if in_ci() {
-        panic!("{msg}; under CI=true no test may skip");
-    }
-    eprintln!("SKIP: {msg}");
+    skip(&format!(
+        "missing prerequisite: {what} (install with: {how})"
+    ));
     false
+}
+
+/// Skip the calling test for `reason`: a failure under CI=true; else said on stderr and, when
+/// `NUMA_CACHE_SKIP_LOG` names a file, appended there as "test name<TAB>reason" so that
+/// scripts/test.sh can count and name the skipped tests (libtest hides a passing test's
+/// stderr).
+pub fn skip(reason: &str) {
+    if in_ci() {
+        panic!("{reason}; under CI=true no test may skip");
+    }
+    eprintln!("SKIP: {reason}");
+    if let Some(path) = std::env::var_os("NUMA_CACHE_SKIP_LOG") {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown test")
+            .to_string();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            use std::io::Write;
+            let _ = writeln!(f, "{}: {test}\t{reason}", env!("CARGO_CRATE_NAME"));
+        }
+    }
 }
 
 /// Is `tool` on PATH (or an absolute path that exists)? `package` names the Debian package.

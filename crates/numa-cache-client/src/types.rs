@@ -447,6 +447,14 @@ pub struct TopologyNode {
     /// True when the daemon's cpuset allows the node's memory.
     #[serde(default)]
     pub allowed: bool,
+    /// What the node's memory is: `general`, or `gpu` for a GPU's memory node (kept out of
+    /// placement unless a caller names it). Absent from older daemons: `general`.
+    #[serde(default = "general_kind")]
+    pub kind: String,
+}
+
+fn general_kind() -> String {
+    "general".to_string()
 }
 
 /// The `GetTopology` JSON.

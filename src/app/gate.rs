@@ -1,7 +1,7 @@
 //! The call gate: open while the daemon takes calls; at SIGTERM it closes, new calls get
 //! `Unavailable`, and shutdown waits for the calls already inside to finish.
 
-use crate::service::errors::{ServiceError, ServiceResult};
+use crate::app::error::{AppError, AppResult};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -22,11 +22,11 @@ pub struct GateGuard<'a> {
 
 impl Gate {
     /// Admit a call.
-    pub fn enter(&self) -> ServiceResult<GateGuard<'_>> {
+    pub fn enter(&self) -> AppResult<GateGuard<'_>> {
         self.inflight.fetch_add(1, Ordering::SeqCst);
         if self.closed.load(Ordering::SeqCst) {
             self.leave();
-            return Err(ServiceError::Unavailable(
+            return Err(AppError::Unavailable(
                 "numa-cached is shutting down; retry when it is back".into(),
             ));
         }
@@ -77,7 +77,7 @@ mod tests {
         let g2 = gate.clone();
         let closer = tokio::spawn(async move { g2.close_and_drain(Duration::from_secs(5)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(matches!(gate.enter(), Err(ServiceError::Unavailable(_))));
+        assert!(matches!(gate.enter(), Err(AppError::Unavailable(_))));
         assert!(!closer.is_finished());
         drop(guard);
         assert!(closer.await.unwrap());

@@ -1,8 +1,7 @@
-//! Values by file descriptor: a sealed memfd for GetFd, and the checks PutFd makes on the
+//! Values by file descriptor (syscall wrappers: memfd_create and its seals): a sealed memfd for GetFd, and the checks PutFd makes on the
 //! caller's fd before reading it (sealed against writes, shrinking and growing, so the bytes
 //! cannot change under us; a size cap before anything is read).
 
-use crate::service::errors::ServiceError;
 use std::fs::File;
 use std::io::{self, Seek, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -50,36 +49,61 @@ fn seals_of(fd: &OwnedFd) -> io::Result<libc::c_int> {
     }
 }
 
-/// Read the whole value from a caller's descriptor after checking that it is sealed and at
-/// most `limit` bytes.
-pub fn read_sealed(fd: OwnedFd, limit: u64) -> Result<Vec<u8>, ServiceError> {
-    let how = "pass a memfd created with MFD_ALLOW_SEALING and sealed with \
-               F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW (numacachectl put does this)";
-    let seals = seals_of(&fd).map_err(|e| {
-        ServiceError::invalid(format!(
-            "the fd is not sealed: it cannot carry seals ({e}); {how}"
-        ))
+/// Why a caller's descriptor was not read, or a memfd not made.
+#[derive(Debug, thiserror::Error)]
+pub enum MemfdError {
+    /// The descriptor cannot carry seals, or lacks the required ones.
+    #[error(
+        "the fd is not sealed against changes ({detail}); pass a memfd created with MFD_ALLOW_SEALING and sealed with F_SEAL_WRITE|F_SEAL_SHRINK|F_SEAL_GROW (numacachectl put does this)"
+    )]
+    NotSealed {
+        /// What was found.
+        detail: String,
+    },
+    /// The value is over the limit.
+    #[error("the value is {size} bytes; the limit is {limit} bytes")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// stat or read failed.
+    #[error("cannot read the fd: {0}")]
+    Unreadable(io::Error),
+    /// memfd_create, write or sealing failed.
+    #[error("could not create a memfd for the value: {0}")]
+    Create(io::Error),
+}
+
+/// A caller's descriptor as a file, after checking that it is sealed (so its contents cannot
+/// change while it is read) and at most `limit` bytes. The caller streams it from there.
+pub fn sealed_file(fd: OwnedFd, limit: u64) -> Result<File, MemfdError> {
+    let seals = seals_of(&fd).map_err(|e| MemfdError::NotSealed {
+        detail: format!("it cannot carry seals: {e}"),
     })?;
     if seals & REQUIRED_SEALS != REQUIRED_SEALS {
-        return Err(ServiceError::invalid(format!(
-            "the fd is not sealed against changes (seals {seals:#x}); {how}"
-        )));
+        return Err(MemfdError::NotSealed {
+            detail: format!("seals {seals:#x}"),
+        });
     }
     let file = File::from(fd);
-    let size = file
-        .metadata()
-        .map_err(|e| ServiceError::invalid(format!("cannot stat the fd: {e}")))?
-        .len();
+    let size = file.metadata().map_err(MemfdError::Unreadable)?.len();
     if size > limit {
-        return Err(ServiceError::TooLarge(format!(
-            "the value is {size} bytes; the limit is {limit} bytes"
-        )));
+        return Err(MemfdError::TooLarge { size, limit });
     }
-    let len = usize::try_from(size)
-        .map_err(|_| ServiceError::TooLarge(format!("the value is {size} bytes")))?;
+    Ok(file)
+}
+
+/// Read the whole value from a caller's descriptor after checking that it is sealed and at
+/// most `limit` bytes.
+pub fn read_sealed(fd: OwnedFd, limit: u64) -> Result<Vec<u8>, MemfdError> {
+    let file = sealed_file(fd, limit)?;
+    let size = file.metadata().map_err(MemfdError::Unreadable)?.len();
+    let len = usize::try_from(size).map_err(|_| MemfdError::TooLarge { size, limit })?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, 0)
-        .map_err(|e| ServiceError::invalid(format!("cannot read the fd: {e}")))?;
+        .map_err(MemfdError::Unreadable)?;
     Ok(buf)
 }
 
@@ -94,12 +118,12 @@ mod tests {
         let fd = sealed_memfd(&[7u8; 200]).unwrap();
         assert!(matches!(
             read_sealed(fd, 100),
-            Err(ServiceError::TooLarge(_))
+            Err(MemfdError::TooLarge { .. })
         ));
         let f = tempfile::tempfile().unwrap();
         assert!(matches!(
             read_sealed(OwnedFd::from(f), 100),
-            Err(ServiceError::InvalidArgument(_))
+            Err(MemfdError::NotSealed { .. })
         ));
     }
 }

@@ -1,0 +1,410 @@
+//! The data plane (Put, Get, their fd forms, Delete, Lookup), its polkit-gated administration
+//! (Clear, snapshots, ResetCounters) and the statistics reads (GetStats, GetHistory).
+//!
+//! Latency (shown by /metrics and GetStats) is the engine call time only: `Cache::get` and
+//! `Cache::put` on the blocking pool, hits, misses and errors alike. Transport, caller lookup,
+//! memfd copies and queueing are left out, so the histogram tells the engine's speed apart
+//! from the transport's.
+
+use crate::app::authz::{Action, Requester};
+use crate::app::error::{AppError, AppResult, Invalid};
+use crate::app::stats::StatsReport;
+use crate::app::topology::node_arg;
+use crate::app::{App, blocking};
+use crate::policy::memfd;
+use crate::store::{EntryInfo, PutOptions, validate_key, validate_namespace};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Put options as a front-end parsed them (before the node is checked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutArgs {
+    /// Time to live in seconds (> 0).
+    pub ttl_seconds: Option<u64>,
+    /// Explicit placement: a node id, or -1 / None for none.
+    pub node: Option<i64>,
+    /// Make this put durable before replying (option `sync`, b).
+    pub sync: bool,
+}
+
+/// What Lookup reports of an entry.
+pub type EntryView = EntryInfo;
+
+/// A namespace, checked with the engine's rule (`[a-z0-9][a-z0-9_.-]{0,63}`).
+fn check_namespace(ns: &str) -> AppResult<()> {
+    Ok(validate_namespace(ns)?)
+}
+
+fn check_entry(ns: &str, key: &str) -> AppResult<()> {
+    validate_namespace(ns)?;
+    Ok(validate_key(key)?)
+}
+
+fn check_snapshot_name(name: &str) -> AppResult<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(AppError::invalid(format!(
+            "invalid snapshot name {name:?}: use a name from ListSnapshots"
+        )));
+    }
+    Ok(())
+}
+
+impl App {
+    fn put_options(&self, args: PutArgs) -> AppResult<PutOptions> {
+        if args.ttl_seconds == Some(0) {
+            return Err(AppError::invalid(
+                "option ttl_seconds must be a positive number of seconds (type t)",
+            ));
+        }
+        let node = match args.node {
+            None => None,
+            Some(n) => node_arg(&self.topology(), n, "option node")?,
+        };
+        Ok(PutOptions {
+            ttl: args.ttl_seconds.map(Duration::from_secs),
+            node,
+            sync: args.sync,
+        })
+    }
+
+    async fn store(
+        &self,
+        who: &Requester,
+        ns: String,
+        key: String,
+        value: Value,
+        args: PutArgs,
+    ) -> AppResult<u32> {
+        let opts = self.put_options(args)?;
+        let limit = self.limits.max_value_bytes;
+        let cache = self.cache()?;
+        let caller = who.caller();
+        let app = self.latency_handle();
+        let node = blocking(move || {
+            let node = match value {
+                Value::Bytes(bytes) => {
+                    if bytes.len() as u64 > limit {
+                        return Err(AppError::TooLarge(format!(
+                            "the value is {} bytes; the limit is {limit} bytes",
+                            bytes.len()
+                        )));
+                    }
+                    app.put
+                        .time(|| cache.put(&ns, &key, &bytes, &opts, &caller))?
+                }
+                // Streamed from the sealed descriptor to the shard: a put of N bytes never
+                // holds the value in memory whole.
+                Value::Fd(fd) => {
+                    let file = memfd::sealed_file(fd, limit)?;
+                    app.put
+                        .time(|| cache.put_file(&ns, &key, &file, &opts, &caller))?
+                }
+            };
+            Ok(node)
+        })
+        .await?;
+        self.stats_touched();
+        Ok(node)
+    }
+
+    fn latency_handle(&self) -> Arc<crate::app::stats::CacheLatency> {
+        Arc::clone(&self.latency)
+    }
+
+    /// Put: store `value` under (namespace, key); returns the node it was placed on. A
+    /// namespace belongs to the uid that first wrote to it.
+    pub async fn put(
+        &self,
+        who: &Requester,
+        namespace: String,
+        key: String,
+        value: Vec<u8>,
+        args: PutArgs,
+    ) -> AppResult<u32> {
+        let _call = self.enter()?;
+        check_entry(&namespace, &key)?;
+        let limit = self.limits.max_value_bytes;
+        if value.len() as u64 > limit {
+            return Err(AppError::TooLarge(format!(
+                "the value is {} bytes; the limit is {limit} bytes",
+                value.len()
+            )));
+        }
+        self.store(who, namespace, key, Value::Bytes(value), args)
+            .await
+    }
+
+    /// PutFd: store the contents of a sealed memfd.
+    pub async fn put_fd(
+        &self,
+        who: &Requester,
+        namespace: String,
+        key: String,
+        fd: OwnedFd,
+        args: PutArgs,
+    ) -> AppResult<u32> {
+        let _call = self.enter()?;
+        check_entry(&namespace, &key)?;
+        self.store(who, namespace, key, Value::Fd(fd), args).await
+    }
+
+    async fn fetch(&self, who: &Requester, ns: String, key: String) -> AppResult<Vec<u8>> {
+        check_entry(&ns, &key)?;
+        let cache = self.cache()?;
+        let caller = who.caller();
+        let latency = self.latency_handle();
+        let value = blocking(move || Ok(latency.get.time(|| cache.get(&ns, &key, &caller))?)).await;
+        // Hits and misses both move the counters.
+        self.stats_touched();
+        value
+    }
+
+    /// Get: the value under (namespace, key), when it fits in a message.
+    pub async fn get(&self, who: &Requester, namespace: String, key: String) -> AppResult<Vec<u8>> {
+        let _call = self.enter()?;
+        let value = self.fetch(who, namespace, key).await?;
+        let inline = self.limits.max_inline_bytes;
+        if value.len() as u64 > inline {
+            return Err(AppError::TooLarge(format!(
+                "the value is {} bytes, more than {inline} fit in a message: read it with GetFd",
+                value.len()
+            )));
+        }
+        Ok(value)
+    }
+
+    /// GetFd: the value as a sealed memfd, and its size.
+    pub async fn get_fd(
+        &self,
+        who: &Requester,
+        namespace: String,
+        key: String,
+    ) -> AppResult<(OwnedFd, u64)> {
+        let _call = self.enter()?;
+        let value = self.fetch(who, namespace, key).await?;
+        let size = value.len() as u64;
+        let fd = blocking(move || {
+            memfd::sealed_memfd(&value).map_err(|e| AppError::from(memfd::MemfdError::Create(e)))
+        })
+        .await?;
+        Ok((fd, size))
+    }
+
+    /// Delete: remove the entry; true when there was one.
+    pub async fn delete(&self, who: &Requester, namespace: String, key: String) -> AppResult<bool> {
+        let _call = self.enter()?;
+        check_entry(&namespace, &key)?;
+        let cache = self.cache()?;
+        let caller = who.caller();
+        let existed = blocking(move || Ok(cache.delete(&namespace, &key, &caller)?)).await?;
+        self.stats_touched();
+        Ok(existed)
+    }
+
+    /// Lookup: what is known of an entry without reading it.
+    pub async fn lookup(&self, namespace: String, key: String) -> AppResult<EntryView> {
+        let _call = self.enter()?;
+        check_entry(&namespace, &key)?;
+        let cache = self.cache()?;
+        blocking(move || Ok(cache.lookup(&namespace, &key)?)).await
+    }
+
+    /// Clear: remove every entry of a namespace (polkit manage-cache, and the namespace must be
+    /// the caller's or the caller root); returns how many.
+    pub async fn clear(&self, who: &Requester, namespace: String) -> AppResult<u64> {
+        let _call = self.enter()?;
+        let r = async {
+            check_namespace(&namespace)?;
+            self.authorize(who, Action::ManageCache).await?;
+            let cache = self.cache()?;
+            let caller = who.caller();
+            let ns = namespace.clone();
+            blocking(move || Ok(cache.clear(&ns, &caller)?)).await
+        }
+        .await;
+        let removed = self.audited(who, Action::ManageCache, r)?;
+        self.stats_touched();
+        tracing::info!(
+            "namespace {namespace} cleared: {removed} entries removed by {}",
+            who.describe()
+        );
+        Ok(removed)
+    }
+
+    /// CreateSnapshot: a read-only snapshot of every shard; returns its name.
+    pub async fn create_snapshot(&self, who: &Requester) -> AppResult<String> {
+        let _call = self.enter()?;
+        let r = async {
+            self.authorize(who, Action::ManageCache).await?;
+            let cache = self.cache()?;
+            blocking(move || Ok(cache.create_snapshot()?)).await
+        }
+        .await;
+        let name = self.audited(who, Action::ManageCache, r)?;
+        tracing::info!("snapshot {name} created by {}", who.describe());
+        Ok(name)
+    }
+
+    /// ListSnapshots: the kept snapshots, oldest first.
+    pub async fn list_snapshots(&self, who: &Requester) -> AppResult<Vec<String>> {
+        let _call = self.enter()?;
+        let r = async {
+            self.authorize(who, Action::ManageCache).await?;
+            let cache = self.cache()?;
+            blocking(move || Ok(cache.list_snapshots()?)).await
+        }
+        .await;
+        self.audited(who, Action::ManageCache, r)
+    }
+
+    /// DeleteSnapshot: NotFound when there is no snapshot of that name.
+    pub async fn delete_snapshot(&self, who: &Requester, name: String) -> AppResult<()> {
+        let _call = self.enter()?;
+        let r = async {
+            check_snapshot_name(&name)?;
+            self.authorize(who, Action::ManageCache).await?;
+            let cache = self.cache()?;
+            let n = name.clone();
+            blocking(move || {
+                // The contract promises NotFound for a name that is not a snapshot; ask the
+                // list rather than guess from the engine's error.
+                if !cache.list_snapshots()?.contains(&n) {
+                    return Err(AppError::NotFound(format!(
+                        "there is no snapshot {n:?}: ListSnapshots names the kept ones"
+                    )));
+                }
+                Ok(cache.delete_snapshot(&n)?)
+            })
+            .await
+        }
+        .await;
+        self.audited(who, Action::ManageCache, r)?;
+        tracing::info!("snapshot {name} deleted by {}", who.describe());
+        Ok(())
+    }
+
+    /// ResetCounters: zero the hit, miss and eviction counters.
+    pub async fn reset_counters(&self, who: &Requester) -> AppResult<()> {
+        let _call = self.enter()?;
+        let r = async {
+            self.authorize(who, Action::ManageCache).await?;
+            let cache = self.cache()?;
+            blocking(move || {
+                cache.reset_counters();
+                Ok(())
+            })
+            .await
+        }
+        .await;
+        self.audited(who, Action::ManageCache, r)?;
+        self.stats_touched();
+        tracing::info!("counters reset by {}", who.describe());
+        Ok(())
+    }
+
+    /// The statistics report (GetStats, HTTP stats, /metrics), with the request latencies.
+    pub async fn stats(&self) -> AppResult<StatsReport> {
+        let _call = self.enter()?;
+        let cache = self.cache()?;
+        let mut report =
+            blocking(move || StatsReport::from_engine(&cache).map_err(AppError::Unavailable))
+                .await?;
+        report.request_latency = Some(self.latency.snapshot());
+        Ok(report)
+    }
+
+    /// Totals only (the CacheStats properties).
+    pub fn totals(&self) -> crate::app::stats::Totals {
+        self.cache().map(|c| c.totals().into()).unwrap_or_default()
+    }
+
+    /// GetHistory: the stored rows between two Unix times (inclusive). `until` None means now;
+    /// `since` None means 24 hours before `until`. The range checks of every front-end.
+    pub async fn history(
+        &self,
+        since: Option<u64>,
+        until: Option<u64>,
+    ) -> AppResult<serde_json::Value> {
+        let _call = self.enter()?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (since, until) = history_range(since, until, now)?;
+        let cache = self.cache()?;
+        blocking(move || Ok(cache.history(since, until)?)).await
+    }
+}
+
+/// `(since, until)` with defaults applied, or InvalidArgument for a reversed range or a time
+/// past the largest Unix time (int64 on the wire and in SQLite).
+pub fn history_range(since: Option<u64>, until: Option<u64>, now: u64) -> AppResult<(u64, u64)> {
+    for (name, v) in [("since", since), ("until", until)] {
+        if let Some(v) = v.filter(|v| *v > i64::MAX as u64) {
+            return Err(AppError::InvalidArgument(
+                Invalid::Range,
+                format!("{name} {v} is past the largest Unix time ({})", i64::MAX),
+            ));
+        }
+    }
+    let until = until.unwrap_or(now);
+    let since = since.unwrap_or(until.saturating_sub(24 * 3600));
+    if since > until {
+        return Err(AppError::InvalidArgument(
+            Invalid::Range,
+            format!(
+                "since {since} is after until {until}: give the earlier time first (Unix seconds)"
+            ),
+        ));
+    }
+    Ok((since, until))
+}
+
+/// A value to store: bytes from a message, or a caller's sealed memfd.
+enum Value {
+    Bytes(Vec<u8>),
+    Fd(OwnedFd),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_ranges_default_and_refuse_reversed_or_huge_times() {
+        assert_eq!(
+            history_range(None, None, 100_000).unwrap(),
+            (13_600, 100_000)
+        );
+        assert_eq!(history_range(Some(5), Some(9), 1).unwrap(), (5, 9));
+        for (s, u) in [
+            (Some(5), Some(4)),
+            (Some(200), None),
+            (Some(u64::MAX), None),
+        ] {
+            assert!(matches!(
+                history_range(s, u, 100),
+                Err(AppError::InvalidArgument(Invalid::Range, _))
+            ));
+        }
+    }
+
+    #[test]
+    fn entries_and_snapshot_names_are_checked_with_named_errors() {
+        assert!(check_entry("embeddings.v1-a_b", "k").is_ok());
+        for (ns, key) in [
+            ("", "k"),
+            ("_x", "k"),
+            ("ns", ""),
+            ("ns", &"k".repeat(2000)),
+        ] {
+            assert!(matches!(
+                check_entry(ns, key),
+                Err(AppError::InvalidArgument(..))
+            ));
+        }
+        for bad in ["", "../etc", ".hidden", "a/b"] {
+            assert!(check_snapshot_name(bad).is_err(), "{bad}");
+        }
+    }
+}

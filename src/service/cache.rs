@@ -1,0 +1,270 @@
+//! org.opdbus.NumaCache.Cache on the root object: the data plane (Put, Get, their fd forms,
+//! Delete, Lookup) and its polkit-gated administration (Clear, snapshots), each a call of the
+//! application layer.
+
+/// The memfd helpers moved to `policy::memfd`; re-exported for existing users.
+pub use crate::policy::memfd;
+
+use crate::app::PutArgs;
+use crate::service::Service;
+use crate::service::errors::ServiceError;
+use serde_bytes::ByteBuf;
+use std::collections::HashMap;
+use std::sync::Arc;
+use zbus::message::Header;
+use zbus::{OwnedFd, OwnedVariant, Variant, interface};
+
+/// The Cache interface.
+pub struct CacheIface {
+    svc: Arc<Service>,
+}
+
+impl CacheIface {
+    /// Serve the cache of `svc`.
+    pub fn new(svc: Arc<Service>) -> CacheIface {
+        CacheIface { svc }
+    }
+}
+
+/// Put options: `ttl_seconds` (t), `node` (i) and `sync` (b); anything else is refused by
+/// name.
+pub fn parse_put_options(options: &HashMap<String, OwnedVariant>) -> Result<PutArgs, ServiceError> {
+    let mut args = PutArgs::default();
+    for (name, value) in options {
+        match name.as_str() {
+            "ttl_seconds" => {
+                let ttl = int_of(value)
+                    .filter(|t| *t > 0)
+                    .and_then(|t| u64::try_from(t).ok())
+                    .ok_or_else(|| {
+                        ServiceError::invalid(
+                            "option ttl_seconds must be a positive number of seconds (type t)",
+                        )
+                    })?;
+                args.ttl_seconds = Some(ttl);
+            }
+            "node" => {
+                let node = int_of(value)
+                    .and_then(|n| i64::try_from(n).ok())
+                    .ok_or_else(|| {
+                        ServiceError::invalid(
+                            "option node must be a node id (type i), or -1 for none",
+                        )
+                    })?;
+                args.node = Some(node);
+            }
+            "sync" => {
+                args.sync = bool::try_from(value)
+                    .map_err(|_| ServiceError::invalid("option sync must be a boolean (type b)"))?;
+            }
+            other => {
+                return Err(ServiceError::invalid(format!(
+                    "unknown option {other:?}: allowed options are ttl_seconds (t), node (i) and sync (b)"
+                )));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// Any integer variant as i128 (busctl users type `u` or `i` as readily as `t`).
+fn int_of(v: &OwnedVariant) -> Option<i128> {
+    if let Ok(n) = u64::try_from(v) {
+        return Some(n.into());
+    }
+    if let Ok(n) = i64::try_from(v) {
+        return Some(n.into());
+    }
+    if let Ok(n) = u32::try_from(v) {
+        return Some(n.into());
+    }
+    if let Ok(n) = i32::try_from(v) {
+        return Some(n.into());
+    }
+    None
+}
+
+#[interface(name = "org.opdbus.NumaCache.Cache")]
+impl CacheIface {
+    /// Store value under (namespace, key); options ttl_seconds (t), node (i, explicit
+    /// placement) and sync (b, durable before the reply). Returns the node the entry was
+    /// placed on. A namespace belongs to the uid that first wrote to it; other non-root
+    /// callers get AccessDenied.
+    #[zbus(out_args("node"))]
+    async fn put(
+        &self,
+        namespace: String,
+        key: String,
+        value: ByteBuf,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u32, ServiceError> {
+        let args = parse_put_options(&options)?;
+        let who = self.svc.requester(&header).await?;
+        Ok(self
+            .svc
+            .app
+            .put(&who, namespace, key, value.into_vec(), args)
+            .await?)
+    }
+
+    /// The value stored under (namespace, key); NotFound when there is none. Values larger
+    /// than 16 MiB must be read with GetFd.
+    #[zbus(out_args("value"))]
+    async fn get(
+        &self,
+        namespace: String,
+        key: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<ByteBuf, ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        Ok(ByteBuf::from(self.svc.app.get(&who, namespace, key).await?))
+    }
+
+    /// The value as a sealed memfd (read-only, fixed size) and its size in bytes: for values
+    /// too large for a message.
+    #[zbus(out_args("fd", "size"))]
+    async fn get_fd(
+        &self,
+        namespace: String,
+        key: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(OwnedFd, u64), ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        let (fd, size) = self.svc.app.get_fd(&who, namespace, key).await?;
+        Ok((OwnedFd::from(fd), size))
+    }
+
+    /// Store the contents of fd, which must be a memfd sealed with F_SEAL_WRITE,
+    /// F_SEAL_SHRINK and F_SEAL_GROW; options and the reply as for Put.
+    #[zbus(out_args("node"))]
+    async fn put_fd(
+        &self,
+        namespace: String,
+        key: String,
+        fd: OwnedFd,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u32, ServiceError> {
+        let args = parse_put_options(&options)?;
+        let who = self.svc.requester(&header).await?;
+        Ok(self
+            .svc
+            .app
+            .put_fd(&who, namespace, key, std::os::fd::OwnedFd::from(fd), args)
+            .await?)
+    }
+
+    /// Remove the entry; true when there was one. Refused (AccessDenied) in another user's
+    /// namespace for non-root callers.
+    #[zbus(out_args("existed"))]
+    async fn delete(
+        &self,
+        namespace: String,
+        key: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<bool, ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        Ok(self.svc.app.delete(&who, namespace, key).await?)
+    }
+
+    /// What is known of an entry without reading it: size, stored_size, node, created,
+    /// last_access, hits (t/u) and expires (Unix seconds, 0 for never).
+    #[zbus(out_args("info"))]
+    async fn lookup(
+        &self,
+        namespace: String,
+        key: String,
+    ) -> Result<HashMap<String, Variant<'static>>, ServiceError> {
+        let info = self.svc.app.lookup(namespace, key).await?;
+        Ok(HashMap::from([
+            ("size".to_string(), Variant::from(info.size)),
+            ("stored_size".to_string(), Variant::from(info.stored_size)),
+            ("node".to_string(), Variant::from(info.node)),
+            ("created".to_string(), Variant::from(info.created)),
+            ("last_access".to_string(), Variant::from(info.last_access)),
+            ("hits".to_string(), Variant::from(info.hits)),
+            (
+                "expires".to_string(),
+                Variant::from(info.expires.unwrap_or(0)),
+            ),
+        ]))
+    }
+
+    /// Remove every entry of a namespace; returns how many. polkit action
+    /// org.opdbus.NumaCache.manage-cache, and the namespace must be the caller's (or root).
+    #[zbus(out_args("removed"))]
+    async fn clear(
+        &self,
+        namespace: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u64, ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        Ok(self.svc.app.clear(&who, namespace).await?)
+    }
+
+    /// Take a read-only snapshot of every shard; returns its name (UTC time, e.g.
+    /// 20261125T041500Z). polkit action org.opdbus.NumaCache.manage-cache.
+    #[zbus(out_args("name"))]
+    async fn create_snapshot(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        Ok(self.svc.app.create_snapshot(&who).await?)
+    }
+
+    /// The names of the kept snapshots, oldest first. polkit action
+    /// org.opdbus.NumaCache.manage-cache.
+    #[zbus(out_args("names"))]
+    async fn list_snapshots(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<String>, ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        Ok(self.svc.app.list_snapshots(&who).await?)
+    }
+
+    /// Delete a snapshot by name; NotFound when there is none. polkit action
+    /// org.opdbus.NumaCache.manage-cache.
+    async fn delete_snapshot(
+        &self,
+        name: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        Ok(self.svc.app.delete_snapshot(&who, name).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_options_are_checked_with_named_errors() {
+        let opt = |name: &str, v: Variant<'_>| {
+            HashMap::from([(name.to_string(), OwnedVariant::try_from(v).unwrap())])
+        };
+        let e = parse_put_options(&opt("colour", Variant::from(1u32)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("colour") && e.contains("ttl_seconds") && e.contains("sync"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_put_options(&opt("node", Variant::from(-1i32)))
+                .unwrap()
+                .node,
+            Some(-1)
+        );
+        assert!(
+            parse_put_options(&opt("sync", Variant::from(true)))
+                .unwrap()
+                .sync
+        );
+        assert!(parse_put_options(&opt("sync", Variant::from(1u32))).is_err());
+        assert!(parse_put_options(&opt("ttl_seconds", Variant::from(0u64))).is_err());
+    }
+}
