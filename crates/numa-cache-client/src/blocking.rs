@@ -13,7 +13,7 @@
 //! # Ok::<(), numa_cache_client::Error>(())
 //! ```
 
-use crate::client::ClientBuilder;
+use crate::client::{ClientBuilder, Lease};
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::types::{
@@ -23,6 +23,7 @@ use crate::types::{
 use futures_util::StreamExt;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
 
 /// The background runtime: one thread driving a current-thread tokio runtime until the
 /// last client using it is dropped.
@@ -248,6 +249,46 @@ impl Client {
     pub fn get_fd(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let (ns, k) = (namespace.to_owned(), key.to_owned());
         self.run(|c| async move { c.get_fd(&ns, &k).await })
+    }
+
+    /// [`crate::Client::get_or_lease`].
+    ///
+    /// ```no_run
+    /// # fn demo(c: numa_cache_client::blocking::Client) -> numa_cache_client::Result<()> {
+    /// let l = c.get_or_lease("ns", "k", std::time::Duration::from_secs(5))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_or_lease(&self, namespace: &str, key: &str, lease: Duration) -> Result<Lease> {
+        let (ns, k) = (namespace.to_owned(), key.to_owned());
+        self.run(|c| async move { c.get_or_lease(&ns, &k, lease).await })
+    }
+
+    /// [`crate::Client::get_or_insert_with`], with `fill` run on the calling thread.
+    ///
+    /// ```no_run
+    /// # fn demo(c: numa_cache_client::blocking::Client) -> numa_cache_client::Result<()> {
+    /// let v = c.get_or_insert_with("ns", "k", std::time::Duration::from_secs(5), || {
+    ///     Ok::<_, numa_cache_client::Error>(b"expensive".to_vec())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_or_insert_with<F, E>(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease: Duration,
+        fill: F,
+    ) -> Result<Vec<u8>, E>
+    where
+        F: FnOnce() -> Result<Vec<u8>, E>,
+        E: From<Error>,
+    {
+        if let Lease::Hit(v) = self.get_or_lease(namespace, key, lease)? {
+            return Ok(v);
+        }
+        let v = fill()?;
+        self.put(namespace, key, &v)?;
+        Ok(v)
     }
 
     /// [`crate::Client::delete`].

@@ -11,8 +11,18 @@ use crate::types::{
 };
 use serde_bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 use zbus::proxy::{CacheProperties, MethodFlags};
 use zbus::{Connection, DeserializeDict, OwnedFd, OwnedVariant, Type};
+
+/// What [`Client::get_or_lease`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// The value (stored, or put by the lease holder while this caller waited).
+    Hit(Vec<u8>),
+    /// A miss, and this caller holds the lease: compute the value and put it.
+    Fill,
+}
 
 /// Values at least this large go by sealed memfd (PutFd) unless the builder says otherwise:
 /// past about a MiB, copying through the bus daemon costs more than mapping a file.
@@ -491,6 +501,78 @@ impl Client {
         };
         let fd = std::os::fd::OwnedFd::from(fd);
         memfd::read(fd, size, self.settings.max_value_bytes).map(Some)
+    }
+
+    /// `GetOrLease`: the value on a hit, or [`Lease::Fill`] when this caller holds the lease
+    /// on a missing key and should compute and put it. Waiting for another caller's fill
+    /// happens in the daemon, up to `lease`. A daemon without `GetOrLease` gives a plain
+    /// read: the value, or `Fill` on a miss (no single flight).
+    ///
+    /// ```no_run
+    /// use numa_cache_client::Lease;
+    /// use std::time::Duration;
+    /// # async fn demo(client: numa_cache_client::Client) -> Result<(), numa_cache_client::Error> {
+    /// match client.get_or_lease("ns", "k", Duration::from_secs(5)).await? {
+    ///     Lease::Hit(v) => println!("{} bytes", v.len()),
+    ///     Lease::Fill => { client.put("ns", "k", b"computed").await?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_lease(&self, namespace: &str, key: &str, lease: Duration) -> Result<Lease> {
+        let lease_ms = u32::try_from(lease.as_millis()).unwrap_or(u32::MAX);
+        match self
+            .cache
+            .get_or_lease(namespace, key, lease_ms)
+            .await
+            .map_err(Error::from)
+        {
+            Ok((true, v)) => Ok(Lease::Hit(v.into_vec())),
+            Ok((false, _)) => Ok(Lease::Fill),
+            Err(Error::TooLarge(_)) => Ok(self
+                .get_fd(namespace, key)
+                .await?
+                .map_or(Lease::Fill, Lease::Hit)),
+            Err(Error::Bus { name, .. }) if name == names::error::UNKNOWN_METHOD => Ok(self
+                .get(namespace, key)
+                .await?
+                .map_or(Lease::Fill, Lease::Hit)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The value under the key, or else `fill()`'s, put and returned; with a daemon that has
+    /// `GetOrLease`, concurrent callers (any process) on one missing key run `fill` once and
+    /// the others wait up to `lease` for its value. A `fill` that fails puts nothing: the
+    /// lease lapses and the next caller fills.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # async fn demo(client: numa_cache_client::Client) -> Result<(), numa_cache_client::Error> {
+    /// let v = client
+    ///     .get_or_insert_with("ns", "k", Duration::from_secs(5), || async {
+    ///         Ok::<_, numa_cache_client::Error>(b"expensive".to_vec())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_insert_with<F, Fut, E>(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease: Duration,
+        fill: F,
+    ) -> Result<Vec<u8>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<u8>, E>>,
+        E: From<Error>,
+    {
+        if let Lease::Hit(v) = self.get_or_lease(namespace, key, lease).await? {
+            return Ok(v);
+        }
+        let v = fill().await?;
+        self.put(namespace, key, &v).await?;
+        Ok(v)
     }
 
     /// Remove an entry; true when there was one.

@@ -37,7 +37,7 @@ pub mod proxies;
 mod types;
 pub mod upstream;
 
-pub use client::{Client, ClientBuilder, DEFAULT_FD_THRESHOLD, DEFAULT_MAX_VALUE_BYTES};
+pub use client::{Client, ClientBuilder, DEFAULT_FD_THRESHOLD, DEFAULT_MAX_VALUE_BYTES, Lease};
 pub use error::{Error, Result};
 pub use events::{Event, EventStream, Object};
 pub use types::{

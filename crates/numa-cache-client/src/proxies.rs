@@ -176,6 +176,15 @@ pub trait Cache {
         fd: zbus::Fd<'_>,
         options: HashMap<&str, Variant<'_>>,
     ) -> zbus::Result<u32>;
+    /// The value on a hit (`true`, value); on a miss the first caller gets a lease on the
+    /// key (`false`, empty) and its Put ends it, while later callers wait up to `lease_ms`
+    /// for that Put (issue 12; a daemon without it answers UnknownMethod).
+    fn get_or_lease(
+        &self,
+        namespace: &str,
+        key: &str,
+        lease_ms: u32,
+    ) -> zbus::Result<(bool, ByteBuf)>;
     /// Remove an entry; true when there was one.
     fn delete(&self, namespace: &str, key: &str) -> zbus::Result<bool>;
     /// What is known of an entry without reading it.

@@ -98,11 +98,16 @@ pub fn decode_vector(bytes: &[u8]) -> Result<Vec<f32>> {
 pub struct EmbeddingCache {
     client: Client,
     namespace: String,
+    lease: Duration,
 }
 
 impl EmbeddingCache {
     /// The namespace unless [`EmbeddingCache::with_namespace`] says otherwise.
     pub const DEFAULT_NAMESPACE: &'static str = "embeddings";
+
+    /// How long other callers wait for a computing one, unless
+    /// [`EmbeddingCache::with_lease`] says otherwise.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
     /// Connect to the daemon on the system bus.
     ///
@@ -125,6 +130,7 @@ impl EmbeddingCache {
         EmbeddingCache {
             client,
             namespace: EmbeddingCache::DEFAULT_NAMESPACE.to_string(),
+            lease: EmbeddingCache::DEFAULT_LEASE,
         }
     }
 
@@ -136,6 +142,19 @@ impl EmbeddingCache {
     /// ```
     pub fn with_namespace(mut self, namespace: impl Into<String>) -> EmbeddingCache {
         self.namespace = namespace.into();
+        self
+    }
+
+    /// Wait at most `lease` for another caller computing the same text; past it, the next
+    /// caller computes.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// let cache = numa_cache_client::upstream::EmbeddingCache::new()?.with_lease(Duration::from_secs(5));
+    /// # Ok::<(), numa_cache_client::Error>(())
+    /// ```
+    pub fn with_lease(mut self, lease: Duration) -> EmbeddingCache {
+        self.lease = lease;
         self
     }
 
@@ -179,9 +198,10 @@ impl EmbeddingCache {
         Ok(())
     }
 
-    /// The cached vector of `text`, or else `compute_fn(text)`, stored and returned. The
-    /// closure's error type absorbs this crate's (so `anyhow::Result` closures work as they
-    /// did upstream).
+    /// The cached vector of `text`, or else `compute_fn(text)`, stored and returned. Through
+    /// `GetOrLease`, processes asking for the same missing text compute it once (the others
+    /// wait up to [`EmbeddingCache::with_lease`]). The closure's error type absorbs this
+    /// crate's (so `anyhow::Result` closures work as they did upstream).
     ///
     /// ```no_run
     /// # let cache = numa_cache_client::upstream::EmbeddingCache::new()?;
@@ -195,12 +215,13 @@ impl EmbeddingCache {
         F: FnOnce(&str) -> Result<Vec<f32>, E>,
         E: From<Error>,
     {
-        if let Some(v) = self.get_embedding(text)? {
-            return Ok(v);
-        }
-        let v = compute_fn(text)?;
-        self.put_embedding(text, &v)?;
-        Ok(v)
+        let key = sha256_hex(text.as_bytes());
+        let bytes = self
+            .client
+            .get_or_insert_with(&self.namespace, &key, self.lease, || {
+                compute_fn(text).map(|v| encode_vector(&v))
+            })?;
+        Ok(decode_vector(&bytes)?)
     }
 
     /// Remove every vector of this cache's namespace (polkit `manage-cache`); how many.
