@@ -80,6 +80,10 @@ deb)
     ;;
 esac
 check "install: group numacache exists" getent group numacache
+# The order itself, independent of how fast the bus reloads: /etc/group last changed (the
+# group added) no later than the bus policy file appeared.
+gct=$(stat -c %.9Z /etc/group); pct=$(stat -c %.9Z /usr/share/dbus-1/system.d/org.opdbus.NumaCache.conf 2>/dev/null || echo 0)
+if awk -v g="$gct" -v p="$pct" 'BEGIN { exit !(g <= p) }'; then ok "install: group created before the bus policy landed"; else bad "install: group created before the bus policy landed" "/etc/group changed at $gct, the policy at $pct"; fi
 sleep 1
 grp=$(journalctl -q --no-pager --since "$boot_mark" | grep -E 'Unknown group "numacache"|Invalid group-name|Unknown group' | head -3)
 if [ -z "$grp" ]; then ok "install: the bus never saw an unknown group"; else bad "install: the bus never saw an unknown group" "$grp"; fi
