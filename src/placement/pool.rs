@@ -80,7 +80,13 @@ impl Shared {
             if s.unplaced() || mem.is_empty() {
                 return (MemPolicyMode::Default, Vec::new());
             }
-            let home = nodes::nearest(&s.topology, target, &mem).unwrap_or(mem[0]);
+            // A GPU memory node is never a placement candidate, but work for an entry a
+            // caller put there explicitly allocates there.
+            let home = if nodes::explicit_gpu_node(&s.topology, target) {
+                target
+            } else {
+                nodes::nearest(&s.topology, target, &mem).unwrap_or(mem[0])
+            };
             match s.config.memory_policy {
                 MemoryPolicy::Bind => (MemPolicyMode::Bind, vec![home]),
                 MemoryPolicy::Preferred => (MemPolicyMode::Preferred, vec![home]),
@@ -431,6 +437,27 @@ mod tests {
             kind: Default::default(),
         });
         t
+    }
+
+    /// Work for an entry on a GPU memory node (named explicitly) binds to that node; work
+    /// for the other nodes never does.
+    #[test]
+    fn a_named_gpu_memory_node_gets_its_own_memory_policy() {
+        let mut t = local_topology();
+        let home = t.nodes[0].node_id;
+        let gpu = t.nodes.iter_mut().find(|n| n.node_id == 7).unwrap();
+        gpu.kind = crate::topology::NodeKind::Gpu;
+        gpu.has_memory = true;
+        gpu.memory_total_bytes = 16 << 30;
+        gpu.allowed = true;
+        let pools = NodePools::start(&t, &StrategyConfig::default());
+        assert_eq!(pools.shared.mempolicy_for(7), (MemPolicyMode::Bind, vec![7]));
+        assert_eq!(pools.shared.mempolicy_for(home), (MemPolicyMode::Bind, vec![home]));
+        assert_eq!(
+            pools.serving_node(7),
+            home,
+            "no CPUs: served by the nearest pool"
+        );
     }
 
     #[test]

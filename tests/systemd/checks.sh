@@ -80,6 +80,10 @@ deb)
     ;;
 esac
 check "install: group numacache exists" getent group numacache
+# The order itself, independent of how fast the bus reloads: /etc/group last changed (the
+# group added) no later than the bus policy file appeared.
+gct=$(stat -c %.9Z /etc/group); pct=$(stat -c %.9Z /usr/share/dbus-1/system.d/org.opdbus.NumaCache.conf 2>/dev/null || echo 0)
+if awk -v g="$gct" -v p="$pct" 'BEGIN { exit !(g <= p) }'; then ok "install: group created before the bus policy landed"; else bad "install: group created before the bus policy landed" "/etc/group changed at $gct, the policy at $pct"; fi
 sleep 1
 grp=$(journalctl -q --no-pager --since "$boot_mark" | grep -E 'Unknown group "numacache"|Invalid group-name|Unknown group' | head -3)
 if [ -z "$grp" ]; then ok "install: the bus never saw an unknown group"; else bad "install: the bus never saw an unknown group" "$grp"; fi
@@ -247,8 +251,11 @@ case "$out" in *org.freedesktop.DBus.Error.AccessDenied*) ok "polkit denies labu
 expect "Strategy unchanged after the denial" 's "local_node"' "$(prop Strategy Name)"
 check "labuser may read Topology" as_lab busctl call "$NAME" "$OBJ" "$IF.Topology" GetTopology
 groupadd -f numacache-admin && usermod -aG numacache-admin labuser
-# The example the package ships as a doc (this image keeps no /usr/share/doc files).
-install -D -m0644 "$LAB_REPO/polkit/org.opdbus.NumaCache.rules.example" /etc/polkit-1/rules.d/50-numa-cache.rules
+# The example the package ships as a doc (this image keeps no /usr/share/doc files), put in
+# place with one rename: polkitd reloads on the file's creation and may read it still empty
+# ("Error loading script") and miss the write that follows.
+install -m0644 "$LAB_REPO/polkit/org.opdbus.NumaCache.rules.example" /etc/polkit-1/50-numa-cache.rules.new
+mv /etc/polkit-1/50-numa-cache.rules.new /etc/polkit-1/rules.d/50-numa-cache.rules
 granted() { as_lab numacachectl strategy set round_robin; }
 if wait_for 15 granted; then ok "polkit grants set-strategy to group numacache-admin (rules file)"; else bad "polkit grants set-strategy to group numacache-admin (rules file)" "$(granted 2>&1)"; fi
 expect "Strategy changed by the granted user" 's "round_robin"' "$(prop Strategy Name)"
