@@ -389,3 +389,76 @@ fn the_background_sweep_removes_expired_entries_without_a_read() {
     );
     assert_eq!(cache.get("sweep", "keep", &ME).unwrap(), b"stays");
 }
+
+#[test]
+fn a_version_1_index_and_its_blob_files_open_and_migrate() {
+    let Some(m) = Mount::btrfs(256, false) else {
+        return;
+    };
+    let dir = m.dir();
+    {
+        // Values above 1 MiB are files of their own, the only layout version 1 had.
+        let cache = Cache::open(config(&dir), topo1()).unwrap();
+        for i in 0..3 {
+            let k = format!("old{i}");
+            cache
+                .put(
+                    "v1",
+                    &k,
+                    &value_for(&k, 1, 3 << 20),
+                    &PutOptions::default(),
+                    &ME,
+                )
+                .unwrap();
+        }
+        cache.close().unwrap();
+    }
+    // Turn the index back into version 1: no location columns.
+    let db = rusqlite::Connection::open(dir.join("index.db")).unwrap();
+    db.execute_batch(
+        "ALTER TABLE entries DROP COLUMN segment; ALTER TABLE entries DROP COLUMN seg_offset;
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(db);
+    let cache = Cache::open(config(&dir), topo1()).unwrap();
+    for i in 0..3 {
+        let k = format!("old{i}");
+        assert_eq!(check_value(&k, &cache.get("v1", &k, &ME).unwrap()), 1);
+    }
+    // New values go to segments beside the old files; replacing an old one drops its file.
+    cache
+        .put(
+            "v1",
+            "new",
+            &value_for("new", 2, 4000),
+            &PutOptions::default(),
+            &ME,
+        )
+        .unwrap();
+    cache
+        .put(
+            "v1",
+            "old0",
+            &value_for("old0", 2, 4000),
+            &PutOptions::default(),
+            &ME,
+        )
+        .unwrap();
+    assert_eq!(store_util::blob_files(&dir).len(), 2);
+    assert_eq!(
+        check_value("old0", &cache.get("v1", "old0", &ME).unwrap()),
+        2
+    );
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("index.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    );
+    // The index is held exclusively while open: reading it from outside is refused.
+    if let Ok(db) = db {
+        assert!(
+            db.query_row("SELECT count(*) FROM entries", [], |r| r.get::<_, i64>(0))
+                .is_err()
+        );
+    }
+}

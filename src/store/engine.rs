@@ -224,6 +224,12 @@ impl Cache {
         shared.map.load(rec.rows, |r| {
             (r.last_access.saturating_sub(oldest) + 1).min(u64::from(u32::MAX / 2)) as u32
         });
+        // The rows (keys as strings) are gone now; hand their heap back to the system so the
+        // resident size is the map's own (glibc keeps freed small blocks otherwise).
+        // SAFETY: malloc_trim only returns free heap pages; no live allocation is touched.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(conn, Arc::clone(&shared), live);
         let handle = std::thread::Builder::new()
