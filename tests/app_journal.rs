@@ -192,11 +192,6 @@ fn the_journal_gets_priority_6_values_in_messages_and_audit_lines() {
 
     for r in &recs {
         let msg = r["MESSAGE"].as_str().unwrap_or_default();
-        let target = r["TARGET"].as_str().unwrap_or_default();
-        // TODO(store): store/engine.rs still logs "node preference {:?}"; its owner fixes it.
-        if target.starts_with("numa_cache::store") {
-            continue;
-        }
         assert!(
             !(msg.contains("Some(") || msg.contains("None") || msg.contains("\\\"")),
             "Rust debug formatting reached the journal: {r}"

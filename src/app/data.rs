@@ -307,9 +307,7 @@ impl App {
     pub async fn stats(&self) -> AppResult<StatsReport> {
         let _call = self.enter()?;
         let cache = self.cache()?;
-        let mut report =
-            blocking(move || StatsReport::from_engine(&cache).map_err(AppError::Unavailable))
-                .await?;
+        let mut report = blocking(move || Ok(StatsReport::from(cache.stats()))).await?;
         report.request_latency = Some(self.latency.snapshot());
         Ok(report)
     }
