@@ -81,6 +81,7 @@ impl App {
         let cache = self.cache()?;
         let caller = who.caller();
         let app = self.latency_handle();
+        let entry = (ns.clone(), key.clone());
         let node = blocking(move || {
             let node = match value {
                 Value::Bytes(bytes) => {
@@ -104,6 +105,8 @@ impl App {
             Ok(node)
         })
         .await?;
+        // The value is there: a GetOrLease lease on it has done its work.
+        self.leases.ended_by_put(&entry.0, &entry.1);
         self.stats_touched();
         Ok(node)
     }
