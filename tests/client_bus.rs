@@ -651,3 +651,47 @@ async fn sixteen_callers_fill_once_and_a_dead_fillers_lease_passes_on() {
         .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
 }
+
+#[tokio::test]
+async fn get_many_returns_the_present_keys_within_its_limits() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    for (k, seed) in [("a", 1u8), ("b", 2), ("c", 3)] {
+        c.put("many", k, &pattern(4096, seed)).await.unwrap();
+    }
+    let found = c
+        .get_many("many", &["a", "missing", "c", "b"])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3, "{:?}", found.keys().collect::<Vec<_>>());
+    for (k, seed) in [("a", 1u8), ("b", 2), ("c", 3)] {
+        assert!(found[k] == pattern(4096, seed), "{k} came back unequal");
+    }
+    assert!(c.get_many("many", &[]).await.unwrap().is_empty());
+    // Limits: keys per call, and bytes per reply.
+    let names: Vec<String> = (0..1025).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let e = c
+        .get_many("many", &refs)
+        .await
+        .map(|found| found.len())
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge(_)), "{e:?}");
+    assert!(c.get_many("many", &refs[..1024]).await.unwrap().is_empty());
+    for k in ["big1", "big2"] {
+        c.put("many", k, &pattern(9 << 20, 9)).await.unwrap();
+    }
+    assert_eq!(c.get_many("many", &["big1"]).await.unwrap().len(), 1);
+    let e = c
+        .get_many("many", &["big1", "big2"])
+        .await
+        .map(|found| found.len())
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge(_)), "{e:?}");
+    let e = c.get_many("Bad NS", &["a"]).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+}

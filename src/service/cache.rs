@@ -130,6 +130,23 @@ impl CacheIface {
         Ok((hit, ByteBuf::from(value)))
     }
 
+    /// The values of the keys present, by key; missing keys are absent. At most 1024 keys,
+    /// and the values found must fit in 16 MiB; past either, TooLarge.
+    #[zbus(out_args("values"))]
+    async fn get_many(
+        &self,
+        namespace: String,
+        keys: Vec<String>,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, ByteBuf>, ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        let found = self.svc.app.get_many(&who, namespace, keys).await?;
+        Ok(found
+            .into_iter()
+            .map(|(k, v)| (k, ByteBuf::from(v)))
+            .collect())
+    }
+
     /// The value stored under (namespace, key); NotFound when there is none. Values larger
     /// than 16 MiB must be read with GetFd.
     #[zbus(out_args("value"))]
