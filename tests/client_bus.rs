@@ -581,3 +581,117 @@ async fn get_or_insert_with_fills_once_and_a_failed_fill_stores_nothing() {
         Some(&b"computed"[..])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_callers_fill_once_and_a_dead_fillers_lease_passes_on() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    // 16 connections, as 16 processes would have.
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(Client::connect(&bus.address).await.unwrap());
+    }
+    let fills = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let fills = Arc::clone(&fills);
+            tokio::spawn(async move {
+                c.get_or_insert_with("flight", "k", Duration::from_secs(10), || async move {
+                    fills.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, Error>(b"filled once".to_vec())
+                })
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), b"filled once");
+    }
+    assert_eq!(
+        fills.load(Ordering::SeqCst),
+        1,
+        "the fill must run exactly once"
+    );
+
+    // A filler that takes the lease and goes away without putting: the next caller waits for
+    // the lease to lapse, then fills.
+    let gone = Client::connect(&bus.address).await.unwrap();
+    assert_eq!(
+        gone.get_or_lease("flight", "dead", Duration::from_millis(600))
+            .await
+            .unwrap(),
+        numa_cache_client::Lease::Fill
+    );
+    drop(gone);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let v = c
+        .get_or_insert_with("flight", "dead", Duration::from_secs(10), || async {
+            Ok::<_, Error>(b"second filler".to_vec())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, b"second filler");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(400),
+        "the lease was taken over after {:?}, before it lapsed",
+        t0.elapsed()
+    );
+    // Out-of-range leases are refused by name.
+    let e = c
+        .get_or_lease("flight", "x", Duration::from_secs(3600))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn get_many_returns_the_present_keys_within_its_limits() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    for (k, seed) in [("a", 1u8), ("b", 2), ("c", 3)] {
+        c.put("many", k, &pattern(4096, seed)).await.unwrap();
+    }
+    let found = c
+        .get_many("many", &["a", "missing", "c", "b"])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3, "{:?}", found.keys().collect::<Vec<_>>());
+    for (k, seed) in [("a", 1u8), ("b", 2), ("c", 3)] {
+        assert!(found[k] == pattern(4096, seed), "{k} came back unequal");
+    }
+    assert!(c.get_many("many", &[]).await.unwrap().is_empty());
+    // Limits: keys per call, and bytes per reply.
+    let names: Vec<String> = (0..1025).map(|i| format!("k{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let e = c
+        .get_many("many", &refs)
+        .await
+        .map(|found| found.len())
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge(_)), "{e:?}");
+    assert!(c.get_many("many", &refs[..1024]).await.unwrap().is_empty());
+    for k in ["big1", "big2"] {
+        c.put("many", k, &pattern(9 << 20, 9)).await.unwrap();
+    }
+    assert_eq!(c.get_many("many", &["big1"]).await.unwrap().len(), 1);
+    let e = c
+        .get_many("many", &["big1", "big2"])
+        .await
+        .map(|found| found.len())
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge(_)), "{e:?}");
+    let e = c.get_many("Bad NS", &["a"]).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+}

@@ -81,6 +81,7 @@ impl App {
         let cache = self.cache()?;
         let caller = who.caller();
         let app = self.latency_handle();
+        let entry = (ns.clone(), key.clone());
         let node = blocking(move || {
             let node = match value {
                 Value::Bytes(bytes) => {
@@ -104,6 +105,8 @@ impl App {
             Ok(node)
         })
         .await?;
+        // The value is there: a GetOrLease lease on it has done its work.
+        self.leases.ended_by_put(&entry.0, &entry.1);
         self.stats_touched();
         Ok(node)
     }
@@ -362,6 +365,61 @@ pub fn history_range(since: Option<u64>, until: Option<u64>, now: u64) -> AppRes
 enum Value {
     Bytes(Vec<u8>),
     Fd(OwnedFd),
+}
+
+/// The most keys one `GetMany` may ask for.
+pub const MAX_BATCH_KEYS: usize = 1024;
+
+impl App {
+    /// GetMany: the values of the keys present (missing keys are absent), read in one trip
+    /// to the blocking pool. At most [`MAX_BATCH_KEYS`] keys, and the values found must fit
+    /// in one message (`max_inline_bytes`); past either, TooLarge.
+    pub async fn get_many(
+        &self,
+        who: &Requester,
+        namespace: String,
+        keys: Vec<String>,
+    ) -> AppResult<std::collections::HashMap<String, Vec<u8>>> {
+        let _call = self.enter()?;
+        if keys.len() > MAX_BATCH_KEYS {
+            return Err(AppError::TooLarge(format!(
+                "{} keys in one GetMany; the limit is {MAX_BATCH_KEYS}",
+                keys.len()
+            )));
+        }
+        check_namespace(&namespace)?;
+        for k in &keys {
+            check_entry(&namespace, k)?;
+        }
+        let cache = self.cache()?;
+        let caller = who.caller();
+        let latency = self.latency_handle();
+        let inline = self.limits.max_inline_bytes;
+        let found = blocking(move || {
+            let mut found = std::collections::HashMap::with_capacity(keys.len());
+            let mut bytes = 0u64;
+            for key in keys {
+                match latency.get.time(|| cache.get(&namespace, &key, &caller)) {
+                    Ok(v) => {
+                        bytes += v.len() as u64;
+                        if bytes > inline {
+                            return Err(AppError::TooLarge(format!(
+                                "the values found exceed {inline} bytes, more than fit in a \
+                                 message: ask for fewer keys"
+                            )));
+                        }
+                        found.insert(key, v);
+                    }
+                    Err(crate::store::StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok(found)
+        })
+        .await;
+        self.stats_touched();
+        found
+    }
 }
 
 #[cfg(test)]

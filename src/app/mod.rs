@@ -19,6 +19,7 @@ pub mod gate;
 pub mod stats;
 
 mod data;
+pub mod lease;
 mod strategy;
 mod topology;
 
@@ -81,6 +82,7 @@ pub struct App {
     strategy_rmw: tokio::sync::Mutex<()>,
     events: broadcast::Sender<Event>,
     stats_changed: watch::Sender<u64>,
+    leases: lease::Leases,
 }
 
 /// How many events a slow subscriber may fall behind before it misses some.
@@ -108,6 +110,7 @@ impl App {
             strategy_rmw: tokio::sync::Mutex::new(()),
             events: broadcast::channel(EVENT_BACKLOG).0,
             stats_changed: watch::channel(0).0,
+            leases: lease::Leases::default(),
         }
     }
 

@@ -108,6 +108,45 @@ impl CacheIface {
             .await?)
     }
 
+    /// Single flight: (true, value) on a hit. On a miss the first caller gets (false, []) and
+    /// a lease on the key, which its Put ends; callers that miss while the lease is held wait,
+    /// up to lease_ms (1 to 20000), for that Put and get the value; if the lease expires
+    /// first, the next caller gets it. Unavailable when lease_ms passes with the lease still
+    /// held by another.
+    #[zbus(out_args("hit", "value"))]
+    async fn get_or_lease(
+        &self,
+        namespace: String,
+        key: String,
+        lease_ms: u32,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(bool, ByteBuf), ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        let (hit, value) = self
+            .svc
+            .app
+            .get_or_lease(&who, namespace, key, lease_ms)
+            .await?;
+        Ok((hit, ByteBuf::from(value)))
+    }
+
+    /// The values of the keys present, by key; missing keys are absent. At most 1024 keys,
+    /// and the values found must fit in 16 MiB; past either, TooLarge.
+    #[zbus(out_args("values"))]
+    async fn get_many(
+        &self,
+        namespace: String,
+        keys: Vec<String>,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, ByteBuf>, ServiceError> {
+        let who = self.svc.requester(&header).await?;
+        let found = self.svc.app.get_many(&who, namespace, keys).await?;
+        Ok(found
+            .into_iter()
+            .map(|(k, v)| (k, ByteBuf::from(v)))
+            .collect())
+    }
+
     /// The value stored under (namespace, key); NotFound when there is none. Values larger
     /// than 16 MiB must be read with GetFd.
     #[zbus(out_args("value"))]

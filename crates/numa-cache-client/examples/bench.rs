@@ -1,7 +1,8 @@
 //! Round trips through the client crate against a running numa-cached, each against the
 //! same-run baseline `org.freedesktop.DBus.Peer.Ping` on the same connection: `Get` and
 //! `Put` of 4 KiB (async client), `Get` through the blocking facade (its thread hop), and
-//! the upstream `EmbeddingCache::get_embedding` of a 384-dimension vector.
+//! the upstream `EmbeddingCache::get_embedding` of a 384-dimension vector; and `GetMany` of
+//! 64 keys of 4 KiB against 64 single `Get`s, in keys per second.
 //!
 //! `cargo run --release -p numa-cache-client --example bench -- [CALLS] [ROUNDS]`, with
 //! DBUS_SYSTEM_BUS_ADDRESS pointing at the daemon's bus (scripts/bench-client.sh sets up a
@@ -65,6 +66,32 @@ async fn main() -> Result<(), Error> {
             }
         }
     }
+    // GetMany of 64 keys of 4 KiB against 64 single Gets, as keys per second.
+    let keys: Vec<String> = (0..64).map(|i| format!("many{i}")).collect();
+    for k in &keys {
+        c.put("bench-client", k, &value).await?;
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let batches = (calls / 64).max(20);
+    let (mut single, mut many) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..batches {
+            for k in &refs {
+                c.get("bench-client", k).await?;
+            }
+        }
+        single += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..batches {
+            let found = c.get_many("bench-client", &refs).await?;
+            assert_eq!(found.len(), 64);
+        }
+        many += t.elapsed();
+    }
+    let n = (batches * rounds * 64) as f64;
+    let (single_rate, many_rate) = (n / single.as_secs_f64(), n / many.as_secs_f64());
+
     let ping = median(&mut samples[0]);
     println!(
         "{calls} calls x {rounds} rounds per operation, median round trip, one connection each:"
@@ -77,5 +104,9 @@ async fn main() -> Result<(), Error> {
             m.as_secs_f64() / ping.as_secs_f64()
         );
     }
+    println!(
+        "  GetMany 64 x 4 KiB: {many_rate:.0} keys/s; single Gets: {single_rate:.0} keys/s; {:.1}x",
+        many_rate / single_rate
+    );
     Ok(())
 }

@@ -239,6 +239,26 @@ impl Client {
         self.run(|c| async move { c.get(&ns, &k).await })
     }
 
+    /// [`crate::Client::get_many`].
+    ///
+    /// ```no_run
+    /// # fn demo(c: numa_cache_client::blocking::Client) -> numa_cache_client::Result<()> {
+    /// let found = c.get_many("ns", &["a", "b"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, Vec<u8>>> {
+        let ns = namespace.to_owned();
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.run(|c| async move {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            c.get_many(&ns, &refs).await
+        })
+    }
+
     /// [`crate::Client::get_fd`].
     ///
     /// ```no_run

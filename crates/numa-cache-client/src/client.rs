@@ -482,6 +482,29 @@ impl Client {
         }
     }
 
+    /// `GetMany`: the values of the keys present, by key (missing keys are absent), in one
+    /// round trip. At most 1024 keys and 16 MiB of values per call (else `TooLarge`).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: numa_cache_client::Client) -> Result<(), numa_cache_client::Error> {
+    /// let found = client.get_many("ns", &["a", "b", "c"]).await?;
+    /// println!("{} of 3 present", found.len());
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_many(
+        &self,
+        namespace: &str,
+        keys: &[&str],
+    ) -> Result<HashMap<String, Vec<u8>>> {
+        Ok(self
+            .cache
+            .get_many(namespace, keys)
+            .await?
+            .into_iter()
+            .map(|(k, v)| (k, v.into_vec()))
+            .collect())
+    }
+
     /// The value through a sealed memfd (GetFd), `None` on a miss.
     ///
     /// ```no_run

@@ -185,6 +185,9 @@ pub trait Cache {
         key: &str,
         lease_ms: u32,
     ) -> zbus::Result<(bool, ByteBuf)>;
+    /// The values of the keys present; missing keys are absent (at most 1024 keys and
+    /// 16 MiB of values, else TooLarge).
+    fn get_many(&self, namespace: &str, keys: &[&str]) -> zbus::Result<HashMap<String, ByteBuf>>;
     /// Remove an entry; true when there was one.
     fn delete(&self, namespace: &str, key: &str) -> zbus::Result<bool>;
     /// What is known of an entry without reading it.

@@ -107,7 +107,7 @@ impl EmbeddingCache {
 
     /// How long other callers wait for a computing one, unless
     /// [`EmbeddingCache::with_lease`] says otherwise.
-    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
     /// Connect to the daemon on the system bus.
     ///
