@@ -450,8 +450,14 @@ mod tests {
         gpu.memory_total_bytes = 16 << 30;
         gpu.allowed = true;
         let pools = NodePools::start(&t, &StrategyConfig::default());
-        assert_eq!(pools.shared.mempolicy_for(7), (MemPolicyMode::Bind, vec![7]));
-        assert_eq!(pools.shared.mempolicy_for(home), (MemPolicyMode::Bind, vec![home]));
+        assert_eq!(
+            pools.shared.mempolicy_for(7),
+            (MemPolicyMode::Bind, vec![7])
+        );
+        assert_eq!(
+            pools.shared.mempolicy_for(home),
+            (MemPolicyMode::Bind, vec![home])
+        );
         assert_eq!(
             pools.serving_node(7),
             home,
