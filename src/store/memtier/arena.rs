@@ -14,8 +14,9 @@
 //! Values up to [`LARGEST_SLOT`] bytes take a slot of a power-of-two size class in a
 //! [`CHUNK`]-byte mapping (one mapping per many values: the process has ~65k mappings in
 //! all); larger values get a mapping of their own. A chunk whose slots are all free is
-//! unmapped unless it is its class's last; a freed slot of a page or more is given back
-//! with `MADV_DONTNEED`.
+//! unmapped unless it is its class's last; a freed slot stays resident for the next value.
+//! A few freed large mappings (4 of up to 4 MiB) are kept for the next value of the same
+//! size: a fresh mapping costs mmap, mbind, a fault per page and an munmap.
 
 use crate::policy::{MemPolicyMode, MoveFlags, mbind};
 use std::io;
@@ -29,6 +30,8 @@ const SMALLEST_SLOT: usize = 64;
 pub const LARGEST_SLOT: usize = 128 << 10;
 /// Bytes of one chunk of slots.
 pub const CHUNK: usize = 512 << 10;
+const SPARE_MAPPINGS: usize = 4;
+const SPARE_BYTES: usize = 4 << 20;
 const CLASSES: usize = (LARGEST_SLOT / SMALLEST_SLOT).trailing_zeros() as usize + 1;
 
 fn page_size() -> usize {
@@ -68,6 +71,10 @@ struct Inner {
     node: Option<u32>,
     page: usize,
     classes: Vec<Mutex<Class>>,
+    /// Mappings of dropped large values kept for the next value of the same size (a tier
+    /// replaces values as fast as it takes them): no mmap, mbind, page faults or munmap
+    /// with its TLB shootdown. At most SPARE_MAPPINGS of at most SPARE_BYTES each.
+    spare: Mutex<Vec<(usize, usize)>>,
     /// Set once mbind has failed, so the warning is logged once per arena.
     unbound_logged: AtomicBool,
 }
@@ -90,6 +97,7 @@ enum Home {
     Empty,
     Own {
         map_len: usize,
+        arena: Arc<Inner>,
     },
     Slot {
         arena: Arc<Inner>,
@@ -122,6 +130,7 @@ impl NodeArena {
                 node,
                 page: page_size(),
                 classes,
+                spare: Mutex::new(Vec::new()),
                 unbound_logged: AtomicBool::new(false),
             }),
         }
@@ -166,8 +175,17 @@ impl NodeArena {
             }
             None => {
                 let map_len = self.footprint(len);
-                let addr = self.inner.map(map_len)?;
-                (addr as *mut u8, Home::Own { map_len })
+                let addr = match self.inner.take_spare(map_len) {
+                    Some(a) => a,
+                    None => self.inner.map(map_len)?,
+                };
+                (
+                    addr as *mut u8,
+                    Home::Own {
+                        map_len,
+                        arena: Arc::clone(&self.inner),
+                    },
+                )
             }
         };
         // SAFETY: `ptr` starts at least `len` writable bytes (a slot of a class >= len, or a
@@ -250,6 +268,24 @@ impl Inner {
         unsafe { libc::munmap(addr as *mut libc::c_void, len) };
     }
 
+    fn take_spare(&self, map_len: usize) -> Option<usize> {
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        let i = spare.iter().position(|&(_, l)| l == map_len)?;
+        Some(spare.swap_remove(i).0)
+    }
+
+    /// A large value's mapping is free: keep it for the next value of its size, or unmap.
+    fn give_back_mapping(&self, addr: usize, map_len: usize) {
+        if map_len <= SPARE_BYTES {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < SPARE_MAPPINGS {
+                spare.push((addr, map_len));
+                return;
+            }
+        }
+        self.unmap(addr, map_len);
+    }
+
     fn take_slot(&self, class: usize) -> Result<(u32, u32, usize), ArenaError> {
         let mut c = self.classes[class]
             .lock()
@@ -290,7 +326,6 @@ impl Inner {
         let mut c = self.classes[class]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let slot_len = c.slot;
         let others = c.chunks.iter().flatten().count() > 1;
         let Some(Some(ch)) = c.chunks.get_mut(chunk as usize) else {
             return;
@@ -303,25 +338,18 @@ impl Inner {
             self.unmap(base, CHUNK);
             return;
         }
+        // The slot's pages stay resident for the next value (a chunk goes back to the
+        // kernel once all its slots are free).
         ch.free.push(slot);
-        if slot_len >= self.page {
-            // SAFETY: the slot is page aligned (chunks are, slots of a page or more are page
-            // multiples), inside this arena's chunk and unused; its pages read as zero
-            // afterwards and are faulted in again, by the node's policy, when reused.
-            unsafe {
-                libc::madvise(
-                    (ch.base + slot as usize * slot_len) as *mut libc::c_void,
-                    slot_len,
-                    libc::MADV_DONTNEED,
-                )
-            };
-        }
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Every NodeBytes holding a slot keeps this Inner alive, so every chunk is unused.
+        // Every NodeBytes keeps this Inner alive, so every chunk and spare mapping is unused.
+        for &(addr, len) in self.spare.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            self.unmap(addr, len);
+        }
         for c in &self.classes {
             let c = c.lock().unwrap_or_else(|p| p.into_inner());
             for ch in c.chunks.iter().flatten() {
@@ -358,11 +386,7 @@ impl Drop for NodeBytes {
     fn drop(&mut self) {
         match &self.home {
             Home::Empty => {}
-            Home::Own { map_len } => {
-                // SAFETY: this value's own mapping, made by `Inner::map`, referred to by
-                // nothing else.
-                unsafe { libc::munmap(self.ptr as *mut libc::c_void, *map_len) };
-            }
+            Home::Own { map_len, arena } => arena.give_back_mapping(self.ptr as usize, *map_len),
             Home::Slot {
                 arena,
                 class,
@@ -460,5 +484,25 @@ mod tests {
         let again = a.copy_in(&[9u8; 1000]).unwrap();
         assert_eq!(a.chunk_bytes(), CHUNK);
         assert_eq!(&again[..3], &[9, 9, 9]);
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_large_mapping_is_reused_for_the_same_size() {
+        let a = NodeArena::new(Some(0));
+        let first = a.copy_in(&vec![1u8; 300_000]).unwrap();
+        let addr = first.addr();
+        drop(first);
+        let second = a.copy_in(&vec![2u8; 300_000]).unwrap();
+        assert_eq!(second.addr(), addr, "the spare mapping was not reused");
+        assert!(second.iter().all(|&b| b == 2));
+        // Another size gets a mapping of its own.
+        let other = a.copy_in(&vec![3u8; 600_000]).unwrap();
+        assert_ne!(other.addr(), addr);
+        assert!(other.iter().all(|&b| b == 3));
     }
 }
