@@ -45,7 +45,13 @@ if ((${#missing[@]})); then
   echo "==> installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    # A newer qemu-utils (a backport some images carry) breaks the suite's qemu-system-common:
+    # take the suite's qemu-utils along with it.
+    suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    echo "==> retrying with qemu-utils from $suite"
+    apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}" "qemu-utils/$suite" >/dev/null
+  fi
 fi
 if [[ $(id -u) -ne 0 ]]; then
   echo "the integration tests mount btrfs images and start a private system bus: run as root" >&2
@@ -76,6 +82,7 @@ step() { # step NAME CMD...: run every check even after one fails, so one run sh
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings (also type-checks the benches)" cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-2}"
+step "client crate: unit and doc tests" cargo test -p numa-cache-client --quiet
 step "doc tests" cargo test --doc --quiet
 skipped=$(cut -f1 "$skip_log" | sort -u | wc -l)
 if ((skipped)); then
