@@ -9,11 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-4}; PROCS=${2:-8}; ROUNDS=${3:-2}
-DAEMON=${NUMA_CACHED:-$PWD/target/release/numa-cached}
+DAEMON=${NUMA_CACHED:-${CARGO_TARGET_DIR:-$PWD/target}/release/numa-cached}
 [[ $(id -u) -eq 0 ]] || { echo "run as root (mounts a btrfs image)" >&2; exit 2; }
 /usr/bin/python3 -c 'import dbus' 2>/dev/null || {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-dbus >/dev/null; }
-[[ -x $DAEMON ]] || cargo build --release --quiet --bin numa-cached
+# Always build (a no-op when current): a stale daemon would be measured otherwise.
+[[ -n ${NUMA_CACHED:-} ]] || cargo build --release --quiet --bin numa-cached
 RUN=$(mktemp -d /tmp/numa-bench-bus.XXXXXX)
 cleanup() {
   [[ -f $RUN/daemon.pid ]] && kill "$(cat "$RUN/daemon.pid")" 2>/dev/null && sleep 1

@@ -9,12 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CALLS=${1:-2000}; ROUNDS=${2:-3}
-DAEMON=${NUMA_CACHED:-$PWD/target/release/numa-cached}
+DAEMON=${NUMA_CACHED:-${CARGO_TARGET_DIR:-$PWD/target}/release/numa-cached}
 [[ $(id -u) -eq 0 ]] || { echo "run as root (mounts a btrfs image)" >&2; exit 2; }
 for pair in dbus-daemon:dbus-daemon mkfs.btrfs:btrfs-progs busctl:systemd; do
   command -v "${pair%%:*}" >/dev/null || { echo "missing ${pair##*:}: apt-get install -y ${pair##*:}" >&2; exit 2; }
 done
-[[ -x $DAEMON ]] || cargo build --release --quiet --bin numa-cached
+# Always build (a no-op when current): a stale daemon would be measured otherwise.
+[[ -n ${NUMA_CACHED:-} ]] || cargo build --release --quiet --bin numa-cached
 cargo build --release --quiet -p numa-cache-client --example bench
 BENCH=${CARGO_TARGET_DIR:-target}/release/examples/bench
 RUN=$(mktemp -d /tmp/numa-bench-client.XXXXXX)
