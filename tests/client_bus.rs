@@ -326,10 +326,13 @@ async fn upstream_facades_keep_upstreams_keys_and_encoding() {
     );
 }
 
-/// Environment variable that turns [`child_entry_point`] on in a re-run of this binary.
+/// Environment variable that makes a re-run of this binary act as the child (see
+/// [`run_child`]) instead of the parent.
 const CHILD_ROLE: &str = "NUMA_CACHE_CLIENT_TEST_ROLE";
 
-/// Run this test binary's [`child_entry_point`] as `user`; returns its `RESULT` lines.
+/// Re-run this test binary's `the_bus_policy_and_namespace_ownership_refuse_by_name` as
+/// `user`, which then calls [`child_calls`] and prints what each call returned; returns its
+/// `RESULT` lines.
 fn run_child(bus: &Bus, user: &str) -> Vec<String> {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new("runuser")
@@ -338,9 +341,8 @@ fn run_child(bus: &Bus, user: &str) -> Vec<String> {
         .arg(format!("{CHILD_ROLE}={user}"))
         .arg(exe)
         .args([
-            "child_entry_point",
+            "the_bus_policy_and_namespace_ownership_refuse_by_name",
             "--exact",
-            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -354,19 +356,13 @@ fn run_child(bus: &Bus, user: &str) -> Vec<String> {
     );
     stdout
         .lines()
-        // The harness prints "test child_entry_point ... " before the first line.
+        // The harness prints "test <name> ... " before the first line.
         .filter_map(|l| l.find("RESULT ").map(|at| l[at + 7..].to_string()))
         .collect()
 }
 
-/// Not a test of its own: the body other users run (see [`run_child`]), hence ignored in a
-/// normal run; without `NUMA_CACHE_CLIENT_TEST_ROLE` it returns at once.
-#[tokio::test]
-#[ignore = "the body run_child runs as another user"]
-async fn child_entry_point() {
-    let Ok(role) = std::env::var(CHILD_ROLE) else {
-        return;
-    };
+/// The calls another user makes, each printed as a `RESULT` line for the parent to judge.
+async fn child_calls(role: &str) {
     let c = Client::connect(&std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap())
         .await
         .expect("connect");
@@ -421,6 +417,15 @@ async fn child_entry_point() {
 
 #[test]
 fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
+    if let Ok(role) = std::env::var(CHILD_ROLE) {
+        // This is the re-run as another user (run_child): make the calls, print, done.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(child_calls(&role));
+        return;
+    }
     if !dbus::prerequisites() {
         return;
     }
