@@ -452,24 +452,7 @@ impl Cache {
             }
             Ok::<_, StoreError>(loc)
         });
-        let loc = match written {
-            Ok(loc) => loc,
-            Err(e) => {
-                self.shared.puts_in_flight.fetch_sub(1, Relaxed);
-                if matches!(e, StoreError::NoSpace(_)) {
-                    self.pressure(stored);
-                }
-                return Err(e);
-            }
-        };
-        if loc.is_none() {
-            self.shared
-                .unsynced_blobs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((node, idv));
-        }
-        let row = Row {
+        let row = written.map(|loc| Row {
             id: idv,
             namespace: ns.to_string(),
             key: key.to_string(),
@@ -482,8 +465,39 @@ impl Cache {
             hits: 0,
             expires,
             loc,
+        });
+        self.finish_put(row, stored, writer, opts.sync)
+    }
+
+    /// The end every put shares once its record was written (or failed to be): a failure is
+    /// un-counted and, on a full disk, asks eviction for `needed` bytes; a value in a file of
+    /// its own waits for the next flush; the row goes to the committer.
+    fn finish_put(
+        &self,
+        written: Result<Row, StoreError>,
+        needed: u64,
+        writer: Writer,
+        sync: bool,
+    ) -> Result<u32, StoreError> {
+        let row = match written {
+            Ok(row) => row,
+            Err(e) => {
+                self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+                if matches!(e, StoreError::NoSpace(_)) {
+                    self.pressure(needed);
+                }
+                return Err(e);
+            }
         };
-        self.commit_put(row, writer, opts.sync)?;
+        let node = row.node;
+        if row.loc.is_none() {
+            self.shared
+                .unsynced_blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((node, row.id));
+        }
+        self.commit_put(row, writer, sync)?;
         Ok(node)
     }
 
@@ -580,22 +594,7 @@ impl Cache {
                 }
             }
         });
-        let (stored, checksum) = match written {
-            Ok(r) => r,
-            Err(e) => {
-                self.shared.puts_in_flight.fetch_sub(1, Relaxed);
-                if matches!(e, StoreError::NoSpace(_)) {
-                    self.pressure(len);
-                }
-                return Err(e);
-            }
-        };
-        self.shared
-            .unsynced_blobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((node, idv));
-        let row = Row {
+        let row = written.map(|(stored, checksum)| Row {
             id: idv,
             namespace: ns.to_string(),
             key: key.to_string(),
@@ -608,9 +607,8 @@ impl Cache {
             hits: 0,
             expires,
             loc: None,
-        };
-        self.commit_put(row, writer, opts.sync)?;
-        Ok(node)
+        });
+        self.finish_put(row, len, writer, opts.sync)
     }
 
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:
