@@ -1,0 +1,41 @@
+# Sourced by the bench scripts that measure a running numa-cached (bench-client.sh,
+# bench-bus-throughput.sh): `bench_daemon_up NAME IMAGE_SIZE [VAR=VALUE...]` builds the
+# daemon (a no-op when current; NUMA_CACHED=path uses that binary instead), loop-mounts a
+# btrfs image of IMAGE_SIZE, starts a private system-like bus and the daemon on it with the
+# given environment, and waits for its name. Sets RUN, DAEMON and DBUS_SYSTEM_BUS_ADDRESS;
+# everything is stopped and removed at exit.
+bench_daemon_up() {
+  local name=$1 size=$2; shift 2
+  DAEMON=${NUMA_CACHED:-${CARGO_TARGET_DIR:-$PWD/target}/release/numa-cached}
+  [[ $(id -u) -eq 0 ]] || { echo "run as root (mounts a btrfs image)" >&2; exit 2; }
+  local pair
+  for pair in dbus-daemon:dbus-daemon mkfs.btrfs:btrfs-progs busctl:systemd; do
+    command -v "${pair%%:*}" >/dev/null || { echo "missing ${pair##*:}: apt-get install -y ${pair##*:}" >&2; exit 2; }
+  done
+  # Always build unless told which binary: a stale daemon would be measured otherwise.
+  [[ -n ${NUMA_CACHED:-} ]] || cargo build --release --quiet --bin numa-cached
+  RUN=$(mktemp -d "/tmp/numa-bench-$name.XXXXXX")
+  trap bench_daemon_down EXIT
+  mkdir -p "$RUN/state"
+  truncate -s "$size" "$RUN/state.img"; mkfs.btrfs -q -f "$RUN/state.img" >/dev/null
+  mount -o loop "$RUN/state.img" "$RUN/state"
+  sed -e "s|@DIR@|$RUN|" -e "s|@POLICY@|$PWD/dbus/org.opdbus.NumaCache.conf|" \
+    tests/dbus/system-bus.conf.in > "$RUN/bus.conf"
+  dbus-daemon --config-file="$RUN/bus.conf" --nofork >"$RUN/bus.log" 2>&1 & echo $! > "$RUN/bus.pid"
+  export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$RUN/system_bus_socket
+  for _ in $(seq 50); do [[ -S $RUN/system_bus_socket ]] && break; sleep 0.1; done
+  env OPDBUS_CACHE_DIR="$RUN/state" "$@" "$DAEMON" >"$RUN/daemon.log" 2>&1 & echo $! > "$RUN/daemon.pid"
+  for _ in $(seq 100); do
+    busctl --system call org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus NameHasOwner s org.opdbus.NumaCache 2>/dev/null | grep -q true && return 0
+    sleep 0.1
+  done
+  echo "numa-cached did not take its name; see $RUN/daemon.log" >&2
+  exit 1
+}
+
+bench_daemon_down() {
+  [[ -f $RUN/daemon.pid ]] && kill "$(cat "$RUN/daemon.pid")" 2>/dev/null && sleep 1
+  [[ -f $RUN/bus.pid ]] && kill "$(cat "$RUN/bus.pid")" 2>/dev/null
+  mountpoint -q "$RUN/state" && umount "$RUN/state"
+  rm -rf "$RUN"
+}
