@@ -396,6 +396,12 @@ async fn child_calls(role: &str) {
         );
     }
     show(
+        "lease-root",
+        c.get_or_lease("client-root-ns", "missing", Duration::from_millis(500))
+            .await
+            .map(|l| format!("{l:?}")),
+    );
+    show(
         "put-root",
         c.put("client-root-ns", "k", b"theirs")
             .await
@@ -442,6 +448,7 @@ fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
         "topology ok ",
         "stats ok ",
         &format!("get-root {denied}"),
+        &format!("lease-root {denied}"),
         &format!("put-root {denied}"),
         &format!("delete-root {denied}"),
         &format!("clear-root {denied}"),
@@ -459,6 +466,7 @@ fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
         "get-root ok Some(Ok(\"root\"))".to_string(),
         "put-own ok ".to_string(),
         "get-own ok Some(Ok(\"mine\"))".to_string(),
+        format!("lease-root {denied}"),
         format!("put-root {denied}"),
         format!("delete-root {denied}"),
         format!("clear-root {denied}"),

@@ -87,6 +87,10 @@ impl App {
                 Err(AppError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
+            // Only a caller whose Put would be accepted may hold the lease: a reader of
+            // another user's namespace would otherwise stall its owner's callers for up to
+            // MAX_LEASE each time it asked.
+            self.cache()?.check_writer(&namespace, &who.caller())?;
             let (until, put) = match self.leases.on_miss(&namespace, &key, lease) {
                 Miss::Ours => return Ok((false, Vec::new())),
                 Miss::Theirs { until, put } => (until, put),

@@ -294,6 +294,12 @@ impl Cache {
         Ok(writer)
     }
 
+    /// PermissionDenied unless `caller` may write `ns` now (its owner, root, or a namespace
+    /// without one). For steps that promise a write before making it, such as a fill lease.
+    pub fn check_writer(&self, ns: &str, caller: &Caller) -> Result<(), StoreError> {
+        self.check_owner(ns, caller).map(|_| ())
+    }
+
     fn record_owner(&self, ns: &str, writer: &Writer) -> Option<u32> {
         match self
             .shared
