@@ -74,7 +74,7 @@ export NUMA_CACHE_SKIP_LOG=$skip_log
 
 # A CI run builds once from a fresh clone: incremental caches would only double the disk used.
 [[ ${CI:-} == true ]] && export CARGO_INCREMENTAL=0
-echo "==> disk: $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -1 | tr -d ' ') free for target/"
+echo "==> disk: $(df -h --output=avail "${CARGO_TARGET_DIR:-.}" 2>/dev/null | tail -1 | tr -d ' ') free for target/"
 
 failed=()
 step() { # step NAME CMD...: run every check even after one fails, so one run shows all of them
