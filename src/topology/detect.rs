@@ -123,11 +123,13 @@ impl Detection {
             rel.push_str("/cpu");
             rel.push_str(&id.to_string());
             rel.push_str("/online");
-            // A CPU without an `online` file (often CPU 0) cannot be taken offline.
-            let is_online = match self.r.read(&rel) {
-                Outcome::Bytes(b) => super::cpulist::trim_sysfs(b) != b"0",
-                _ => true,
-            };
+            // A CPU without an `online` file (often CPU 0) cannot be taken offline; an empty
+            // one (pruned captures) says nothing either: both known from one statx.
+            let is_online = self.r.missing_or_empty(&rel)
+                || match self.r.read(&rel) {
+                    Outcome::Bytes(b) => super::cpulist::trim_sysfs(b) != b"0",
+                    _ => true,
+                };
             if is_online {
                 online.push(id);
             }
@@ -372,8 +374,12 @@ impl Detection {
 
 /// Detect the topology under `fs_root`, limited by `affinity` when given (the live system).
 pub(crate) fn detect_with(fs_root: &Path, affinity: Option<&[u32]>) -> Topology {
+    let mut r = TreeReader::new(fs_root);
+    // Most files read are below these two: opened once, each read walks only the rest.
+    r.keep_dir(CPU_DIR);
+    r.keep_dir(NODE_DIR);
     let mut d = Detection {
-        r: TreeReader::new(fs_root),
+        r,
         warnings: Vec::new(),
         trusted: true,
     };
