@@ -16,20 +16,23 @@ use dbus::{Bus, Daemon, NAME, ok};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `busctl call` of the bus driver's `member` with signature `sig`; its reply.
+fn driver(bus: &Bus, member: &str, sig: &str, args: &[&str]) -> String {
+    let mut call = vec![
+        "call",
+        "org.freedesktop.DBus",
+        "/org/freedesktop/DBus",
+        "org.freedesktop.DBus",
+        member,
+        sig,
+    ];
+    call.extend_from_slice(args);
+    ok(&bus.busctl(&call), member)
+}
+
 /// The pid of the connection owning `name` (the bus driver answers for itself too).
 fn owner_pid(bus: &Bus, name: &str) -> u32 {
-    let out = ok(
-        &bus.busctl(&[
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "GetConnectionUnixProcessID",
-            "s",
-            name,
-        ]),
-        "GetConnectionUnixProcessID",
-    );
+    let out = driver(bus, "GetConnectionUnixProcessID", "s", &[name]);
     out.trim()
         .strip_prefix("u ")
         .and_then(|p| p.parse().ok())
@@ -75,19 +78,7 @@ fn another_connection_cannot_take_the_name_with_replace_existing() {
     let mut daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     // RequestName(NAME, REPLACE_EXISTING | DO_NOT_QUEUE) as root, whom the bus policy lets
     // own the name: 3 is DBUS_REQUEST_NAME_REPLY_EXISTS (1 would be "primary owner": taken).
-    let reply = ok(
-        &bus.busctl(&[
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "RequestName",
-            "su",
-            NAME,
-            "6",
-        ]),
-        "RequestName with REPLACE_EXISTING",
-    );
+    let reply = driver(&bus, "RequestName", "su", &[NAME, "6"]);
     assert_eq!(
         reply.trim(),
         "u 3",
@@ -96,19 +87,7 @@ fn another_connection_cannot_take_the_name_with_replace_existing() {
     );
     // Queued behind it (REPLACE_EXISTING alone) is all another connection can get: 2 is
     // DBUS_REQUEST_NAME_REPLY_IN_QUEUE.
-    let reply = ok(
-        &bus.busctl(&[
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "RequestName",
-            "su",
-            NAME,
-            "2",
-        ]),
-        "RequestName with REPLACE_EXISTING, queued",
-    );
+    let reply = driver(&bus, "RequestName", "su", &[NAME, "2"]);
     assert_eq!(reply.trim(), "u 2", "{}", daemon.log());
     assert_eq!(owner_pid(&bus, NAME), daemon.pid());
     assert!(daemon.alive(), "{}", daemon.log());
@@ -181,18 +160,7 @@ fn a_name_lost_signal_forged_by_a_local_user_is_ignored() {
     }
     let bus = Bus::start_with(false);
     let mut daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
-    let unique = ok(
-        &bus.busctl(&[
-            "call",
-            "org.freedesktop.DBus",
-            "/org/freedesktop/DBus",
-            "org.freedesktop.DBus",
-            "GetNameOwner",
-            "s",
-            NAME,
-        ]),
-        "GetNameOwner",
-    );
+    let unique = driver(&bus, "GetNameOwner", "s", &[NAME]);
     let unique = unique
         .trim()
         .strip_prefix("s ")
