@@ -20,18 +20,29 @@ DBUSIFACEDIR  ?= $(DATADIR)/dbus-1/interfaces
 POLKITDIR     ?= $(DATADIR)/polkit-1/actions
 DOCDIR        ?= $(DATADIR)/doc/numa-cache
 CARGO         ?= cargo
+CARGO_FLAGS   ?=
 TARGET_DIR    ?= target/release
+# numacachectl is built as README and BENCHMARKS describe it: the `cli` profile (LTO, no
+# unwinding, stripped), without the daemon's `server` feature, statically linked and not
+# position-independent (no dynamic loader, no relocations at start). RUSTFLAGS with an
+# explicit --target apply to the binary only, not to build scripts and proc-macros.
+# `make CLI_RUSTFLAGS=` builds it dynamically linked instead.
+CLI_TARGET    ?= $(shell rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+CLI_RUSTFLAGS ?= -C target-feature=+crt-static -C relocation-model=static
+CLI_BIN       ?= target/$(CLI_TARGET)/cli/numacachectl
 
 .PHONY: all build install uninstall check deb
 
 all: build
 
 build:
-	$(CARGO) build --release --bins
+	$(CARGO) build $(CARGO_FLAGS) --release --bin numa-cached
+	RUSTFLAGS="$(CLI_RUSTFLAGS)" $(CARGO) build $(CARGO_FLAGS) --profile cli \
+	    --no-default-features --bin numacachectl --target $(CLI_TARGET)
 
 install: build
 	install -Dm0755 $(TARGET_DIR)/numa-cached       $(DESTDIR)$(BINDIR)/numa-cached
-	install -Dm0755 $(TARGET_DIR)/numacachectl      $(DESTDIR)$(BINDIR)/numacachectl
+	install -Dm0755 $(CLI_BIN)                      $(DESTDIR)$(BINDIR)/numacachectl
 	install -Dm0644 systemd/numa-cache.sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/numa-cache.conf
 	install -Dm0644 systemd/numa-cache.tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/numa-cache.conf
 	@# The group first, then the bus policy naming it (only when installing to this system).

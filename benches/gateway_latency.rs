@@ -3,9 +3,8 @@
 //! the same time; and the cost of rendering /metrics for an 8-node cache.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use numa_cache::gateway::metrics::{
-    CacheLatency, LATENCY_BUCKETS_NANOS, LatencyHistogram, MetricsInput, render_prometheus,
-};
+use numa_cache::app::stats::{CacheLatency, LATENCY_BUCKETS_NANOS, LatencyHistogram};
+use numa_cache::gateway::metrics::{MetricsInput, render_prometheus};
 use numa_cache::placement::StrategyConfig;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -93,19 +92,22 @@ fn render(c: &mut Criterion) {
     // /metrics: the typed report the application builds, rendered directly.
     let mut report: numa_cache::app::StatsReport =
         serde_json::from_value(stats.clone()).expect("a statistics report");
-    report.request_latency = Some(snap.clone());
+    report.request_latency = Some(snap);
     c.bench_function("render_metrics_typed_8_nodes", |b| {
         b.iter(|| numa_cache::gateway::metrics::render_metrics(black_box(&report), 3, &strategy))
     });
     // numacachectl: the GetStats JSON read into the report, then rendered.
-    c.bench_function("render_prometheus_8_nodes", |b| {
+    c.bench_function("render_prometheus_from_json_8_nodes", |b| {
         b.iter(|| {
-            render_prometheus(black_box(&MetricsInput {
-                stats: &stats,
+            let report: numa_cache::app::StatsReport =
+                serde_json::from_value(black_box(&stats).clone()).expect("a statistics report");
+            render_prometheus(&MetricsInput {
+                stats: &report,
                 generation: 3,
-                strategy: &strategy,
-                latency: Some(&snap),
-            }))
+                strategy: strategy.strategy.as_str(),
+                node_preference: strategy.node_preference,
+                memory_policy: strategy.memory_policy.as_str(),
+            })
         })
     });
 }

@@ -99,6 +99,16 @@ for entry in "${roots[@]}"; do
     "$oc" "$lc" "$(ratio "$oc" "$lc")"
 done
 
+# Where a run's time goes beyond the floor is mostly system calls (a few hundred small files):
+# count them for the 17-node capture, when strace is there.
+if command -v strace >/dev/null; then
+  root17=${roots[0]#*=}
+  strace -f -c -o "$out/strace-17n.txt" "$bin" topology --fs-root "$root17" --json >/dev/null
+  echo
+  echo "system calls of one numacachectl run on ${fixtures[0]}: $(awk '$NF == "total" { print $4 }' "$out/strace-17n.txt")" \
+    "($(awk '$NF ~ /^(openat|read|close|statx|getdents64)$/ { printf "%s%s %s", sep, $NF, $4; sep = ", " }' "$out/strace-17n.txt"))"
+fi
+
 # The floor: starting any process at all on this machine (what no reader can go below).
 hyperfine -N --warmup 5 --min-runs 30 --style none --export-json "$out/floor.json" true >/dev/null
 echo

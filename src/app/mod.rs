@@ -175,7 +175,8 @@ impl App {
     }
 
     /// A counter bumped whenever cache figures may have changed (puts, gets, deletes, clears,
-    /// resets); a watch, so a slow reader sees one change for many.
+    /// resets, and the engine's own evictions and expiry: [`App::follow_removals`]); a watch,
+    /// so a slow reader sees one change for many.
     pub fn stats_changes(&self) -> watch::Receiver<u64> {
         self.stats_changed.subscribe()
     }

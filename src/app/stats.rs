@@ -1,94 +1,16 @@
 //! Statistics, typed from the engine to each front-end: the report behind D-Bus `GetStats`,
-//! HTTP `/api/v1/numa/cache/stats` and `/metrics` (one struct, so the three agree field for
-//! field), and the data-plane latency histograms the application layer records into without
-//! locks.
+//! HTTP `/api/v1/numa/cache/stats` and `/metrics` (one struct, the client crate's
+//! [`StatsReport`], so the three agree field for field and a client reads the same type),
+//! filled here from the engine's figures; and the data-plane latency histograms the
+//! application layer records into without locks.
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// The key of the latency histograms in the statistics JSON.
-pub const STATS_LATENCY_KEY: &str = "request_latency";
-
-/// One node's row of `node_distribution` (the seed's three fields first).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct NodeRow {
-    /// Entries in the node's shard.
-    pub cache_entries: u64,
-    /// The node's memory tier in MiB.
-    pub memory_usage_mb: u64,
-    /// Hits / (hits + misses) of reads served there.
-    pub hit_rate: f64,
-    /// Logical bytes of the node's entries.
-    #[serde(default)]
-    pub logical_bytes: u64,
-    /// Their bytes on disk.
-    #[serde(default)]
-    pub stored_bytes: u64,
-    /// Bytes of the node's memory tier.
-    #[serde(default)]
-    pub memory_tier_bytes: u64,
-    /// Reads that found their entry there.
-    #[serde(default)]
-    pub hits: u64,
-    /// Reads that did not.
-    #[serde(default)]
-    pub misses: u64,
-    /// Evictions from the node's shard, when the engine counts them per node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub evictions: Option<u64>,
-    /// Share of the node's hits served locally, when the engine counts it per node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub local_hit_ratio: Option<f64>,
-}
-
-/// `numa_benefits`: measured local against remote read latency.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Benefits {
-    /// Mean remote minus mean local read latency, ms.
-    pub latency_improvement_ms: f64,
-    /// Mean remote / mean local latency.
-    pub memory_bandwidth_gain: f64,
-    /// One node: nothing to compare.
-    #[serde(default)]
-    pub single_node: bool,
-    /// Local samples.
-    #[serde(default)]
-    pub local_samples: u64,
-    /// Remote samples.
-    #[serde(default)]
-    pub remote_samples: u64,
-}
-
-/// Totals over all nodes (the D-Bus CacheStats properties).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Totals {
-    /// Entries.
-    #[serde(default)]
-    pub entries: u64,
-    /// Logical bytes.
-    #[serde(default)]
-    pub logical_bytes: u64,
-    /// Stored bytes.
-    #[serde(default)]
-    pub stored_bytes: u64,
-    /// Hits.
-    #[serde(default)]
-    pub hits: u64,
-    /// Misses.
-    #[serde(default)]
-    pub misses: u64,
-    /// Hits / (hits + misses).
-    #[serde(default)]
-    pub hit_rate: f64,
-    /// Evictions.
-    #[serde(default)]
-    pub evictions: u64,
-    /// Share of hits served on the caller's node.
-    #[serde(default)]
-    pub local_hit_ratio: f64,
-}
+pub use numa_cache_client::metrics::{
+    Benefits, HistogramSnapshot, LatencySnapshot, NodeRow, STATS_LATENCY_KEY, StatsReport, Totals,
+};
 
 impl From<crate::store::StatsTotals> for Totals {
     fn from(t: crate::store::StatsTotals) -> Totals {
@@ -103,33 +25,6 @@ impl From<crate::store::StatsTotals> for Totals {
             local_hit_ratio: t.local_hit_ratio,
         }
     }
-}
-
-/// The statistics report: the seed's `node_distribution` and `numa_benefits`, plus totals,
-/// corrupted reads, btrfs, the strategy name and the request latencies.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StatsReport {
-    /// Per node, keyed by node id (numeric order).
-    #[serde(default)]
-    pub node_distribution: BTreeMap<u32, NodeRow>,
-    /// Local against remote reads.
-    #[serde(default)]
-    pub numa_benefits: Benefits,
-    /// Totals.
-    #[serde(default)]
-    pub totals: Totals,
-    /// Reads that failed their checksum.
-    #[serde(default)]
-    pub corrupted: u64,
-    /// The shards are btrfs subvolumes.
-    #[serde(default)]
-    pub btrfs: bool,
-    /// The active strategy's name.
-    #[serde(default)]
-    pub strategy: String,
-    /// Get/Put engine-time histograms (absent in a report from an older daemon).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_latency: Option<LatencySnapshot>,
 }
 
 impl From<crate::store::CacheStats> for StatsReport {
@@ -169,6 +64,24 @@ impl From<crate::store::CacheStats> for StatsReport {
             btrfs: s.btrfs,
             strategy: s.strategy,
             request_latency: None,
+        }
+    }
+}
+
+impl crate::app::App {
+    /// Tick the statistics watch ([`App::stats_changes`](crate::app::App::stats_changes))
+    /// whenever the engine removes entries on its own (eviction for the byte bounds, TTL
+    /// expiry), so that the figures' change signals follow what no call did. Runs until
+    /// aborted; it holds the engine's removal counter, never the engine, so a clean stop can
+    /// still close it.
+    pub async fn follow_removals(self: Arc<Self>) {
+        let Ok(cache) = self.cache() else { return };
+        let removals = cache.removals();
+        drop(cache);
+        let mut seen = removals.count();
+        loop {
+            seen = removals.changed_from(seen).await;
+            self.stats_touched();
         }
     }
 }
@@ -252,18 +165,6 @@ impl LatencyHistogram {
     }
 }
 
-/// A point-in-time copy of a [`LatencyHistogram`], serializable so that a client can receive it
-/// (for example inside the statistics JSON) and render it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HistogramSnapshot {
-    /// `(upper bound in seconds, cumulative count)`, ascending; `+Inf` is `count`.
-    pub buckets: Vec<(f64, u64)>,
-    /// Number of observations.
-    pub count: u64,
-    /// Sum of the observations in seconds.
-    pub sum_seconds: f64,
-}
-
 /// The latencies of the data plane, recorded by whoever serves `Get` and `Put` (the D-Bus
 /// service, in-process callers).
 #[derive(Debug, Default)]
@@ -282,15 +183,6 @@ impl CacheLatency {
             put: self.put.snapshot(),
         }
     }
-}
-
-/// A point-in-time copy of [`CacheLatency`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LatencySnapshot {
-    /// See [`CacheLatency::get`].
-    pub get: HistogramSnapshot,
-    /// See [`CacheLatency::put`].
-    pub put: HistogramSnapshot,
 }
 
 #[cfg(test)]

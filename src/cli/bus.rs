@@ -6,7 +6,7 @@
 use crate::cli::CliError;
 use crate::cli::render;
 use crate::topology::{NumaNode, Topology};
-use numa_cache_client::metrics::{MetricsInput, render_prometheus};
+use numa_cache_client::metrics::{MetricsInput, StatsReport, render_prometheus};
 use numa_cache_client::names::BUS_NAME;
 use numa_cache_client::{Client, Dict, Error, Event, Object, PutOptions, StrategyChange};
 use std::io::{Read, Write};
@@ -685,18 +685,23 @@ fn event_line(e: &Event) -> String {
     }
 }
 
-/// The /metrics text for the daemon's `GetStats` JSON, with the topology generation and
-/// strategy read from the bus properties; request latencies come from the JSON.
+/// The /metrics text for the daemon's `GetStats` JSON (read into the typed report), with the
+/// topology generation and strategy read from the bus properties; request latencies come from
+/// the JSON.
 async fn prometheus(c: &Client, stats: &serde_json::Value) -> Result<String, Error> {
+    let report: StatsReport = serde_json::from_value(stats.clone()).map_err(|e| {
+        Error::Protocol(format!(
+            "the daemon's GetStats JSON is not a statistics report: {e}"
+        ))
+    })?;
     let generation = c.topology_proxy().generation().await?;
     let s = c.strategy().await?;
     Ok(render_prometheus(&MetricsInput {
-        stats,
+        stats: &report,
         generation,
         strategy: &s.name,
         node_preference: s.node_preference,
         memory_policy: &s.memory_policy,
-        latency: None,
     }))
 }
 

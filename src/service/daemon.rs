@@ -51,9 +51,15 @@ pub enum DaemonError {
         /// The owner's pid, or "unknown".
         owner: String,
     },
-    /// Another connection took the bus name while we ran.
-    #[error("lost the bus name {BUS_NAME} to another connection; stopping")]
+    /// The bus told us the name is no longer ours (NameLost).
+    #[error("lost the bus name {BUS_NAME} (the bus sent NameLost); stopping")]
     NameLost,
+    /// The connection to the bus ended (the bus daemon stopped or restarted): the name went
+    /// with it.
+    #[error(
+        "lost the bus name {BUS_NAME}: the connection to the system bus ended (the bus daemon stopped or restarted); stopping"
+    )]
+    BusGone,
     /// The HTTP gateway could not start.
     #[error(transparent)]
     Gateway(#[from] crate::gateway::GatewayError),
@@ -179,6 +185,7 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     let topo_task = tokio::spawn(Arc::clone(&app).follow_topology());
     let event_task = tokio::spawn(follow_events(Arc::clone(&svc), events, nodes));
     let stats_task = tokio::spawn(publish_stats(Arc::clone(&svc)));
+    let removals_task = tokio::spawn(Arc::clone(&app).follow_removals());
     let dog_task = notify::watchdog_interval().map(|every| {
         tokio::spawn(async move {
             loop {
@@ -193,7 +200,12 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
 
     let outcome = tokio::select! {
         r = wait_for_stop() => r,
-        _ = lost.next() => Err(DaemonError::NameLost),
+        // Never replaced (no ALLOW_REPLACEMENT), the name can still go: the bus ends our
+        // connection, or says NameLost. A daemon nobody can reach must not keep running.
+        lost = lost.next() => Err(match lost {
+            Some(_) => DaemonError::NameLost,
+            None => DaemonError::BusGone,
+        }),
     };
     match &outcome {
         Ok(()) => tracing::info!("stopping: no new calls, finishing the running ones"),
@@ -214,7 +226,7 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         );
     }
     let _ = conn.release_name(BUS_NAME).await;
-    for t in [topo_task, event_task, stats_task] {
+    for t in [topo_task, event_task, stats_task, removals_task] {
         t.abort();
     }
     if let Some(t) = dog_task {

@@ -933,6 +933,7 @@ impl Committer {
                 self.dirty = true;
                 self.apply(changes);
                 self.shared.stats.evictions.fetch_add(n, Relaxed);
+                self.shared.stats.removals.note();
                 tracing::debug!("evicted {n} entries to free {need} bytes");
                 n
             }
@@ -964,6 +965,7 @@ impl Committer {
                 self.dirty = true;
                 self.apply(gone);
                 self.shared.stats.evictions.fetch_add(n, Relaxed);
+                self.shared.stats.removals.note();
             }
             Err(e) => tracing::warn!("expiring entries: {e}"),
         }

@@ -922,6 +922,11 @@ impl Cache {
         self.shared.stats.totals()
     }
 
+    /// Entries removed in the background (eviction, TTL expiry), to wait on.
+    pub fn removals(&self) -> Arc<crate::store::Removals> {
+        Arc::clone(&self.shared.stats.removals)
+    }
+
     /// One node's figures; None for a node the cache has never known.
     pub fn node_stats(&self, node: u32) -> Option<NodeStats> {
         let layout = self.shared.layout();

@@ -40,4 +40,4 @@ pub use config::{CacheConfig, Caller, EntryInfo, PutOptions, validate_key, valid
 pub use engine::Cache;
 pub use engine::expiry;
 pub use error::StoreError;
-pub use stats::{CacheStats, NodeStats, NumaBenefits, StatsTotals};
+pub use stats::{CacheStats, NodeStats, NumaBenefits, Removals, StatsTotals};

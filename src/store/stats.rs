@@ -3,6 +3,7 @@
 //! measured latency of gets served on the caller's node against those served elsewhere,
 //! which is where `numa_benefits` comes from (nothing assumed).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Highest node number + 1 we keep counters for (Linux MAX_NUMNODES).
@@ -58,8 +59,46 @@ pub enum Tier {
     Disk = 1,
 }
 
+/// Entries the committer removed on its own (evicted for the byte bounds, expired by the TTL
+/// sweep): a count and an event, so that whoever shows the figures learns of changes no call
+/// made. Shared by `Arc`, so a listener does not keep the engine alive.
+#[derive(Default)]
+pub struct Removals {
+    count: AtomicU64,
+    event: event_listener::Event,
+}
+
+impl Removals {
+    /// Called by the committer after a background removal is committed and applied.
+    pub fn note(&self) {
+        self.count
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.event.notify(usize::MAX);
+    }
+
+    /// Background removals so far (each may remove many entries).
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Wait until [`Removals::count`] is no longer `seen`; returns the new count.
+    pub async fn changed_from(&self, seen: u64) -> u64 {
+        loop {
+            // Listen first, then look: a removal between the two is never missed.
+            let listener = self.event.listen();
+            let now = self.count();
+            if now != seen {
+                return now;
+            }
+            listener.await;
+        }
+    }
+}
+
 /// All counters.
 pub struct Stats {
+    /// Background removals (see [`Removals`]).
+    pub removals: Arc<Removals>,
     nodes: Box<[NodeCounters]>,
     /// Entries evicted (disk bound, TTL expiry, disk-full pressure).
     pub evictions: AtomicU64,
@@ -74,6 +113,7 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
+            removals: Arc::default(),
             nodes: (0..MAX_NODES).map(|_| NodeCounters::default()).collect(),
             evictions: AtomicU64::new(0),
             corrupted: AtomicU64::new(0),

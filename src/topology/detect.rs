@@ -52,6 +52,10 @@ struct Detection {
     r: TreeReader,
     warnings: Vec<String>,
     trusted: bool,
+    /// A node had `cpumap` and no `cpulist` (a kernel older than 2.6.26 wrote the tree): the
+    /// next nodes' `cpumap` is tried first, saving a failed open per node. Both files print
+    /// the same mask where both exist.
+    cpumap_first: bool,
 }
 
 /// Numbers of the `<prefix><N>` entries of a folder, ascending.
@@ -123,11 +127,13 @@ impl Detection {
             rel.push_str("/cpu");
             rel.push_str(&id.to_string());
             rel.push_str("/online");
-            // A CPU without an `online` file (often CPU 0) cannot be taken offline.
-            let is_online = match self.r.read(&rel) {
-                Outcome::Bytes(b) => super::cpulist::trim_sysfs(b) != b"0",
-                _ => true,
-            };
+            // A CPU without an `online` file (often CPU 0) cannot be taken offline; an empty
+            // one (pruned captures) says nothing either: both known from one statx.
+            let is_online = self.r.missing_or_empty(&rel)
+                || match self.r.read(&rel) {
+                    Outcome::Bytes(b) => super::cpulist::trim_sysfs(b) != b"0",
+                    _ => true,
+                };
             if is_online {
                 online.push(id);
             }
@@ -158,13 +164,25 @@ impl Detection {
     /// One node's CPUs from `cpulist`, else `cpumap`. `Err(())` when the node's folder
     /// itself is missing.
     fn node_cpus(&mut self, rel: &mut String, base: usize, id: u32) -> Result<Vec<u32>, ()> {
-        for (file, is_list) in [("cpulist", true), ("cpumap", false)] {
+        let order = if self.cpumap_first {
+            [("cpumap", false), ("cpulist", true)]
+        } else {
+            [("cpulist", true), ("cpumap", false)]
+        };
+        let mut list_missing = false;
+        for (file, is_list) in order {
             rel.truncate(base);
             rel.push_str(file);
             let parsed = match self.r.read(rel) {
                 Outcome::Bytes(b) if is_list => parse_cpulist_bytes(b),
-                Outcome::Bytes(b) => parse_cpumap_bytes(b),
-                Outcome::Missing => continue,
+                Outcome::Bytes(b) => {
+                    self.cpumap_first |= list_missing;
+                    parse_cpumap_bytes(b)
+                }
+                Outcome::Missing => {
+                    list_missing |= is_list;
+                    continue;
+                }
                 Outcome::Failed(e) => {
                     let msg = format!("cannot read {rel} ({e})");
                     self.untrusted(msg);
@@ -372,10 +390,15 @@ impl Detection {
 
 /// Detect the topology under `fs_root`, limited by `affinity` when given (the live system).
 pub(crate) fn detect_with(fs_root: &Path, affinity: Option<&[u32]>) -> Topology {
+    let mut r = TreeReader::new(fs_root);
+    // Most files read are below these two: opened once, each read walks only the rest.
+    r.keep_dir(CPU_DIR);
+    r.keep_dir(NODE_DIR);
     let mut d = Detection {
-        r: TreeReader::new(fs_root),
+        r,
         warnings: Vec::new(),
         trusted: true,
+        cpumap_first: false,
     };
     let online = d.online_cpus();
     let online_bits = online.as_deref().map(Bits::from_list);

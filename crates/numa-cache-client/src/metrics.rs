@@ -1,22 +1,135 @@
-//! The Prometheus text exposition (format 0.0.4) of the daemon's statistics: per-node
-//! figures from the `GetStats` JSON, the strategy, the topology generation and the request
-//! latency histograms the daemon puts in that JSON. It works from what the contract
-//! publishes, so a client (`numacachectl stats --prometheus`, for node_exporter's textfile
-//! collector) and the daemon's `GET /metrics` can render the same text.
+//! The statistics report of numa-cached as one typed struct ([`StatsReport`], what D-Bus
+//! `GetStats` returns as JSON and HTTP `/api/v1/numa/cache/stats` serves), and its one
+//! Prometheus text exposition (format 0.0.4): per-node figures, the strategy, the topology
+//! generation and the request latency histograms. The daemon's `GET /metrics` and a client
+//! (`numacachectl stats --prometheus`, for node_exporter's textfile collector) render the same
+//! text with [`render_prometheus`]: the daemon from the report it builds, a client from the
+//! `GetStats` JSON read into it.
 //!
 //! ```
-//! use numa_cache_client::metrics::{MetricsInput, render_prometheus};
-//! let stats = serde_json::json!({"node_distribution": {"0": {"cache_entries": 3}}});
+//! use numa_cache_client::metrics::{MetricsInput, StatsReport, render_prometheus};
+//! let stats: StatsReport = serde_json::from_str(
+//!     r#"{"node_distribution": {"0": {"cache_entries": 3, "memory_usage_mb": 0, "hit_rate": 1.0}}}"#,
+//! ).unwrap();
 //! let text = render_prometheus(&MetricsInput {
 //!     stats: &stats, generation: 1, strategy: "local_node", node_preference: None,
-//!     memory_policy: "bind", latency: None,
+//!     memory_policy: "bind",
 //! });
 //! assert!(text.contains("numa_cache_entries{node=\"0\"} 3"));
 //! ```
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+
+/// The key of the latency histograms in the statistics JSON.
+pub const STATS_LATENCY_KEY: &str = "request_latency";
+
+/// One node's row of `node_distribution` (the seed's three fields first).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    /// Entries in the node's shard.
+    pub cache_entries: u64,
+    /// The node's memory tier in MiB.
+    pub memory_usage_mb: u64,
+    /// Hits / (hits + misses) of reads served there.
+    pub hit_rate: f64,
+    /// Logical bytes of the node's entries.
+    #[serde(default)]
+    pub logical_bytes: u64,
+    /// Their bytes on disk.
+    #[serde(default)]
+    pub stored_bytes: u64,
+    /// Bytes of the node's memory tier.
+    #[serde(default)]
+    pub memory_tier_bytes: u64,
+    /// Reads that found their entry there.
+    #[serde(default)]
+    pub hits: u64,
+    /// Reads that did not.
+    #[serde(default)]
+    pub misses: u64,
+    /// Evictions from the node's shard, when the engine counts them per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evictions: Option<u64>,
+    /// Share of the node's hits served locally, when the engine counts it per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_hit_ratio: Option<f64>,
+}
+
+/// `numa_benefits`: measured local against remote read latency.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Benefits {
+    /// Mean remote minus mean local read latency, ms.
+    pub latency_improvement_ms: f64,
+    /// Mean remote / mean local latency.
+    pub memory_bandwidth_gain: f64,
+    /// One node: nothing to compare.
+    #[serde(default)]
+    pub single_node: bool,
+    /// Local samples.
+    #[serde(default)]
+    pub local_samples: u64,
+    /// Remote samples.
+    #[serde(default)]
+    pub remote_samples: u64,
+}
+
+/// Totals over all nodes (the D-Bus CacheStats properties).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Entries.
+    #[serde(default)]
+    pub entries: u64,
+    /// Logical bytes.
+    #[serde(default)]
+    pub logical_bytes: u64,
+    /// Stored bytes.
+    #[serde(default)]
+    pub stored_bytes: u64,
+    /// Hits.
+    #[serde(default)]
+    pub hits: u64,
+    /// Misses.
+    #[serde(default)]
+    pub misses: u64,
+    /// Hits / (hits + misses).
+    #[serde(default)]
+    pub hit_rate: f64,
+    /// Evictions (the byte bounds, TTL expiry).
+    #[serde(default)]
+    pub evictions: u64,
+    /// Share of hits served on the caller's node.
+    #[serde(default)]
+    pub local_hit_ratio: f64,
+}
+
+/// The statistics report: the seed's `node_distribution` and `numa_benefits`, plus totals,
+/// corrupted reads, btrfs, the strategy name and the request latencies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Per node, keyed by node id (numeric order).
+    #[serde(default)]
+    pub node_distribution: BTreeMap<u32, NodeRow>,
+    /// Local against remote reads.
+    #[serde(default)]
+    pub numa_benefits: Benefits,
+    /// Totals.
+    #[serde(default)]
+    pub totals: Totals,
+    /// Reads that failed their checksum.
+    #[serde(default)]
+    pub corrupted: u64,
+    /// The shards are btrfs subvolumes.
+    #[serde(default)]
+    pub btrfs: bool,
+    /// The active strategy's name.
+    #[serde(default)]
+    pub strategy: String,
+    /// Get/Put engine-time histograms (absent in a report from an older daemon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_latency: Option<LatencySnapshot>,
+}
 
 /// A point-in-time copy of a latency histogram, as the daemon serializes it into the
 /// statistics JSON under [`STATS_LATENCY_KEY`].
@@ -39,14 +152,11 @@ pub struct LatencySnapshot {
     pub put: HistogramSnapshot,
 }
 
-/// The key under which the daemon adds its [`LatencySnapshot`] to the `GetStats` JSON.
-pub const STATS_LATENCY_KEY: &str = "request_latency";
-
 /// Everything one rendering needs.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricsInput<'a> {
-    /// The `GetStats` JSON.
-    pub stats: &'a Value,
+    /// The statistics (for a client: the `GetStats` JSON read with `serde_json`).
+    pub stats: &'a StatsReport,
     /// The topology generation (Topology `Generation`).
     pub generation: u64,
     /// The active strategy (Strategy `Name`).
@@ -55,134 +165,122 @@ pub struct MetricsInput<'a> {
     pub node_preference: Option<u32>,
     /// The memory policy (Strategy `MemoryPolicy`).
     pub memory_policy: &'a str,
-    /// Request latencies when the renderer has them itself; when `None` they are taken from
-    /// `stats[STATS_LATENCY_KEY]` if present, else left out.
-    pub latency: Option<&'a LatencySnapshot>,
 }
 
-/// One per-node gauge or counter, taken from a field of each `node_distribution` entry.
+/// One per-node gauge or counter, taken from a field of each `node_distribution` row.
 struct NodeFamily {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    field: &'static str,
+    value: fn(&NodeRow) -> Option<f64>,
 }
-
 const NODE_FAMILIES: [NodeFamily; 9] = [
     NodeFamily {
         name: "numa_cache_entries",
         kind: "gauge",
         help: "Cache entries stored in the node's shard.",
-        field: "cache_entries",
+        value: |r| Some(r.cache_entries as f64),
     },
     NodeFamily {
         name: "numa_cache_logical_bytes",
         kind: "gauge",
         help: "Uncompressed size of the values stored in the node's shard.",
-        field: "logical_bytes",
+        value: |r| Some(r.logical_bytes as f64),
     },
     NodeFamily {
         name: "numa_cache_stored_bytes",
         kind: "gauge",
         help: "Bytes the node's shard occupies on disk after compression.",
-        field: "stored_bytes",
+        value: |r| Some(r.stored_bytes as f64),
     },
     NodeFamily {
         name: "numa_cache_memory_tier_bytes",
         kind: "gauge",
         help: "Bytes of decompressed hot values held in the node's memory tier.",
-        field: "memory_tier_bytes",
+        value: |r| Some(r.memory_tier_bytes as f64),
     },
     NodeFamily {
         name: "numa_cache_hits_total",
         kind: "counter",
         help: "Lookups of entries on the node that found a value.",
-        field: "hits",
+        value: |r| Some(r.hits as f64),
     },
     NodeFamily {
         name: "numa_cache_misses_total",
         kind: "counter",
         help: "Lookups attributed to the node that found no value.",
-        field: "misses",
+        value: |r| Some(r.misses as f64),
     },
     NodeFamily {
         name: "numa_cache_evictions_total",
         kind: "counter",
         help: "Entries evicted from the node's shard to stay under the byte limits.",
-        field: "evictions",
+        value: |r| r.evictions.map(|v| v as f64),
     },
     NodeFamily {
         name: "numa_cache_hit_ratio",
         kind: "gauge",
         help: "Hits divided by lookups on the node since the counters were reset.",
-        field: "hit_rate",
+        value: |r| Some(r.hit_rate),
     },
     NodeFamily {
         name: "numa_cache_local_hit_ratio",
         kind: "gauge",
         help: "Share of the node's hits served to a caller running on the same node.",
-        field: "local_hit_ratio",
+        value: |r| r.local_hit_ratio,
     },
 ];
 
 /// Render the Prometheus text format (version 0.0.4) for `input`.
 ///
-/// Per-node families come from `stats["node_distribution"][node][field]`. When the engine
-/// reports a figure only for the whole cache (evictions, local-hit ratio), it is published
-/// without a `node` label under a `numa_cache_total_` name, so that no family mixes labelled
-/// and unlabelled samples.
+/// Per-node families come from `stats.node_distribution`. When the engine reports a figure
+/// only for the whole cache (evictions, local-hit ratio), it is published without a `node`
+/// label under a `numa_cache_total_` name, so that no family mixes labelled and unlabelled
+/// samples. The latency histograms are those of `stats.request_latency`, left out when absent.
 pub fn render_prometheus(input: &MetricsInput<'_>) -> String {
     let mut out = String::with_capacity(4096);
-    let nodes = node_rows(input.stats);
+    let report = input.stats;
+    let nodes = &report.node_distribution;
 
     for family in &NODE_FAMILIES {
-        let samples: Vec<(&str, f64)> = nodes
+        let samples: Vec<(u32, f64)> = nodes
             .iter()
-            .filter_map(|(id, row)| {
-                row.get(family.field)
-                    .and_then(Value::as_f64)
-                    .map(|v| (*id, v))
-            })
+            .filter_map(|(id, row)| (family.value)(row).map(|v| (*id, v)))
             .collect();
         if samples.is_empty() {
             continue;
         }
         header(&mut out, family.name, family.kind, family.help);
         for (node, value) in samples {
-            let _ = writeln!(
-                out,
-                "{}{{node=\"{}\"}} {}",
-                family.name,
-                escape_label(node),
-                number(value)
-            );
+            let _ = writeln!(out, "{}{{node=\"{node}\"}} {}", family.name, number(value));
         }
     }
 
-    let totals = input.stats.get("totals");
-    let total = |field: &str| totals.and_then(|t| t.get(field)).and_then(Value::as_f64);
-    let per_node_has = |field: &str| nodes.iter().any(|(_, row)| row.get(field).is_some());
-    if !per_node_has("evictions")
-        && let Some(v) = total("evictions")
-    {
+    if !nodes.values().any(|r| r.evictions.is_some()) {
         header(
             &mut out,
             "numa_cache_total_evictions_total",
             "counter",
             "Entries evicted from the whole cache to stay under the byte limits.",
         );
-        let _ = writeln!(out, "numa_cache_total_evictions_total {}", number(v));
+        let _ = writeln!(
+            out,
+            "numa_cache_total_evictions_total {}",
+            report.totals.evictions
+        );
     }
-    if !per_node_has("local_hit_ratio")
-        && let Some(v) = total("local_hit_ratio")
-    {
+    if !nodes.values().any(|r| r.local_hit_ratio.is_some()) {
         header(
             &mut out,
             "numa_cache_total_local_hit_ratio",
             "gauge",
             "Share of all hits served to a caller running on the node that holds the entry.",
         );
-        let _ = writeln!(out, "numa_cache_total_local_hit_ratio {}", number(v));
+        let _ = writeln!(
+            out,
+            "numa_cache_total_local_hit_ratio {}",
+            number(report.totals.local_hit_ratio)
+        );
     }
 
     header(
@@ -196,9 +294,8 @@ pub fn render_prometheus(input: &MetricsInput<'_>) -> String {
         .map_or_else(|| "-1".to_string(), |n| n.to_string());
     let _ = writeln!(
         out,
-        "numa_cache_strategy_info{{strategy=\"{}\",node_preference=\"{}\",memory_policy=\"{}\"}} 1",
+        "numa_cache_strategy_info{{strategy=\"{}\",node_preference=\"{preference}\",memory_policy=\"{}\"}} 1",
         escape_label(input.strategy),
-        preference,
         escape_label(input.memory_policy)
     );
 
@@ -210,23 +307,15 @@ pub fn render_prometheus(input: &MetricsInput<'_>) -> String {
     );
     let _ = writeln!(out, "numa_cache_topology_generation {}", input.generation);
 
-    if let Some(btrfs) = input.stats.get("btrfs").and_then(Value::as_bool) {
-        header(
-            &mut out,
-            "numa_cache_btrfs",
-            "gauge",
-            "1 when the shards are BTRFS subvolumes, 0 when they are plain directories.",
-        );
-        let _ = writeln!(out, "numa_cache_btrfs {}", u8::from(btrfs));
-    }
+    header(
+        &mut out,
+        "numa_cache_btrfs",
+        "gauge",
+        "1 when the shards are BTRFS subvolumes, 0 when they are plain directories.",
+    );
+    let _ = writeln!(out, "numa_cache_btrfs {}", u8::from(report.btrfs));
 
-    let from_stats = input
-        .latency
-        .is_none()
-        .then(|| input.stats.get(STATS_LATENCY_KEY))
-        .flatten()
-        .and_then(|v| serde_json::from_value::<LatencySnapshot>(v.clone()).ok());
-    if let Some(latency) = input.latency.or(from_stats.as_ref()) {
+    if let Some(latency) = &report.request_latency {
         let name = "numa_cache_request_duration_seconds";
         header(
             &mut out,
@@ -258,21 +347,6 @@ pub fn render_prometheus(input: &MetricsInput<'_>) -> String {
     out
 }
 
-/// `node_distribution` as `(node id, row)` pairs in numeric node order.
-fn node_rows(stats: &Value) -> Vec<(&str, &serde_json::Map<String, Value>)> {
-    let mut rows: Vec<(&str, &serde_json::Map<String, Value>)> = stats
-        .get("node_distribution")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_object().map(|row| (k.as_str(), row)))
-                .collect()
-        })
-        .unwrap_or_default();
-    rows.sort_by_key(|(id, _)| (id.parse::<u64>().unwrap_or(u64::MAX), id.to_string()));
-    rows
-}
-
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
@@ -301,7 +375,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn sample_stats() -> Value {
+    /// A `GetStats` JSON as a client receives it, read into the report.
+    fn sample_stats() -> serde_json::Value {
         json!({
             "node_distribution": {
                 "1": {"cache_entries": 12890, "memory_usage_mb": 38, "hit_rate": 0.91,
@@ -311,19 +386,24 @@ mod tests {
                       "logical_bytes": 8000, "stored_bytes": 2000, "memory_tier_bytes": 1024,
                       "hits": 94, "misses": 6}
             },
+            "numa_benefits": {"latency_improvement_ms": 0.3, "memory_bandwidth_gain": 1.25},
             "totals": {"entries": 28310, "evictions": 7, "local_hit_ratio": 0.75},
-            "btrfs": true
+            "btrfs": true,
+            "a_field_a_newer_daemon_adds": 1
         })
     }
 
-    fn input(stats: &Value) -> MetricsInput<'_> {
+    fn report(v: serde_json::Value) -> StatsReport {
+        serde_json::from_value(v).expect("a statistics report")
+    }
+
+    fn input(stats: &StatsReport) -> MetricsInput<'_> {
         MetricsInput {
             stats,
             generation: 3,
             strategy: "round_robin",
             node_preference: Some(1),
             memory_policy: "preferred",
-            latency: None,
         }
     }
 
@@ -334,6 +414,7 @@ mod tests {
             "get": {"buckets": [[0.00005, 1], [0.0001, 1]], "count": 1, "sum_seconds": 0.00004},
             "put": {"buckets": [[0.00005, 0], [0.0001, 0]], "count": 0, "sum_seconds": 0.0}
         });
+        let stats = report(stats);
         let text = render_prometheus(&input(&stats));
         let pos = |needle: &str| {
             text.find(needle)
@@ -344,7 +425,10 @@ mod tests {
                 < pos("numa_cache_entries{node=\"1\"} 12890")
         );
         pos("# TYPE numa_cache_hits_total counter");
+        pos("numa_cache_hits_total{node=\"0\"} 94");
         pos("numa_cache_misses_total{node=\"1\"} 9");
+        pos("numa_cache_memory_tier_bytes{node=\"0\"} 1024");
+        pos("numa_cache_hit_ratio{node=\"1\"} 0.91");
         pos("numa_cache_total_evictions_total 7");
         pos("numa_cache_total_local_hit_ratio 0.75");
         pos(
@@ -354,7 +438,9 @@ mod tests {
         pos("numa_cache_btrfs 1");
         pos("numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"0.00005\"} 1");
         pos("numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"+Inf\"} 1");
+        pos("numa_cache_request_duration_seconds_sum{op=\"get\"} 0.00004");
         pos("numa_cache_request_duration_seconds_count{op=\"put\"} 0");
+        // Families absent from the stats are left out rather than rendered empty.
         assert!(!text.contains("numa_cache_evictions_total{"));
     }
 
@@ -363,6 +449,7 @@ mod tests {
         let mut stats = sample_stats();
         stats["node_distribution"]["0"]["evictions"] = json!(5);
         stats["node_distribution"]["1"]["evictions"] = json!(2);
+        let stats = report(stats);
         let mut i = input(&stats);
         i.node_preference = None;
         let text = render_prometheus(&i);
@@ -376,11 +463,25 @@ mod tests {
     }
 
     #[test]
+    fn the_report_reads_back_what_it_writes() {
+        let stats = report(sample_stats());
+        let again: StatsReport =
+            serde_json::from_str(&serde_json::to_string(&stats).unwrap()).unwrap();
+        assert_eq!(again, stats);
+        assert_eq!(stats.node_distribution[&1].cache_entries, 12890);
+        assert_eq!(stats.totals.evictions, 7);
+    }
+
+    #[test]
     fn numbers_and_labels_use_prometheus_spelling() {
         assert_eq!(number(f64::NAN), "NaN");
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(number(0.000_005), "0.000005");
         assert_eq!(number(42.0), "42");
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let stats = StatsReport::default();
+        let mut i = input(&stats);
+        i.strategy = "odd\"name";
+        assert!(render_prometheus(&i).contains("strategy=\"odd\\\"name\""));
     }
 }
