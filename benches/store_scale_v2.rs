@@ -249,6 +249,13 @@ fn main() {
         let d = dir.to_string_lossy().into_owned();
         let ns = n.to_string();
         child(&["populate", &d, &ns]);
+        // Let the kernel write the populated records back first: the gets measured next
+        // should not share the disk with gigabytes of writeback (the order of the runs
+        // would show, not the cache).
+        let _ = std::process::Command::new("sync")
+            .arg("-f")
+            .arg(&dir)
+            .status();
         let clean = child(&["measure", &d, &ns, &ns, "clean stop", "checkpoint"]);
         let scan = child(&[
             "measure",
