@@ -67,7 +67,7 @@ fn check_all(cache: &Cache, version: impl Fn(u64) -> Option<u64>) {
                 assert_eq!(bytes.len(), len_of(i), "{}", key(i));
             }
             None => assert!(
-                matches!(got, Err(StoreError::NotFound(_))),
+                matches!(got, Err(StoreError::NotFound { .. })),
                 "{} should be gone: {got:?}",
                 key(i)
             ),
@@ -101,7 +101,10 @@ fn snapshot_of(cache: &Cache) -> (Vec<String>, String) {
             s.entries, s.logical_bytes, s.stored_bytes
         ));
     }
-    (rows, format!("{} entries; {}", t.entries, per_node.join("; ")))
+    (
+        rows,
+        format!("{} entries; {}", t.entries, per_node.join("; ")),
+    )
 }
 
 #[test]
@@ -120,10 +123,7 @@ fn a_clean_stop_checkpoint_round_trips() {
     }
     let before = snapshot_of(&cache);
     cache.close().expect("close");
-    assert!(
-        dir.join(CKPT).is_file(),
-        "a clean stop leaves a checkpoint"
-    );
+    assert!(dir.join(CKPT).is_file(), "a clean stop leaves a checkpoint");
 
     let cache = Cache::open(config(&dir), topo2()).expect("reopen");
     assert!(
@@ -134,7 +134,11 @@ fn a_clean_stop_checkpoint_round_trips() {
         !dir.join(CKPT).exists(),
         "the checkpoint is removed once loaded (stale from now on)"
     );
-    assert_eq!(snapshot_of(&cache), before, "entries and totals as before the stop");
+    assert_eq!(
+        snapshot_of(&cache),
+        before,
+        "entries and totals as before the stop"
+    );
     check_all(&cache, |_| Some(1));
     // The cache goes on normally: new ids do not collide with loaded ones, overwrites and
     // deletes find the loaded entries.
@@ -185,7 +189,10 @@ fn checkpoint_child_changes_then_dies() {
         return;
     };
     let cache = Cache::open(config(Path::new(&dir)), topo2()).expect("child opens");
-    assert!(cache.opened_from_checkpoint(), "child: loaded the checkpoint");
+    assert!(
+        cache.opened_from_checkpoint(),
+        "child: loaded the checkpoint"
+    );
     let me = Caller::default();
     for i in (0..N).step_by(3) {
         cache
@@ -239,7 +246,11 @@ fn a_stale_checkpoint_is_never_used() {
         .status()
         .expect("run the child");
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "the child dies by SIGKILL: {status}");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the child dies by SIGKILL: {status}"
+    );
 
     std::fs::copy(&old, dir.join(CKPT)).expect("plant the old checkpoint back");
     let cache = Cache::open(config(&dir), topo2()).expect("open after the SIGKILL");
