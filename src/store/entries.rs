@@ -534,4 +534,44 @@ mod tests {
         assert_eq!(m.take_touched(), vec![(3, 1)]);
         assert!(m.take_touched().is_empty());
     }
+
+    #[test]
+    fn a_restored_shard_refuses_what_a_checkpoint_never_holds() {
+        let m = EntryMap::default();
+        let h = m.key_hash("ns", "a");
+        m.insert(m.entry_of(h, &row(7, "ns", "a"), 5));
+        let e = m
+            .with_hash(h, |e| Entry::from_bytes(&e.to_bytes()))
+            .expect("entry");
+        assert_eq!(
+            e.to_bytes(),
+            m.with_hash(h, |e| e.to_bytes()).expect("entry")
+        );
+        let i = shard_of(h);
+        let other = EntryMap::with_seed(m.seed());
+        other.restore_names_and_clock(m.names(), m.clock());
+        let copy = |e: &Entry| Entry::from_bytes(&e.to_bytes());
+        assert!(
+            other
+                .restore_shard((i + 1) % SHARDS, vec![copy(&e)])
+                .is_err(),
+            "wrong shard"
+        );
+        assert!(
+            other.restore_shard(i, vec![copy(&e), copy(&e)]).is_err(),
+            "a hash twice"
+        );
+        let mut bad_ns = copy(&e);
+        bad_ns.ns = 3;
+        assert!(
+            other.restore_shard(i, vec![bad_ns]).is_err(),
+            "unknown namespace"
+        );
+        other.restore_shard(i, vec![e]).expect("restore");
+        assert_eq!(other.with("ns", "a", |e| e.id), Some(7));
+        assert!(
+            other.restore_shard(i, Vec::new()).is_err(),
+            "only into an empty shard"
+        );
+    }
 }
