@@ -60,6 +60,19 @@ fn status_bytes(field: &str) -> u64 {
         << 10
 }
 
+/// CPU seconds this process used (user + system, all threads; /proc/self/stat in ticks of
+/// 1/100 s, USER_HZ on Linux): open's own work, whatever else the machine runs.
+fn cpu_s() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of the line; 12 and 13 after "(comm) state".
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
 fn populate(dir: &Path, n: u64) {
     let cache = Arc::new(open(dir));
     let have = cache.totals().entries;
@@ -139,9 +152,11 @@ fn measure(dir: &Path, n: u64, expect: u64, label: &str, scan: bool) {
         let _ = std::fs::remove_file(dir.join("entries.ckpt"));
     }
     let before = rss_bytes();
+    let cpu0 = cpu_s();
     let t0 = Instant::now();
     let cache = open(dir);
     let open_s = t0.elapsed().as_secs_f64();
+    let open_cpu = cpu_s() - cpu0;
     let after = rss_bytes();
     let peak = status_bytes("VmHWM:");
     let entries = cache.totals().entries;
@@ -158,7 +173,7 @@ fn measure(dir: &Path, n: u64, expect: u64, label: &str, scan: bool) {
     cache.close().expect("close");
     let close_s = t1.elapsed().as_secs_f64();
     println!(
-        "scale {n} entries ({label}): open {open_s:.3} s ({path}), RSS per entry {per_entry:.1} B ({} MiB; peak during open {} MiB), hot-set get {hot:.0} ns, uniform get {uniform:.0} ns, close {close_s:.3} s",
+        "scale {n} entries ({label}): open {open_s:.3} s ({path}; {open_cpu:.2} s CPU), RSS per entry {per_entry:.1} B ({} MiB; peak during open {} MiB), hot-set get {hot:.0} ns, uniform get {uniform:.0} ns, close {close_s:.3} s",
         after.saturating_sub(before) >> 20,
         peak.saturating_sub(before) >> 20,
     );

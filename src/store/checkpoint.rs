@@ -15,14 +15,17 @@
 //! count u64 and that many 48-byte entries (`Entry::to_bytes`); then `NCMAPEND`, the total
 //! entry count u64, and the xxh3-64 of every byte before it (u64).
 
-use crate::store::entries::{ENTRY_BYTES, Entry, EntryMap, SHARDS};
+use crate::store::entries::{ENTRY_BYTES, Entry, EntryMap, SHARDS, unpack_loc};
 use crate::store::error::StoreError;
 use crate::store::index;
+use crate::store::segment;
 use rusqlite::Connection;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// The checkpoint's file name in the state directory.
 pub const FILE: &str = "entries.ckpt";
@@ -38,12 +41,78 @@ const CHUNK: usize = 8192;
 /// A namespace name longer than this in a checkpoint is damage (names are validated short).
 const MAX_NAME: usize = 1 << 16;
 
-/// A map loaded from a checkpoint.
+/// A map loaded from a checkpoint, with the sums open needs (made while decoding, so open
+/// never walks the map again).
 pub struct Loaded {
     /// The map, every shard filled.
     pub map: EntryMap,
     /// Entries loaded.
     pub entries: u64,
+    /// The highest entry id.
+    pub max_id: u64,
+    /// Entries with an expiry.
+    pub with_ttl: u64,
+    /// Per node: (entries, logical bytes, stored bytes).
+    pub per_node: BTreeMap<u32, (u64, u64, u64)>,
+    /// Live stored bytes per (node, segment), as `commit::live_of` counts them.
+    pub live: HashMap<(u32, u32), u64>,
+}
+
+/// The sums of `Loaded`, made entry by entry.
+#[derive(Default)]
+struct Sums {
+    max_id: u64,
+    with_ttl: u64,
+    per_node: BTreeMap<u32, (u64, u64, u64)>,
+    live: HashMap<(u32, u32), u64>,
+    /// The last (node, segment) and its bytes not yet added to `live`: neighbours in a
+    /// checkpoint mostly share a segment.
+    run: Option<((u32, u32), u64)>,
+    node_run: Option<(u32, (u64, u64, u64))>,
+}
+
+impl Sums {
+    fn add(&mut self, e: &Entry) {
+        self.max_id = self.max_id.max(e.id);
+        self.with_ttl += u64::from(e.expires != 0);
+        let node = u32::from(e.node);
+        match &mut self.node_run {
+            Some((n, t)) if *n == node => {
+                t.0 += 1;
+                t.1 += u64::from(e.size);
+                t.2 += u64::from(e.stored);
+            }
+            _ => {
+                self.flush_node();
+                self.node_run = Some((node, (1, u64::from(e.size), u64::from(e.stored))));
+            }
+        }
+        if let Some((seg, _)) = unpack_loc(e.loc.load(Relaxed)) {
+            let bytes = segment::padded(u64::from(e.stored));
+            match &mut self.run {
+                Some((k, b)) if *k == (node, seg) => *b += bytes,
+                _ => {
+                    self.flush_run();
+                    self.run = Some(((node, seg), bytes));
+                }
+            }
+        }
+    }
+
+    fn flush_run(&mut self) {
+        if let Some((k, b)) = self.run.take() {
+            *self.live.entry(k).or_default() += b;
+        }
+    }
+
+    fn flush_node(&mut self) {
+        if let Some((n, (c, l, s))) = self.node_run.take() {
+            let t = self.per_node.entry(n).or_default();
+            t.0 += c;
+            t.1 += l;
+            t.2 += s;
+        }
+    }
 }
 
 fn write_io(what: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -146,7 +215,7 @@ fn write_to(map: &EntryMap, f: &File) -> Result<(u64, u64), StoreError> {
         w.write_all(&(want as u64).to_le_bytes()).map_err(&io)?;
         let mut err = None;
         let mut clamped = false;
-        let got = map.for_each_in(i, |e| {
+        let got = map.for_each_slot_in(i, |e| {
             if err.is_some() {
                 return;
             }
@@ -320,6 +389,7 @@ fn read(dir: &Path, generation: u64, sum: u64) -> Result<Loaded, String> {
     let map = EntryMap::with_seed(seed);
     map.restore_names_and_clock(names, clock);
     let mut total = 0u64;
+    let mut sums = Sums::default();
     let mut buf = vec![0u8; CHUNK * ENTRY_BYTES];
     for i in 0..SHARDS {
         let n = u64_of(&mut r)?;
@@ -338,7 +408,9 @@ fn read(dir: &Path, generation: u64, sum: u64) -> Result<Loaded, String> {
             slab.extend(bytes.chunks_exact(ENTRY_BYTES).map(|c| {
                 let mut e = [0u8; ENTRY_BYTES];
                 e.copy_from_slice(c);
-                Entry::from_bytes(&e)
+                let e = Entry::from_bytes(&e);
+                sums.add(&e);
+                e
             }));
         }
         map.restore_shard(i, slab)?;
@@ -372,9 +444,15 @@ fn read(dir: &Path, generation: u64, sum: u64) -> Result<Loaded, String> {
     if inner.read(&mut extra).map_err(short)? != 0 {
         return Err("bytes after the checksum".into());
     }
+    sums.flush_run();
+    sums.flush_node();
     Ok(Loaded {
         map,
         entries: total,
+        max_id: sums.max_id,
+        with_ttl: sums.with_ttl,
+        per_node: sums.per_node,
+        live: sums.live,
     })
 }
 

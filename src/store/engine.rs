@@ -15,7 +15,7 @@ use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
 use crate::store::memtier::MemTier;
 use crate::store::recovery;
-use crate::store::segment::{self, LARGE_RECORD, segment_bytes_for};
+use crate::store::segment::{LARGE_RECORD, segment_bytes_for};
 use crate::store::shard::{self, Shard};
 use crate::store::snapshot;
 use crate::store::state::{
@@ -169,9 +169,7 @@ impl Cache {
         // clock in microseconds too (puts run well below one per microsecond).
         let mut next_id = rec.next_id.max(unix_ns() / 1000);
         if let Some(l) = &loaded {
-            let mut max = 0;
-            l.map.for_each(|e| max = max.max(e.id));
-            next_id = next_id.max(max.saturating_add(1));
+            next_id = next_id.max(l.max_id.saturating_add(1));
         }
         {
             // This one commit is fsynced: the clean flag must be cleared on disk before any
@@ -196,6 +194,11 @@ impl Cache {
         }
         checkpoint::remove_file(&dir);
         let from_checkpoint = loaded.is_some();
+        // The rows were not read: the counts come from the checkpoint's sums.
+        let (map, sums) = match loaded {
+            Some(l) => (l.map, Some((l.with_ttl, l.per_node, l.live))),
+            None => (Default::default(), None),
+        };
         let tiers = if config.memory_bytes > 0 {
             let share = tier_share(&config, placeable.len());
             shards
@@ -219,7 +222,7 @@ impl Cache {
         let shared = Arc::new(Shared {
             cfg: config,
             btrfs,
-            map: loaded.map(|l| l.map).unwrap_or_default(),
+            map,
             layout: RwLock::new(Arc::new(layout)),
             stats: Default::default(),
             namespaces: RwLock::new(rec.namespaces.into_iter().collect()),
@@ -238,20 +241,15 @@ impl Cache {
             shared.stats.add_entry(r.node, r.size, r.stored);
         }
         let mut live = commit::live_of(&rec.rows);
-        if from_checkpoint {
-            // The rows were not read: the counts come from the map itself.
-            shared.map.for_each(|e| {
-                if e.expires != 0 {
-                    shared.ttl_entries.fetch_add(1, Relaxed);
-                }
-                shared
-                    .stats
-                    .add_entry(u32::from(e.node), u64::from(e.size), u64::from(e.stored));
-                if let Some((seg, _)) = unpack_loc(e.loc.load(Relaxed)) {
-                    *live.entry((u32::from(e.node), seg)).or_default() +=
-                        segment::padded(u64::from(e.stored));
-                }
-            });
+        if let Some((with_ttl, per_node, from_map)) = sums {
+            shared.ttl_entries.fetch_add(with_ttl, Relaxed);
+            for (node, (n, logical, stored)) in per_node {
+                let c = shared.stats.node(node);
+                c.entries.fetch_add(n, Relaxed);
+                c.logical.fetch_add(logical, Relaxed);
+                c.stored.fetch_add(stored, Relaxed);
+            }
+            live = from_map;
         }
         // Access order from the index's last-access times (seconds), oldest first.
         let oldest = rec.rows.iter().map(|r| r.last_access).min().unwrap_or(0);

@@ -204,13 +204,22 @@ impl EntryMap {
         self.clock.fetch_max(clock, Relaxed);
     }
 
-    /// Visit the live entries of shard `i` under its read lock; returns how many.
-    pub fn for_each_in(&self, i: usize, mut f: impl FnMut(&Entry)) -> usize {
+    /// Visit the live entries of shard `i` in slot order (about the order they were
+    /// written, so neighbours share segments), under its read lock; returns how many.
+    pub fn for_each_slot_in(&self, i: usize, mut f: impl FnMut(&Entry)) -> usize {
         let g = self.shards[i].read().unwrap_or_else(|p| p.into_inner());
-        for &k in g.table.iter() {
-            f(&g.slab[k as usize]);
+        let mut free = g.free.clone();
+        free.sort_unstable();
+        let mut next_free = free.iter().peekable();
+        let mut n = 0;
+        for (k, e) in g.slab.iter().enumerate() {
+            if next_free.next_if(|&&j| j as usize == k).is_some() {
+                continue;
+            }
+            f(e);
+            n += 1;
         }
-        g.table.len()
+        n
     }
 
     /// Live entries of shard `i`.
