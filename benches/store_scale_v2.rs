@@ -146,10 +146,25 @@ fn get_ns(cache: &Cache, n: u64, hot: bool) -> f64 {
 }
 
 /// In a fresh process: open (timed), RSS per entry, gets, close (timed); print one line of
-/// figures. With `scan`, the checkpoint is removed first: the open scans the index.
-fn measure(dir: &Path, n: u64, expect: u64, label: &str, scan: bool) {
-    if scan {
-        let _ = std::fs::remove_file(dir.join("entries.ckpt"));
+/// figures. `how`: "scan" removes the checkpoint first (the open scans the index); "cold"
+/// drops the checkpoint's pages from the page cache first (as after a reboot).
+fn measure(dir: &Path, n: u64, expect: u64, label: &str, how: &str) {
+    let ckpt = dir.join("entries.ckpt");
+    match how {
+        "scan" => {
+            let _ = std::fs::remove_file(&ckpt);
+        }
+        "cold" => {
+            // GNU dd: iflag=nocache count=0 advises the kernel to drop the whole file's
+            // cached pages (this file only, not the machine's page cache).
+            let mut arg = std::ffi::OsString::from("if=");
+            arg.push(&ckpt);
+            let _ = std::process::Command::new("dd")
+                .arg(arg)
+                .args(["iflag=nocache", "count=0", "status=none"])
+                .status();
+        }
+        _ => {}
     }
     let before = rss_bytes();
     let cpu0 = cpu_s();
@@ -245,7 +260,7 @@ fn main() {
                 n.parse().expect("n"),
                 expect.parse().expect("expected entries"),
                 label,
-                *how == "scan",
+                how,
             );
         }
         ["crash", dir] => return crash(Path::new(dir)),
@@ -272,6 +287,14 @@ fn main() {
             .arg(&dir)
             .status();
         let clean = child(&["measure", &d, &ns, &ns, "clean stop", "checkpoint"]);
+        child(&[
+            "measure",
+            &d,
+            &ns,
+            &ns,
+            "clean stop, checkpoint not in the page cache",
+            "cold",
+        ]);
         let scan = child(&[
             "measure",
             &d,
