@@ -3,7 +3,8 @@
 # baseline from the same run: store_v2 (puts, sync puts, gets against cacache and the
 # fdatasync limit) and store_scale_v2 (10k against NUMA_CACHE_SCALE_BIG entries of 1.5 KiB).
 # Usage (root): scripts/bench-store.sh            NUMA_CACHE_SCALE_BIG=10000000 for the full
-# 10M run (needs ~25 GiB free for the image; default 2,000,000).
+# 10M run (needs ~25 GiB free for the image; default 2,000,000); scripts/bench-scale-10m.sh
+# runs only the scale part, at 10M by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 big=${NUMA_CACHE_SCALE_BIG:-2000000}

@@ -1035,8 +1035,12 @@ impl Committer {
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
                 .map_err(|e| StoreError::sql("marking a clean stop", e))?;
-            index::meta_set(&self.conn, "clean", 1)
-                .map_err(|e| StoreError::sql("marking a clean stop", e))?;
+            // The entry-map checkpoint, recorded in the transaction that marks the index clean.
+            crate::store::checkpoint::mark_clean(
+                &mut self.conn,
+                &self.shared.map,
+                &self.shared.cfg.dir,
+            )?;
             self.conn
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
                 .map_err(|e| StoreError::sql("checkpointing", e))

@@ -5,11 +5,12 @@
 
 use crate::placement::{NodePools, Placer, StrategyConfig};
 use crate::store::blob;
+use crate::store::checkpoint;
 use crate::store::commit::{self, Committer, Op, Why, Writer};
 use crate::store::config::{
     CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace,
 };
-use crate::store::entries::{EntryMap, unpack_loc};
+use crate::store::entries::unpack_loc;
 use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
 use crate::store::memtier::MemTier;
@@ -37,6 +38,8 @@ pub struct Cache {
     /// Puts and deletes hold it shared; a snapshot holds it exclusively (writes paused).
     gate: RwLock<()>,
     dir: PathBuf,
+    /// The entry map was loaded from its checkpoint (not by scanning the index).
+    from_checkpoint: bool,
 }
 
 /// Removes a put's id from the in-flight set when the put is over (answered or failed).
@@ -97,6 +100,8 @@ impl Cache {
             ("index.db-shm", false),
             ("index.db-journal", false),
             ("reserve", false),
+            (checkpoint::FILE, false),
+            (checkpoint::TMP_FILE, false),
         ] {
             shard::refuse_symlink(&dir.join(name), want_dir)?;
         }
@@ -147,7 +152,12 @@ impl Cache {
             );
         }
         let list: Vec<Arc<Shard>> = shards.values().cloned().collect();
-        let rec = recovery::recover(&dir, &list)?;
+        // After a clean stop the entry map comes from its checkpoint when that is current.
+        let mut loaded = None;
+        let rec = recovery::recover(&dir, &list, &mut |conn| {
+            loaded = checkpoint::load(conn, &dir);
+            loaded.is_some()
+        })?;
         let mut conn = rec.conn;
         let strategy = match index::active_strategy(&conn)
             .map_err(|e| StoreError::sql("reading the strategy", e))?
@@ -157,7 +167,10 @@ impl Cache {
         };
         // Ids never repeat, even after a power loss lost the last ones: start above the
         // clock in microseconds too (puts run well below one per microsecond).
-        let next_id = rec.next_id.max(unix_ns() / 1000);
+        let mut next_id = rec.next_id.max(unix_ns() / 1000);
+        if let Some(l) = &loaded {
+            next_id = next_id.max(l.max_id.saturating_add(1));
+        }
         {
             // This one commit is fsynced: the clean flag must be cleared on disk before any
             // write can happen.
@@ -169,6 +182,8 @@ impl Cache {
             index::write_topology(&tx, &topology)
                 .map_err(|e| StoreError::sql("writing numa_topology", e))?;
             index::meta_set(&tx, "clean", 0).map_err(|e| StoreError::sql("opening", e))?;
+            // From here on the map will change: the checkpoint is stale.
+            checkpoint::invalidate(&tx).map_err(|e| StoreError::sql("opening", e))?;
             index::meta_set(&tx, "next_id", next_id as i64)
                 .map_err(|e| StoreError::sql("opening", e))?;
             index::meta_set(&tx, "verified_below", next_id as i64)
@@ -177,6 +192,13 @@ impl Cache {
             conn.pragma_update(None, "synchronous", "NORMAL")
                 .map_err(|e| StoreError::sql("opening", e))?;
         }
+        checkpoint::remove_file(&dir);
+        let from_checkpoint = loaded.is_some();
+        // The rows were not read: the counts come from the checkpoint's sums.
+        let (map, sums) = match loaded {
+            Some(l) => (l.map, Some((l.with_ttl, l.per_node, l.live))),
+            None => (Default::default(), None),
+        };
         let tiers = if config.memory_bytes > 0 {
             let share = tier_share(&config, placeable.len());
             shards
@@ -200,7 +222,7 @@ impl Cache {
         let shared = Arc::new(Shared {
             cfg: config,
             btrfs,
-            map: EntryMap::default(),
+            map,
             layout: RwLock::new(Arc::new(layout)),
             stats: Default::default(),
             namespaces: RwLock::new(rec.namespaces.into_iter().collect()),
@@ -218,7 +240,17 @@ impl Cache {
             }
             shared.stats.add_entry(r.node, r.size, r.stored);
         }
-        let live = commit::live_of(&rec.rows);
+        let mut live = commit::live_of(&rec.rows);
+        if let Some((with_ttl, per_node, from_map)) = sums {
+            shared.ttl_entries.fetch_add(with_ttl, Relaxed);
+            for (node, (n, logical, stored)) in per_node {
+                let c = shared.stats.node(node);
+                c.entries.fetch_add(n, Relaxed);
+                c.logical.fetch_add(logical, Relaxed);
+                c.stored.fetch_add(stored, Relaxed);
+            }
+            live = from_map;
+        }
         // Access order from the index's last-access times (seconds), oldest first.
         let oldest = rec.rows.iter().map(|r| r.last_access).min().unwrap_or(0);
         shared.map.load(rec.rows, |r| {
@@ -242,6 +274,7 @@ impl Cache {
             committer: Mutex::new(Some(handle)),
             gate: RwLock::new(()),
             dir,
+            from_checkpoint,
         })
     }
 
@@ -1081,6 +1114,12 @@ impl Cache {
                 tracing::warn!("writing numa_topology: {e}");
             }
         })));
+    }
+
+    /// Whether this open loaded the entry map from the checkpoint of a clean stop (rather
+    /// than scanning the index).
+    pub fn opened_from_checkpoint(&self) -> bool {
+        self.from_checkpoint
     }
 
     /// Whether the shards are btrfs subvolumes.

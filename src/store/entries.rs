@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{RwLock, RwLockReadGuard};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-const SHARDS: usize = 64;
+/// Shards of the map (a checkpoint holds one section per shard).
+pub const SHARDS: usize = 64;
+/// Bytes of one entry in a checkpoint (`Entry::to_bytes`).
+pub const ENTRY_BYTES: usize = 48;
 /// `Entry::hits`' top bit: touched since the last write-back.
 const DIRTY: u32 = 1 << 31;
 
@@ -78,6 +81,54 @@ impl Entry {
     pub fn expired(&self, now_s: u64) -> bool {
         self.expires != 0 && u64::from(self.expires) <= now_s
     }
+
+    /// Whether a size or the hit count was clamped into its field (the row holds more than
+    /// the entry): such an entry cannot be restored from the entry alone.
+    pub fn clamped(&self) -> bool {
+        self.stored == u32::MAX || self.size == u32::MAX || self.node == u16::MAX
+    }
+
+    /// The entry's fixed fields, little-endian, for a checkpoint (the touched flag is not
+    /// kept: a clean stop wrote the hits back).
+    pub fn to_bytes(&self) -> [u8; ENTRY_BYTES] {
+        let mut b = [0u8; ENTRY_BYTES];
+        b[0..8].copy_from_slice(&self.hash.to_le_bytes());
+        b[8..16].copy_from_slice(&self.id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.loc.load(Relaxed).to_le_bytes());
+        b[24..28].copy_from_slice(&self.stored.to_le_bytes());
+        b[28..32].copy_from_slice(&self.size.to_le_bytes());
+        b[32..36].copy_from_slice(&self.expires.to_le_bytes());
+        b[36..40].copy_from_slice(&self.last_access.load(Relaxed).to_le_bytes());
+        b[40..44].copy_from_slice(&(self.hits.load(Relaxed) & !DIRTY).to_le_bytes());
+        b[44..46].copy_from_slice(&self.ns.to_le_bytes());
+        b[46..48].copy_from_slice(&self.node.to_le_bytes());
+        b
+    }
+
+    /// The entry `to_bytes` wrote.
+    pub fn from_bytes(b: &[u8; ENTRY_BYTES]) -> Entry {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or([0; 8]));
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or([0; 4]));
+        let u16_at = |i: usize| u16::from_le_bytes(b[i..i + 2].try_into().unwrap_or([0; 2]));
+        Entry {
+            hash: u64_at(0),
+            id: u64_at(8),
+            loc: AtomicU64::new(u64_at(16)),
+            stored: u32_at(24),
+            size: u32_at(28),
+            expires: u32_at(32),
+            last_access: AtomicU32::new(u32_at(36)),
+            hits: AtomicU32::new(u32_at(40) & !DIRTY),
+            ns: u16_at(44),
+            node: u16_at(46),
+        }
+    }
+}
+
+/// The shard of the map holding hash `h`.
+#[inline]
+pub fn shard_of(h: u64) -> usize {
+    (h >> 58) as usize % SHARDS
 }
 
 struct Shard {
@@ -107,6 +158,14 @@ pub struct EntryMap {
 
 impl Default for EntryMap {
     fn default() -> Self {
+        Self::with_seed(std::collections::hash_map::RandomState::new().hash_one(0x6e63_u64))
+    }
+}
+
+impl EntryMap {
+    /// An empty map hashing with `seed` (a checkpoint's: its entries' hashes were made with
+    /// it; otherwise a per-process random one, see `Default`).
+    pub fn with_seed(seed: u64) -> Self {
         EntryMap {
             shards: (0..SHARDS)
                 .map(|_| {
@@ -117,15 +176,102 @@ impl Default for EntryMap {
                     })
                 })
                 .collect(),
-            seed: std::collections::hash_map::RandomState::new().hash_one(0x6e63_u64),
+            seed,
             clock: AtomicU32::new(1),
             names: RwLock::new(Vec::new()),
             any_touched: AtomicBool::new(false),
         }
     }
-}
 
-impl EntryMap {
+    /// The hash seed (a checkpoint keeps it; it never leaves the state directory).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The access clock's next tick (without advancing it).
+    pub fn clock(&self) -> u32 {
+        self.clock.load(Relaxed)
+    }
+
+    /// Namespace names in interned order.
+    pub fn names(&self) -> Vec<String> {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Restore a checkpoint's interned names and clock (into a map still empty).
+    pub fn restore_names_and_clock(&self, names: Vec<String>, clock: u32) {
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        self.clock.fetch_max(clock, Relaxed);
+    }
+
+    /// Visit the live entries of shard `i` in slot order (about the order they were
+    /// written, so neighbours share segments), under its read lock; returns how many.
+    pub fn for_each_slot_in(&self, i: usize, mut f: impl FnMut(&Entry)) -> usize {
+        let g = self.shards[i].read().unwrap_or_else(|p| p.into_inner());
+        let mut free = g.free.clone();
+        free.sort_unstable();
+        let mut next_free = free.iter().peekable();
+        let mut n = 0;
+        for (k, e) in g.slab.iter().enumerate() {
+            if next_free.next_if(|&&j| j as usize == k).is_some() {
+                continue;
+            }
+            f(e);
+            n += 1;
+        }
+        n
+    }
+
+    /// Live entries of shard `i`.
+    pub fn shard_len(&self, i: usize) -> usize {
+        self.shards[i]
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .table
+            .len()
+    }
+
+    /// Make `slab` (a checkpoint's entries of shard `i`, sized exactly) the shard's slab and
+    /// build its table from the stored hashes (no key is hashed). Refused, leaving the
+    /// shard empty, when an entry belongs to another shard, a hash repeats, or a namespace
+    /// number is unknown: the checkpoint is then not what was written.
+    pub fn restore_shard(&self, i: usize, slab: Vec<Entry>) -> Result<(), String> {
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner()).len();
+        let mut g = self.shards[i].write().unwrap_or_else(|p| p.into_inner());
+        if !g.slab.is_empty() {
+            return Err(format!("shard {i} is not empty"));
+        }
+        let mut table = HashTable::with_capacity(slab.len());
+        for (k, e) in slab.iter().enumerate() {
+            let h = e.hash;
+            if shard_of(h) != i {
+                return Err(format!(
+                    "an entry of shard {} is in section {i}",
+                    shard_of(h)
+                ));
+            }
+            if usize::from(e.ns) >= names && usize::from(e.ns) != usize::from(u16::MAX) {
+                return Err(format!("namespace number {} of {names}", e.ns));
+            }
+            match table.entry(
+                h,
+                |&j: &u32| slab[j as usize].hash == h,
+                |&j: &u32| slab[j as usize].hash,
+            ) {
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    return Err(format!("hash {h:016x} repeats in shard {i}"));
+                }
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(k as u32);
+                }
+            }
+        }
+        g.table = table;
+        g.slab = slab;
+        g.free = Vec::new();
+        Ok(())
+    }
+
     /// The map's key for (`ns`, `key`): xxh3 with a per-process random seed, not
     /// predictable by callers.
     #[inline]
@@ -134,7 +280,7 @@ impl EntryMap {
     }
 
     fn shard(&self, h: u64) -> &RwLock<Shard> {
-        &self.shards[(h >> 58) as usize % SHARDS]
+        &self.shards[shard_of(h)]
     }
 
     fn read(&self, h: u64) -> RwLockReadGuard<'_, Shard> {
@@ -260,7 +406,7 @@ impl EntryMap {
             let h = self.key_hash(&r.namespace, &r.key);
             let o = order(&r);
             max = max.max(o);
-            by_shard[(h >> 58) as usize % SHARDS].push(self.entry_of(h, &r, o));
+            by_shard[shard_of(h)].push(self.entry_of(h, &r, o));
         }
         for (i, entries) in by_shard.into_iter().enumerate() {
             let mut g = self.shards[i].write().unwrap_or_else(|p| p.into_inner());
@@ -396,5 +542,45 @@ mod tests {
         m.with_hash(h, |e| m.touch(e));
         assert_eq!(m.take_touched(), vec![(3, 1)]);
         assert!(m.take_touched().is_empty());
+    }
+
+    #[test]
+    fn a_restored_shard_refuses_what_a_checkpoint_never_holds() {
+        let m = EntryMap::default();
+        let h = m.key_hash("ns", "a");
+        m.insert(m.entry_of(h, &row(7, "ns", "a"), 5));
+        let e = m
+            .with_hash(h, |e| Entry::from_bytes(&e.to_bytes()))
+            .expect("entry");
+        assert_eq!(
+            e.to_bytes(),
+            m.with_hash(h, |e| e.to_bytes()).expect("entry")
+        );
+        let i = shard_of(h);
+        let other = EntryMap::with_seed(m.seed());
+        other.restore_names_and_clock(m.names(), m.clock());
+        let copy = |e: &Entry| Entry::from_bytes(&e.to_bytes());
+        assert!(
+            other
+                .restore_shard((i + 1) % SHARDS, vec![copy(&e)])
+                .is_err(),
+            "wrong shard"
+        );
+        assert!(
+            other.restore_shard(i, vec![copy(&e), copy(&e)]).is_err(),
+            "a hash twice"
+        );
+        let mut bad_ns = copy(&e);
+        bad_ns.ns = 3;
+        assert!(
+            other.restore_shard(i, vec![bad_ns]).is_err(),
+            "unknown namespace"
+        );
+        other.restore_shard(i, vec![e]).expect("restore");
+        assert_eq!(other.with("ns", "a", |e| e.id), Some(7));
+        assert!(
+            other.restore_shard(i, Vec::new()).is_err(),
+            "only into an empty shard"
+        );
     }
 }

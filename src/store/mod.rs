@@ -22,6 +22,7 @@
 //! ```
 
 pub mod blob;
+mod checkpoint;
 mod commit;
 pub mod config;
 mod engine;

@@ -70,8 +70,14 @@ fn open_checked(db: &Path) -> Result<(Connection, bool), String> {
     Ok((conn, clean))
 }
 
-/// Open `dir/index.db` and reconcile it with `shards`.
-pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreError> {
+/// Open `dir/index.db` and reconcile it with `shards`. After a clean stop, `map_loaded` is
+/// asked first whether it loaded the entry map from elsewhere (the checkpoint): then the
+/// rows are not read (`rows` is empty).
+pub fn recover(
+    dir: &Path,
+    shards: &[Arc<Shard>],
+    map_loaded: &mut dyn FnMut(&Connection) -> bool,
+) -> Result<Recovered, StoreError> {
     let db = dir.join("index.db");
     let mut rep = Repairs {
         rebuilt: !db.exists(),
@@ -103,7 +109,7 @@ pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreErro
             }
         }
     };
-    let mut rows = if rep.rebuilt {
+    let mut rows = if rep.rebuilt || (clean && map_loaded(&conn)) {
         Vec::new()
     } else {
         index::load_entries(&conn).map_err(|e| StoreError::sql("loading entries", e))?
