@@ -10,7 +10,14 @@
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
 //! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
-//!   records, then commits `FULL`: concurrent sync puts share one flush (group commit);
+//!   records, then commits its rows (`NORMAL`) and answers: one fdatasync per group, shared
+//!   by concurrent sync puts (group commit). The segment is the log of truth: the rows reach
+//!   the disk with the next full flush, and until then recovery finds the records by scanning
+//!   the segments from the scan start recorded with `verified_below`;
+//! - a batch that records a new namespace owner makes it durable before answering (records,
+//!   then a `FULL` commit), so recovery can tell an owner's scanned records from a loser's;
+//! - a delete, clear or expiry appends a tombstone (segment.rs) before its commit, so a
+//!   rebuild from the records, or recovery's scan, never brings the removed value back;
 //! - when a commit fails, nothing of the batch becomes visible and every op of it is answered
 //!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
 //!   out of the index and answered with the error (its deletes are done and answered so):
@@ -26,7 +33,7 @@ use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
 use crate::store::segment;
 use crate::store::state::{Shared, unix_ns};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -118,6 +125,29 @@ pub struct Committer {
     to_unlink: Vec<(u32, u32)>,
     /// The reserve file: room for the index's own writes when the disk is full.
     reserve: PathBuf,
+    /// Tombstones per (node, segment): offset, stored length, what it says.
+    tombs: HashMap<(u32, u32), Vec<(u64, u64, segment::Tomb)>>,
+    /// Segments that were there at open and whose tombstones are not read yet (read by a scan
+    /// when the segment is about to go).
+    tombs_unknown: HashSet<(u32, u32)>,
+    /// Key hash -> `upto` of tombstones written while puts with ids up to it may still be in
+    /// flight: such a put arriving after the delete happened before it, and is never visible
+    /// (as a rebuild would see it).
+    recent_tombs: HashMap<u64, u64>,
+}
+
+/// A flush point: `verified_below` and, per node, the first segment recovery scans.
+pub struct Mark {
+    below: u64,
+    scan_from: Vec<(u32, u32)>,
+}
+
+/// An entry a tombstone is written for.
+struct TombTarget {
+    hash: u64,
+    id: u64,
+    node: u32,
+    names: Option<(String, String)>,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
@@ -154,7 +184,13 @@ impl Committer {
     ) -> Committer {
         let now = Instant::now();
         let reserve = shared.cfg.dir.join("reserve");
-        let c = Committer {
+        let tombs_unknown = shared
+            .layout()
+            .shards
+            .values()
+            .flat_map(|s| s.segments.ids().into_iter().map(|seg| (s.node, seg)))
+            .collect();
+        let mut c = Committer {
             conn,
             shared,
             last_touch_flush: now,
@@ -166,8 +202,16 @@ impl Committer {
             live,
             to_unlink: Vec::new(),
             reserve,
+            tombs: HashMap::new(),
+            tombs_unknown,
+            recent_tombs: HashMap::new(),
         };
         c.ensure_reserve();
+        // Record where recovery's scan starts in this run (the segments of the last one are
+        // covered by the index now).
+        if let Err(e) = c.full_flush() {
+            tracing::warn!("recording the first flush point: {e}");
+        }
         c
     }
 
@@ -362,6 +406,110 @@ impl Committer {
         }
     }
 
+    /// Namespace and key of each target: given, a row of this batch, or the index's row.
+    fn name_targets(
+        &self,
+        targets: Vec<TombTarget>,
+        inserted: &HashMap<u64, &Row>,
+    ) -> Vec<TombTarget> {
+        targets
+            .into_iter()
+            .filter_map(|mut t| {
+                if t.names.is_none() {
+                    t.names = match inserted.get(&t.id) {
+                        Some(r) => Some((r.namespace.clone(), r.key.clone())),
+                        None => index::entry_names(&self.conn, t.id).ok().flatten(),
+                    };
+                }
+                t.names.is_some().then_some(t)
+            })
+            .collect()
+    }
+
+    /// Append a tombstone for each target to its node's active segment (best effort: one that
+    /// cannot be written is logged; the removal stands in the index, only a rebuild from the
+    /// records alone could bring that value back).
+    fn write_tombstones(&mut self, targets: Vec<TombTarget>) {
+        let layout = self.shared.layout();
+        let now = unix_ns() / 1_000_000_000;
+        let owners = self
+            .shared
+            .namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for t in targets {
+            let Some((ns, key)) = t.names else { continue };
+            let Some(shard) = layout.shards.get(&t.node) else {
+                continue;
+            };
+            let tomb = segment::Tomb {
+                upto: t.id,
+                keep_below: shard.segments.current_id(),
+            };
+            let id = self.shared.next_id.fetch_add(1, Relaxed);
+            let owner = owners.get(&ns).copied().flatten();
+            let rec = segment::encode_tombstone(id, &ns, &key, tomb, now, owner);
+            match shard.segments.append(&rec) {
+                Ok((seg, off)) => {
+                    self.tombs
+                        .entry((t.node, seg))
+                        .or_default()
+                        .push((off, rec.len() as u64, tomb));
+                    self.recent_tombs.insert(t.hash, t.id);
+                }
+                Err(e) => tracing::warn!("writing the tombstone of {ns}/{key}: {e}"),
+            }
+        }
+    }
+
+    /// Read the tombstones of a segment that was there at open (once).
+    fn load_tombs(&mut self, node: u32, seg: u32) {
+        if !self.tombs_unknown.remove(&(node, seg)) {
+            return;
+        }
+        let layout = self.shared.layout();
+        let Some(s) = layout.shards.get(&node) else {
+            return;
+        };
+        match s.segments.scan_records(seg) {
+            Ok(recs) => {
+                let found: Vec<(u64, u64, segment::Tomb)> = recs
+                    .into_iter()
+                    .filter_map(|r| r.tomb.map(|t| (r.off, r.header.stored_len(), t)))
+                    .collect();
+                if !found.is_empty() {
+                    self.tombs.insert((node, seg), found);
+                }
+            }
+            Err(e) => {
+                // Unknown again: it is not removed while its tombstones cannot be read.
+                self.tombs_unknown.insert((node, seg));
+                tracing::warn!("reading the tombstones of segment {seg} of node {node}: {e}");
+            }
+        }
+    }
+
+    /// Tombstones of segment `seg` still needed: a segment up to its `keep_below` (other
+    /// than `seg`) exists, which may hold a version of its key.
+    fn needed_tombs(&self, node: u32, seg: u32, ids: &[u32]) -> Vec<(u64, u64, segment::Tomb)> {
+        self.tombs
+            .get(&(node, seg))
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, _, t)| ids.iter().any(|&s| s != seg && s <= t.keep_below))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// May segment `seg` (nothing live in it) go without a copy of anything? Its tombstones
+    /// are known and none is needed.
+    fn can_unlink(&self, node: u32, seg: u32, ids: &[u32]) -> bool {
+        !self.tombs_unknown.contains(&(node, seg)) && self.needed_tombs(node, seg, ids).is_empty()
+    }
+
     /// Apply a batch; Some when it held Stop (with its reply, if any).
     fn run_batch(&mut self, batch: Vec<Op>) -> Option<Option<Reply<()>>> {
         let mut stop = None;
@@ -379,6 +527,7 @@ impl Committer {
         let mut expired = 0u64;
         let mut want_sync = self.sync_interval().is_zero();
         let mut puts = 0u64;
+        let mut tomb_targets: Vec<TombTarget> = Vec::new();
         for op in batch {
             match op {
                 Op::Put {
@@ -417,6 +566,13 @@ impl Committer {
                         let _ = reply.send(Ok(()));
                         continue;
                     }
+                    if cur.is_none() && self.recent_tombs.get(&h).is_some_and(|&u| u >= row.id) {
+                        // Deleted after this put began and before it got here: it happened
+                        // before the delete (the delete's tombstone covers its id).
+                        self.discard_record(&row);
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
                     if let Some((old, _)) = cur {
                         changes.push(Change::Remove { hash: h, id: old });
                     }
@@ -439,11 +595,19 @@ impl Committer {
                         (Some(_), None) => true,
                         (None, _) => false,
                     };
-                    if hit && let Some((id, _)) = cur {
+                    if hit && let Some((id, node)) = cur {
                         match why {
                             Why::Broken => broken += 1,
                             Why::Expired => expired += 1,
                             Why::User => {}
+                        }
+                        if why != Why::Broken {
+                            tomb_targets.push(TombTarget {
+                                hash: h,
+                                id,
+                                node,
+                                names: Some((ns.clone(), key.clone())),
+                            });
                         }
                         pending.insert(h, None);
                         changes.push(Change::Remove { hash: h, id });
@@ -466,7 +630,13 @@ impl Committer {
                     hashes.dedup();
                     let mut n = 0;
                     for h in hashes {
-                        if let Some((id, _)) = self.current(&pending, h) {
+                        if let Some((id, node)) = self.current(&pending, h) {
+                            tomb_targets.push(TombTarget {
+                                hash: h,
+                                id,
+                                node,
+                                names: None,
+                            });
                             pending.insert(h, None);
                             changes.push(Change::Remove { hash: h, id });
                             n += 1;
@@ -480,15 +650,33 @@ impl Committer {
             }
         }
         self.shared.puts_in_flight.fetch_sub(puts, Relaxed);
-        // A sync batch: its records (and large files) reach stable storage first, then the
-        // FULL commit. Never the two at once: a row on disk before its record is dropped by
-        // recovery after a power loss, and with it the acknowledged version it overwrote (the
-        // power-loss lab lost sync-acknowledged keys that way). When the records cannot be
-        // flushed the rows are committed without a flush and taken back out below.
+        // Tombstones go before the commit (records before rows), and with a sync batch's
+        // records into its flush.
+        if !tomb_targets.is_empty() {
+            let inserted: HashMap<u64, &Row> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Insert(r) => Some((r.id, r)),
+                    Change::Remove { .. } => None,
+                })
+                .collect();
+            let resolved = self.name_targets(tomb_targets, &inserted);
+            self.write_tombstones(resolved);
+        }
+        // A sync batch: its records (and large files) reach stable storage first, then its
+        // rows are committed (NORMAL) and it is answered: one fdatasync per group. The rows
+        // never reach the disk before their records (a row whose record is torn is dropped by
+        // recovery, and with it the version it overwrote: the power-loss lab lost
+        // sync-acknowledged keys to a parallel flush); until the next full flush makes them
+        // durable, recovery finds the records by its scan. A batch recording a new namespace
+        // owner commits FULL after its flush. When the records cannot be flushed the rows
+        // are committed without a flush and taken back out below.
         let sync_now = want_sync && !changes.is_empty();
-        let (mut result, mut data) = if sync_now {
+        let claims = !new_ns.is_empty();
+        let flush_first = sync_now || claims;
+        let (mut result, mut data) = if flush_first {
             let data = self.flush_data();
-            (self.commit(&changes, &new_ns, data.is_ok(), None), data)
+            (self.commit(&changes, &new_ns, claims && data.is_ok(), None), data)
         } else {
             (self.commit(&changes, &new_ns, false, None), Ok(0))
         };
@@ -496,10 +684,23 @@ impl Committer {
             // The index itself could not grow: free the reserve, evict, and try once more.
             self.release_reserve();
             self.evict(pressure.max(self.shared.stats.stored_total() / 20).max(1));
-            result = self.commit(&changes, &new_ns, sync_now, None);
-            if sync_now && result.is_ok() && data.is_err() {
-                data = self.flush_data();
+            result = self.commit(&changes, &new_ns, false, None);
+            if flush_first && result.is_ok() {
+                if data.is_err() {
+                    data = self.flush_data();
+                }
+                if claims
+                    && data.is_ok()
+                    && let Err(e) = self.full_flush()
+                {
+                    tracing::warn!("making a new namespace owner durable: {e}");
+                }
             }
+        }
+        if !sync_now && let Err(e) = &data {
+            // Only the owner's durability waited on it; the flusher retries the records.
+            tracing::warn!("flushing before recording a namespace owner: {e}");
+            data = Ok(0);
         }
         if let (Ok(()), Err(e)) = (&result, &data) {
             // Rows committed, records not durable: take the puts back out (they are answered
@@ -585,9 +786,8 @@ impl Committer {
         stop
     }
 
-    /// The id below which every row will be durable once the flush under way completes:
-    /// the smallest id of a put not yet answered, else the next id.
-    fn verified_mark(&self) -> u64 {
+    /// The smallest id of a put not yet answered, else the next id.
+    fn min_inflight(&self) -> u64 {
         let inflight = self
             .shared
             .inflight_ids
@@ -597,6 +797,21 @@ impl Committer {
             .first()
             .copied()
             .unwrap_or_else(|| self.shared.next_id.load(Relaxed))
+    }
+
+    /// The flush point of the flush about to start: the id below which every row will be
+    /// durable once it completes, and per node the first segment that may hold a record at
+    /// or above it (so recovery's scan finds every record whose row may not be durable).
+    fn verified_mark(&self) -> Mark {
+        let below = self.min_inflight();
+        let scan_from = self
+            .shared
+            .layout()
+            .shards
+            .values()
+            .map(|s| (s.node, s.segments.scan_start(below)))
+            .collect();
+        Mark { below, scan_from }
     }
 
     fn flush_data(&mut self) -> Result<u64, StoreError> {
@@ -619,6 +834,7 @@ impl Committer {
                 match s.segments.remove(seg) {
                     Ok(()) => {
                         self.live.remove(&(node, seg));
+                        self.tombs.remove(&(node, seg));
                     }
                     Err(e) => tracing::warn!("removing an empty segment: {e}"),
                 }
@@ -630,8 +846,12 @@ impl Committer {
     pub fn full_flush(&mut self) -> Result<(), StoreError> {
         let mark = self.verified_mark();
         self.flush_data()?;
-        self.commit(&[], &[], true, Some(mark))?;
+        self.commit(&[], &[], true, Some(&mark))?;
         self.flushed();
+        let below = mark.below;
+        if self.recent_tombs.len() > 1024 {
+            self.recent_tombs.retain(|_, upto| *upto >= below);
+        }
         Ok(())
     }
 
@@ -642,7 +862,7 @@ impl Committer {
         changes: &[Change],
         new_ns: &[(String, Option<u32>)],
         full: bool,
-        mark: Option<u64>,
+        mark: Option<&Mark>,
     ) -> Result<(), StoreError> {
         let full = full || mark.is_some();
         if changes.is_empty() && new_ns.is_empty() && mark.is_none() {
@@ -673,7 +893,7 @@ impl Committer {
         &mut self,
         changes: &[Change],
         new_ns: &[(String, Option<u32>)],
-        full: Option<u64>,
+        full: Option<&Mark>,
     ) -> Result<(), StoreError> {
         let next_id = self.shared.next_id.load(Relaxed);
         let now = unix_ns() / 1_000_000_000;
@@ -695,8 +915,12 @@ impl Committer {
         index::meta_set(&tx, "next_id", next_id as i64)
             .map_err(|e| StoreError::sql("writing a batch", e))?;
         if let Some(mark) = full {
-            index::meta_set(&tx, "verified_below", mark as i64)
+            index::meta_set(&tx, "verified_below", mark.below as i64)
                 .map_err(|e| StoreError::sql("writing a batch", e))?;
+            for &(node, seg) in &mark.scan_from {
+                index::meta_set(&tx, &index::scan_from_name(node), i64::from(seg))
+                    .map_err(|e| StoreError::sql("writing a batch", e))?;
+            }
         }
         tx.commit()
             .map_err(|e| StoreError::sql("committing a batch", e))
@@ -750,13 +974,14 @@ impl Committer {
                 let k = (node, seg);
                 let live = self.live.entry(k).or_default();
                 *live = live.saturating_sub(segment::padded(u64::from(e.stored)));
-                if *live == 0
-                    && layout
-                        .shards
-                        .get(&node)
-                        .is_some_and(|s| s.segments.active_id() != Some(seg))
+                let empty = *live == 0;
+                if empty
+                    && let Some(s) = layout.shards.get(&node)
+                    && s.segments.active_id() != Some(seg)
                     && !self.to_unlink.contains(&k)
+                    && self.can_unlink(node, seg, &s.segments.ids())
                 {
+                    // (One holding needed tombstones is compacted by reclaim instead.)
                     self.to_unlink.push(k);
                     self.dirty = true;
                 }
@@ -778,7 +1003,8 @@ impl Committer {
         let mut victims: Vec<(u32, u32, u64)> = Vec::new();
         for s in layout.shards.values() {
             let active = s.segments.active_id();
-            for seg in s.segments.ids() {
+            let ids = s.segments.ids();
+            for &seg in &ids {
                 if Some(seg) == active {
                     continue;
                 }
@@ -786,8 +1012,14 @@ impl Committer {
                 let k = (s.node, seg);
                 if live == 0 {
                     if !self.to_unlink.contains(&k) {
-                        self.to_unlink.push(k);
-                        self.dirty = true;
+                        self.load_tombs(s.node, seg);
+                        if self.can_unlink(s.node, seg, &ids) {
+                            self.to_unlink.push(k);
+                            self.dirty = true;
+                        } else if !self.tombs_unknown.contains(&k) {
+                            // Only tombstones still needed: move them on.
+                            victims.push((s.node, seg, 0));
+                        }
                     }
                     continue;
                 }
@@ -825,6 +1057,23 @@ impl Committer {
                 moving.push((e.id, e.loc.load(Relaxed), u64::from(e.stored)));
             }
         });
+        self.load_tombs(node, seg);
+        if self.tombs_unknown.contains(&(node, seg)) {
+            return Err(StoreError::Unavailable(format!(
+                "the tombstones of segment {seg} could not be read; it stays"
+            )));
+        }
+        // Tombstones still needed move with the live records; the others are dropped.
+        let keep = self.needed_tombs(node, seg, &shard.segments.ids());
+        let mut moved_tombs: Vec<(u32, u64, u64, segment::Tomb)> = Vec::new();
+        for (off, stored, t) in keep {
+            let raw = shard
+                .segments
+                .read_raw(seg, off, stored)
+                .map_err(|e| StoreError::io("reading a tombstone to compact", e))?;
+            let (to, at) = shard.segments.append(&raw)?;
+            moved_tombs.push((to, at, stored, t));
+        }
         // id, old packed loc, new segment, new offset, stored
         let mut moved: Vec<(u64, u64, u32, u64, u64)> = Vec::new();
         for (id, old, stored) in moving {
@@ -872,10 +1121,17 @@ impl Committer {
             *self.live.entry((node, to)).or_default() += segment::padded(stored);
             moved_bytes += stored;
         }
+        for &(to, at, stored, t) in &moved_tombs {
+            self.tombs
+                .entry((node, to))
+                .or_default()
+                .push((at, stored, t));
+        }
         self.live.insert((node, seg), 0);
         match shard.segments.remove(seg) {
             Ok(()) => {
                 self.live.remove(&(node, seg));
+                self.tombs.remove(&(node, seg));
             }
             Err(e) => tracing::warn!("removing compacted segment: {e}"),
         }
@@ -947,17 +1203,27 @@ impl Committer {
     pub fn expire(&mut self) {
         let now = unix_ns() / 1_000_000_000;
         let mut gone: Vec<Change> = Vec::new();
+        let mut targets: Vec<TombTarget> = Vec::new();
         self.shared.map.for_each(|e| {
             if e.expired(now) {
                 gone.push(Change::Remove {
                     hash: e.hash,
                     id: e.id,
                 });
+                targets.push(TombTarget {
+                    hash: e.hash,
+                    id: e.id,
+                    node: u32::from(e.node),
+                    names: None,
+                });
             }
         });
         if gone.is_empty() {
             return;
         }
+        // An older version without a TTL must not come back in a rebuild.
+        let targets = self.name_targets(targets, &HashMap::new());
+        self.write_tombstones(targets);
         let n = gone.len() as u64;
         match self.commit(&gone, &[], false, None) {
             Ok(()) => {
