@@ -134,6 +134,12 @@ pub struct Committer {
     /// flight: such a put arriving after the delete happened before it, and is never visible
     /// (as a rebuild would see it).
     recent_tombs: HashMap<u64, u64>,
+    /// Commits since the last checkpoint (the WAL is checkpointed only right after a full
+    /// flush; this bounds it when the interval is long).
+    commits_since_checkpoint: u64,
+    /// Puts in the last batch that flushed, and how long its flush took (gather's aim).
+    last_group: u64,
+    last_flush_time: Duration,
 }
 
 /// A flush point: `verified_below` and, per node, the first segment recovery scans.
@@ -144,7 +150,6 @@ pub struct Mark {
 
 /// An entry a tombstone is written for.
 struct TombTarget {
-    hash: u64,
     id: u64,
     node: u32,
     names: Option<(String, String)>,
@@ -155,6 +160,9 @@ const TTL_EVERY: Duration = Duration::from_millis(500);
 const RECLAIM_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
 const MAX_GATHER: Duration = Duration::from_millis(2);
+const MIN_GATHER: Duration = Duration::from_micros(100);
+/// Commits after which a full flush (and its checkpoint) runs before the interval is over.
+const MAX_UNCHECKPOINTED: u64 = 20_000;
 /// Size of the reserve file kept beside the index.
 pub const RESERVE_BYTES: u64 = 8 << 20;
 
@@ -205,7 +213,17 @@ impl Committer {
             tombs: HashMap::new(),
             tombs_unknown,
             recent_tombs: HashMap::new(),
+            commits_since_checkpoint: 0,
+            last_group: 0,
+            last_flush_time: MAX_GATHER,
         };
+        // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
+        // making rows durable whose records were not flushed yet (after a power loss such a
+        // row's record is torn, and the version it replaced is gone with it). The committer
+        // checkpoints right after each full flush instead, when every row has its record.
+        if let Err(e) = c.conn.pragma_update(None, "wal_autocheckpoint", 0) {
+            tracing::warn!("turning off automatic WAL checkpoints: {e}");
+        }
         c.ensure_reserve();
         // Record where recovery's scan starts in this run (the segments of the last one are
         // covered by the index now).
@@ -300,8 +318,16 @@ impl Committer {
         if queued == 0 || !flushes {
             return;
         }
-        let deadline = Instant::now() + MAX_GATHER;
-        while queued < self.shared.puts_in_flight.load(Relaxed) && batch.len() < MAX_BATCH {
+        // Also wait for as many puts as the last flushed batch had: its writers are on their
+        // way back (a writer between its answer and its next put is not counted in flight
+        // yet, and a batch without it costs it a whole flush of its own), but never longer
+        // than half a flush.
+        let want = self.last_group;
+        let cap = (self.last_flush_time / 2).clamp(MIN_GATHER, MAX_GATHER);
+        let deadline = Instant::now() + cap;
+        while (queued < self.shared.puts_in_flight.load(Relaxed) || queued < want)
+            && batch.len() < MAX_BATCH
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -364,7 +390,10 @@ impl Committer {
             self.reclaim();
             self.ensure_reserve();
         }
-        if self.dirty && now >= self.last_flush + self.sync_interval() {
+        if self.dirty
+            && (now >= self.last_flush + self.sync_interval()
+                || self.commits_since_checkpoint >= MAX_UNCHECKPOINTED)
+        {
             if let Err(e) = self.full_flush() {
                 // Retried at the next interval; the data stays in the kernel meanwhile.
                 tracing::error!("background flush failed (will retry): {e}");
@@ -456,7 +485,6 @@ impl Committer {
                         .entry((t.node, seg))
                         .or_default()
                         .push((off, rec.len() as u64, tomb));
-                    self.recent_tombs.insert(t.hash, t.id);
                 }
                 Err(e) => tracing::warn!("writing the tombstone of {ns}/{key}: {e}"),
             }
@@ -602,8 +630,8 @@ impl Committer {
                             Why::User => {}
                         }
                         if why != Why::Broken {
+                            self.recent_tombs.insert(h, id);
                             tomb_targets.push(TombTarget {
-                                hash: h,
                                 id,
                                 node,
                                 names: Some((ns.clone(), key.clone())),
@@ -631,8 +659,8 @@ impl Committer {
                     let mut n = 0;
                     for h in hashes {
                         if let Some((id, node)) = self.current(&pending, h) {
+                            self.recent_tombs.insert(h, id);
                             tomb_targets.push(TombTarget {
-                                hash: h,
                                 id,
                                 node,
                                 names: None,
@@ -675,7 +703,10 @@ impl Committer {
         let claims = !new_ns.is_empty();
         let flush_first = sync_now || claims;
         let (mut result, mut data) = if flush_first {
+            let t0 = Instant::now();
             let data = self.flush_data();
+            self.last_flush_time = t0.elapsed();
+            self.last_group = puts;
             (self.commit(&changes, &new_ns, claims && data.is_ok(), None), data)
         } else {
             (self.commit(&changes, &new_ns, false, None), Ok(0))
@@ -848,6 +879,11 @@ impl Committer {
         self.flush_data()?;
         self.commit(&[], &[], true, Some(&mark))?;
         self.flushed();
+        // Every row in the WAL now has a durable record: fold it into the database.
+        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+            tracing::warn!("checkpointing the index: {e}");
+        }
+        self.commits_since_checkpoint = 0;
         let below = mark.below;
         if self.recent_tombs.len() > 1024 {
             self.recent_tombs.retain(|_, upto| *upto >= below);
@@ -878,6 +914,7 @@ impl Committer {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }
         res?;
+        self.commits_since_checkpoint += 1;
         let mut owners = self
             .shared
             .namespaces
@@ -1211,11 +1248,11 @@ impl Committer {
                     id: e.id,
                 });
                 targets.push(TombTarget {
-                    hash: e.hash,
                     id: e.id,
                     node: u32::from(e.node),
                     names: None,
                 });
+                self.recent_tombs.insert(e.hash, e.id);
             }
         });
         if gone.is_empty() {
