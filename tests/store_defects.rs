@@ -494,20 +494,30 @@ fn deletes_clears_and_expiries_stay_gone_after_an_index_rebuild() {
         let cache = Cache::open(config(&dir), topo1()).unwrap();
         for i in 0..6 {
             let k = format!("k{i}");
-            cache.put("del", &k, &value_for(&k, 1, 900), &o, &ME).unwrap();
-            cache.put("del", &k, &value_for(&k, 2, 900), &o, &ME).unwrap();
-            cache.put("clr", &k, &value_for(&k, 1, 900), &o, &ME).unwrap();
+            cache
+                .put("del", &k, &value_for(&k, 1, 900), &o, &ME)
+                .unwrap();
+            cache
+                .put("del", &k, &value_for(&k, 2, 900), &o, &ME)
+                .unwrap();
+            cache
+                .put("clr", &k, &value_for(&k, 1, 900), &o, &ME)
+                .unwrap();
         }
         assert!(cache.delete("del", "k0", &ME).unwrap());
         assert!(cache.delete("del", "k1", &ME).unwrap());
-        cache.put("del", "k1", &value_for("k1", 3, 900), &o, &ME).unwrap();
+        cache
+            .put("del", "k1", &value_for("k1", 3, 900), &o, &ME)
+            .unwrap();
         assert_eq!(cache.clear("clr", &ME).unwrap(), 6);
         // k5: a version without a TTL, then one with a short TTL that the sweep removes.
         let short = PutOptions {
             ttl: Some(Duration::from_secs(1)),
             ..Default::default()
         };
-        cache.put("del", "k5", &value_for("k5", 3, 900), &short, &ME).unwrap();
+        cache
+            .put("del", "k5", &value_for("k5", 3, 900), &short, &ME)
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while cache.lookup("del", "k5").is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -524,9 +534,15 @@ fn deletes_clears_and_expiries_stay_gone_after_an_index_rebuild() {
         let k = format!("k{i}");
         assert_eq!(check_value(&k, &cache.get("del", &k, &ME).unwrap()), 2);
     }
-    assert!(miss(&cache, "del", "k5"), "an expired key's older version came back");
+    assert!(
+        miss(&cache, "del", "k5"),
+        "an expired key's older version came back"
+    );
     for i in 0..6 {
-        assert!(miss(&cache, "clr", &format!("k{i}")), "a cleared key came back");
+        assert!(
+            miss(&cache, "clr", &format!("k{i}")),
+            "a cleared key came back"
+        );
     }
     assert_eq!(cache.totals().entries, 4);
 }
@@ -548,7 +564,9 @@ fn rowloss_child() {
     let o = PutOptions::default();
     for i in 0..8 {
         let k = format!("k{i}");
-        cache.put("loss", &k, &value_for(&k, 1, 2000), &o, &ME).unwrap();
+        cache
+            .put("loss", &k, &value_for(&k, 1, 2000), &o, &ME)
+            .unwrap();
     }
     let big = value_for("big", 1, 3 << 20);
     cache.put("loss", "big", &big, &o, &ME).unwrap();
@@ -564,16 +582,22 @@ fn rowloss_child() {
     };
     for i in 0..4 {
         let k = format!("k{i}");
-        cache.put("loss", &k, &value_for(&k, 2, 2000), &sync, &ME).unwrap();
+        cache
+            .put("loss", &k, &value_for(&k, 2, 2000), &sync, &ME)
+            .unwrap();
     }
-    cache.put("loss", "new", &value_for("new", 1, 2000), &sync, &ME).unwrap();
+    cache
+        .put("loss", "new", &value_for("new", 1, 2000), &sync, &ME)
+        .unwrap();
     cache
         .put("loss", "big", &value_for("big", 2, 3 << 20), &sync, &ME)
         .unwrap();
     assert!(cache.delete("loss", "k6", &ME).unwrap());
     assert!(cache.delete("loss", "k7", &ME).unwrap());
     // A sync put after them: the deletes' tombstones are flushed with it.
-    cache.put("loss", "last", &value_for("last", 1, 100), &sync, &ME).unwrap();
+    cache
+        .put("loss", "last", &value_for("last", 1, 100), &sync, &ME)
+        .unwrap();
     std::process::abort();
 }
 
@@ -591,14 +615,22 @@ fn sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush() {
     };
     let dir = m.dir();
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "rowloss_child", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "rowloss_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(LOSS_CHILD_ENV, &dir)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(!status.success(), "the child was to abort");
-    assert!(dir.join("index.db.at-flush").exists(), "the child did not get to its flush");
+    assert!(
+        dir.join("index.db.at-flush").exists(),
+        "the child did not get to its flush"
+    );
     std::fs::rename(dir.join("index.db.at-flush"), dir.join("index.db")).unwrap();
     let _ = std::fs::remove_file(dir.join("index.db-wal"));
     if dir.join("index.db-wal.at-flush").exists() {
@@ -613,9 +645,18 @@ fn sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush() {
             "{k}: the sync-acknowledged version is lost"
         );
     }
-    assert_eq!(check_value("new", &cache.get("loss", "new", &ME).unwrap()), 1);
-    assert_eq!(check_value("last", &cache.get("loss", "last", &ME).unwrap()), 1);
-    assert_eq!(check_value("big", &cache.get("loss", "big", &ME).unwrap()), 2);
+    assert_eq!(
+        check_value("new", &cache.get("loss", "new", &ME).unwrap()),
+        1
+    );
+    assert_eq!(
+        check_value("last", &cache.get("loss", "last", &ME).unwrap()),
+        1
+    );
+    assert_eq!(
+        check_value("big", &cache.get("loss", "big", &ME).unwrap()),
+        2
+    );
     for k in ["k4", "k5"] {
         assert_eq!(check_value(k, &cache.get("loss", k, &ME).unwrap()), 1);
     }
@@ -645,15 +686,21 @@ fn compaction_keeps_needed_tombstones_and_drops_the_rest() {
     let segs = || store_util::segment_files(&dir);
     {
         let cache = Cache::open(cfg.clone(), topo1()).unwrap();
-        cache.put("t", "anchor", &value_for("anchor", 1, 80 << 10), &o, &ME).unwrap();
+        cache
+            .put("t", "anchor", &value_for("anchor", 1, 80 << 10), &o, &ME)
+            .unwrap();
         for i in 0..4 {
             let k = format!("d{i}");
-            cache.put("t", &k, &value_for(&k, 1, 9 << 10), &o, &ME).unwrap();
+            cache
+                .put("t", &k, &value_for(&k, 1, 9 << 10), &o, &ME)
+                .unwrap();
         }
         // Fillers start the next segment; the deletes' tombstones land beside them.
         for i in 0..6 {
             let k = format!("f{i}");
-            cache.put("t", &k, &value_for(&k, 1, 9 << 10), &o, &ME).unwrap();
+            cache
+                .put("t", &k, &value_for(&k, 1, 9 << 10), &o, &ME)
+                .unwrap();
         }
         let first = segs();
         assert!(first.len() >= 2, "{first:?}");
@@ -665,7 +712,9 @@ fn compaction_keeps_needed_tombstones_and_drops_the_rest() {
         for v in [3, 5, 7] {
             for i in 0..6 {
                 let k = format!("f{i}");
-                cache.put("t", &k, &value_for(&k, v, 9 << 10), &o, &ME).unwrap();
+                cache
+                    .put("t", &k, &value_for(&k, v, 9 << 10), &o, &ME)
+                    .unwrap();
             }
         }
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -673,26 +722,46 @@ fn compaction_keeps_needed_tombstones_and_drops_the_rest() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let now = segs();
-        assert!(!now.iter().any(|s| first[1..].contains(s)), "not reclaimed: {now:?}");
-        assert!(now.contains(&first[0]), "segment 1 (live anchor) went: {now:?}");
-        assert_eq!(tombstones_on_disk(&dir), 4, "needed tombstones were dropped");
+        assert!(
+            !now.iter().any(|s| first[1..].contains(s)),
+            "not reclaimed: {now:?}"
+        );
+        assert!(
+            now.contains(&first[0]),
+            "segment 1 (live anchor) went: {now:?}"
+        );
+        assert_eq!(
+            tombstones_on_disk(&dir),
+            4,
+            "needed tombstones were dropped"
+        );
         cache.close().unwrap();
     }
     std::fs::remove_file(dir.join("index.db")).unwrap();
     let cache = Cache::open(cfg.clone(), topo1()).unwrap();
     for i in 0..4 {
-        assert!(miss(&cache, "t", &format!("d{i}")), "d{i} came back after compaction");
+        assert!(
+            miss(&cache, "t", &format!("d{i}")),
+            "d{i} came back after compaction"
+        );
     }
-    assert_eq!(check_value("anchor", &cache.get("t", "anchor", &ME).unwrap()), 1);
+    assert_eq!(
+        check_value("anchor", &cache.get("t", "anchor", &ME).unwrap()),
+        1
+    );
     // Segment 1 goes (its anchor moves on); the tombstones are no longer needed, and go
     // with the next compaction of their segment.
-    cache.put("t", "anchor", &value_for("anchor", 3, 80 << 10), &o, &ME).unwrap();
+    cache
+        .put("t", "anchor", &value_for("anchor", 3, 80 << 10), &o, &ME)
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut v = 9;
     while tombstones_on_disk(&dir) > 0 && Instant::now() < deadline {
         for i in 0..6 {
             let k = format!("f{i}");
-            cache.put("t", &k, &value_for(&k, v, 9 << 10), &o, &ME).unwrap();
+            cache
+                .put("t", &k, &value_for(&k, v, 9 << 10), &o, &ME)
+                .unwrap();
         }
         v += 2;
         std::thread::sleep(Duration::from_millis(300));

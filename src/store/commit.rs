@@ -481,10 +481,11 @@ impl Committer {
             let rec = segment::encode_tombstone(id, &ns, &key, tomb, now, owner);
             match shard.segments.append(&rec) {
                 Ok((seg, off)) => {
-                    self.tombs
-                        .entry((t.node, seg))
-                        .or_default()
-                        .push((off, rec.len() as u64, tomb));
+                    self.tombs.entry((t.node, seg)).or_default().push((
+                        off,
+                        rec.len() as u64,
+                        tomb,
+                    ));
                 }
                 Err(e) => tracing::warn!("writing the tombstone of {ns}/{key}: {e}"),
             }
@@ -707,7 +708,10 @@ impl Committer {
             let data = self.flush_data();
             self.last_flush_time = t0.elapsed();
             self.last_group = puts;
-            (self.commit(&changes, &new_ns, claims && data.is_ok(), None), data)
+            (
+                self.commit(&changes, &new_ns, claims && data.is_ok(), None),
+                data,
+            )
         } else {
             (self.commit(&changes, &new_ns, false, None), Ok(0))
         };

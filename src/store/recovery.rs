@@ -375,7 +375,10 @@ fn reconcile(
     let mut at: HashMap<(String, String), usize> = slots
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| r.as_ref().map(|r| ((r.namespace.clone(), r.key.clone()), i)))
+        .filter_map(|(i, r)| {
+            r.as_ref()
+                .map(|r| ((r.namespace.clone(), r.key.clone()), i))
+        })
         .collect();
     let mut inserted: Vec<Row> = Vec::new();
     // Tombstones first: a row they cover was removed (its removal's commit did not last).
@@ -397,8 +400,7 @@ fn reconcile(
     // Then the newest intact record of each key, when newer than its row.
     found.sort_by_key(|(r, _)| std::cmp::Reverse(r.id));
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
-    let row_ids: std::collections::HashSet<u64> =
-        slots.iter().flatten().map(|r| r.id).collect();
+    let row_ids: std::collections::HashSet<u64> = slots.iter().flatten().map(|r| r.id).collect();
     for (r, owner) in found {
         if row_ids.contains(&r.id) {
             continue;

@@ -566,4 +566,43 @@ mod tests {
         assert_eq!(found, vec![0, 2, 3, 4]);
         assert_eq!(parse_segment_name(&segment_name(seg)), Some(seg));
     }
+
+    #[test]
+    fn tombstones_scan_apart_and_the_scan_start_covers_records_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), 0, 64 << 10).unwrap();
+        let (rec, _) = blob::encode(10, "ns", "k", &[1u8; 40_000], 3, usize::MAX, 1, 0, Some(7));
+        let (s1, _) = log.append(&rec).unwrap();
+        let t = Tomb {
+            upto: 10,
+            keep_below: log.current_id(),
+        };
+        let (st, toff) = log
+            .append(&encode_tombstone(11, "ns", "k", t, 1, Some(7)))
+            .unwrap();
+        assert_eq!(st, s1);
+        // `scan` leaves the tombstone out; `scan_records` has it, whole.
+        assert_eq!(log.scan(s1).unwrap().len(), 1);
+        let all = log.scan_records(s1).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[1].off, all[1].tomb, all[1].header.id),
+            (toff, Some(t), 11)
+        );
+        // A record with id 12 goes to a second segment (the first is full). The scan start
+        // for mark 12 is the second; for mark 11 the first (it holds the tombstone, id 11);
+        // for a mark above every id, the active one.
+        let (rec, _) = blob::encode(12, "ns", "k2", &[2u8; 40_000], 3, usize::MAX, 1, 0, Some(7));
+        let (s2, _) = log.append(&rec).unwrap();
+        assert!(s2 > s1);
+        assert_eq!(log.scan_start(12), s2);
+        assert_eq!(log.scan_start(11), s1);
+        assert_eq!(log.scan_start(100), s2);
+        // Ids are never reused, even when the newest segment goes.
+        log.seal();
+        log.remove(s2).unwrap();
+        let (rec, _) = blob::encode(13, "ns", "k3", &[3u8; 100], 3, 0, 1, 0, Some(7));
+        let (s3, _) = log.append(&rec).unwrap();
+        assert!(s3 > s2, "segment id {s3} reused");
+    }
 }
