@@ -126,7 +126,7 @@ pub struct Committer {
     /// The reserve file: room for the index's own writes when the disk is full.
     reserve: PathBuf,
     /// Tombstones per (node, segment): offset, stored length, what it says.
-    tombs: HashMap<(u32, u32), Vec<(u64, u64, segment::Tomb)>>,
+    tombs: HashMap<(u32, u32), Vec<TombAt>>,
     /// Segments that were there at open and whose tombstones are not read yet (read by a scan
     /// when the segment is about to go).
     tombs_unknown: HashSet<(u32, u32)>,
@@ -147,6 +147,9 @@ pub struct Mark {
     below: u64,
     scan_from: Vec<(u32, u32)>,
 }
+
+/// A tombstone in a segment: offset, stored length, what it says.
+type TombAt = (u64, u64, segment::Tomb);
 
 /// An entry a tombstone is written for.
 struct TombTarget {
@@ -503,7 +506,7 @@ impl Committer {
         };
         match s.segments.scan_records(seg) {
             Ok(recs) => {
-                let found: Vec<(u64, u64, segment::Tomb)> = recs
+                let found: Vec<TombAt> = recs
                     .into_iter()
                     .filter_map(|r| r.tomb.map(|t| (r.off, r.header.stored_len(), t)))
                     .collect();
@@ -521,7 +524,7 @@ impl Committer {
 
     /// Tombstones of segment `seg` still needed: a segment up to its `keep_below` (other
     /// than `seg`) exists, which may hold a version of its key.
-    fn needed_tombs(&self, node: u32, seg: u32, ids: &[u32]) -> Vec<(u64, u64, segment::Tomb)> {
+    fn needed_tombs(&self, node: u32, seg: u32, ids: &[u32]) -> Vec<TombAt> {
         self.tombs
             .get(&(node, seg))
             .map(|v| {

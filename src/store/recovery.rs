@@ -406,7 +406,7 @@ fn reconcile(
             continue;
         }
         let k = (r.namespace.clone(), r.key.clone());
-        let eligible = !tombs.get(&k).is_some_and(|&u| r.id <= u)
+        let eligible = tombs.get(&k).is_none_or(|&u| r.id > u)
             && owners.get(&r.namespace) == Some(&owner)
             && at
                 .get(&k)
