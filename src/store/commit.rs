@@ -166,6 +166,8 @@ const MAX_GATHER: Duration = Duration::from_millis(2);
 const MIN_GATHER: Duration = Duration::from_micros(100);
 /// Commits after which a full flush (and its checkpoint) runs before the interval is over.
 const MAX_UNCHECKPOINTED: u64 = 20_000;
+/// Commits after which a full flush also checkpoints the WAL.
+const CHECKPOINT_AFTER: u64 = 256;
 /// Size of the reserve file kept beside the index.
 pub const RESERVE_BYTES: u64 = 8 << 20;
 
@@ -886,11 +888,14 @@ impl Committer {
         self.flush_data()?;
         self.commit(&[], &[], true, Some(&mark))?;
         self.flushed();
-        // Every row in the WAL now has a durable record: fold it into the database.
-        if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-            tracing::warn!("checkpointing the index: {e}");
+        // Every row in the WAL now has a durable record: fold it into the database (once it
+        // holds a good number of commits; each checkpoint costs fdatasyncs of its own).
+        if self.commits_since_checkpoint >= CHECKPOINT_AFTER {
+            if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                tracing::warn!("checkpointing the index: {e}");
+            }
+            self.commits_since_checkpoint = 0;
         }
-        self.commits_since_checkpoint = 0;
         let below = mark.below;
         if self.recent_tombs.len() > 1024 {
             self.recent_tombs.retain(|_, upto| *upto >= below);

@@ -372,14 +372,29 @@ fn reconcile(
         .into_iter()
         .collect();
     let mut slots: Vec<Option<Row>> = keep.into_iter().map(Some).collect();
-    let mut at: HashMap<(String, String), usize> = slots
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| {
-            r.as_ref()
-                .map(|r| ((r.namespace.clone(), r.key.clone()), i))
-        })
+    // Only the keys the scan found are looked up (a large index is not copied into a map).
+    let wanted: std::collections::HashSet<(&str, &str)> = tombs
+        .keys()
+        .map(|(n, k)| (n.as_str(), k.as_str()))
+        .chain(
+            found
+                .iter()
+                .map(|(r, _)| (r.namespace.as_str(), r.key.as_str())),
+        )
         .collect();
+    let found_ids: std::collections::HashSet<u64> = found.iter().map(|(r, _)| r.id).collect();
+    let mut at: HashMap<(String, String), usize> = HashMap::new();
+    let mut row_ids: std::collections::HashSet<u64> = Default::default();
+    for (i, r) in slots.iter().enumerate() {
+        let Some(r) = r else { continue };
+        if found_ids.contains(&r.id) {
+            row_ids.insert(r.id);
+        }
+        if wanted.contains(&(r.namespace.as_str(), r.key.as_str())) {
+            at.insert((r.namespace.clone(), r.key.clone()), i);
+        }
+    }
+    drop(wanted);
     let mut inserted: Vec<Row> = Vec::new();
     // Tombstones first: a row they cover was removed (its removal's commit did not last).
     for (k, upto) in &tombs {
@@ -400,7 +415,6 @@ fn reconcile(
     // Then the newest intact record of each key, when newer than its row.
     found.sort_by_key(|(r, _)| std::cmp::Reverse(r.id));
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
-    let row_ids: std::collections::HashSet<u64> = slots.iter().flatten().map(|r| r.id).collect();
     for (r, owner) in found {
         if row_ids.contains(&r.id) {
             continue;
