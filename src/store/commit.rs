@@ -10,8 +10,9 @@
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
 //! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
-//!   records, then commits its rows (`NORMAL`) and answers: one fdatasync per group, shared
-//!   by concurrent sync puts (group commit). The segment is the log of truth: the rows reach
+//!   records, then makes the batch visible and answers, then commits its rows (`NORMAL`; a
+//!   failed commit is retried with the next one): one fdatasync per group, shared by
+//!   concurrent sync puts (group commit). The segment is the log of truth: the rows reach
 //!   the disk with the next full flush, and until then recovery finds the records by scanning
 //!   the segments from the scan start recorded with `verified_below`;
 //! - a batch that records a new namespace owner makes it durable before answering (records,
@@ -137,6 +138,11 @@ pub struct Committer {
     /// Commits since the last checkpoint (the WAL is checkpointed only right after a full
     /// flush; this bounds it when the interval is long).
     commits_since_checkpoint: u64,
+    /// Changes of sync batches already visible and answered (their records are durable)
+    /// whose commit is still to come: the next commit writes them first. Until then recovery
+    /// would find their records by its scan (no flush point can pass them: a flush commits
+    /// them first).
+    unwritten: Vec<Change>,
     /// Puts in the last batch that flushed, and how long its flush took (gather's aim).
     last_group: u64,
     last_flush_time: Duration,
@@ -171,6 +177,7 @@ const CHECKPOINT_AFTER: u64 = 256;
 /// Size of the reserve file kept beside the index.
 pub const RESERVE_BYTES: u64 = 8 << 20;
 
+#[derive(Clone)]
 enum Change {
     Insert(Row),
     /// Remove the entry of map hash `hash` if it is still entry `id`.
@@ -221,6 +228,7 @@ impl Committer {
             commits_since_checkpoint: 0,
             last_group: 0,
             last_flush_time: MAX_GATHER,
+            unwritten: Vec::new(),
         };
         // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
         // making rows durable whose records were not flushed yet (after a power loss such a
@@ -708,15 +716,25 @@ impl Committer {
         let sync_now = want_sync && !changes.is_empty();
         let claims = !new_ns.is_empty();
         let flush_first = sync_now || claims;
+        // A sync batch whose records are durable is made visible and answered at once, and
+        // its rows committed right after the answers (while its writers prepare their next
+        // puts): the records are the truth until then.
+        let mut deferred = false;
         let (mut result, mut data) = if flush_first {
             let t0 = Instant::now();
             let data = self.flush_data();
             self.last_flush_time = t0.elapsed();
             self.last_group = puts;
-            (
-                self.commit(&changes, &new_ns, claims && data.is_ok(), None),
-                data,
-            )
+            if sync_now && !claims && data.is_ok() {
+                deferred = true;
+                self.unwritten.extend(changes.iter().cloned());
+                (Ok(()), data)
+            } else {
+                (
+                    self.commit(&changes, &new_ns, claims && data.is_ok(), None),
+                    data,
+                )
+            }
         } else {
             (self.commit(&changes, &new_ns, false, None), Ok(0))
         };
@@ -793,6 +811,10 @@ impl Committer {
                 }
                 for (r, v) in count_replies {
                     let _ = r.send(Ok(v));
+                }
+                if deferred && let Err(e) = self.commit(&[], &[], false, None) {
+                    // Kept in `unwritten` for the next commit; visible, answered, durable.
+                    tracing::warn!("committing the rows of a flushed sync batch (retried): {e}");
                 }
                 let max = self.shared.cfg.max_bytes;
                 let stored = self.shared.stats.stored_total();
@@ -913,9 +935,20 @@ impl Committer {
         mark: Option<&Mark>,
     ) -> Result<(), StoreError> {
         let full = full || mark.is_some();
-        if changes.is_empty() && new_ns.is_empty() && mark.is_none() {
+        if changes.is_empty() && new_ns.is_empty() && mark.is_none() && self.unwritten.is_empty() {
             return Ok(());
         }
+        let earlier = self.unwritten.len();
+        let all: Vec<Change>;
+        let changes = if earlier == 0 {
+            changes
+        } else {
+            all = std::mem::take(&mut self.unwritten)
+                .into_iter()
+                .chain(changes.iter().cloned())
+                .collect();
+            &all[..]
+        };
         if full {
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
@@ -924,6 +957,10 @@ impl Committer {
         let res = self.commit_tx(changes, new_ns, mark);
         if full {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        }
+        if res.is_err() {
+            // The earlier changes stay due; the caller answers for its own.
+            self.unwritten = changes[..earlier].to_vec();
         }
         res?;
         self.commits_since_checkpoint += 1;
