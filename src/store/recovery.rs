@@ -9,7 +9,10 @@
 //! whose rows did not either; large-value files without a row at or above `verified_below`
 //! are checked the same way, older ones removed. A scanned record is indexed when it is
 //! intact, newer than its key's row, not covered by a tombstone, not expired, and carries its
-//! namespace's recorded owner (a loser of a race for a new namespace never is).
+//! namespace's recorded owner (a loser of a race for a new namespace never is). A key whose
+//! row at or above the mark lost its record, and that the scan gave nothing newer, goes back
+//! to its newest intact older version (a search of every segment, only in that case): that
+//! put was never durable, and the version before it is the one the key had.
 //! A missing or corrupt `index.db` is rebuilt from the records alone (segment scans and
 //! large-value files, tombstones honoured by id), namespace owners included.
 use crate::store::blob;
@@ -44,6 +47,7 @@ struct Repairs {
     files_removed: u64,
     scanned_indexed: u64,
     tombstones_applied: u64,
+    older_restored: u64,
 }
 
 /// What recovery after an unclean stop must look at beyond the rows: records at or above
@@ -170,6 +174,7 @@ pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreErro
             + rep.files_removed
             + rep.scanned_indexed
             + rep.tombstones_applied
+            + rep.older_restored
             > 0
     {
         tracing::warn!(
@@ -179,6 +184,7 @@ pub fn recover(dir: &Path, shards: &[Arc<Shard>]) -> Result<Recovered, StoreErro
             files_indexed = rep.files_indexed,
             scanned_records_indexed = rep.scanned_indexed,
             tombstones_applied = rep.tombstones_applied,
+            older_versions_restored = rep.older_restored,
             stale_files_removed = rep.files_removed,
             "repaired the cache after an unclean stop"
         );
@@ -307,6 +313,8 @@ fn reconcile(
     }
     let mut keep = Vec::with_capacity(rows.len());
     let mut dropped = Vec::new();
+    // Keys whose row at or above the mark lost its record (the writeback race): id dropped.
+    let mut torn: HashMap<(String, String), u64> = HashMap::new();
     for r in rows {
         let present = match r.loc {
             Some((seg, off)) => seg_len
@@ -326,6 +334,10 @@ fn reconcile(
                 && let Some(s) = by_node.get(&r.node)
             {
                 remove.push(s.blob_path(r.id));
+            }
+            if r.id >= verified_below {
+                let e = torn.entry((r.namespace, r.key)).or_insert(r.id);
+                *e = (*e).max(r.id);
             }
             dropped.push(r.id);
         }
@@ -449,6 +461,16 @@ fn reconcile(
         rep.scanned_indexed += 1;
         inserted.push(r);
     }
+    // A key whose newest row lost its record and that the scan did not give a newer one:
+    // that put was never durable (rows reach the disk after their records, except by a
+    // writeback race of a put younger than the interval), so the key goes back to its newest
+    // intact older version, the one it had before that put; a miss when there is none.
+    for r in &inserted {
+        torn.remove(&(r.namespace.clone(), r.key.clone()));
+    }
+    if !torn.is_empty() {
+        inserted.extend(older_versions(shards, &torn, &owners, now, rep)?);
+    }
     let tx = conn
         .transaction()
         .map_err(|e| StoreError::sql("repairing", e))?;
@@ -467,6 +489,51 @@ fn reconcile(
         }
     }
     Ok(keep)
+}
+
+/// For each key of `torn` (key -> id of the version whose record was torn), its newest intact
+/// segment record with a smaller id that no tombstone covers and that carries its
+/// namespace's owner: a search of every segment, done only after a power loss tore a record.
+fn older_versions(
+    shards: &[Arc<Shard>],
+    torn: &HashMap<(String, String), u64>,
+    owners: &HashMap<String, Option<u32>>,
+    now: u64,
+    rep: &mut Repairs,
+) -> Result<Vec<Row>, StoreError> {
+    let mut best: HashMap<(String, String), Row> = HashMap::new();
+    let mut tombs: HashMap<(String, String), u64> = HashMap::new();
+    for s in shards {
+        for seg in s.segments.ids() {
+            for r in s.segments.scan_records(seg)? {
+                let h = r.header;
+                let k = (h.namespace.clone(), h.key.clone());
+                let Some(&torn_id) = torn.get(&k) else {
+                    continue;
+                };
+                if let Some(t) = r.tomb {
+                    let e = tombs.entry(k).or_insert(t.upto);
+                    *e = (*e).max(t.upto);
+                    continue;
+                }
+                if h.id >= torn_id
+                    || (h.expires != 0 && h.expires <= now)
+                    || owners.get(&h.namespace) != Some(&h.owner)
+                    || best.get(&k).is_some_and(|b| b.id >= h.id)
+                {
+                    continue;
+                }
+                best.insert(k, row_of(&h, s.node, Some((seg, r.off))));
+            }
+        }
+    }
+    let out: Vec<Row> = best
+        .into_iter()
+        .filter(|(k, r)| tombs.get(k).is_none_or(|&u| r.id > u))
+        .map(|(_, r)| r)
+        .collect();
+    rep.older_restored = out.len() as u64;
+    Ok(out)
 }
 
 fn row_of(h: &blob::Header, node: u32, loc: Option<(u32, u64)>) -> Row {
