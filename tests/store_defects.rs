@@ -6,6 +6,7 @@
 mod store_util;
 
 use numa_cache::store::{Cache, Caller, PutOptions, StoreError};
+use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use store_util::{Mount, check_value, config, topo1, value_for};
@@ -461,4 +462,397 @@ fn a_version_1_index_and_its_blob_files_open_and_migrate() {
                 .is_err()
         );
     }
+}
+
+fn miss(cache: &Cache, ns: &str, key: &str) -> bool {
+    matches!(cache.get(ns, key, &ME), Err(StoreError::NotFound { .. }))
+}
+
+/// Tombstone records on disk (the flag bit of segment.rs), found by parsing the segments.
+fn tombstones_on_disk(dir: &std::path::Path) -> usize {
+    use numa_cache::store::{blob, segment};
+    store_util::records(dir)
+        .into_iter()
+        .filter(|(f, off, ..)| {
+            let b = std::fs::read(f).unwrap_or_default();
+            blob::parse_header(&b[*off as usize..])
+                .is_ok_and(|h| h.flags & segment::FLAG_TOMBSTONE != 0)
+        })
+        .count()
+}
+
+/// Deletes stay deleted when index.db is rebuilt from the records alone: a delete, a clear
+/// and a TTL expiry each leave a tombstone; a re-put after a delete is there; an older version
+/// (without a TTL) of an expired key does not come back.
+#[test]
+fn deletes_clears_and_expiries_stay_gone_after_an_index_rebuild() {
+    let Some(m) = Mount::btrfs(256, false) else {
+        return;
+    };
+    let dir = m.dir();
+    let o = PutOptions::default();
+    {
+        let cache = Cache::open(config(&dir), topo1()).unwrap();
+        for i in 0..6 {
+            let k = format!("k{i}");
+            cache
+                .put("del", &k, &value_for(&k, 1, 900), &o, &ME)
+                .unwrap();
+            cache
+                .put("del", &k, &value_for(&k, 2, 900), &o, &ME)
+                .unwrap();
+            cache
+                .put("clr", &k, &value_for(&k, 1, 900), &o, &ME)
+                .unwrap();
+        }
+        assert!(cache.delete("del", "k0", &ME).unwrap());
+        assert!(cache.delete("del", "k1", &ME).unwrap());
+        cache
+            .put("del", "k1", &value_for("k1", 3, 900), &o, &ME)
+            .unwrap();
+        assert_eq!(cache.clear("clr", &ME).unwrap(), 6);
+        // k5: a version without a TTL, then one with a short TTL that the sweep removes.
+        let short = PutOptions {
+            ttl: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        cache
+            .put("del", "k5", &value_for("k5", 3, 900), &short, &ME)
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache.lookup("del", "k5").is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(miss(&cache, "del", "k5"), "the sweep did not remove k5");
+        cache.close().unwrap();
+    }
+    assert!(tombstones_on_disk(&dir) >= 9, "no tombstones written");
+    std::fs::remove_file(dir.join("index.db")).unwrap();
+    let cache = Cache::open(config(&dir), topo1()).unwrap();
+    assert!(miss(&cache, "del", "k0"), "a deleted key came back");
+    assert_eq!(check_value("k1", &cache.get("del", "k1", &ME).unwrap()), 3);
+    for i in 2..5 {
+        let k = format!("k{i}");
+        assert_eq!(check_value(&k, &cache.get("del", &k, &ME).unwrap()), 2);
+    }
+    assert!(
+        miss(&cache, "del", "k5"),
+        "an expired key's older version came back"
+    );
+    for i in 0..6 {
+        assert!(
+            miss(&cache, "clr", &format!("k{i}")),
+            "a cleared key came back"
+        );
+    }
+    assert_eq!(cache.totals().entries, 4);
+}
+
+const LOSS_CHILD_ENV: &str = "NUMA_CACHE_ROWLOSS_CHILD";
+
+/// The child of `sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush`: default
+/// puts, a full flush, a copy of the index as it is then (the state a power loss leaves when
+/// the rows written since did not reach the disk), then sync puts and deletes, then abort.
+#[test]
+fn rowloss_child() {
+    let Ok(dir) = std::env::var(LOSS_CHILD_ENV) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut cfg = config(&dir);
+    cfg.sync_interval = Duration::from_secs(3600);
+    let cache = Cache::open(cfg, topo1()).unwrap();
+    let o = PutOptions::default();
+    for i in 0..8 {
+        let k = format!("k{i}");
+        cache
+            .put("loss", &k, &value_for(&k, 1, 2000), &o, &ME)
+            .unwrap();
+    }
+    let big = value_for("big", 1, 3 << 20);
+    cache.put("loss", "big", &big, &o, &ME).unwrap();
+    cache.flush().unwrap();
+    for f in ["index.db", "index.db-wal"] {
+        if dir.join(f).exists() {
+            std::fs::copy(dir.join(f), dir.join(format!("{f}.at-flush"))).unwrap();
+        }
+    }
+    let sync = PutOptions {
+        sync: true,
+        ..Default::default()
+    };
+    for i in 0..4 {
+        let k = format!("k{i}");
+        cache
+            .put("loss", &k, &value_for(&k, 2, 2000), &sync, &ME)
+            .unwrap();
+    }
+    cache
+        .put("loss", "new", &value_for("new", 1, 2000), &sync, &ME)
+        .unwrap();
+    cache
+        .put("loss", "big", &value_for("big", 2, 3 << 20), &sync, &ME)
+        .unwrap();
+    assert!(cache.delete("loss", "k6", &ME).unwrap());
+    assert!(cache.delete("loss", "k7", &ME).unwrap());
+    // A sync put after them: the deletes' tombstones are flushed with it.
+    cache
+        .put("loss", "last", &value_for("last", 1, 100), &sync, &ME)
+        .unwrap();
+    std::process::abort();
+}
+
+/// A sync put is answered once its record is durable; its row follows with the next full
+/// flush. Here every row written after the last flush is lost (the index is put back as it
+/// was then, as a power loss can leave it): recovery's scan must find the sync-acknowledged
+/// records (segment and large-value file) and the deletes' tombstones.
+#[test]
+fn sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush() {
+    if std::env::var(LOSS_CHILD_ENV).is_ok() {
+        return;
+    }
+    let Some(m) = Mount::btrfs(256, false) else {
+        return;
+    };
+    let dir = m.dir();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "rowloss_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(LOSS_CHILD_ENV, &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child was to abort");
+    assert!(
+        dir.join("index.db.at-flush").exists(),
+        "the child did not get to its flush"
+    );
+    std::fs::rename(dir.join("index.db.at-flush"), dir.join("index.db")).unwrap();
+    let _ = std::fs::remove_file(dir.join("index.db-wal"));
+    if dir.join("index.db-wal.at-flush").exists() {
+        std::fs::rename(dir.join("index.db-wal.at-flush"), dir.join("index.db-wal")).unwrap();
+    }
+    let cache = Cache::open(config(&dir), topo1()).unwrap();
+    for i in 0..4 {
+        let k = format!("k{i}");
+        assert_eq!(
+            check_value(&k, &cache.get("loss", &k, &ME).unwrap()),
+            2,
+            "{k}: the sync-acknowledged version is lost"
+        );
+    }
+    assert_eq!(
+        check_value("new", &cache.get("loss", "new", &ME).unwrap()),
+        1
+    );
+    assert_eq!(
+        check_value("last", &cache.get("loss", "last", &ME).unwrap()),
+        1
+    );
+    assert_eq!(
+        check_value("big", &cache.get("loss", "big", &ME).unwrap()),
+        2
+    );
+    for k in ["k4", "k5"] {
+        assert_eq!(check_value(k, &cache.get("loss", k, &ME).unwrap()), 1);
+    }
+    for k in ["k6", "k7"] {
+        assert!(miss(&cache, "loss", k), "{k}: a delete was undone");
+    }
+    // One large-value file: the old version's went with its replacement.
+    let files = store_util::blob_files(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+}
+
+/// Compaction keeps a tombstone while a segment that may hold its key's records exists, and
+/// drops it once they are gone. Segments of 128 KiB: segment 1 keeps a large live value and
+/// the records of four deleted keys; the segment holding their tombstones empties and is
+/// compacted (the tombstones move on); a rebuild then still misses the four keys. Once
+/// segment 1 goes too, the tombstones are dropped.
+#[test]
+fn compaction_keeps_needed_tombstones_and_drops_the_rest() {
+    let Some(m) = Mount::btrfs(256, false) else {
+        return;
+    };
+    let dir = m.dir();
+    let mut cfg = config(&dir);
+    cfg.max_bytes = 1 << 20; // segments of 128 KiB
+    cfg.memory_bytes = 0;
+    let o = PutOptions::default();
+    let segs = || store_util::segment_files(&dir);
+    {
+        let cache = Cache::open(cfg.clone(), topo1()).unwrap();
+        cache
+            .put("t", "anchor", &value_for("anchor", 1, 80 << 10), &o, &ME)
+            .unwrap();
+        for i in 0..4 {
+            let k = format!("d{i}");
+            cache
+                .put("t", &k, &value_for(&k, 1, 9 << 10), &o, &ME)
+                .unwrap();
+        }
+        // Fillers start the next segment; the deletes' tombstones land beside them.
+        for i in 0..6 {
+            let k = format!("f{i}");
+            cache
+                .put("t", &k, &value_for(&k, 1, 9 << 10), &o, &ME)
+                .unwrap();
+        }
+        let first = segs();
+        assert!(first.len() >= 2, "{first:?}");
+        for i in 0..4 {
+            assert!(cache.delete("t", &format!("d{i}"), &ME).unwrap());
+        }
+        assert_eq!(tombstones_on_disk(&dir), 4);
+        // Empty the tombstones' segment: its fillers move to later segments.
+        for v in [3, 5, 7] {
+            for i in 0..6 {
+                let k = format!("f{i}");
+                cache
+                    .put("t", &k, &value_for(&k, v, 9 << 10), &o, &ME)
+                    .unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while segs().iter().any(|s| first[1..].contains(s)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let now = segs();
+        assert!(
+            !now.iter().any(|s| first[1..].contains(s)),
+            "not reclaimed: {now:?}"
+        );
+        assert!(
+            now.contains(&first[0]),
+            "segment 1 (live anchor) went: {now:?}"
+        );
+        assert_eq!(
+            tombstones_on_disk(&dir),
+            4,
+            "needed tombstones were dropped"
+        );
+        cache.close().unwrap();
+    }
+    std::fs::remove_file(dir.join("index.db")).unwrap();
+    let cache = Cache::open(cfg.clone(), topo1()).unwrap();
+    for i in 0..4 {
+        assert!(
+            miss(&cache, "t", &format!("d{i}")),
+            "d{i} came back after compaction"
+        );
+    }
+    assert_eq!(
+        check_value("anchor", &cache.get("t", "anchor", &ME).unwrap()),
+        1
+    );
+    // Segment 1 goes (its anchor moves on); the tombstones are no longer needed, and go
+    // with the next compaction of their segment.
+    cache
+        .put("t", "anchor", &value_for("anchor", 3, 80 << 10), &o, &ME)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut v = 9;
+    while tombstones_on_disk(&dir) > 0 && Instant::now() < deadline {
+        for i in 0..6 {
+            let k = format!("f{i}");
+            cache
+                .put("t", &k, &value_for(&k, v, 9 << 10), &o, &ME)
+                .unwrap();
+        }
+        v += 2;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(tombstones_on_disk(&dir), 0, "unneeded tombstones are kept");
+    for i in 0..4 {
+        assert!(miss(&cache, "t", &format!("d{i}")));
+    }
+}
+
+const TORN_CHILD_ENV: &str = "NUMA_CACHE_TORN_CHILD";
+
+/// The child of `a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version`:
+/// a sync put of `k` v1 and a full flush, then default puts of `k` v2 and `solo` v1 (rows
+/// committed, records only in the kernel), then abort.
+#[test]
+fn torn_child() {
+    let Ok(dir) = std::env::var(TORN_CHILD_ENV) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut cfg = config(&dir);
+    cfg.sync_interval = Duration::from_secs(3600);
+    let cache = Cache::open(cfg, topo1()).unwrap();
+    let sync = PutOptions {
+        sync: true,
+        ..Default::default()
+    };
+    cache
+        .put("torn", "k", &value_for("k", 1, 3000), &sync, &ME)
+        .unwrap();
+    cache.flush().unwrap();
+    let o = PutOptions::default();
+    cache
+        .put("torn", "k", &value_for("k", 2, 3000), &o, &ME)
+        .unwrap();
+    cache
+        .put("torn", "solo", &value_for("solo", 1, 3000), &o, &ME)
+        .unwrap();
+    std::process::abort();
+}
+
+/// The writeback race: after a power loss a row reached the disk but its record did not
+/// (here: the record is torn by hand). That put was a default put younger than the
+/// interval, never durable; the key must read as its last durable version (sync-acknowledged
+/// here), not miss, and never the torn bytes; a key with no older version misses.
+#[test]
+fn a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version() {
+    if std::env::var(TORN_CHILD_ENV).is_ok() {
+        return;
+    }
+    let Some(m) = Mount::btrfs(256, false) else {
+        return;
+    };
+    let dir = m.dir();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "torn_child", "--nocapture", "--test-threads=1"])
+        .env(TORN_CHILD_ENV, &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child was to abort");
+    let recs: Vec<_> = store_util::records(&dir)
+        .into_iter()
+        .filter(|(_, _, _, ns, _)| ns == "torn")
+        .collect();
+    let newest = |key: &str| {
+        recs.iter()
+            .filter(|r| r.4 == key)
+            .max_by_key(|r| r.1)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(recs.iter().filter(|r| r.4 == "k").count(), 2, "{recs:?}");
+    for key in ["k", "solo"] {
+        let (f, off, len, ..) = newest(key);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .write_all_at(&[0u8; 64], off + len / 2)
+            .unwrap();
+    }
+    let cache = Cache::open(config(&dir), topo1()).unwrap();
+    assert_eq!(
+        check_value("k", &cache.get("torn", "k", &ME).unwrap()),
+        1,
+        "k: not its durable version"
+    );
+    assert!(miss(&cache, "torn", "solo"));
+    assert_eq!(cache.totals().entries, 1);
 }

@@ -10,7 +10,15 @@
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
 //! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
-//!   records, then commits `FULL`: concurrent sync puts share one flush (group commit);
+//!   records, then makes the batch visible and answers, then commits its rows (`NORMAL`; a
+//!   failed commit is retried with the next one): one fdatasync per group, shared by
+//!   concurrent sync puts (group commit). The segment is the log of truth: the rows reach
+//!   the disk with the next full flush, and until then recovery finds the records by scanning
+//!   the segments from the scan start recorded with `verified_below`;
+//! - a batch that records a new namespace owner makes it durable before answering (records,
+//!   then a `FULL` commit), so recovery can tell an owner's scanned records from a loser's;
+//! - a delete, clear or expiry appends a tombstone (segment.rs) before its commit, so a
+//!   rebuild from the records, or recovery's scan, never brings the removed value back;
 //! - when a commit fails, nothing of the batch becomes visible and every op of it is answered
 //!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
 //!   out of the index and answered with the error (its deletes are done and answered so):
@@ -26,7 +34,7 @@ use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
 use crate::store::segment;
 use crate::store::state::{Shared, unix_ns};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -118,6 +126,42 @@ pub struct Committer {
     to_unlink: Vec<(u32, u32)>,
     /// The reserve file: room for the index's own writes when the disk is full.
     reserve: PathBuf,
+    /// Tombstones per (node, segment): offset, stored length, what it says.
+    tombs: HashMap<(u32, u32), Vec<TombAt>>,
+    /// Segments that were there at open and whose tombstones are not read yet (read by a scan
+    /// when the segment is about to go).
+    tombs_unknown: HashSet<(u32, u32)>,
+    /// Key hash -> `upto` of tombstones written while puts with ids up to it may still be in
+    /// flight: such a put arriving after the delete happened before it, and is never visible
+    /// (as a rebuild would see it).
+    recent_tombs: HashMap<u64, u64>,
+    /// Commits since the last checkpoint (the WAL is checkpointed only right after a full
+    /// flush; this bounds it when the interval is long).
+    commits_since_checkpoint: u64,
+    /// Changes of sync batches already visible and answered (their records are durable)
+    /// whose commit is still to come: the next commit writes them first. Until then recovery
+    /// would find their records by its scan (no flush point can pass them: a flush commits
+    /// them first).
+    unwritten: Vec<Change>,
+    /// Puts in the last batch that flushed, and how long its flush took (gather's aim).
+    last_group: u64,
+    last_flush_time: Duration,
+}
+
+/// A flush point: `verified_below` and, per node, the first segment recovery scans.
+pub struct Mark {
+    below: u64,
+    scan_from: Vec<(u32, u32)>,
+}
+
+/// A tombstone in a segment: offset, stored length, what it says.
+type TombAt = (u64, u64, segment::Tomb);
+
+/// An entry a tombstone is written for.
+struct TombTarget {
+    id: u64,
+    node: u32,
+    names: Option<(String, String)>,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
@@ -125,9 +169,15 @@ const TTL_EVERY: Duration = Duration::from_millis(500);
 const RECLAIM_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
 const MAX_GATHER: Duration = Duration::from_millis(2);
+const MIN_GATHER: Duration = Duration::from_micros(100);
+/// Commits after which a full flush (and its checkpoint) runs before the interval is over.
+const MAX_UNCHECKPOINTED: u64 = 20_000;
+/// Commits after which a full flush also checkpoints the WAL.
+const CHECKPOINT_AFTER: u64 = 256;
 /// Size of the reserve file kept beside the index.
 pub const RESERVE_BYTES: u64 = 8 << 20;
 
+#[derive(Clone)]
 enum Change {
     Insert(Row),
     /// Remove the entry of map hash `hash` if it is still entry `id`.
@@ -154,7 +204,13 @@ impl Committer {
     ) -> Committer {
         let now = Instant::now();
         let reserve = shared.cfg.dir.join("reserve");
-        let c = Committer {
+        let tombs_unknown = shared
+            .layout()
+            .shards
+            .values()
+            .flat_map(|s| s.segments.ids().into_iter().map(|seg| (s.node, seg)))
+            .collect();
+        let mut c = Committer {
             conn,
             shared,
             last_touch_flush: now,
@@ -166,8 +222,27 @@ impl Committer {
             live,
             to_unlink: Vec::new(),
             reserve,
+            tombs: HashMap::new(),
+            tombs_unknown,
+            recent_tombs: HashMap::new(),
+            commits_since_checkpoint: 0,
+            last_group: 0,
+            last_flush_time: MAX_GATHER,
+            unwritten: Vec::new(),
         };
+        // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
+        // making rows durable whose records were not flushed yet (after a power loss such a
+        // row's record is torn, and the version it replaced is gone with it). The committer
+        // checkpoints right after each full flush instead, when every row has its record.
+        if let Err(e) = c.conn.pragma_update(None, "wal_autocheckpoint", 0) {
+            tracing::warn!("turning off automatic WAL checkpoints: {e}");
+        }
         c.ensure_reserve();
+        // Record where recovery's scan starts in this run (the segments of the last one are
+        // covered by the index now).
+        if let Err(e) = c.full_flush() {
+            tracing::warn!("recording the first flush point: {e}");
+        }
         c
     }
 
@@ -256,8 +331,16 @@ impl Committer {
         if queued == 0 || !flushes {
             return;
         }
-        let deadline = Instant::now() + MAX_GATHER;
-        while queued < self.shared.puts_in_flight.load(Relaxed) && batch.len() < MAX_BATCH {
+        // Also wait for as many puts as the last flushed batch had: its writers are on their
+        // way back (a writer between its answer and its next put is not counted in flight
+        // yet, and a batch without it costs it a whole flush of its own), but never longer
+        // than half a flush.
+        let want = self.last_group;
+        let cap = (self.last_flush_time / 2).clamp(MIN_GATHER, MAX_GATHER);
+        let deadline = Instant::now() + cap;
+        while (queued < self.shared.puts_in_flight.load(Relaxed) || queued < want)
+            && batch.len() < MAX_BATCH
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -320,7 +403,10 @@ impl Committer {
             self.reclaim();
             self.ensure_reserve();
         }
-        if self.dirty && now >= self.last_flush + self.sync_interval() {
+        if self.dirty
+            && (now >= self.last_flush + self.sync_interval()
+                || self.commits_since_checkpoint >= MAX_UNCHECKPOINTED)
+        {
             if let Err(e) = self.full_flush() {
                 // Retried at the next interval; the data stays in the kernel meanwhile.
                 tracing::error!("background flush failed (will retry): {e}");
@@ -362,6 +448,110 @@ impl Committer {
         }
     }
 
+    /// Namespace and key of each target: given, a row of this batch, or the index's row.
+    fn name_targets(
+        &self,
+        targets: Vec<TombTarget>,
+        inserted: &HashMap<u64, &Row>,
+    ) -> Vec<TombTarget> {
+        targets
+            .into_iter()
+            .filter_map(|mut t| {
+                if t.names.is_none() {
+                    t.names = match inserted.get(&t.id) {
+                        Some(r) => Some((r.namespace.clone(), r.key.clone())),
+                        None => index::entry_names(&self.conn, t.id).ok().flatten(),
+                    };
+                }
+                t.names.is_some().then_some(t)
+            })
+            .collect()
+    }
+
+    /// Append a tombstone for each target to its node's active segment (best effort: one that
+    /// cannot be written is logged; the removal stands in the index, only a rebuild from the
+    /// records alone could bring that value back).
+    fn write_tombstones(&mut self, targets: Vec<TombTarget>) {
+        let layout = self.shared.layout();
+        let now = unix_ns() / 1_000_000_000;
+        let owners = self
+            .shared
+            .namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for t in targets {
+            let Some((ns, key)) = t.names else { continue };
+            let Some(shard) = layout.shards.get(&t.node) else {
+                continue;
+            };
+            let tomb = segment::Tomb {
+                upto: t.id,
+                keep_below: shard.segments.current_id(),
+            };
+            let id = self.shared.next_id.fetch_add(1, Relaxed);
+            let owner = owners.get(&ns).copied().flatten();
+            let rec = segment::encode_tombstone(id, &ns, &key, tomb, now, owner);
+            match shard.segments.append(&rec) {
+                Ok((seg, off)) => {
+                    self.tombs.entry((t.node, seg)).or_default().push((
+                        off,
+                        rec.len() as u64,
+                        tomb,
+                    ));
+                }
+                Err(e) => tracing::warn!("writing the tombstone of {ns}/{key}: {e}"),
+            }
+        }
+    }
+
+    /// Read the tombstones of a segment that was there at open (once).
+    fn load_tombs(&mut self, node: u32, seg: u32) {
+        if !self.tombs_unknown.remove(&(node, seg)) {
+            return;
+        }
+        let layout = self.shared.layout();
+        let Some(s) = layout.shards.get(&node) else {
+            return;
+        };
+        match s.segments.scan_records(seg) {
+            Ok(recs) => {
+                let found: Vec<TombAt> = recs
+                    .into_iter()
+                    .filter_map(|r| r.tomb.map(|t| (r.off, r.header.stored_len(), t)))
+                    .collect();
+                if !found.is_empty() {
+                    self.tombs.insert((node, seg), found);
+                }
+            }
+            Err(e) => {
+                // Unknown again: it is not removed while its tombstones cannot be read.
+                self.tombs_unknown.insert((node, seg));
+                tracing::warn!("reading the tombstones of segment {seg} of node {node}: {e}");
+            }
+        }
+    }
+
+    /// Tombstones of segment `seg` still needed: a segment up to its `keep_below` (other
+    /// than `seg`) exists, which may hold a version of its key.
+    fn needed_tombs(&self, node: u32, seg: u32, ids: &[u32]) -> Vec<TombAt> {
+        self.tombs
+            .get(&(node, seg))
+            .map(|v| {
+                v.iter()
+                    .filter(|(_, _, t)| ids.iter().any(|&s| s != seg && s <= t.keep_below))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// May segment `seg` (nothing live in it) go without a copy of anything? Its tombstones
+    /// are known and none is needed.
+    fn can_unlink(&self, node: u32, seg: u32, ids: &[u32]) -> bool {
+        !self.tombs_unknown.contains(&(node, seg)) && self.needed_tombs(node, seg, ids).is_empty()
+    }
+
     /// Apply a batch; Some when it held Stop (with its reply, if any).
     fn run_batch(&mut self, batch: Vec<Op>) -> Option<Option<Reply<()>>> {
         let mut stop = None;
@@ -379,6 +569,7 @@ impl Committer {
         let mut expired = 0u64;
         let mut want_sync = self.sync_interval().is_zero();
         let mut puts = 0u64;
+        let mut tomb_targets: Vec<TombTarget> = Vec::new();
         for op in batch {
             match op {
                 Op::Put {
@@ -417,6 +608,13 @@ impl Committer {
                         let _ = reply.send(Ok(()));
                         continue;
                     }
+                    if cur.is_none() && self.recent_tombs.get(&h).is_some_and(|&u| u >= row.id) {
+                        // Deleted after this put began and before it got here: it happened
+                        // before the delete (the delete's tombstone covers its id).
+                        self.discard_record(&row);
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    }
                     if let Some((old, _)) = cur {
                         changes.push(Change::Remove { hash: h, id: old });
                     }
@@ -439,11 +637,19 @@ impl Committer {
                         (Some(_), None) => true,
                         (None, _) => false,
                     };
-                    if hit && let Some((id, _)) = cur {
+                    if hit && let Some((id, node)) = cur {
                         match why {
                             Why::Broken => broken += 1,
                             Why::Expired => expired += 1,
                             Why::User => {}
+                        }
+                        if why != Why::Broken {
+                            self.recent_tombs.insert(h, id);
+                            tomb_targets.push(TombTarget {
+                                id,
+                                node,
+                                names: Some((ns.clone(), key.clone())),
+                            });
                         }
                         pending.insert(h, None);
                         changes.push(Change::Remove { hash: h, id });
@@ -466,7 +672,13 @@ impl Committer {
                     hashes.dedup();
                     let mut n = 0;
                     for h in hashes {
-                        if let Some((id, _)) = self.current(&pending, h) {
+                        if let Some((id, node)) = self.current(&pending, h) {
+                            self.recent_tombs.insert(h, id);
+                            tomb_targets.push(TombTarget {
+                                id,
+                                node,
+                                names: None,
+                            });
                             pending.insert(h, None);
                             changes.push(Change::Remove { hash: h, id });
                             n += 1;
@@ -480,15 +692,49 @@ impl Committer {
             }
         }
         self.shared.puts_in_flight.fetch_sub(puts, Relaxed);
-        // A sync batch: its records (and large files) reach stable storage first, then the
-        // FULL commit. Never the two at once: a row on disk before its record is dropped by
-        // recovery after a power loss, and with it the acknowledged version it overwrote (the
-        // power-loss lab lost sync-acknowledged keys that way). When the records cannot be
-        // flushed the rows are committed without a flush and taken back out below.
+        // Tombstones go before the commit (records before rows), and with a sync batch's
+        // records into its flush.
+        if !tomb_targets.is_empty() {
+            let inserted: HashMap<u64, &Row> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Insert(r) => Some((r.id, r)),
+                    Change::Remove { .. } => None,
+                })
+                .collect();
+            let resolved = self.name_targets(tomb_targets, &inserted);
+            self.write_tombstones(resolved);
+        }
+        // A sync batch: its records (and large files) reach stable storage first, then its
+        // rows are committed (NORMAL) and it is answered: one fdatasync per group. The rows
+        // never reach the disk before their records (a row whose record is torn is dropped by
+        // recovery, and with it the version it overwrote: the power-loss lab lost
+        // sync-acknowledged keys to a parallel flush); until the next full flush makes them
+        // durable, recovery finds the records by its scan. A batch recording a new namespace
+        // owner commits FULL after its flush. When the records cannot be flushed the rows
+        // are committed without a flush and taken back out below.
         let sync_now = want_sync && !changes.is_empty();
-        let (mut result, mut data) = if sync_now {
+        let claims = !new_ns.is_empty();
+        let flush_first = sync_now || claims;
+        // A sync batch whose records are durable is made visible and answered at once, and
+        // its rows committed right after the answers (while its writers prepare their next
+        // puts): the records are the truth until then.
+        let mut deferred = false;
+        let (mut result, mut data) = if flush_first {
+            let t0 = Instant::now();
             let data = self.flush_data();
-            (self.commit(&changes, &new_ns, data.is_ok(), None), data)
+            self.last_flush_time = t0.elapsed();
+            self.last_group = puts;
+            if sync_now && !claims && data.is_ok() {
+                deferred = true;
+                self.unwritten.extend(changes.iter().cloned());
+                (Ok(()), data)
+            } else {
+                (
+                    self.commit(&changes, &new_ns, claims && data.is_ok(), None),
+                    data,
+                )
+            }
         } else {
             (self.commit(&changes, &new_ns, false, None), Ok(0))
         };
@@ -496,10 +742,23 @@ impl Committer {
             // The index itself could not grow: free the reserve, evict, and try once more.
             self.release_reserve();
             self.evict(pressure.max(self.shared.stats.stored_total() / 20).max(1));
-            result = self.commit(&changes, &new_ns, sync_now, None);
-            if sync_now && result.is_ok() && data.is_err() {
-                data = self.flush_data();
+            result = self.commit(&changes, &new_ns, false, None);
+            if flush_first && result.is_ok() {
+                if data.is_err() {
+                    data = self.flush_data();
+                }
+                if claims
+                    && data.is_ok()
+                    && let Err(e) = self.full_flush()
+                {
+                    tracing::warn!("making a new namespace owner durable: {e}");
+                }
             }
+        }
+        if !sync_now && let Err(e) = &data {
+            // Only the owner's durability waited on it; the flusher retries the records.
+            tracing::warn!("flushing before recording a namespace owner: {e}");
+            data = Ok(0);
         }
         if let (Ok(()), Err(e)) = (&result, &data) {
             // Rows committed, records not durable: take the puts back out (they are answered
@@ -553,6 +812,10 @@ impl Committer {
                 for (r, v) in count_replies {
                     let _ = r.send(Ok(v));
                 }
+                if deferred && let Err(e) = self.commit(&[], &[], false, None) {
+                    // Kept in `unwritten` for the next commit; visible, answered, durable.
+                    tracing::warn!("committing the rows of a flushed sync batch (retried): {e}");
+                }
                 let max = self.shared.cfg.max_bytes;
                 let stored = self.shared.stats.stored_total();
                 if stored > max {
@@ -585,9 +848,8 @@ impl Committer {
         stop
     }
 
-    /// The id below which every row will be durable once the flush under way completes:
-    /// the smallest id of a put not yet answered, else the next id.
-    fn verified_mark(&self) -> u64 {
+    /// The smallest id of a put not yet answered, else the next id.
+    fn min_inflight(&self) -> u64 {
         let inflight = self
             .shared
             .inflight_ids
@@ -597,6 +859,21 @@ impl Committer {
             .first()
             .copied()
             .unwrap_or_else(|| self.shared.next_id.load(Relaxed))
+    }
+
+    /// The flush point of the flush about to start: the id below which every row will be
+    /// durable once it completes, and per node the first segment that may hold a record at
+    /// or above it (so recovery's scan finds every record whose row may not be durable).
+    fn verified_mark(&self) -> Mark {
+        let below = self.min_inflight();
+        let scan_from = self
+            .shared
+            .layout()
+            .shards
+            .values()
+            .map(|s| (s.node, s.segments.scan_start(below)))
+            .collect();
+        Mark { below, scan_from }
     }
 
     fn flush_data(&mut self) -> Result<u64, StoreError> {
@@ -619,6 +896,7 @@ impl Committer {
                 match s.segments.remove(seg) {
                     Ok(()) => {
                         self.live.remove(&(node, seg));
+                        self.tombs.remove(&(node, seg));
                     }
                     Err(e) => tracing::warn!("removing an empty segment: {e}"),
                 }
@@ -630,8 +908,20 @@ impl Committer {
     pub fn full_flush(&mut self) -> Result<(), StoreError> {
         let mark = self.verified_mark();
         self.flush_data()?;
-        self.commit(&[], &[], true, Some(mark))?;
+        self.commit(&[], &[], true, Some(&mark))?;
         self.flushed();
+        // Every row in the WAL now has a durable record: fold it into the database (once it
+        // holds a good number of commits; each checkpoint costs fdatasyncs of its own).
+        if self.commits_since_checkpoint >= CHECKPOINT_AFTER {
+            if let Err(e) = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                tracing::warn!("checkpointing the index: {e}");
+            }
+            self.commits_since_checkpoint = 0;
+        }
+        let below = mark.below;
+        if self.recent_tombs.len() > 1024 {
+            self.recent_tombs.retain(|_, upto| *upto >= below);
+        }
         Ok(())
     }
 
@@ -642,12 +932,23 @@ impl Committer {
         changes: &[Change],
         new_ns: &[(String, Option<u32>)],
         full: bool,
-        mark: Option<u64>,
+        mark: Option<&Mark>,
     ) -> Result<(), StoreError> {
         let full = full || mark.is_some();
-        if changes.is_empty() && new_ns.is_empty() && mark.is_none() {
+        if changes.is_empty() && new_ns.is_empty() && mark.is_none() && self.unwritten.is_empty() {
             return Ok(());
         }
+        let earlier = self.unwritten.len();
+        let all: Vec<Change>;
+        let changes = if earlier == 0 {
+            changes
+        } else {
+            all = std::mem::take(&mut self.unwritten)
+                .into_iter()
+                .chain(changes.iter().cloned())
+                .collect();
+            &all[..]
+        };
         if full {
             self.conn
                 .pragma_update(None, "synchronous", "FULL")
@@ -657,7 +958,12 @@ impl Committer {
         if full {
             let _ = self.conn.pragma_update(None, "synchronous", "NORMAL");
         }
+        if res.is_err() {
+            // The earlier changes stay due; the caller answers for its own.
+            self.unwritten = changes[..earlier].to_vec();
+        }
         res?;
+        self.commits_since_checkpoint += 1;
         let mut owners = self
             .shared
             .namespaces
@@ -673,7 +979,7 @@ impl Committer {
         &mut self,
         changes: &[Change],
         new_ns: &[(String, Option<u32>)],
-        full: Option<u64>,
+        full: Option<&Mark>,
     ) -> Result<(), StoreError> {
         let next_id = self.shared.next_id.load(Relaxed);
         let now = unix_ns() / 1_000_000_000;
@@ -695,8 +1001,12 @@ impl Committer {
         index::meta_set(&tx, "next_id", next_id as i64)
             .map_err(|e| StoreError::sql("writing a batch", e))?;
         if let Some(mark) = full {
-            index::meta_set(&tx, "verified_below", mark as i64)
+            index::meta_set(&tx, "verified_below", mark.below as i64)
                 .map_err(|e| StoreError::sql("writing a batch", e))?;
+            for &(node, seg) in &mark.scan_from {
+                index::meta_set(&tx, &index::scan_from_name(node), i64::from(seg))
+                    .map_err(|e| StoreError::sql("writing a batch", e))?;
+            }
         }
         tx.commit()
             .map_err(|e| StoreError::sql("committing a batch", e))
@@ -750,13 +1060,14 @@ impl Committer {
                 let k = (node, seg);
                 let live = self.live.entry(k).or_default();
                 *live = live.saturating_sub(segment::padded(u64::from(e.stored)));
-                if *live == 0
-                    && layout
-                        .shards
-                        .get(&node)
-                        .is_some_and(|s| s.segments.active_id() != Some(seg))
+                let empty = *live == 0;
+                if empty
+                    && let Some(s) = layout.shards.get(&node)
+                    && s.segments.active_id() != Some(seg)
                     && !self.to_unlink.contains(&k)
+                    && self.can_unlink(node, seg, &s.segments.ids())
                 {
+                    // (One holding needed tombstones is compacted by reclaim instead.)
                     self.to_unlink.push(k);
                     self.dirty = true;
                 }
@@ -778,7 +1089,8 @@ impl Committer {
         let mut victims: Vec<(u32, u32, u64)> = Vec::new();
         for s in layout.shards.values() {
             let active = s.segments.active_id();
-            for seg in s.segments.ids() {
+            let ids = s.segments.ids();
+            for &seg in &ids {
                 if Some(seg) == active {
                     continue;
                 }
@@ -786,8 +1098,14 @@ impl Committer {
                 let k = (s.node, seg);
                 if live == 0 {
                     if !self.to_unlink.contains(&k) {
-                        self.to_unlink.push(k);
-                        self.dirty = true;
+                        self.load_tombs(s.node, seg);
+                        if self.can_unlink(s.node, seg, &ids) {
+                            self.to_unlink.push(k);
+                            self.dirty = true;
+                        } else if !self.tombs_unknown.contains(&k) {
+                            // Only tombstones still needed: move them on.
+                            victims.push((s.node, seg, 0));
+                        }
                     }
                     continue;
                 }
@@ -825,6 +1143,23 @@ impl Committer {
                 moving.push((e.id, e.loc.load(Relaxed), u64::from(e.stored)));
             }
         });
+        self.load_tombs(node, seg);
+        if self.tombs_unknown.contains(&(node, seg)) {
+            return Err(StoreError::Unavailable(format!(
+                "the tombstones of segment {seg} could not be read; it stays"
+            )));
+        }
+        // Tombstones still needed move with the live records; the others are dropped.
+        let keep = self.needed_tombs(node, seg, &shard.segments.ids());
+        let mut moved_tombs: Vec<(u32, u64, u64, segment::Tomb)> = Vec::new();
+        for (off, stored, t) in keep {
+            let raw = shard
+                .segments
+                .read_raw(seg, off, stored)
+                .map_err(|e| StoreError::io("reading a tombstone to compact", e))?;
+            let (to, at) = shard.segments.append(&raw)?;
+            moved_tombs.push((to, at, stored, t));
+        }
         // id, old packed loc, new segment, new offset, stored
         let mut moved: Vec<(u64, u64, u32, u64, u64)> = Vec::new();
         for (id, old, stored) in moving {
@@ -872,10 +1207,17 @@ impl Committer {
             *self.live.entry((node, to)).or_default() += segment::padded(stored);
             moved_bytes += stored;
         }
+        for &(to, at, stored, t) in &moved_tombs {
+            self.tombs
+                .entry((node, to))
+                .or_default()
+                .push((at, stored, t));
+        }
         self.live.insert((node, seg), 0);
         match shard.segments.remove(seg) {
             Ok(()) => {
                 self.live.remove(&(node, seg));
+                self.tombs.remove(&(node, seg));
             }
             Err(e) => tracing::warn!("removing compacted segment: {e}"),
         }
@@ -948,17 +1290,27 @@ impl Committer {
     pub fn expire(&mut self) {
         let now = unix_ns() / 1_000_000_000;
         let mut gone: Vec<Change> = Vec::new();
+        let mut targets: Vec<TombTarget> = Vec::new();
         self.shared.map.for_each(|e| {
             if e.expired(now) {
                 gone.push(Change::Remove {
                     hash: e.hash,
                     id: e.id,
                 });
+                targets.push(TombTarget {
+                    id: e.id,
+                    node: u32::from(e.node),
+                    names: None,
+                });
+                self.recent_tombs.insert(e.hash, e.id);
             }
         });
         if gone.is_empty() {
             return;
         }
+        // An older version without a TTL must not come back in a rebuild.
+        let targets = self.name_targets(targets, &HashMap::new());
+        self.write_tombstones(targets);
         let n = gone.len() as u64;
         match self.commit(&gone, &[], false, None) {
             Ok(()) => {

@@ -244,6 +244,20 @@ pub fn entry_times(
         .optional()
 }
 
+/// Namespace and key of entry `id` (a tombstone names them).
+pub fn entry_names(conn: &Connection, id: u64) -> rusqlite::Result<Option<(String, String)>> {
+    conn.prepare_cached("SELECT namespace, key FROM entries WHERE id = ?1")?
+        .query_row([id as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+/// The `meta` name of node `node`'s scan start: recovery after an unclean stop scans that
+/// node's segments from this one on for records whose rows did not reach the disk (a sync
+/// put is answered once its record is durable; its row follows with the next full flush).
+pub fn scan_from_name(node: u32) -> String {
+    format!("scan_from_node{node}")
+}
+
 /// Point an entry at a new record location (compaction moved it).
 pub fn move_entry(tx: &Transaction, id: u64, seg: u32, off: u64) -> rusqlite::Result<()> {
     tx.prepare_cached("UPDATE entries SET segment = ?2, seg_offset = ?3 WHERE id = ?1")?

@@ -2,9 +2,19 @@
 //! stop this is just loading the rows. After an unclean one (crash, SIGKILL, power loss):
 //! unfinished temp files are removed; rows whose record is missing or beyond its segment's end
 //! are dropped; rows at or above `verified_below` (not yet covered by a full flush) have their
-//! record read and checked, and a torn one is dropped (a miss, never data); large-value files
-//! without a row are removed. A missing or corrupt `index.db` is rebuilt from the records
-//! alone (segment scans and large-value files), namespace owners included.
+//! record read and checked, and a torn one is dropped (a miss, never data). Then the scan:
+//! every segment from the node's scan start (recorded with `verified_below`) is read for
+//! records at or above `verified_below` whose rows did not reach the disk (a sync put is
+//! answered once its record is durable; its row follows lazily) and tombstones of removals
+//! whose rows did not either; large-value files without a row at or above `verified_below`
+//! are checked the same way, older ones removed. A scanned record is indexed when it is
+//! intact, newer than its key's row, not covered by a tombstone, not expired, and carries its
+//! namespace's recorded owner (a loser of a race for a new namespace never is). A key whose
+//! row at or above the mark lost its record, and that the scan gave nothing newer, goes back
+//! to its newest intact older version (a search of every segment, only in that case): that
+//! put was never durable, and the version before it is the one the key had.
+//! A missing or corrupt `index.db` is rebuilt from the records alone (segment scans and
+//! large-value files, tombstones honoured by id), namespace owners included.
 use crate::store::blob;
 use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
@@ -35,6 +45,16 @@ struct Repairs {
     records_checked: u64,
     files_indexed: u64,
     files_removed: u64,
+    scanned_indexed: u64,
+    tombstones_applied: u64,
+    older_restored: u64,
+}
+
+/// What recovery after an unclean stop must look at beyond the rows: records at or above
+/// `verified_below`, in each node's segments from `scan_from` on.
+struct Window<'a> {
+    verified_below: u64,
+    scan_from: &'a HashMap<u32, u32>,
 }
 
 fn move_aside(db: &Path, why: &str) {
@@ -122,10 +142,27 @@ pub fn recover(
     };
     let persisted_next = meta("next_id")?;
     let verified_below = meta("verified_below")?;
+    let mut scan_from: HashMap<u32, u32> = HashMap::new();
+    for s in shards {
+        if let Some(v) = index::meta_get(&conn, &index::scan_from_name(s.node))
+            .map_err(|e| StoreError::sql("reading meta", e))?
+        {
+            scan_from.insert(s.node, v.clamp(0, i64::from(u32::MAX)) as u32);
+        }
+    }
     if rep.rebuilt {
         rows = rebuild(&mut conn, shards, &mut rep)?;
     } else if !clean {
-        rows = reconcile(&mut conn, rows, shards, verified_below, &mut rep)?;
+        rows = reconcile(
+            &mut conn,
+            rows,
+            shards,
+            Window {
+                verified_below,
+                scan_from: &scan_from,
+            },
+            &mut rep,
+        )?;
     }
     let namespaces =
         index::load_namespaces(&conn).map_err(|e| StoreError::sql("loading namespaces", e))?;
@@ -137,13 +174,23 @@ pub fn recover(
         .max(persisted_next)
         .max(1);
     if rep.rebuilt
-        || rep.temp_removed + rep.rows_dropped + rep.files_indexed + rep.files_removed > 0
+        || rep.temp_removed
+            + rep.rows_dropped
+            + rep.files_indexed
+            + rep.files_removed
+            + rep.scanned_indexed
+            + rep.tombstones_applied
+            + rep.older_restored
+            > 0
     {
         tracing::warn!(
             rebuilt = rep.rebuilt,
             temp_files_removed = rep.temp_removed,
             rows_without_record_dropped = rep.rows_dropped,
             files_indexed = rep.files_indexed,
+            scanned_records_indexed = rep.scanned_indexed,
+            tombstones_applied = rep.tombstones_applied,
+            older_versions_restored = rep.older_restored,
             stale_files_removed = rep.files_removed,
             "repaired the cache after an unclean stop"
         );
@@ -232,13 +279,27 @@ fn record_ok(s: &Shard, r: &Row) -> bool {
     }
 }
 
+/// A large-value file's record, whole and checked (None: torn, foreign or expired).
+fn checked_file(path: &Path, id: u64, now: u64) -> Option<blob::Header> {
+    let bytes = std::fs::read(path).ok()?;
+    let h = blob::parse_header(&bytes).ok()?;
+    (h.id == id
+        && h.flags & segment::FLAG_TOMBSTONE == 0
+        && h.stored_len() == bytes.len() as u64
+        && (h.expires == 0 || h.expires > now)
+        && blob::decode_payload(&h, &bytes).is_ok())
+    .then_some(h)
+}
+
 fn reconcile(
     conn: &mut Connection,
     rows: Vec<Row>,
     shards: &[Arc<Shard>],
-    verified_below: u64,
+    win: Window<'_>,
     rep: &mut Repairs,
 ) -> Result<Vec<Row>, StoreError> {
+    let verified_below = win.verified_below;
+    let now = now_s();
     let by_node: HashMap<u32, &Arc<Shard>> = shards.iter().map(|s| (s.node, s)).collect();
     let mut seg_len: HashMap<(u32, u32), u64> = HashMap::new();
     let mut files: HashMap<(u32, u64), u64> = HashMap::new();
@@ -258,6 +319,8 @@ fn reconcile(
     }
     let mut keep = Vec::with_capacity(rows.len());
     let mut dropped = Vec::new();
+    // Keys whose row at or above the mark lost its record (the writeback race): id dropped.
+    let mut torn: HashMap<(String, String), u64> = HashMap::new();
     for r in rows {
         let present = match r.loc {
             Some((seg, off)) => seg_len
@@ -278,30 +341,205 @@ fn reconcile(
             {
                 remove.push(s.blob_path(r.id));
             }
+            if r.id >= verified_below {
+                let e = torn.entry((r.namespace, r.key)).or_insert(r.id);
+                *e = (*e).max(r.id);
+            }
             dropped.push(r.id);
         }
     }
-    // Files without a row belong to puts never answered (an answered put's row is committed
-    // before its answer) or to entries already replaced: they go.
-    for ((node, id), _) in files {
-        if let Some(s) = by_node.get(&node) {
-            remove.push(s.blob_path(id));
+    rep.rows_dropped = dropped.len() as u64;
+    // The scan: records at or above the mark whose rows may not have reached the disk.
+    let mut found: Vec<(Row, Option<u32>)> = Vec::new();
+    let mut tombs: HashMap<(String, String), u64> = HashMap::new();
+    for s in shards {
+        let Some(&from) = win.scan_from.get(&s.node) else {
+            continue;
+        };
+        for seg in s.segments.ids().into_iter().filter(|&g| g >= from) {
+            for r in s.segments.scan_records(seg)? {
+                let h = r.header;
+                if let Some(t) = r.tomb {
+                    let e = tombs.entry((h.namespace, h.key)).or_insert(t.upto);
+                    *e = (*e).max(t.upto);
+                } else if h.id >= verified_below && (h.expires == 0 || h.expires > now) {
+                    let owner = h.owner;
+                    found.push((row_of(&h, s.node, Some((seg, r.off))), owner));
+                }
+            }
         }
     }
-    rep.rows_dropped = dropped.len() as u64;
+    // Files without a row below the mark belong to puts never answered (their rows were
+    // durable) or to entries already replaced: they go. At or above it they may be a sync
+    // put's, whose row did not reach the disk: checked and offered like scanned records.
+    for ((node, id), _) in files {
+        let Some(s) = by_node.get(&node) else {
+            continue;
+        };
+        let path = s.blob_path(id);
+        match (id >= verified_below)
+            .then(|| checked_file(&path, id, now))
+            .flatten()
+        {
+            Some(h) => found.push((row_of(&h, node, None), h.owner)),
+            None => remove.push(path),
+        }
+    }
+    let owners: HashMap<String, Option<u32>> = index::load_namespaces(conn)
+        .map_err(|e| StoreError::sql("loading namespaces", e))?
+        .into_iter()
+        .collect();
+    let mut slots: Vec<Option<Row>> = keep.into_iter().map(Some).collect();
+    // Only the keys the scan found are looked up (a large index is not copied into a map).
+    let wanted: std::collections::HashSet<(&str, &str)> = tombs
+        .keys()
+        .map(|(n, k)| (n.as_str(), k.as_str()))
+        .chain(
+            found
+                .iter()
+                .map(|(r, _)| (r.namespace.as_str(), r.key.as_str())),
+        )
+        .collect();
+    let found_ids: std::collections::HashSet<u64> = found.iter().map(|(r, _)| r.id).collect();
+    let mut at: HashMap<(String, String), usize> = HashMap::new();
+    let mut row_ids: std::collections::HashSet<u64> = Default::default();
+    for (i, r) in slots.iter().enumerate() {
+        let Some(r) = r else { continue };
+        if found_ids.contains(&r.id) {
+            row_ids.insert(r.id);
+        }
+        if wanted.contains(&(r.namespace.as_str(), r.key.as_str())) {
+            at.insert((r.namespace.clone(), r.key.clone()), i);
+        }
+    }
+    drop(wanted);
+    let mut inserted: Vec<Row> = Vec::new();
+    // Tombstones first: a row they cover was removed (its removal's commit did not last).
+    for (k, upto) in &tombs {
+        if let Some(&i) = at.get(k)
+            && slots[i].as_ref().is_some_and(|r| r.id <= *upto)
+            && let Some(r) = slots[i].take()
+        {
+            at.remove(k);
+            if r.loc.is_none()
+                && let Some(s) = by_node.get(&r.node)
+            {
+                remove.push(s.blob_path(r.id));
+            }
+            dropped.push(r.id);
+            rep.tombstones_applied += 1;
+        }
+    }
+    // Then the newest intact record of each key, when newer than its row.
+    found.sort_by_key(|(r, _)| std::cmp::Reverse(r.id));
+    let mut seen: std::collections::HashSet<(String, String)> = Default::default();
+    for (r, owner) in found {
+        if row_ids.contains(&r.id) {
+            continue;
+        }
+        let k = (r.namespace.clone(), r.key.clone());
+        let eligible = tombs.get(&k).is_none_or(|&u| r.id > u)
+            && owners.get(&r.namespace) == Some(&owner)
+            && at
+                .get(&k)
+                .and_then(|&i| slots[i].as_ref())
+                .is_none_or(|cur| cur.id < r.id);
+        // Sorted newest first: the first eligible record of a key wins.
+        if !eligible || !seen.insert(k.clone()) {
+            if r.loc.is_none()
+                && let Some(s) = by_node.get(&r.node)
+            {
+                remove.push(s.blob_path(r.id));
+            }
+            continue;
+        }
+        if let Some(&i) = at.get(&k)
+            && let Some(old) = slots[i].take()
+        {
+            if old.loc.is_none()
+                && let Some(s) = by_node.get(&old.node)
+            {
+                remove.push(s.blob_path(old.id));
+            }
+            dropped.push(old.id);
+        }
+        at.remove(&k);
+        rep.scanned_indexed += 1;
+        inserted.push(r);
+    }
+    // A key whose newest row lost its record and that the scan did not give a newer one:
+    // that put was never durable (rows reach the disk after their records, except by a
+    // writeback race of a put younger than the interval), so the key goes back to its newest
+    // intact older version, the one it had before that put; a miss when there is none.
+    for r in &inserted {
+        torn.remove(&(r.namespace.clone(), r.key.clone()));
+    }
+    if !torn.is_empty() {
+        inserted.extend(older_versions(shards, &torn, &owners, now, rep)?);
+    }
     let tx = conn
         .transaction()
         .map_err(|e| StoreError::sql("repairing", e))?;
     for id in &dropped {
         index::delete_entry(&tx, *id).map_err(|e| StoreError::sql("repairing", e))?;
     }
+    for r in &inserted {
+        index::insert_entry(&tx, r).map_err(|e| StoreError::sql("repairing", e))?;
+    }
     tx.commit().map_err(|e| StoreError::sql("repairing", e))?;
+    let mut keep: Vec<Row> = slots.into_iter().flatten().collect();
+    keep.extend(inserted);
     for p in remove {
         if std::fs::remove_file(&p).is_ok() {
             rep.files_removed += 1;
         }
     }
     Ok(keep)
+}
+
+/// For each key of `torn` (key -> id of the version whose record was torn), its newest intact
+/// segment record with a smaller id that no tombstone covers and that carries its
+/// namespace's owner: a search of every segment, done only after a power loss tore a record.
+fn older_versions(
+    shards: &[Arc<Shard>],
+    torn: &HashMap<(String, String), u64>,
+    owners: &HashMap<String, Option<u32>>,
+    now: u64,
+    rep: &mut Repairs,
+) -> Result<Vec<Row>, StoreError> {
+    let mut best: HashMap<(String, String), Row> = HashMap::new();
+    let mut tombs: HashMap<(String, String), u64> = HashMap::new();
+    for s in shards {
+        for seg in s.segments.ids() {
+            for r in s.segments.scan_records(seg)? {
+                let h = r.header;
+                let k = (h.namespace.clone(), h.key.clone());
+                let Some(&torn_id) = torn.get(&k) else {
+                    continue;
+                };
+                if let Some(t) = r.tomb {
+                    let e = tombs.entry(k).or_insert(t.upto);
+                    *e = (*e).max(t.upto);
+                    continue;
+                }
+                if h.id >= torn_id
+                    || (h.expires != 0 && h.expires <= now)
+                    || owners.get(&h.namespace) != Some(&h.owner)
+                    || best.get(&k).is_some_and(|b| b.id >= h.id)
+                {
+                    continue;
+                }
+                best.insert(k, row_of(&h, s.node, Some((seg, r.off))));
+            }
+        }
+    }
+    let out: Vec<Row> = best
+        .into_iter()
+        .filter(|(k, r)| tombs.get(k).is_none_or(|&u| r.id > u))
+        .map(|(_, r)| r)
+        .collect();
+    rep.older_restored = out.len() as u64;
+    Ok(out)
 }
 
 fn row_of(h: &blob::Header, node: u32, loc: Option<(u32, u64)>) -> Row {
@@ -331,27 +569,35 @@ fn rebuild(
     let now = now_s();
     let mut found: Vec<(Row, Option<u32>)> = Vec::new();
     let mut remove = Vec::new();
+    // Per key, the largest id a tombstone removed; per namespace, the owner its newest
+    // tombstone carries (for a namespace whose every key was removed).
+    let mut tombs: HashMap<(String, String), u64> = HashMap::new();
+    let mut tomb_owners: HashMap<String, (u64, Option<u32>)> = HashMap::new();
     for s in shards {
         rep.temp_removed += s.clear_tmp();
         for seg in s.segments.ids() {
-            for (off, h) in s.segments.scan(seg)? {
+            for r in s.segments.scan_records(seg)? {
+                let h = r.header;
+                if let Some(t) = r.tomb {
+                    let e = tomb_owners
+                        .entry(h.namespace.clone())
+                        .or_insert((h.id, h.owner));
+                    if h.id >= e.0 {
+                        *e = (h.id, h.owner);
+                    }
+                    let e = tombs.entry((h.namespace, h.key)).or_insert(t.upto);
+                    *e = (*e).max(t.upto);
+                    continue;
+                }
                 if h.expires != 0 && h.expires <= now {
                     continue;
                 }
                 let owner = h.owner;
-                found.push((row_of(&h, s.node, Some((seg, off))), owner));
+                found.push((row_of(&h, s.node, Some((seg, r.off))), owner));
             }
         }
         for (id, path, _) in blob_files(s) {
-            let checked = std::fs::read(&path).ok().and_then(|bytes| {
-                let h = blob::parse_header(&bytes).ok()?;
-                (h.id == id
-                    && h.stored_len() == bytes.len() as u64
-                    && (h.expires == 0 || h.expires > now)
-                    && blob::decode_payload(&h, &bytes).is_ok())
-                .then_some(h)
-            });
-            match checked {
+            match checked_file(&path, id, now) {
                 Some(h) => found.push((row_of(&h, s.node, None), h.owner)),
                 None => remove.push(path),
             }
@@ -375,12 +621,23 @@ fn rebuild(
             }
         }
     }
+    // A key whose newest record a tombstone covers was removed.
+    winner.retain(|k, (r, _)| {
+        let dead = tombs.get(k).is_some_and(|&u| r.id <= u);
+        if dead && r.loc.is_none() {
+            remove.push(shard_blob(shards, r));
+        }
+        !dead
+    });
     let mut owners: HashMap<String, (u64, Option<u32>)> = HashMap::new();
     for (r, owner) in winner.values() {
         let e = owners.entry(r.namespace.clone()).or_insert((r.id, *owner));
         if r.id >= e.0 {
             *e = (r.id, *owner);
         }
+    }
+    for (ns, o) in tomb_owners {
+        owners.entry(ns).or_insert(o);
     }
     let tx = conn
         .transaction()

@@ -7,7 +7,17 @@
 //! dead one is compacted (its live records copied to the active segment, then unlinked).
 //!
 //! Durability is the caller's: `take_dirty` names the segments written since the last flush,
-//! and `fdatasync` makes one durable. Nothing here calls `syncfs`.
+//! and `fdatasync` makes one durable. Nothing here calls `syncfs`. A segment is the log of
+//! truth for sync puts: their records are fdatasynced, their index rows follow lazily, and
+//! recovery scans the segments from `scan_start` (recorded with each full flush) for records
+//! whose rows did not reach the disk.
+//!
+//! A delete leaves a **tombstone**: a record of the same format with `FLAG_TOMBSTONE`, its own
+//! (fresh) id, the namespace and key, and a 12-byte payload: `upto` (u64, every record of the
+//! key with an id up to it is dead) and `keep_below` (u32, the segment it was first written
+//! to: every older version of the key lies in a segment up to that one, so the tombstone is
+//! needed while one of those segments exists). `scan` never returns tombstones;
+//! `scan_records` does.
 
 use crate::store::blob;
 use crate::store::error::StoreError;
@@ -17,6 +27,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Folder of the segments inside a shard.
@@ -33,6 +44,76 @@ pub fn segment_bytes_for(max_bytes: u64) -> u64 {
 pub const ALIGN: u64 = 8;
 /// Stored records above this size get a file of their own instead of a segment record.
 pub const LARGE_RECORD: u64 = 1 << 20;
+
+/// Record flag: a tombstone, not a value.
+pub const FLAG_TOMBSTONE: u16 = 2;
+/// Length of a tombstone's payload: `upto` u64, `keep_below` u32.
+const TOMB_PAYLOAD: usize = 12;
+
+/// What a tombstone says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tomb {
+    /// Every record of the key with an id up to this one is dead.
+    pub upto: u64,
+    /// The segment it was first written to: needed while a segment up to this one exists.
+    pub keep_below: u32,
+}
+
+/// Encode a tombstone record (`id`: its own fresh id; `owner`: the namespace's owner).
+pub fn encode_tombstone(
+    id: u64,
+    namespace: &str,
+    key: &str,
+    tomb: Tomb,
+    created: u64,
+    owner: Option<u32>,
+) -> Vec<u8> {
+    let mut payload = [0u8; TOMB_PAYLOAD];
+    payload[..8].copy_from_slice(&tomb.upto.to_le_bytes());
+    payload[8..].copy_from_slice(&tomb.keep_below.to_le_bytes());
+    let mut out = blob::encode_header(
+        &blob::HeaderFields {
+            id,
+            flags: FLAG_TOMBSTONE,
+            logical_len: TOMB_PAYLOAD as u64,
+            payload_len: TOMB_PAYLOAD as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(&payload),
+            created,
+            expires: 0,
+            owner,
+        },
+        namespace,
+        key,
+    );
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The tombstone a checked record holds (None: a value record).
+fn tomb_of(h: &blob::Header, payload: &[u8]) -> Option<Tomb> {
+    if h.flags & FLAG_TOMBSTONE == 0 || payload.len() != TOMB_PAYLOAD {
+        return None;
+    }
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&payload[..8]);
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&payload[8..]);
+    Some(Tomb {
+        upto: u64::from_le_bytes(a),
+        keep_below: u32::from_le_bytes(b),
+    })
+}
+
+/// One intact record found by a scan.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    /// Offset in the segment.
+    pub off: u64,
+    /// Its header.
+    pub header: blob::Header,
+    /// Some: a tombstone.
+    pub tomb: Option<Tomb>,
+}
 
 /// Bytes a record of `len` stored bytes takes in a segment.
 pub fn padded(len: u64) -> u64 {
@@ -72,6 +153,11 @@ pub struct SegmentLog {
     dirty: Mutex<HashSet<u32>>,
     /// A segment file was created or removed since the last flush (the folder needs a sync).
     dir_dirty: std::sync::atomic::AtomicBool,
+    /// The id the next new segment gets: ids are never reused, so "every segment from N on"
+    /// names the same files before and after a crash.
+    next_seg: AtomicU32,
+    /// Largest record id appended to each segment since open.
+    max_id: Mutex<BTreeMap<u32, u64>>,
 }
 
 fn c_name(name: &str) -> CString {
@@ -145,6 +231,7 @@ impl SegmentLog {
             }
             files.insert(id, Arc::new(f));
         }
+        let next_seg = files.keys().next_back().map_or(1, |m| m + 1);
         Ok(SegmentLog {
             node,
             path,
@@ -154,7 +241,21 @@ impl SegmentLog {
             files: RwLock::new(files),
             dirty: Mutex::new(HashSet::new()),
             dir_dirty: std::sync::atomic::AtomicBool::new(false),
+            next_seg: AtomicU32::new(next_seg),
+            max_id: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The first segment that may hold a record with an id at or above `mark`: every record
+    /// appended since open with such an id, and every record appended from now on, is in it
+    /// or a later one. A full flush records it beside `verified_below`.
+    pub fn scan_start(&self, mark: u64) -> u32 {
+        let active = self.current_id();
+        let max_id = self.max_id.lock().unwrap_or_else(|p| p.into_inner());
+        max_id
+            .iter()
+            .find(|(_, m)| **m >= mark)
+            .map_or(active, |(s, _)| (*s).min(active))
     }
 
     /// Ids of the segments present.
@@ -176,6 +277,12 @@ impl SegmentLog {
             .map(|a| a.id)
     }
 
+    /// The segment the next append goes to, or the id a new one would get.
+    pub fn current_id(&self) -> u32 {
+        self.active_id()
+            .unwrap_or_else(|| self.next_seg.load(Ordering::Relaxed))
+    }
+
     /// Length of segment `id` on disk.
     pub fn len_of(&self, id: u32) -> Option<u64> {
         self.file(id)
@@ -192,13 +299,7 @@ impl SegmentLog {
     }
 
     fn start_segment(&self) -> std::io::Result<Active> {
-        let next = self
-            .files
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .next_back()
-            .map_or(1, |m| m + 1);
+        let next = self.next_seg.fetch_add(1, Ordering::Relaxed);
         let f = Arc::new(openat_nofollow(
             &self.dir,
             &segment_name(next),
@@ -236,6 +337,12 @@ impl SegmentLog {
             };
             let off = act.len;
             act.len += need;
+            if let Some(id) = record.get(8..16).and_then(|b| b.try_into().ok()) {
+                let id = u64::from_le_bytes(id);
+                let mut m = self.max_id.lock().unwrap_or_else(|p| p.into_inner());
+                let e = m.entry(act.id).or_insert(id);
+                *e = (*e).max(id);
+            }
             (act.id, Arc::clone(&act.file), off)
         };
         self.dirty
@@ -338,6 +445,10 @@ impl SegmentLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        self.max_id
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         let c = c_name(&segment_name(id));
         // SAFETY: a NUL-terminated name relative to the open directory.
         let rc = unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) };
@@ -361,10 +472,21 @@ impl SegmentLog {
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Every intact record of segment `id`: (offset, header). A torn or zeroed stretch is
+    /// Every intact value record of segment `id`: (offset, header). Tombstones are left out
+    /// (`scan_records` has them).
+    pub fn scan(&self, id: u32) -> Result<Vec<(u64, blob::Header)>, StoreError> {
+        Ok(self
+            .scan_records(id)?
+            .into_iter()
+            .filter(|r| r.tomb.is_none())
+            .map(|r| (r.off, r.header))
+            .collect())
+    }
+
+    /// Every intact record of segment `id`, tombstones included. A torn or zeroed stretch is
     /// skipped by looking for the next header at each aligned offset (its own checksum makes a
     /// false match practically impossible); the payload is checked too.
-    pub fn scan(&self, id: u32) -> Result<Vec<(u64, blob::Header)>, StoreError> {
+    pub fn scan_records(&self, id: u32) -> Result<Vec<Scanned>, StoreError> {
         let Some(f) = self.file(id) else {
             return Ok(Vec::new());
         };
@@ -383,10 +505,17 @@ impl SegmentLog {
                 && let Ok(h) = blob::parse_header(&buf[off..])
                 && let Some(end) = off.checked_add(h.stored_len() as usize)
                 && end <= buf.len()
-                && blob::decode_payload(&h, &buf[off..end]).is_ok()
+                && let Ok(payload) = blob::decode_payload(&h, &buf[off..end])
             {
                 let step = padded(h.stored_len()) as usize;
-                out.push((off as u64, h));
+                let tomb = tomb_of(&h, &payload);
+                if h.flags & FLAG_TOMBSTONE == 0 || tomb.is_some() {
+                    out.push(Scanned {
+                        off: off as u64,
+                        header: h,
+                        tomb,
+                    });
+                }
                 off += step;
                 continue;
             }
@@ -436,5 +565,44 @@ mod tests {
         let found: Vec<u64> = log.scan(seg).unwrap().iter().map(|(_, h)| h.id).collect();
         assert_eq!(found, vec![0, 2, 3, 4]);
         assert_eq!(parse_segment_name(&segment_name(seg)), Some(seg));
+    }
+
+    #[test]
+    fn tombstones_scan_apart_and_the_scan_start_covers_records_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), 0, 64 << 10).unwrap();
+        let (rec, _) = blob::encode(10, "ns", "k", &[1u8; 40_000], 3, usize::MAX, 1, 0, Some(7));
+        let (s1, _) = log.append(&rec).unwrap();
+        let t = Tomb {
+            upto: 10,
+            keep_below: log.current_id(),
+        };
+        let (st, toff) = log
+            .append(&encode_tombstone(11, "ns", "k", t, 1, Some(7)))
+            .unwrap();
+        assert_eq!(st, s1);
+        // `scan` leaves the tombstone out; `scan_records` has it, whole.
+        assert_eq!(log.scan(s1).unwrap().len(), 1);
+        let all = log.scan_records(s1).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[1].off, all[1].tomb, all[1].header.id),
+            (toff, Some(t), 11)
+        );
+        // A record with id 12 goes to a second segment (the first is full). The scan start
+        // for mark 12 is the second; for mark 11 the first (it holds the tombstone, id 11);
+        // for a mark above every id, the active one.
+        let (rec, _) = blob::encode(12, "ns", "k2", &[2u8; 40_000], 3, usize::MAX, 1, 0, Some(7));
+        let (s2, _) = log.append(&rec).unwrap();
+        assert!(s2 > s1);
+        assert_eq!(log.scan_start(12), s2);
+        assert_eq!(log.scan_start(11), s1);
+        assert_eq!(log.scan_start(100), s2);
+        // Ids are never reused, even when the newest segment goes.
+        log.seal();
+        log.remove(s2).unwrap();
+        let (rec, _) = blob::encode(13, "ns", "k3", &[3u8; 100], 3, 0, 1, 0, Some(7));
+        let (s3, _) = log.append(&rec).unwrap();
+        assert!(s3 > s2, "segment id {s3} reused");
     }
 }
