@@ -36,6 +36,12 @@ use std::time::{Duration, Instant};
 /// Where an answer goes.
 pub type Reply<T> = SyncSender<Result<T, StoreError>>;
 
+/// How a put is answered: called once, on the committer thread, when its row is committed
+/// (or refused). A callback rather than a channel, so that an async caller is woken directly
+/// (one thread hop) and a blocking one can wrap a channel; dropped unanswered only when the
+/// committer stops, which the caller sees as its sender gone.
+pub type PutReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// Why an entry is being removed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Why {
@@ -68,7 +74,7 @@ pub enum Op {
         /// Answer only once record and row are on stable storage.
         sync: bool,
         /// Answer.
-        reply: Reply<()>,
+        reply: PutReply,
     },
     /// Remove an entry (only if it is still `only_id`, when given).
     Delete {
@@ -369,7 +375,7 @@ impl Committer {
         let mut changes: Vec<Change> = Vec::new();
         let mut new_ns: Vec<(String, Option<u32>)> = Vec::new();
         let mut pending_ns: HashMap<String, Option<u32>> = HashMap::new();
-        let mut put_replies: Vec<(Reply<()>, Row)> = Vec::new();
+        let mut put_replies: Vec<(PutReply, Row)> = Vec::new();
         let mut bool_replies: Vec<(Reply<bool>, bool)> = Vec::new();
         let mut count_replies: Vec<(Reply<u64>, u64)> = Vec::new();
         let mut pending: HashMap<u64, Option<(u64, u32)>> = HashMap::new();
@@ -394,7 +400,7 @@ impl Committer {
                         Some(Some(owner)) if writer.uid.is_some_and(|u| u != 0 && u != owner) => {
                             let uid = writer.uid.unwrap_or(0);
                             self.discard_record(&row);
-                            let _ = reply.send(Err(StoreError::PermissionDenied(format!(
+                            reply(Err(StoreError::PermissionDenied(format!(
                                 "namespace {:?} belongs to uid {owner}; uid {uid} may read it but not change it",
                                 row.namespace
                             ))));
@@ -414,7 +420,7 @@ impl Committer {
                         // happened just before it (they overlapped), so it is answered and
                         // never visible. Ids order a key's versions, live and in a rebuild.
                         self.discard_record(&row);
-                        let _ = reply.send(Ok(()));
+                        reply(Ok(()));
                         continue;
                     }
                     if let Some((old, _)) = cur {
@@ -523,7 +529,7 @@ impl Committer {
             self.apply(removals);
             for (r, row) in put_replies {
                 self.discard_record(&row);
-                let _ = r.send(Err(clone_err(e)));
+                r(Err(clone_err(e)));
             }
             for (r, v) in bool_replies {
                 let _ = r.send(Ok(v));
@@ -545,7 +551,7 @@ impl Committer {
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
                 self.shared.stats.evictions.fetch_add(expired, Relaxed);
                 for (r, _) in put_replies {
-                    let _ = r.send(Ok(()));
+                    r(Ok(()));
                 }
                 for (r, v) in bool_replies {
                     let _ = r.send(Ok(v));
@@ -565,7 +571,7 @@ impl Committer {
                 tracing::warn!("batch failed, nothing of it is visible: {e}");
                 for (r, row) in put_replies {
                     self.discard_record(&row);
-                    let _ = r.send(Err(clone_err(e)));
+                    r(Err(clone_err(e)));
                 }
                 for (r, _) in bool_replies {
                     let _ = r.send(Err(clone_err(e)));

@@ -5,7 +5,7 @@
 
 use crate::placement::{NodePools, Placer, StrategyConfig};
 use crate::store::blob;
-use crate::store::commit::{self, Committer, Op, Why, Writer};
+use crate::store::commit::{self, Committer, Op, PutReply, Why, Writer};
 use crate::store::config::{
     CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace,
 };
@@ -40,12 +40,13 @@ pub struct Cache {
 }
 
 /// Removes a put's id from the in-flight set when the put is over (answered or failed).
-struct IdGuard<'a> {
-    shared: &'a Shared,
+/// Owned, so that it can travel with a put's answer to the committer thread.
+struct IdGuard {
+    shared: Arc<Shared>,
     id: u64,
 }
 
-impl Drop for IdGuard<'_> {
+impl Drop for IdGuard {
     fn drop(&mut self) {
         self.shared
             .inflight_ids
@@ -53,6 +54,28 @@ impl Drop for IdGuard<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
     }
+}
+
+/// The largest value [`Cache::put_nowait`] writes on the calling thread: one small pwrite
+/// into the page cache (microseconds); larger values go through a thread that may block.
+pub const NOWAIT_MAX_BYTES: u64 = 64 << 10;
+
+/// What [`Cache::put_nowait`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutStart {
+    /// The record is written and its row queued: the answer comes through the callback.
+    Queued,
+    /// Nothing was done: this put must wait for another thread; use [`Cache::put`].
+    WouldBlock,
+}
+
+/// What a put of bytes decided before writing anything.
+struct PutPlan {
+    writer: Writer,
+    layout: Arc<Layout>,
+    node: u32,
+    created: u64,
+    expires: Option<u64>,
 }
 
 /// Expiry (unix seconds) of a put at `now_s` with `ttl`: saturating, and capped where the
@@ -348,7 +371,7 @@ impl Cache {
 
     /// A new entry id, registered as in flight until the guard drops (under one lock, so a
     /// flush never sees an id handed out but not yet registered).
-    fn new_id(&self) -> IdGuard<'_> {
+    fn new_id(&self) -> IdGuard {
         let mut set = self
             .shared
             .inflight_ids
@@ -357,24 +380,40 @@ impl Cache {
         let id = self.shared.next_id.fetch_add(1, Relaxed);
         set.insert(id);
         IdGuard {
-            shared: &self.shared,
+            shared: Arc::clone(&self.shared),
             id,
         }
     }
 
-    /// Hand a written record to the committer and wait for its answer.
-    fn commit_put(&self, row: Row, writer: Writer, sync: bool) -> Result<(), StoreError> {
-        let (rtx, rrx) = mpsc::sync_channel(1);
+    /// Hand a written record to the committer, which answers through `reply`.
+    fn commit_put(
+        &self,
+        row: Row,
+        writer: Writer,
+        sync: bool,
+        reply: PutReply,
+    ) -> Result<(), StoreError> {
         if let Err(e) = self.send(Op::Put {
             row,
             writer,
             sync,
-            reply: rtx,
+            reply,
         }) {
             self.shared.puts_in_flight.fetch_sub(1, Relaxed);
             return Err(e);
         }
-        Self::wait(rrx)
+        Ok(())
+    }
+
+    /// A reply that a blocking caller waits for with [`Cache::wait`].
+    fn reply_channel() -> (PutReply, mpsc::Receiver<Result<(), StoreError>>) {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        (
+            Box::new(move |r| {
+                let _ = rtx.send(r);
+            }),
+            rrx,
+        )
     }
 
     fn pressure(&self, stored: u64) {
@@ -398,22 +437,113 @@ impl Cache {
         opts: &PutOptions,
         caller: &Caller,
     ) -> Result<u32, StoreError> {
+        let plan = self.plan_put(ns, key, value.len() as u64, opts, caller)?;
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _bytes = self.shared.inflight_bytes.acquire(value.len() as u64)?;
+        let (reply, answer) = Self::reply_channel();
+        let node = plan.node;
+        self.write_put(plan, ns, key, value, opts.sync, reply)?;
+        Self::wait(answer)?;
+        Ok(node)
+    }
+
+    /// The same put as [`Cache::put`], for a caller that must not block (an async task):
+    /// the record is written on the calling thread and its row queued for the committer,
+    /// which calls `done` with the answer (on its own thread) once the row is committed; the
+    /// contract of `put` holds when `done` is called. Returns [`PutStart::WouldBlock`],
+    /// with nothing done and `done` dropped, when the put would have to wait for another
+    /// thread first: a value over [`NOWAIT_MAX_BYTES`], a record that must be written from
+    /// another node's pool, or a snapshot pausing writes. Then use `put` on a thread that may
+    /// block. Errors found before the record is written are returned (and `done` dropped).
+    ///
+    /// Bytes in flight: such a put holds its value only while this call runs, on the
+    /// caller's thread, so it takes no share of the in-flight bound (at most one small value
+    /// per calling thread is ever held here).
+    pub fn put_nowait(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        opts: &PutOptions,
+        caller: &Caller,
+        done: impl FnOnce(Result<u32, StoreError>) + Send + 'static,
+    ) -> Result<PutStart, StoreError> {
+        if value.len() as u64 > NOWAIT_MAX_BYTES {
+            return Ok(PutStart::WouldBlock);
+        }
+        let plan = self.plan_put(ns, key, value.len() as u64, opts, caller)?;
+        if !plan.layout.runs_inline(plan.node) {
+            return Ok(PutStart::WouldBlock);
+        }
+        // A snapshot holds the gate for as long as it takes: never wait for it here. The
+        // gate is held until the row is queued, so a snapshot's flush (queued behind it)
+        // still covers every record written before it.
+        let _gate = match self.gate.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(PutStart::WouldBlock),
+        };
+        let node = plan.node;
+        self.write_put(
+            plan,
+            ns,
+            key,
+            value,
+            opts.sync,
+            Box::new(move |r: Result<(), StoreError>| done(r.map(|()| node))),
+        )?;
+        Ok(PutStart::Queued)
+    }
+
+    /// The checks every put of bytes makes before anything is written: names, size, owner
+    /// (the committer checks it again, and decides), target node, times.
+    fn plan_put(
+        &self,
+        ns: &str,
+        key: &str,
+        len: u64,
+        opts: &PutOptions,
+        caller: &Caller,
+    ) -> Result<PutPlan, StoreError> {
         validate_namespace(ns)?;
         validate_key(key)?;
         let limit = self.shared.cfg.max_value_bytes;
-        if value.len() as u64 > limit {
-            return Err(StoreError::TooLarge {
-                size: value.len() as u64,
-                limit,
-            });
+        if len > limit {
+            return Err(StoreError::TooLarge { size: len, limit });
         }
         let writer = self.check_owner(ns, caller)?;
         let layout = self.shared.layout();
         let node = Self::target_node(&layout, key, opts, caller)?;
         let created = unix_ns() / 1_000_000_000;
         let expires = expiry(created, opts.ttl);
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let _bytes = self.shared.inflight_bytes.acquire(value.len() as u64)?;
+        Ok(PutPlan {
+            writer,
+            layout,
+            node,
+            created,
+            expires,
+        })
+    }
+
+    /// Encode and write the record of a planned put, then queue its row for the committer,
+    /// which answers through `reply`. The caller holds the write gate. On an error returned
+    /// here `reply` was dropped unanswered.
+    fn write_put(
+        &self,
+        plan: PutPlan,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        sync: bool,
+        reply: PutReply,
+    ) -> Result<(), StoreError> {
+        let PutPlan {
+            writer,
+            layout,
+            node,
+            created,
+            expires,
+        } = plan;
         let id = self.new_id();
         let (bytes, checksum) = blob::encode(
             id.id,
@@ -472,7 +602,17 @@ impl Cache {
             expires,
             loc,
         });
-        self.finish_put(row, stored, writer, opts.sync)
+        // The id stays in flight until the put is answered (the flusher's mark counts on it).
+        self.finish_put(
+            row,
+            stored,
+            writer,
+            sync,
+            Box::new(move |r| {
+                drop(id);
+                reply(r)
+            }),
+        )
     }
 
     /// The end every put shares once its record was written (or failed to be): a failure is
@@ -484,7 +624,8 @@ impl Cache {
         needed: u64,
         writer: Writer,
         sync: bool,
-    ) -> Result<u32, StoreError> {
+        reply: PutReply,
+    ) -> Result<(), StoreError> {
         let row = match written {
             Ok(row) => row,
             Err(e) => {
@@ -503,8 +644,7 @@ impl Cache {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((node, row.id));
         }
-        self.commit_put(row, writer, sync)?;
-        Ok(node)
+        self.commit_put(row, writer, sync, reply)
     }
 
     /// Store the contents of `file` (a PutFd's memfd) under `ns`/`key`, streaming it to the
@@ -614,7 +754,10 @@ impl Cache {
             expires,
             loc: None,
         });
-        self.finish_put(row, len, writer, opts.sync)
+        let (reply, answer) = Self::reply_channel();
+        self.finish_put(row, len, writer, opts.sync, reply)?;
+        Self::wait(answer)?;
+        Ok(node)
     }
 
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:

@@ -80,19 +80,23 @@ impl Layout {
         node: u32,
         job: impl FnOnce() -> R + Send + 'static,
     ) -> R {
-        let serving = self.pools.serving_node(node);
-        // Inline only when this thread is on the node itself: a memory-only node is served
-        // by a CPU node's pool under a policy for the memory-only node, which the caller's
-        // thread does not have (the NUMA lab saw node 2's page cache land on node 0). So the
-        // pool gets the entry's own node, as `NodePools::run` asks.
-        if self.strategy.strategy == Strategy::Disabled
-            || self.placeable.len() <= 1 && self.shards.len() <= 1
-            || serving == node && self.node_of_cpu(current_cpu()) == node
-        {
+        if self.runs_inline(node) {
             job()
         } else {
             self.pools.run(node, job)
         }
+    }
+
+    /// Whether [`Layout::on_node`] runs a job for `node` on the calling thread (no hop to a
+    /// pool, so no wait for another thread).
+    pub fn runs_inline(&self, node: u32) -> bool {
+        // Inline only when this thread is on the node itself: a memory-only node is served
+        // by a CPU node's pool under a policy for the memory-only node, which the caller's
+        // thread does not have (the NUMA lab saw node 2's page cache land on node 0). So the
+        // pool gets the entry's own node, as `NodePools::run` asks.
+        self.strategy.strategy == Strategy::Disabled
+            || self.placeable.len() <= 1 && self.shards.len() <= 1
+            || self.pools.serving_node(node) == node && self.node_of_cpu(current_cpu()) == node
     }
 }
 
