@@ -63,12 +63,24 @@ pub struct Writer {
     pub claim: u32,
 }
 
+/// Where a put's record is when its row reaches the committer.
+pub enum Record {
+    /// Written by the caller; the row's `loc` says where (None: a file of its own).
+    Written,
+    /// Encoded, to be appended to the active segment of the row's node by the committer
+    /// with the other records of its batch (one write for all of them), before the batch's
+    /// commit. Only where no thread placement matters (one node, or NUMA off).
+    Pending(Vec<u8>),
+}
+
 /// Work for the committer.
 pub enum Op {
-    /// Index a record already written to its shard.
+    /// Index a record written to its shard (or to write now, see [`Record`]).
     Put {
         /// The row.
         row: Row,
+        /// The record.
+        record: Record,
         /// Who writes it.
         writer: Writer,
         /// Answer only once record and row are on stable storage.
@@ -147,6 +159,7 @@ fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
         StoreError::PermissionDenied(m) => StoreError::PermissionDenied(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -368,8 +381,103 @@ impl Committer {
         }
     }
 
+    /// Append the pending records of `batch` to their shards' active segments: the records
+    /// of one node in one write (a buffered write on btrfs has a large fixed cost per call),
+    /// in pieces of at most a segment. Each row gets its location; a put whose record could
+    /// not be written is answered with the error here, un-counted, and dropped from the
+    /// batch. Returns the bytes to evict when the disk was full.
+    fn write_pending(&mut self, batch: &mut Vec<Op>) -> u64 {
+        // node -> (index in batch, record bytes)
+        let mut by_node: HashMap<u32, Vec<(usize, Vec<u8>)>> = HashMap::new();
+        for (i, op) in batch.iter_mut().enumerate() {
+            if let Op::Put { row, record, .. } = op
+                && let Record::Pending(bytes) = std::mem::replace(record, Record::Written)
+            {
+                by_node.entry(row.node).or_default().push((i, bytes));
+            }
+        }
+        if by_node.is_empty() {
+            return 0;
+        }
+        let layout = self.shared.layout();
+        let mut written: HashMap<usize, Result<(u32, u64), StoreError>> = HashMap::new();
+        for (node, records) in by_node {
+            let Some(shard) = layout.shards.get(&node) else {
+                for (i, _) in records {
+                    let e = StoreError::Unavailable(format!("no shard for node {node}"));
+                    written.insert(i, Err(e));
+                }
+                continue;
+            };
+            let limit = shard.segments.seg_bytes.clamp(1, 8 << 20);
+            let mut rest = records.as_slice();
+            while !rest.is_empty() {
+                // One piece: as many records as fit in `limit` (always at least one), each
+                // at the offset a record of its own would have had (ALIGN-padded).
+                let mut buf: Vec<u8> = Vec::new();
+                let mut offs: Vec<u64> = Vec::new();
+                for (_, bytes) in rest {
+                    let at = segment::padded(buf.len() as u64);
+                    if !offs.is_empty() && at + bytes.len() as u64 > limit {
+                        break;
+                    }
+                    buf.resize(at as usize, 0);
+                    offs.push(at);
+                    buf.extend_from_slice(bytes);
+                }
+                let (piece, later) = rest.split_at(offs.len());
+                match shard.segments.append(&buf) {
+                    Ok((seg, base)) => {
+                        for ((i, _), off) in piece.iter().zip(&offs) {
+                            written.insert(*i, Ok((seg, base + off)));
+                        }
+                    }
+                    Err(e) => {
+                        for (i, _) in piece {
+                            written.insert(*i, Err(clone_err(&e)));
+                        }
+                    }
+                }
+                rest = later;
+            }
+        }
+        let mut pressure = 0u64;
+        let mut i = 0;
+        batch.retain_mut(|op| {
+            let outcome = written.remove(&i);
+            i += 1;
+            match outcome {
+                None => true,
+                Some(Ok(loc)) => {
+                    if let Op::Put { row, .. } = op {
+                        row.loc = Some(loc);
+                    }
+                    true
+                }
+                Some(Err(e)) => {
+                    if let Op::Put { row, reply, .. } = std::mem::replace(op, Op::Pressure(0)) {
+                        if let Some(t) = layout.tiers.get(&row.node) {
+                            t.remove(row.id);
+                        }
+                        if matches!(e, StoreError::NoSpace(_)) {
+                            pressure = pressure.max(
+                                row.stored
+                                    .saturating_mul(4)
+                                    .max(self.shared.stats.stored_total() / 20),
+                            );
+                        }
+                        self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+                        reply(Err(e));
+                    }
+                    false
+                }
+            }
+        });
+        pressure
+    }
+
     /// Apply a batch; Some when it held Stop (with its reply, if any).
-    fn run_batch(&mut self, batch: Vec<Op>) -> Option<Option<Reply<()>>> {
+    fn run_batch(&mut self, mut batch: Vec<Op>) -> Option<Option<Reply<()>>> {
         let mut stop = None;
         let mut execs = Vec::new();
         let mut changes: Vec<Change> = Vec::new();
@@ -380,7 +488,7 @@ impl Committer {
         let mut count_replies: Vec<(Reply<u64>, u64)> = Vec::new();
         let mut pending: HashMap<u64, Option<(u64, u32)>> = HashMap::new();
         let mut batch_ns: Vec<(String, u64)> = Vec::new();
-        let mut pressure = 0u64;
+        let mut pressure = self.write_pending(&mut batch);
         let mut broken = 0u64;
         let mut expired = 0u64;
         let mut want_sync = self.sync_interval().is_zero();
@@ -392,6 +500,7 @@ impl Committer {
                     writer,
                     sync,
                     reply,
+                    ..
                 } => {
                     puts += 1;
                     // The owner check that counts: inside the committer, against owners

@@ -5,7 +5,7 @@
 
 use crate::placement::{NodePools, Placer, StrategyConfig};
 use crate::store::blob;
-use crate::store::commit::{self, Committer, Op, PutReply, Why, Writer};
+use crate::store::commit::{self, Committer, Op, PutReply, Record, Why, Writer};
 use crate::store::config::{
     CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace,
 };
@@ -389,12 +389,14 @@ impl Cache {
     fn commit_put(
         &self,
         row: Row,
+        record: Record,
         writer: Writer,
         sync: bool,
         reply: PutReply,
     ) -> Result<(), StoreError> {
         if let Err(e) = self.send(Op::Put {
             row,
+            record,
             writer,
             sync,
             reply,
@@ -568,26 +570,32 @@ impl Cache {
             .get(&node)
             .cloned()
             .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
-        let tier = layout.tiers.get(&node).cloned();
         let small = stored <= LARGE_RECORD;
-        // Every value put whole goes to the tier (as a read would put it there), large ones too.
-        let owned: Option<Vec<u8>> = tier.as_ref().map(|_| value.to_vec());
         // The committer answers (and un-counts) every put that reaches its queue.
         self.shared.puts_in_flight.fetch_add(1, Relaxed);
         let idv = id.id;
-        let written = layout.on_node(node, move || {
-            let loc = if small {
-                Some(shard.segments.append(&bytes)?)
-            } else {
-                shard.write_blob(idv, &bytes)?;
-                None
-            };
-            if let (Some(t), Some(v)) = (tier, owned) {
-                // Allocated here, on the node's thread, so the tier's pages are local.
-                t.insert(idv, Arc::from(v));
-            }
-            Ok::<_, StoreError>(loc)
-        });
+        let (written, record) = if small && layout.any_thread() {
+            // No thread placement to respect: the committer appends this record together
+            // with the others of its batch, in one write, before it commits their rows.
+            (Ok(None), Record::Pending(bytes))
+        } else {
+            let written = layout.on_node(node, move || {
+                if small {
+                    Ok(Some(shard.segments.append(&bytes)?))
+                } else {
+                    shard.write_blob(idv, &bytes)?;
+                    Ok::<_, StoreError>(None)
+                }
+            });
+            (written, Record::Written)
+        };
+        if written.is_ok()
+            && let Some(t) = layout.tiers.get(&node)
+        {
+            // Every value put whole goes to the tier (as a read would put it there), large
+            // ones too; the tier copies it into the node's memory whichever thread calls.
+            t.insert(idv, value);
+        }
         let row = written.map(|loc| Row {
             id: idv,
             namespace: ns.to_string(),
@@ -605,6 +613,7 @@ impl Cache {
         // The id stays in flight until the put is answered (the flusher's mark counts on it).
         self.finish_put(
             row,
+            record,
             stored,
             writer,
             sync,
@@ -621,6 +630,7 @@ impl Cache {
     fn finish_put(
         &self,
         written: Result<Row, StoreError>,
+        record: Record,
         needed: u64,
         writer: Writer,
         sync: bool,
@@ -637,14 +647,14 @@ impl Cache {
             }
         };
         let node = row.node;
-        if row.loc.is_none() {
+        if row.loc.is_none() && matches!(record, Record::Written) {
             self.shared
                 .unsynced_blobs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((node, row.id));
         }
-        self.commit_put(row, writer, sync, reply)
+        self.commit_put(row, record, writer, sync, reply)
     }
 
     /// Store the contents of `file` (a PutFd's memfd) under `ns`/`key`, streaming it to the
@@ -755,7 +765,7 @@ impl Cache {
             loc: None,
         });
         let (reply, answer) = Self::reply_channel();
-        self.finish_put(row, len, writer, opts.sync, reply)?;
+        self.finish_put(row, Record::Written, len, writer, opts.sync, reply)?;
         Self::wait(answer)?;
         Ok(node)
     }

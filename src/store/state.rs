@@ -94,9 +94,15 @@ impl Layout {
         // by a CPU node's pool under a policy for the memory-only node, which the caller's
         // thread does not have (the NUMA lab saw node 2's page cache land on node 0). So the
         // pool gets the entry's own node, as `NodePools::run` asks.
+        self.any_thread()
+            || self.pools.serving_node(node) == node && self.node_of_cpu(current_cpu()) == node
+    }
+
+    /// Whether every thread may do every node's work: NUMA placement is off, or there is
+    /// one node (with one shard).
+    pub fn any_thread(&self) -> bool {
         self.strategy.strategy == Strategy::Disabled
             || self.placeable.len() <= 1 && self.shards.len() <= 1
-            || self.pools.serving_node(node) == node && self.node_of_cpu(current_cpu()) == node
     }
 }
 
