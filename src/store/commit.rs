@@ -136,6 +136,8 @@ pub struct Committer {
     to_unlink: Vec<(u32, u32)>,
     /// The reserve file: room for the index's own writes when the disk is full.
     reserve: PathBuf,
+    /// The `next_id` the index holds: every id handed out so far is below it.
+    id_ceiling: u64,
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
@@ -143,6 +145,9 @@ const TTL_EVERY: Duration = Duration::from_millis(500);
 const RECLAIM_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
 const MAX_GATHER: Duration = Duration::from_millis(2);
+/// Ids reserved in the index at a time: a batch writes `next_id` (a page of its own in the
+/// WAL) only when ids pass the last reserve, not in every commit.
+const ID_RESERVE: u64 = 1 << 20;
 /// Size of the reserve file kept beside the index.
 pub const RESERVE_BYTES: u64 = 8 << 20;
 
@@ -173,6 +178,8 @@ impl Committer {
     ) -> Committer {
         let now = Instant::now();
         let reserve = shared.cfg.dir.join("reserve");
+        // Cache::open wrote the starting next_id to the index before starting us.
+        let id_ceiling = shared.next_id.load(Relaxed);
         let c = Committer {
             conn,
             shared,
@@ -185,6 +192,7 @@ impl Committer {
             live,
             to_unlink: Vec::new(),
             reserve,
+            id_ceiling,
         };
         c.ensure_reserve();
         c
@@ -807,14 +815,24 @@ impl Committer {
             index::insert_namespace(&tx, ns, *owner, now)
                 .map_err(|e| StoreError::sql("recording a namespace", e))?;
         }
-        index::meta_set(&tx, "next_id", next_id as i64)
-            .map_err(|e| StoreError::sql("writing a batch", e))?;
+        // Ids never repeat: the index holds an id above every one handed out. Ids of this
+        // batch were handed out before `next_id` was read, so they are below it. Recovery
+        // starts above both this and the largest id in the rows.
+        let ceiling = (next_id > self.id_ceiling).then(|| next_id.saturating_add(ID_RESERVE));
+        if let Some(c) = ceiling {
+            index::meta_set(&tx, "next_id", c.min(i64::MAX as u64) as i64)
+                .map_err(|e| StoreError::sql("writing a batch", e))?;
+        }
         if let Some(mark) = full {
             index::meta_set(&tx, "verified_below", mark as i64)
                 .map_err(|e| StoreError::sql("writing a batch", e))?;
         }
         tx.commit()
-            .map_err(|e| StoreError::sql("committing a batch", e))
+            .map_err(|e| StoreError::sql("committing a batch", e))?;
+        if let Some(c) = ceiling {
+            self.id_ceiling = c;
+        }
+        Ok(())
     }
 
     /// Make committed changes visible: the map, the counters, the files of removed entries.

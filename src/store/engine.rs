@@ -294,8 +294,10 @@ impl Cache {
     /// Early ownership check (the committer checks again, and that check decides); returns
     /// the owner a record of `ns` carries: the current owner, or the caller's claim.
     fn check_owner(&self, ns: &str, caller: &Caller) -> Result<Writer, StoreError> {
+        // Asked once: a syscall on every put otherwise (the daemon's uid does not change).
+        static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = *EUID.get_or_init(|| unsafe { libc::geteuid() });
         let writer = Writer {
             uid: caller.uid,
             claim: caller.uid.unwrap_or(me),
