@@ -78,6 +78,19 @@ struct PutPlan {
     expires: Option<u64>,
 }
 
+/// Bytes of a put admitted under the in-flight bound, given back when it drops (with the
+/// put's answer, on whichever thread gives it).
+struct HeldBytes {
+    shared: Arc<Shared>,
+    n: u64,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.shared.inflight_bytes.release(self.n);
+    }
+}
+
 /// Expiry (unix seconds) of a put at `now_s` with `ttl`: saturating, and capped where the
 /// index (SQLite INTEGER) can hold it, so a huge TTL means "practically never", never a wrap.
 pub fn expiry(now_s: u64, ttl: Option<Duration>) -> Option<u64> {
@@ -460,9 +473,8 @@ impl Cache {
     /// another node's pool, or a snapshot pausing writes. Then use `put` on a thread that may
     /// block. Errors found before the record is written are returned (and `done` dropped).
     ///
-    /// Bytes in flight: such a put holds its value only while this call runs, on the
-    /// caller's thread, so it takes no share of the in-flight bound (at most one small value
-    /// per calling thread is ever held here).
+    /// Its bytes count against the bound on bytes of puts in flight until it is answered;
+    /// when the bound is reached it is declined (WouldBlock), so that `put` waits for room.
     pub fn put_nowait(
         &self,
         ns: &str,
@@ -487,6 +499,14 @@ impl Cache {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Ok(PutStart::WouldBlock),
         };
+        let len = value.len() as u64;
+        if !self.shared.inflight_bytes.try_admit(len) {
+            return Ok(PutStart::WouldBlock);
+        }
+        let held = HeldBytes {
+            shared: Arc::clone(&self.shared),
+            n: len,
+        };
         let node = plan.node;
         self.write_put(
             plan,
@@ -494,7 +514,10 @@ impl Cache {
             key,
             value,
             opts.sync,
-            Box::new(move |r: Result<(), StoreError>| done(r.map(|()| node))),
+            Box::new(move |r: Result<(), StoreError>| {
+                drop(held);
+                done(r.map(|()| node))
+            }),
         )?;
         Ok(PutStart::Queued)
     }

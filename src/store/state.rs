@@ -184,6 +184,24 @@ impl InflightBytes {
         *used += n;
         Ok(InflightGuard { gate: self, n })
     }
+
+    /// Admit `n` bytes if that needs no wait; true when admitted. The caller gives them back
+    /// with [`InflightBytes::release`] (for a put answered on another thread).
+    pub fn try_admit(&self, n: u64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if *used > 0 && used.saturating_add(n) > self.bound {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
+    /// Give back `n` bytes admitted by [`InflightBytes::try_admit`].
+    pub fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
 }
 
 /// Bytes admitted by [`InflightBytes::acquire`].
@@ -194,9 +212,7 @@ pub struct InflightGuard<'a> {
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        let mut used = self.gate.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(self.n);
-        self.gate.freed.notify_all();
+        self.gate.release(self.n);
     }
 }
 
