@@ -465,7 +465,8 @@ impl Cache {
     }
 
     /// The same put as [`Cache::put`], for a caller that must not block (an async task):
-    /// the record is written on the calling thread and its row queued for the committer,
+    /// the record is made on the calling thread (and written there on a NUMA host; with one
+    /// node the committer writes it with its batch) and its row queued for the committer,
     /// which calls `done` with the answer (on its own thread) once the row is committed; the
     /// contract of `put` holds when `done` is called. Returns [`PutStart::WouldBlock`],
     /// with nothing done and `done` dropped, when the put would have to wait for another
@@ -552,8 +553,9 @@ impl Cache {
         })
     }
 
-    /// Encode and write the record of a planned put, then queue its row for the committer,
-    /// which answers through `reply`. The caller holds the write gate. On an error returned
+    /// Encode the record of a planned put and write it (or leave it to the committer's batch
+    /// write, see [`Record::Pending`]), then queue its row for the committer, which answers
+    /// through `reply`. The caller holds the write gate. On an error returned
     /// here `reply` was dropped unanswered.
     fn write_put(
         &self,
