@@ -2,7 +2,9 @@
 # Throughput through the bus: N client processes (dbus-python, each with its own connection)
 # call Peer.Ping, Cache.Get (4 KiB), Cache.Put (4 KiB, default durability) and Put with
 # sync=true against numa-cached on a loop-mounted btrfs, in alternating rounds, and print each
-# rate with the same-run Ping rate as the baseline.
+# rate with the same-run Ping rate as the baseline. The second table is the daemon's own CPU
+# time (user + system, from /proc) per call of each kind: the machine's cores are shared with
+# the clients and dbus-daemon, so this is the figure the daemon can change.
 #
 #   sudo scripts/bench-bus-throughput.sh [SECONDS_PER_ROUND=4] [PROCS=8] [ROUNDS=2]
 # NUMA_CACHED=path overrides the daemon binary (default target/release/numa-cached).
@@ -16,14 +18,20 @@ bench_daemon_up bus 4G OPDBUS_CACHE_MAX_BYTES=3G
 ADDR=$DBUS_SYSTEM_BUS_ADDRESS
 /usr/bin/python3 scripts/bench_bus_client.py "$ADDR" seed 0 0 >/dev/null
 
-rate() { # rate MODE -> calls per second over all processes
-  local pids=() total=0 f
+DPID=$(cat "$RUN/daemon.pid")
+TCK=$(getconf CLK_TCK)
+daemon_ticks() { awk '{print $14 + $15}' "/proc/$DPID/stat"; }
+rate() { # rate MODE -> calls per second over all processes; appends "MODE us-per-call" to $RUN/cpu
+  local pids=() total=0 f t0 t1
+  t0=$(daemon_ticks)
   for w in $(seq "$PROCS"); do
     /usr/bin/python3 scripts/bench_bus_client.py "$ADDR" "$1" "$SECS" "$w$RANDOM" > "$RUN/out.$1.$w" & pids+=($!)
   done
   wait "${pids[@]}"
+  t1=$(daemon_ticks)
   for f in "$RUN"/out."$1".*; do total=$((total + $(cat "$f" 2>/dev/null || echo 0))); done
   rm -f "$RUN"/out."$1".*
+  echo "$1 $(( (t1 - t0) * 1000000 / TCK / (total > 0 ? total : 1) ))" >> "$RUN/cpu"
   echo $((total / ${SECS%.*}))
 }
 echo "bus throughput: $PROCS processes x ${SECS}s per round, $ROUNDS rounds, 4 KiB values, daemon $DAEMON"
@@ -33,4 +41,6 @@ for r in $(seq "$ROUNDS"); do
   awk -v r="$r" -v p="$p" -v g="$g" -v u="$u" -v s="$s" \
     'BEGIN{printf "%d %d %d %d %d %.2fx %.2fx %.2fx\n", r, p, g, u, s, g/p, u/p, s/p}'
 done
+echo "daemon CPU per call (us, user+system), by round: ping get put put-sync"
+awk '{v[$1] = v[$1] " " $2} END{print "ping" v["ping"]; print "get" v["get"]; print "put" v["put"]; print "put-sync" v["put-sync"]}' "$RUN/cpu"
 grep -ci "error\|panic" "$RUN/daemon.log" >/dev/null && { echo "daemon log:"; tail -5 "$RUN/daemon.log"; } || true

@@ -44,6 +44,12 @@ use std::time::{Duration, Instant};
 /// Where an answer goes.
 pub type Reply<T> = SyncSender<Result<T, StoreError>>;
 
+/// How a put is answered: called once, on the committer thread, when its row is committed
+/// (or refused). A callback rather than a channel, so that an async caller is woken directly
+/// (one thread hop) and a blocking one can wrap a channel; dropped unanswered only when the
+/// committer stops, which the caller sees as its sender gone.
+pub type PutReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
 /// Why an entry is being removed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Why {
@@ -65,18 +71,30 @@ pub struct Writer {
     pub claim: u32,
 }
 
+/// Where a put's record is when its row reaches the committer.
+pub enum Record {
+    /// Written by the caller; the row's `loc` says where (None: a file of its own).
+    Written,
+    /// Encoded, to be appended to the active segment of the row's node by the committer
+    /// with the other records of its batch (one write for all of them), before the batch's
+    /// commit. Only where no thread placement matters (one node, or NUMA off).
+    Pending(Vec<u8>),
+}
+
 /// Work for the committer.
 pub enum Op {
-    /// Index a record already written to its shard.
+    /// Index a record written to its shard (or to write now, see [`Record`]).
     Put {
         /// The row.
         row: Row,
+        /// The record.
+        record: Record,
         /// Who writes it.
         writer: Writer,
         /// Answer only once record and row are on stable storage.
         sync: bool,
         /// Answer.
-        reply: Reply<()>,
+        reply: PutReply,
     },
     /// Remove an entry (only if it is still `only_id`, when given).
     Delete {
@@ -146,6 +164,8 @@ pub struct Committer {
     /// Puts in the last batch that flushed, and how long its flush took (gather's aim).
     last_group: u64,
     last_flush_time: Duration,
+    /// The `next_id` the index holds: every id handed out so far is below it.
+    id_ceiling: u64,
 }
 
 /// A flush point: `verified_below` and, per node, the first segment recovery scans.
@@ -174,6 +194,9 @@ const MIN_GATHER: Duration = Duration::from_micros(100);
 const MAX_UNCHECKPOINTED: u64 = 20_000;
 /// Commits after which a full flush also checkpoints the WAL.
 const CHECKPOINT_AFTER: u64 = 256;
+/// Ids reserved in the index at a time: a batch writes `next_id` (a page of its own in the
+/// WAL) only when ids pass the last reserve, not in every commit.
+const ID_RESERVE: u64 = 1 << 20;
 /// Size of the reserve file kept beside the index.
 pub const RESERVE_BYTES: u64 = 8 << 20;
 
@@ -191,6 +214,7 @@ fn clone_err(e: &StoreError) -> StoreError {
     match e {
         StoreError::NoSpace(m) => StoreError::NoSpace(m.clone()),
         StoreError::PermissionDenied(m) => StoreError::PermissionDenied(m.clone()),
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         other => StoreError::Unavailable(other.to_string()),
     }
 }
@@ -210,6 +234,8 @@ impl Committer {
             .values()
             .flat_map(|s| s.segments.ids().into_iter().map(|seg| (s.node, seg)))
             .collect();
+        // Cache::open wrote the starting next_id to the index before starting us.
+        let id_ceiling = shared.next_id.load(Relaxed);
         let mut c = Committer {
             conn,
             shared,
@@ -229,6 +255,7 @@ impl Committer {
             last_group: 0,
             last_flush_time: MAX_GATHER,
             unwritten: Vec::new(),
+            id_ceiling,
         };
         // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
         // making rows durable whose records were not flushed yet (after a power loss such a
@@ -552,19 +579,114 @@ impl Committer {
         !self.tombs_unknown.contains(&(node, seg)) && self.needed_tombs(node, seg, ids).is_empty()
     }
 
+    /// Append the pending records of `batch` to their shards' active segments: the records
+    /// of one node in one write (a buffered write on btrfs has a large fixed cost per call),
+    /// in pieces of at most a segment. Each row gets its location; a put whose record could
+    /// not be written is answered with the error here, un-counted, and dropped from the
+    /// batch. Returns the bytes to evict when the disk was full.
+    fn write_pending(&mut self, batch: &mut Vec<Op>) -> u64 {
+        // node -> (index in batch, record bytes)
+        let mut by_node: HashMap<u32, Vec<(usize, Vec<u8>)>> = HashMap::new();
+        for (i, op) in batch.iter_mut().enumerate() {
+            if let Op::Put { row, record, .. } = op
+                && let Record::Pending(bytes) = std::mem::replace(record, Record::Written)
+            {
+                by_node.entry(row.node).or_default().push((i, bytes));
+            }
+        }
+        if by_node.is_empty() {
+            return 0;
+        }
+        let layout = self.shared.layout();
+        let mut written: HashMap<usize, Result<(u32, u64), StoreError>> = HashMap::new();
+        for (node, records) in by_node {
+            let Some(shard) = layout.shards.get(&node) else {
+                for (i, _) in records {
+                    let e = StoreError::Unavailable(format!("no shard for node {node}"));
+                    written.insert(i, Err(e));
+                }
+                continue;
+            };
+            let limit = shard.segments.seg_bytes.clamp(1, 8 << 20);
+            let mut rest = records.as_slice();
+            while !rest.is_empty() {
+                // One piece: as many records as fit in `limit` (always at least one), each
+                // at the offset a record of its own would have had (ALIGN-padded).
+                let mut buf: Vec<u8> = Vec::new();
+                let mut offs: Vec<u64> = Vec::new();
+                for (_, bytes) in rest {
+                    let at = segment::padded(buf.len() as u64);
+                    if !offs.is_empty() && at + bytes.len() as u64 > limit {
+                        break;
+                    }
+                    buf.resize(at as usize, 0);
+                    offs.push(at);
+                    buf.extend_from_slice(bytes);
+                }
+                let (piece, later) = rest.split_at(offs.len());
+                match shard.segments.append(&buf) {
+                    Ok((seg, base)) => {
+                        for ((i, _), off) in piece.iter().zip(&offs) {
+                            written.insert(*i, Ok((seg, base + off)));
+                        }
+                    }
+                    Err(e) => {
+                        for (i, _) in piece {
+                            written.insert(*i, Err(clone_err(&e)));
+                        }
+                    }
+                }
+                rest = later;
+            }
+        }
+        let mut pressure = 0u64;
+        let mut i = 0;
+        batch.retain_mut(|op| {
+            let outcome = written.remove(&i);
+            i += 1;
+            match outcome {
+                None => true,
+                Some(Ok(loc)) => {
+                    if let Op::Put { row, .. } = op {
+                        row.loc = Some(loc);
+                    }
+                    true
+                }
+                Some(Err(e)) => {
+                    if let Op::Put { row, reply, .. } = std::mem::replace(op, Op::Pressure(0)) {
+                        if let Some(t) = layout.tiers.get(&row.node) {
+                            t.remove(row.id);
+                        }
+                        if matches!(e, StoreError::NoSpace(_)) {
+                            pressure = pressure.max(
+                                row.stored
+                                    .saturating_mul(4)
+                                    .max(self.shared.stats.stored_total() / 20),
+                            );
+                        }
+                        self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+                        reply(Err(e));
+                    }
+                    false
+                }
+            }
+        });
+        pressure
+    }
+
     /// Apply a batch; Some when it held Stop (with its reply, if any).
-    fn run_batch(&mut self, batch: Vec<Op>) -> Option<Option<Reply<()>>> {
+    fn run_batch(&mut self, mut batch: Vec<Op>) -> Option<Option<Reply<()>>> {
         let mut stop = None;
         let mut execs = Vec::new();
         let mut changes: Vec<Change> = Vec::new();
         let mut new_ns: Vec<(String, Option<u32>)> = Vec::new();
         let mut pending_ns: HashMap<String, Option<u32>> = HashMap::new();
-        let mut put_replies: Vec<(Reply<()>, Row)> = Vec::new();
+        let mut put_replies: Vec<(PutReply, Row)> = Vec::new();
         let mut bool_replies: Vec<(Reply<bool>, bool)> = Vec::new();
         let mut count_replies: Vec<(Reply<u64>, u64)> = Vec::new();
         let mut pending: HashMap<u64, Option<(u64, u32)>> = HashMap::new();
         let mut batch_ns: Vec<(String, u64)> = Vec::new();
-        let mut pressure = 0u64;
+        let mut pressure = self.write_pending(&mut batch);
         let mut broken = 0u64;
         let mut expired = 0u64;
         let mut want_sync = self.sync_interval().is_zero();
@@ -577,6 +699,7 @@ impl Committer {
                     writer,
                     sync,
                     reply,
+                    ..
                 } => {
                     puts += 1;
                     // The owner check that counts: inside the committer, against owners
@@ -585,7 +708,7 @@ impl Committer {
                         Some(Some(owner)) if writer.uid.is_some_and(|u| u != 0 && u != owner) => {
                             let uid = writer.uid.unwrap_or(0);
                             self.discard_record(&row);
-                            let _ = reply.send(Err(StoreError::PermissionDenied(format!(
+                            reply(Err(StoreError::PermissionDenied(format!(
                                 "namespace {:?} belongs to uid {owner}; uid {uid} may read it but not change it",
                                 row.namespace
                             ))));
@@ -605,14 +728,14 @@ impl Committer {
                         // happened just before it (they overlapped), so it is answered and
                         // never visible. Ids order a key's versions, live and in a rebuild.
                         self.discard_record(&row);
-                        let _ = reply.send(Ok(()));
+                        reply(Ok(()));
                         continue;
                     }
                     if cur.is_none() && self.recent_tombs.get(&h).is_some_and(|&u| u >= row.id) {
                         // Deleted after this put began and before it got here: it happened
                         // before the delete (the delete's tombstone covers its id).
                         self.discard_record(&row);
-                        let _ = reply.send(Ok(()));
+                        reply(Ok(()));
                         continue;
                     }
                     if let Some((old, _)) = cur {
@@ -782,7 +905,7 @@ impl Committer {
             self.apply(removals);
             for (r, row) in put_replies {
                 self.discard_record(&row);
-                let _ = r.send(Err(clone_err(e)));
+                r(Err(clone_err(e)));
             }
             for (r, v) in bool_replies {
                 let _ = r.send(Ok(v));
@@ -804,7 +927,7 @@ impl Committer {
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
                 self.shared.stats.evictions.fetch_add(expired, Relaxed);
                 for (r, _) in put_replies {
-                    let _ = r.send(Ok(()));
+                    r(Ok(()));
                 }
                 for (r, v) in bool_replies {
                     let _ = r.send(Ok(v));
@@ -828,7 +951,7 @@ impl Committer {
                 tracing::warn!("batch failed, nothing of it is visible: {e}");
                 for (r, row) in put_replies {
                     self.discard_record(&row);
-                    let _ = r.send(Err(clone_err(e)));
+                    r(Err(clone_err(e)));
                 }
                 for (r, _) in bool_replies {
                     let _ = r.send(Err(clone_err(e)));
@@ -998,8 +1121,14 @@ impl Committer {
             index::insert_namespace(&tx, ns, *owner, now)
                 .map_err(|e| StoreError::sql("recording a namespace", e))?;
         }
-        index::meta_set(&tx, "next_id", next_id as i64)
-            .map_err(|e| StoreError::sql("writing a batch", e))?;
+        // Ids never repeat: the index holds an id above every one handed out. Ids of this
+        // batch were handed out before `next_id` was read, so they are below it. Recovery
+        // starts above both this and the largest id in the rows.
+        let ceiling = (next_id > self.id_ceiling).then(|| next_id.saturating_add(ID_RESERVE));
+        if let Some(c) = ceiling {
+            index::meta_set(&tx, "next_id", c.min(i64::MAX as u64) as i64)
+                .map_err(|e| StoreError::sql("writing a batch", e))?;
+        }
         if let Some(mark) = full {
             index::meta_set(&tx, "verified_below", mark.below as i64)
                 .map_err(|e| StoreError::sql("writing a batch", e))?;
@@ -1009,7 +1138,11 @@ impl Committer {
             }
         }
         tx.commit()
-            .map_err(|e| StoreError::sql("committing a batch", e))
+            .map_err(|e| StoreError::sql("committing a batch", e))?;
+        if let Some(c) = ceiling {
+            self.id_ceiling = c;
+        }
+        Ok(())
     }
 
     /// Make committed changes visible: the map, the counters, the files of removed entries.

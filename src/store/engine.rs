@@ -6,7 +6,7 @@
 use crate::placement::{NodePools, Placer, StrategyConfig};
 use crate::store::blob;
 use crate::store::checkpoint;
-use crate::store::commit::{self, Committer, Op, Why, Writer};
+use crate::store::commit::{self, Committer, Op, PutReply, Record, Why, Writer};
 use crate::store::config::{
     CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace,
 };
@@ -43,18 +43,54 @@ pub struct Cache {
 }
 
 /// Removes a put's id from the in-flight set when the put is over (answered or failed).
-struct IdGuard<'a> {
-    shared: &'a Shared,
+/// Owned, so that it can travel with a put's answer to the committer thread.
+struct IdGuard {
+    shared: Arc<Shared>,
     id: u64,
 }
 
-impl Drop for IdGuard<'_> {
+impl Drop for IdGuard {
     fn drop(&mut self) {
         self.shared
             .inflight_ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
+    }
+}
+
+/// The largest value [`Cache::put_nowait`] writes on the calling thread: one small pwrite
+/// into the page cache (microseconds); larger values go through a thread that may block.
+pub const NOWAIT_MAX_BYTES: u64 = 64 << 10;
+
+/// What [`Cache::put_nowait`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutStart {
+    /// The record is written and its row queued: the answer comes through the callback.
+    Queued,
+    /// Nothing was done: this put must wait for another thread; use [`Cache::put`].
+    WouldBlock,
+}
+
+/// What a put of bytes decided before writing anything.
+struct PutPlan {
+    writer: Writer,
+    layout: Arc<Layout>,
+    node: u32,
+    created: u64,
+    expires: Option<u64>,
+}
+
+/// Bytes of a put admitted under the in-flight bound, given back when it drops (with the
+/// put's answer, on whichever thread gives it).
+struct HeldBytes {
+    shared: Arc<Shared>,
+    n: u64,
+}
+
+impl Drop for HeldBytes {
+    fn drop(&mut self) {
+        self.shared.inflight_bytes.release(self.n);
     }
 }
 
@@ -304,8 +340,10 @@ impl Cache {
     /// Early ownership check (the committer checks again, and that check decides); returns
     /// the owner a record of `ns` carries: the current owner, or the caller's claim.
     fn check_owner(&self, ns: &str, caller: &Caller) -> Result<Writer, StoreError> {
+        // Asked once: a syscall on every put otherwise (the daemon's uid does not change).
+        static EUID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
+        let me = *EUID.get_or_init(|| unsafe { libc::geteuid() });
         let writer = Writer {
             uid: caller.uid,
             claim: caller.uid.unwrap_or(me),
@@ -381,7 +419,7 @@ impl Cache {
 
     /// A new entry id, registered as in flight until the guard drops (under one lock, so a
     /// flush never sees an id handed out but not yet registered).
-    fn new_id(&self) -> IdGuard<'_> {
+    fn new_id(&self) -> IdGuard {
         let mut set = self
             .shared
             .inflight_ids
@@ -390,24 +428,42 @@ impl Cache {
         let id = self.shared.next_id.fetch_add(1, Relaxed);
         set.insert(id);
         IdGuard {
-            shared: &self.shared,
+            shared: Arc::clone(&self.shared),
             id,
         }
     }
 
-    /// Hand a written record to the committer and wait for its answer.
-    fn commit_put(&self, row: Row, writer: Writer, sync: bool) -> Result<(), StoreError> {
-        let (rtx, rrx) = mpsc::sync_channel(1);
+    /// Hand a written record to the committer, which answers through `reply`.
+    fn commit_put(
+        &self,
+        row: Row,
+        record: Record,
+        writer: Writer,
+        sync: bool,
+        reply: PutReply,
+    ) -> Result<(), StoreError> {
         if let Err(e) = self.send(Op::Put {
             row,
+            record,
             writer,
             sync,
-            reply: rtx,
+            reply,
         }) {
             self.shared.puts_in_flight.fetch_sub(1, Relaxed);
             return Err(e);
         }
-        Self::wait(rrx)
+        Ok(())
+    }
+
+    /// A reply that a blocking caller waits for with [`Cache::wait`].
+    fn reply_channel() -> (PutReply, mpsc::Receiver<Result<(), StoreError>>) {
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        (
+            Box::new(move |r| {
+                let _ = rtx.send(r);
+            }),
+            rrx,
+        )
     }
 
     fn pressure(&self, stored: u64) {
@@ -431,22 +487,125 @@ impl Cache {
         opts: &PutOptions,
         caller: &Caller,
     ) -> Result<u32, StoreError> {
+        let plan = self.plan_put(ns, key, value.len() as u64, opts, caller)?;
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _bytes = self.shared.inflight_bytes.acquire(value.len() as u64)?;
+        let (reply, answer) = Self::reply_channel();
+        let node = plan.node;
+        self.write_put(plan, ns, key, value, opts.sync, reply)?;
+        Self::wait(answer)?;
+        Ok(node)
+    }
+
+    /// The same put as [`Cache::put`], for a caller that must not block (an async task):
+    /// the record is made on the calling thread (and written there on a NUMA host; with one
+    /// node the committer writes it with its batch) and its row queued for the committer,
+    /// which calls `done` with the answer (on its own thread) once the row is committed; the
+    /// contract of `put` holds when `done` is called. Returns [`PutStart::WouldBlock`],
+    /// with nothing done and `done` dropped, when the put would have to wait for another
+    /// thread first: a value over [`NOWAIT_MAX_BYTES`], a record that must be written from
+    /// another node's pool, or a snapshot pausing writes. Then use `put` on a thread that may
+    /// block. Errors found before the record is written are returned (and `done` dropped).
+    ///
+    /// Its bytes count against the bound on bytes of puts in flight until it is answered;
+    /// when the bound is reached it is declined (WouldBlock), so that `put` waits for room.
+    pub fn put_nowait(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        opts: &PutOptions,
+        caller: &Caller,
+        done: impl FnOnce(Result<u32, StoreError>) + Send + 'static,
+    ) -> Result<PutStart, StoreError> {
+        if value.len() as u64 > NOWAIT_MAX_BYTES {
+            return Ok(PutStart::WouldBlock);
+        }
+        let plan = self.plan_put(ns, key, value.len() as u64, opts, caller)?;
+        if !plan.layout.runs_inline(plan.node) {
+            return Ok(PutStart::WouldBlock);
+        }
+        // A snapshot holds the gate for as long as it takes: never wait for it here. The
+        // gate is held until the row is queued, so a snapshot's flush (queued behind it)
+        // still covers every record written before it.
+        let _gate = match self.gate.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(PutStart::WouldBlock),
+        };
+        let len = value.len() as u64;
+        if !self.shared.inflight_bytes.try_admit(len) {
+            return Ok(PutStart::WouldBlock);
+        }
+        let held = HeldBytes {
+            shared: Arc::clone(&self.shared),
+            n: len,
+        };
+        let node = plan.node;
+        self.write_put(
+            plan,
+            ns,
+            key,
+            value,
+            opts.sync,
+            Box::new(move |r: Result<(), StoreError>| {
+                drop(held);
+                done(r.map(|()| node))
+            }),
+        )?;
+        Ok(PutStart::Queued)
+    }
+
+    /// The checks every put of bytes makes before anything is written: names, size, owner
+    /// (the committer checks it again, and decides), target node, times.
+    fn plan_put(
+        &self,
+        ns: &str,
+        key: &str,
+        len: u64,
+        opts: &PutOptions,
+        caller: &Caller,
+    ) -> Result<PutPlan, StoreError> {
         validate_namespace(ns)?;
         validate_key(key)?;
         let limit = self.shared.cfg.max_value_bytes;
-        if value.len() as u64 > limit {
-            return Err(StoreError::TooLarge {
-                size: value.len() as u64,
-                limit,
-            });
+        if len > limit {
+            return Err(StoreError::TooLarge { size: len, limit });
         }
         let writer = self.check_owner(ns, caller)?;
         let layout = self.shared.layout();
         let node = Self::target_node(&layout, key, opts, caller)?;
         let created = unix_ns() / 1_000_000_000;
         let expires = expiry(created, opts.ttl);
-        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        let _bytes = self.shared.inflight_bytes.acquire(value.len() as u64)?;
+        Ok(PutPlan {
+            writer,
+            layout,
+            node,
+            created,
+            expires,
+        })
+    }
+
+    /// Encode the record of a planned put and write it (or leave it to the committer's batch
+    /// write, see [`Record::Pending`]), then queue its row for the committer, which answers
+    /// through `reply`. The caller holds the write gate. On an error returned
+    /// here `reply` was dropped unanswered.
+    fn write_put(
+        &self,
+        plan: PutPlan,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        sync: bool,
+        reply: PutReply,
+    ) -> Result<(), StoreError> {
+        let PutPlan {
+            writer,
+            layout,
+            node,
+            created,
+            expires,
+        } = plan;
         let id = self.new_id();
         let (bytes, checksum) = blob::encode(
             id.id,
@@ -471,26 +630,32 @@ impl Cache {
             .get(&node)
             .cloned()
             .ok_or_else(|| StoreError::Unavailable(format!("no shard for node {node}")))?;
-        let tier = layout.tiers.get(&node).cloned();
         let small = stored <= LARGE_RECORD;
-        // Every value put whole goes to the tier (as a read would put it there), large ones too.
-        let owned: Option<Vec<u8>> = tier.as_ref().map(|_| value.to_vec());
         // The committer answers (and un-counts) every put that reaches its queue.
         self.shared.puts_in_flight.fetch_add(1, Relaxed);
         let idv = id.id;
-        let written = layout.on_node(node, move || {
-            let loc = if small {
-                Some(shard.segments.append(&bytes)?)
-            } else {
-                shard.write_blob(idv, &bytes)?;
-                None
-            };
-            if let (Some(t), Some(v)) = (tier, owned) {
-                // Allocated here, on the node's thread, so the tier's pages are local.
-                t.insert(idv, Arc::from(v));
-            }
-            Ok::<_, StoreError>(loc)
-        });
+        let (written, record) = if small && layout.any_thread() {
+            // No thread placement to respect: the committer appends this record together
+            // with the others of its batch, in one write, before it commits their rows.
+            (Ok(None), Record::Pending(bytes))
+        } else {
+            let written = layout.on_node(node, move || {
+                if small {
+                    Ok(Some(shard.segments.append(&bytes)?))
+                } else {
+                    shard.write_blob(idv, &bytes)?;
+                    Ok::<_, StoreError>(None)
+                }
+            });
+            (written, Record::Written)
+        };
+        if written.is_ok()
+            && let Some(t) = layout.tiers.get(&node)
+        {
+            // Every value put whole goes to the tier (as a read would put it there), large
+            // ones too; the tier copies it into the node's memory whichever thread calls.
+            t.insert(idv, value);
+        }
         let row = written.map(|loc| Row {
             id: idv,
             namespace: ns.to_string(),
@@ -505,7 +670,18 @@ impl Cache {
             expires,
             loc,
         });
-        self.finish_put(row, stored, writer, opts.sync)
+        // The id stays in flight until the put is answered (the flusher's mark counts on it).
+        self.finish_put(
+            row,
+            record,
+            stored,
+            writer,
+            sync,
+            Box::new(move |r| {
+                drop(id);
+                reply(r)
+            }),
+        )
     }
 
     /// The end every put shares once its record was written (or failed to be): a failure is
@@ -514,10 +690,12 @@ impl Cache {
     fn finish_put(
         &self,
         written: Result<Row, StoreError>,
+        record: Record,
         needed: u64,
         writer: Writer,
         sync: bool,
-    ) -> Result<u32, StoreError> {
+        reply: PutReply,
+    ) -> Result<(), StoreError> {
         let row = match written {
             Ok(row) => row,
             Err(e) => {
@@ -529,15 +707,14 @@ impl Cache {
             }
         };
         let node = row.node;
-        if row.loc.is_none() {
+        if row.loc.is_none() && matches!(record, Record::Written) {
             self.shared
                 .unsynced_blobs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((node, row.id));
         }
-        self.commit_put(row, writer, sync)?;
-        Ok(node)
+        self.commit_put(row, record, writer, sync, reply)
     }
 
     /// Store the contents of `file` (a PutFd's memfd) under `ns`/`key`, streaming it to the
@@ -647,7 +824,10 @@ impl Cache {
             expires,
             loc: None,
         });
-        self.finish_put(row, len, writer, opts.sync)
+        let (reply, answer) = Self::reply_channel();
+        self.finish_put(row, Record::Written, len, writer, opts.sync, reply)?;
+        Self::wait(answer)?;
+        Ok(node)
     }
 
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:

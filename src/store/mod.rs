@@ -38,7 +38,7 @@ mod state;
 pub mod stats;
 
 pub use config::{CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace};
-pub use engine::Cache;
 pub use engine::expiry;
+pub use engine::{Cache, NOWAIT_MAX_BYTES, PutStart};
 pub use error::StoreError;
 pub use stats::{CacheStats, NodeStats, NumaBenefits, Removals, StatsTotals};

@@ -80,19 +80,29 @@ impl Layout {
         node: u32,
         job: impl FnOnce() -> R + Send + 'static,
     ) -> R {
-        let serving = self.pools.serving_node(node);
-        // Inline only when this thread is on the node itself: a memory-only node is served
-        // by a CPU node's pool under a policy for the memory-only node, which the caller's
-        // thread does not have (the NUMA lab saw node 2's page cache land on node 0). So the
-        // pool gets the entry's own node, as `NodePools::run` asks.
-        if self.strategy.strategy == Strategy::Disabled
-            || self.placeable.len() <= 1 && self.shards.len() <= 1
-            || serving == node && self.node_of_cpu(current_cpu()) == node
-        {
+        if self.runs_inline(node) {
             job()
         } else {
             self.pools.run(node, job)
         }
+    }
+
+    /// Whether [`Layout::on_node`] runs a job for `node` on the calling thread (no hop to a
+    /// pool, so no wait for another thread).
+    pub fn runs_inline(&self, node: u32) -> bool {
+        // Inline only when this thread is on the node itself: a memory-only node is served
+        // by a CPU node's pool under a policy for the memory-only node, which the caller's
+        // thread does not have (the NUMA lab saw node 2's page cache land on node 0). So the
+        // pool gets the entry's own node, as `NodePools::run` asks.
+        self.any_thread()
+            || self.pools.serving_node(node) == node && self.node_of_cpu(current_cpu()) == node
+    }
+
+    /// Whether every thread may do every node's work: NUMA placement is off, or there is
+    /// one node (with one shard).
+    pub fn any_thread(&self) -> bool {
+        self.strategy.strategy == Strategy::Disabled
+            || self.placeable.len() <= 1 && self.shards.len() <= 1
     }
 }
 
@@ -174,6 +184,24 @@ impl InflightBytes {
         *used += n;
         Ok(InflightGuard { gate: self, n })
     }
+
+    /// Admit `n` bytes if that needs no wait; true when admitted. The caller gives them back
+    /// with [`InflightBytes::release`] (for a put answered on another thread).
+    pub fn try_admit(&self, n: u64) -> bool {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if *used > 0 && used.saturating_add(n) > self.bound {
+            return false;
+        }
+        *used += n;
+        true
+    }
+
+    /// Give back `n` bytes admitted by [`InflightBytes::try_admit`].
+    pub fn release(&self, n: u64) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        *used = used.saturating_sub(n);
+        self.freed.notify_all();
+    }
 }
 
 /// Bytes admitted by [`InflightBytes::acquire`].
@@ -184,9 +212,7 @@ pub struct InflightGuard<'a> {
 
 impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        let mut used = self.gate.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(self.n);
-        self.gate.freed.notify_all();
+        self.gate.release(self.n);
     }
 }
 
