@@ -1,8 +1,10 @@
 //! Round trips through the client crate against a running numa-cached, each against the
 //! same-run baseline `org.freedesktop.DBus.Peer.Ping` on the same connection: `Get` and
 //! `Put` of 4 KiB (async client), `Get` through the blocking facade (its thread hop), and
-//! the upstream `EmbeddingCache::get_embedding` of a 384-dimension vector; and `GetMany` of
-//! 64 keys of 4 KiB against 64 single `Get`s, in keys per second.
+//! the upstream `EmbeddingCache::get_embedding` of a 384-dimension vector; `Get` of 4 KiB
+//! over a direct connection (`OpenDirect`, no bus daemon hop) against the same bus `Ping`;
+//! and `GetMany`/`PutMany` of 64 keys of 4 KiB against 64 single `Get`s/`Put`s on the same
+//! connection, in keys per second.
 //!
 //! `cargo run --release -p numa-cache-client --example bench -- [CALLS] [ROUNDS]`, with
 //! DBUS_SYSTEM_BUS_ADDRESS pointing at the daemon's bus (scripts/bench-client.sh sets up a
@@ -24,6 +26,7 @@ async fn main() -> Result<(), Error> {
     let calls: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let c = Client::system().await?;
+    let direct = c.open_direct().await?;
     let b = blocking::Client::system()?;
     let emb = EmbeddingCache::with_client(b.clone()).with_namespace("bench-embeddings");
     let value = vec![0x5au8; 4096];
@@ -37,6 +40,8 @@ async fn main() -> Result<(), Error> {
         "put 4 KiB",
         "blocking get 4 KiB",
         "get_embedding 384",
+        "direct get 4 KiB",
+        "direct ping",
     ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(calls * rounds); names.len()];
     for _ in 0..rounds {
@@ -57,10 +62,15 @@ async fn main() -> Result<(), Error> {
                         let v = b.get("bench-client", "k")?;
                         assert_eq!(v.map(|v| v.len()), Some(4096));
                     }
-                    _ => {
+                    4 => {
                         let v = emb.get_embedding("the text")?;
                         assert_eq!(v.as_ref().map(Vec::len), Some(384));
                     }
+                    5 => {
+                        let v = direct.get("bench-client", "k").await?;
+                        assert_eq!(v.map(|v| v.len()), Some(4096));
+                    }
+                    _ => direct.ping().await?,
                 }
                 s.push(t.elapsed());
             }
@@ -91,6 +101,25 @@ async fn main() -> Result<(), Error> {
     }
     let n = (batches * rounds * 64) as f64;
     let (single_rate, many_rate) = (n / single.as_secs_f64(), n / many.as_secs_f64());
+    // PutMany of 64 keys of 4 KiB against 64 single Puts (default durability), likewise.
+    let batch: Vec<(&str, &[u8])> = refs.iter().map(|k| (*k, value.as_slice())).collect();
+    let (mut single_put, mut many_put) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..batches {
+            for k in &refs {
+                c.put("bench-client", k, &value).await?;
+            }
+        }
+        single_put += t.elapsed();
+        let t = Instant::now();
+        for _ in 0..batches {
+            assert_eq!(c.put_many("bench-client", &batch).await?, 64);
+        }
+        many_put += t.elapsed();
+    }
+    let (single_put_rate, many_put_rate) =
+        (n / single_put.as_secs_f64(), n / many_put.as_secs_f64());
 
     let ping = median(&mut samples[0]);
     println!(
@@ -107,6 +136,10 @@ async fn main() -> Result<(), Error> {
     println!(
         "  GetMany 64 x 4 KiB: {many_rate:.0} keys/s; single Gets: {single_rate:.0} keys/s; {:.1}x",
         many_rate / single_rate
+    );
+    println!(
+        "  PutMany 64 x 4 KiB: {many_put_rate:.0} keys/s; single Puts: {single_put_rate:.0} keys/s; {:.1}x",
+        many_put_rate / single_put_rate
     );
     Ok(())
 }
