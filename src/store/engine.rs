@@ -662,7 +662,9 @@ impl Cache {
         // grouped by node so each node's worker writes its records in one trip.
         let mut ids = Vec::with_capacity(entries.len());
         let mut rows = Vec::with_capacity(entries.len());
-        let mut by_node: BTreeMap<u32, Vec<(usize, Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+        // Per node: (row index, encoded record, the value for the memory tier).
+        type Pending = (usize, Vec<u8>, Option<Vec<u8>>);
+        let mut by_node: BTreeMap<u32, Vec<Pending>> = BTreeMap::new();
         for (key, value) in entries {
             let node = Self::target_node(&layout, &key, opts, caller)?;
             let id = self.new_id();
