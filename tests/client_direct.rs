@@ -308,6 +308,12 @@ async fn direct_connections_are_capped_and_closed_on_hang_up_and_at_stop() {
         "stop took {:?}",
         t0.elapsed()
     );
+    let log = std::fs::read_to_string(bus.dir().join(format!("daemon-{}.log", std::process::id())))
+        .unwrap_or_default();
+    assert!(
+        log.contains("closed 1 direct connections"),
+        "the stop must close the open direct connection itself:\n{log}"
+    );
     let r = tokio::time::timeout(Duration::from_secs(5), d.get("stop", "k"))
         .await
         .expect("a call on a closed direct connection must fail, not hang");

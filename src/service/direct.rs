@@ -186,8 +186,12 @@ impl DirectServer {
             t.stopped = true;
             t.open.values().cloned().collect()
         };
+        let n = open.len();
         for c in open {
             let _ = c.close().await;
+        }
+        if n > 0 {
+            tracing::info!("closed {n} direct connections");
         }
     }
 }
