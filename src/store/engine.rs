@@ -725,12 +725,19 @@ impl Cache {
             // at the first failure and reports what it wrote before it.
             let (done, err) = layout.on_node(node, move || {
                 let mut done = Vec::with_capacity(records.len());
+                // The segment records in one write; then each large value's file.
+                let small: Vec<&[u8]> = records
+                    .iter()
+                    .filter(|(_, b, _)| b.len() as u64 <= LARGE_RECORD)
+                    .map(|(_, b, _)| b.as_slice())
+                    .collect();
+                let mut locs = match shard.segments.append_many(&small) {
+                    Ok(locs) => locs.into_iter(),
+                    Err(e) => return (done, Some(e)),
+                };
                 for ((i, bytes, owned), (_, id)) in records.into_iter().zip(meta) {
                     let loc = if bytes.len() as u64 <= LARGE_RECORD {
-                        match shard.segments.append(&bytes) {
-                            Ok(loc) => Some(loc),
-                            Err(e) => return (done, Some(e)),
-                        }
+                        locs.next()
                     } else {
                         if let Err(e) = shard.write_blob(id, &bytes) {
                             return (done, Some(e));
@@ -800,6 +807,47 @@ impl Cache {
         Self::wait(rrx)?;
         drop(ids);
         Ok(count)
+    }
+
+    /// The value under `ns`/`key` when the memory tier holds it: no disk read and no wait, for
+    /// callers that must not block (an async front-end's thread). Counted as a hit as `get`
+    /// counts one. None in every other case (not in the tier, longer than `max_len`, expired,
+    /// missing, a bad argument): `get` then decides.
+    pub fn get_in_memory(
+        &self,
+        ns: &str,
+        key: &str,
+        caller: &Caller,
+        max_len: usize,
+    ) -> Option<Vec<u8>> {
+        if validate_namespace(ns).is_err() || validate_key(key).is_err() {
+            return None;
+        }
+        let t0 = Instant::now();
+        let layout = self.shared.layout.read().unwrap_or_else(|p| p.into_inner());
+        let now_s = unix_ns() / 1_000_000_000;
+        let (id, node) = self.shared.map.with(ns, key, |e| {
+            (!e.expired(now_s)).then(|| (e.id, u32::from(e.node)))
+        })??;
+        let held = layout.tiers.get(&node)?.get(id)?;
+        if held.len() > max_len {
+            return None;
+        }
+        let value = held.to_vec();
+        self.shared.map.with(ns, key, |e| {
+            if e.id == id {
+                self.shared.map.touch(e);
+            }
+        });
+        let caller_node = match caller.cpu {
+            Some(c) => layout.node_of_cpu(Some(c)),
+            None => layout.node_of_cpu(current_cpu()),
+        };
+        let local = caller_node == layout.pools.serving_node(node);
+        self.shared
+            .stats
+            .hit(node, Tier::Memory, local, t0.elapsed().as_nanos() as u64);
+        Some(value)
     }
 
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:
