@@ -117,6 +117,19 @@ async fn a_direct_connection_serves_the_cache_and_outlives_its_bus_connection() 
             .unwrap(),
         Lease::Hit(b"filled".to_vec())
     );
+    // Reads over it count as the bus's do: hits (served from the memory tier without a
+    // thread hop) and misses.
+    let before = watcher.stats().await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(d.get("direct", "k").await.unwrap(), Some(v.clone()));
+    }
+    assert_eq!(d.get("direct", "absent").await.unwrap(), None);
+    let after = watcher.stats().await.unwrap();
+    assert_eq!(
+        (after.hits - before.hits, after.misses - before.misses),
+        (3, 1),
+        "{before:?} -> {after:?}"
+    );
     assert!(d.delete("direct", "k").await.unwrap());
     assert_eq!(watcher.get("direct", "k").await.unwrap(), None);
     let e = d.put("Bad NS", "k", b"v").await.unwrap_err();
