@@ -147,7 +147,10 @@ fn racing_first_batches_give_one_owner_and_nothing_of_the_other() {
     for r in 0..ROUNDS {
         for i in 0..16 {
             let want = (format!("race{r}"), format!("k{i}"));
-            assert!(found.contains(&want), "no record of {want:?} in a segment scan");
+            assert!(
+                found.contains(&want),
+                "no record of {want:?} in a segment scan"
+            );
         }
     }
 
