@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Round trips through the numa-cache-client crate against numa-cached on a private
-# system-like bus (state on a loop-mounted btrfs): Get/Put of 4 KiB, the blocking facade
-# and the upstream EmbeddingCache, each as a ratio to Peer.Ping measured in the same run on
-# the same connection (crates/numa-cache-client/examples/bench.rs prints the figures).
+# system-like bus (state on a loop-mounted btrfs): Get/Put of 4 KiB, the blocking facade,
+# the upstream EmbeddingCache and Get over a direct connection (OpenDirect), each as a ratio
+# to the bus Peer.Ping measured in the same run; GetMany/PutMany of 64 x 4 KiB against 64
+# single Gets/Puts on the same connection, in keys/s
+# (crates/numa-cache-client/examples/bench.rs prints the figures). Targets (issue 12):
+# GetMany and PutMany >= 20x, direct get <= 0.6x ping.
 #
 #   sudo scripts/bench-client.sh [CALLS=2000] [ROUNDS=3]
 # NUMA_CACHED=path overrides the daemon binary (default target/release/numa-cached).

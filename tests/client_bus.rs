@@ -402,6 +402,59 @@ async fn child_calls(role: &str) {
             .map(|l| format!("{l:?}")),
     );
     show(
+        "put-many-root",
+        c.put_many(
+            "client-root-ns",
+            &[("k", &b"theirs"[..]), ("k2", &b"new"[..])],
+        )
+        .await
+        .map(|n| n.to_string()),
+    );
+    match c.open_direct().await {
+        Err(e) => println!("RESULT open-direct err {}", kind(&e)),
+        Ok(d) => {
+            println!("RESULT open-direct ok");
+            // Over the direct connection: the same identity, the same ownership rules.
+            show(
+                "direct-get-root",
+                d.get("client-root-ns", "k")
+                    .await
+                    .map(|v| format!("{:?}", v.map(String::from_utf8))),
+            );
+            show(
+                "direct-put-many-own",
+                d.put_many(
+                    "client-user-ns",
+                    &[("d1", &b"one"[..]), ("d2", &b"two"[..])],
+                )
+                .await
+                .map(|n| n.to_string()),
+            );
+            show(
+                "direct-get-own",
+                c.get("client-user-ns", "d2")
+                    .await
+                    .map(|v| format!("{:?}", v.map(String::from_utf8))),
+            );
+            show(
+                "direct-put-root",
+                d.put("client-root-ns", "k", b"theirs")
+                    .await
+                    .map(|n| n.to_string()),
+            );
+            show(
+                "direct-put-many-root",
+                d.put_many("client-root-ns", &[("k3", &b"x"[..])])
+                    .await
+                    .map(|n| n.to_string()),
+            );
+            show(
+                "direct-clear-own",
+                d.clear("client-user-ns").await.map(|n| n.to_string()),
+            );
+        }
+    }
+    show(
         "put-root",
         c.put("client-root-ns", "k", b"theirs")
             .await
@@ -449,6 +502,9 @@ fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
         "stats ok ",
         &format!("get-root {denied}"),
         &format!("lease-root {denied}"),
+        &format!("put-many-root {denied}"),
+        // The bus policy refuses OpenDirect to nobody as every Cache method.
+        &format!("open-direct {denied}"),
         &format!("put-root {denied}"),
         &format!("delete-root {denied}"),
         &format!("clear-root {denied}"),
@@ -467,6 +523,15 @@ fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
         "put-own ok ".to_string(),
         "get-own ok Some(Ok(\"mine\"))".to_string(),
         format!("lease-root {denied}"),
+        format!("put-many-root {denied}"),
+        "open-direct ok".to_string(),
+        "direct-get-root ok Some(Ok(\"root\"))".to_string(),
+        "direct-put-many-own ok 2".to_string(),
+        "direct-get-own ok Some(Ok(\"two\"))".to_string(),
+        format!("direct-put-root {denied}"),
+        format!("direct-put-many-root {denied}"),
+        // Admin methods are not served on a direct connection, whoever asks.
+        format!("direct-clear-own {denied}"),
         format!("put-root {denied}"),
         format!("delete-root {denied}"),
         format!("clear-root {denied}"),
@@ -494,6 +559,27 @@ fn the_bus_policy_and_namespace_ownership_refuse_by_name() {
         "root's Get",
     );
     assert!(out.contains("4 114 111 111 116"), "{out}");
+    // Nothing of the refused batches was stored: k2 and k3 were new keys.
+    for k in ["k2", "k3"] {
+        let out = bus.gdbus_call("org.opdbus.NumaCache.Cache.Get", &["client-root-ns", k]);
+        let err = dbus::fails(&out, "Get of a key only a refused PutMany named");
+        assert!(err.contains("Error.NotFound"), "{k}: {err}");
+    }
+    // The member's direct connection acted as the member: it owns what it stored.
+    let out = dbus::ok(
+        &bus.busctl(&[
+            "call",
+            dbus::NAME,
+            dbus::ROOT,
+            names::iface::CACHE,
+            "Get",
+            "ss",
+            "client-user-ns",
+            "d1",
+        ]),
+        "the member's direct PutMany",
+    );
+    assert!(out.contains("3 111 110 101"), "{out}");
 }
 
 /// Build `examples/upstream_components.rs` (a no-op inside a full `cargo test`, which has
@@ -707,4 +793,138 @@ async fn get_many_returns_the_present_keys_within_its_limits() {
     assert!(matches!(e, Error::TooLarge(_)), "{e:?}");
     let e = c.get_many("Bad NS", &["a"]).await.unwrap_err();
     assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+}
+
+#[tokio::test]
+async fn put_many_stores_every_entry_or_none_within_its_limits() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    c.put("pm", "old", b"before").await.unwrap();
+    let (a, b, big) = (pattern(4096, 1), pattern(100, 2), pattern(2 << 20, 3));
+    let stored = c
+        .put_many(
+            "pm",
+            &[("a", &a), ("b", &b), ("old", b"after"), ("big", &big)],
+        )
+        .await
+        .expect("PutMany");
+    assert_eq!(stored, 4);
+    let found = c
+        .get_many("pm", &["a", "b", "old", "big", "missing"])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 4, "{:?}", found.keys().collect::<Vec<_>>());
+    assert!(found["a"] == a && found["b"] == b && found["big"] == big);
+    assert_eq!(found["old"], b"after", "PutMany overwrites like Put");
+    assert_eq!(c.put_many("pm", &[]).await.unwrap(), 0);
+
+    // Options apply to every entry: ttl, node, sync.
+    let node = c.lookup("pm", "a").await.unwrap().unwrap().node;
+    c.put_many_with(
+        "pm",
+        &[("t1", b"x"), ("t2", b"y")],
+        PutOptions::new()
+            .ttl(Duration::from_secs(600))
+            .node(node)
+            .sync(true),
+    )
+    .await
+    .unwrap();
+    for k in ["t1", "t2"] {
+        let info = c.lookup("pm", k).await.unwrap().unwrap();
+        assert!(
+            info.expires.is_some_and(|t| t > info.created),
+            "{k}: {info:?}"
+        );
+        assert_eq!(info.node, node, "{k}: the explicit node was not honoured");
+    }
+
+    // Refusals store nothing of the batch: a bad key, too many entries, too many bytes, a
+    // node that does not exist, a key given twice.
+    let absent = |keys: Vec<String>| {
+        let c = c.clone();
+        async move {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            for chunk in refs.chunks(1024) {
+                let found = c.get_many("pm", chunk).await.unwrap();
+                assert!(
+                    found.is_empty(),
+                    "stored by a refused batch: {:?}",
+                    found.keys()
+                );
+            }
+        }
+    };
+    let e = c
+        .put_many("pm", &[("fresh1", b"v"), ("", b"v")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    absent(vec!["fresh1".into()]).await;
+    let names: Vec<String> = (0..1025).map(|i| format!("many{i}")).collect();
+    let batch: Vec<(&str, &[u8])> = names.iter().map(|k| (k.as_str(), &b"v"[..])).collect();
+    let e = c.put_many("pm", &batch).await.unwrap_err();
+    assert!(
+        matches!(e, Error::TooLarge(ref m) if m.contains("1024")),
+        "{e:?}"
+    );
+    absent(names.clone()).await;
+    assert_eq!(c.put_many("pm", &batch[..1024]).await.unwrap(), 1024);
+    assert_eq!(
+        c.get_many(
+            "pm",
+            &names
+                .iter()
+                .take(1024)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        )
+        .await
+        .unwrap()
+        .len(),
+        1024
+    );
+    let six = pattern(6 << 20, 4);
+    let e = c
+        .put_many("pm", &[("six1", &six), ("six2", &six), ("six3", &six)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::TooLarge(_)),
+        "18 MiB in one PutMany: {e:?}"
+    );
+    absent(vec!["six1".into(), "six2".into(), "six3".into()]).await;
+    let e = c
+        .put_many_with("pm", &[("n1", b"v")], PutOptions::new().node(9999))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    let e = c
+        .put_many("pm", &[("dup", b"1"), ("dup", b"2")])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    absent(vec!["n1".into(), "dup".into()]).await;
+    let e = c.put_many("Bad NS", &[("k", b"v")]).await.unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+
+    // The blocking facade.
+    let bc = numa_cache_client::blocking::Client::from_builder_async(
+        Client::builder().address(&bus.address),
+    )
+    .await
+    .unwrap();
+    let n = tokio::task::spawn_blocking(move || bc.put_many("pm", &[("blk", b"blocking")]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(
+        c.get("pm", "blk").await.unwrap().as_deref(),
+        Some(&b"blocking"[..])
+    );
 }

@@ -216,6 +216,15 @@ impl App {
         let cache = self.cache()?;
         let caller = who.caller();
         let latency = self.latency_handle();
+        // A small value in the memory tier is copied here, without the hop to the blocking
+        // pool (under load that hop costs more than the rest of a small Get); larger ones
+        // are copied there, off the async threads.
+        let t0 = std::time::Instant::now();
+        if let Some(v) = cache.get_in_memory(&ns, &key, &caller, 64 << 10) {
+            latency.get.observe(t0.elapsed());
+            self.stats_touched();
+            return Ok(v);
+        }
         let value = blocking(move || Ok(latency.get.time(|| cache.get(&ns, &key, &caller))?)).await;
         // Hits and misses both move the counters.
         self.stats_touched();
@@ -478,6 +487,66 @@ impl App {
         .await;
         self.stats_touched();
         found
+    }
+}
+
+impl App {
+    /// PutMany: store every `(key, value)` of `entries` in `namespace` with one set of put
+    /// options, all or nothing (every record written, then one commit that indexes them all,
+    /// or none of them); returns how many were stored. At most [`MAX_BATCH_KEYS`] entries and
+    /// `max_inline_bytes` (16 MiB, one message) of values; past either, TooLarge. Ownership
+    /// as for Put: a namespace that is another uid's refuses the whole batch.
+    pub async fn put_many(
+        &self,
+        who: &Requester,
+        namespace: String,
+        entries: Vec<(String, Vec<u8>)>,
+        args: PutArgs,
+    ) -> AppResult<u32> {
+        let _call = self.enter()?;
+        if entries.len() > MAX_BATCH_KEYS {
+            return Err(AppError::TooLarge(format!(
+                "{} entries in one PutMany; the limit is {MAX_BATCH_KEYS}",
+                entries.len()
+            )));
+        }
+        let inline = self.limits.max_inline_bytes;
+        let bytes: u64 = entries.iter().map(|(_, v)| v.len() as u64).sum();
+        if bytes > inline {
+            return Err(AppError::TooLarge(format!(
+                "the values of one PutMany are {bytes} bytes; the limit is {inline}: send \
+                 fewer entries per call (or PutFd for a large value)"
+            )));
+        }
+        check_namespace(&namespace)?;
+        for (k, _) in &entries {
+            check_entry(&namespace, k)?;
+        }
+        let opts = self.put_options(args)?;
+        let limit = self.limits.max_value_bytes;
+        if let Some((k, v)) = entries.iter().find(|(_, v)| v.len() as u64 > limit) {
+            return Err(AppError::TooLarge(format!(
+                "the value of {k:?} is {} bytes; the limit is {limit} bytes",
+                v.len()
+            )));
+        }
+        let keys: Vec<String> = entries.iter().map(|(k, _)| k.clone()).collect();
+        let cache = self.cache()?;
+        let caller = who.caller();
+        let latency = self.latency_handle();
+        let ns = namespace.clone();
+        let stored = blocking(move || {
+            Ok(latency
+                .put
+                .time(|| cache.put_many(&ns, entries, &opts, &caller))?)
+        })
+        .await?;
+        // The values are there: GetOrLease leases on them have done their work.
+        for k in &keys {
+            self.leases.ended_by_put(&namespace, k);
+        }
+        self.stats_touched();
+        Ok(stored)
     }
 }
 

@@ -1,13 +1,16 @@
 //! org.opdbus.NumaCache.Cache on the root object: the data plane (Put, Get, their fd forms,
-//! Delete, Lookup) and its polkit-gated administration (Clear, snapshots), each a call of the
-//! application layer.
+//! their batch forms, Delete, Lookup, GetOrLease, OpenDirect) and its polkit-gated
+//! administration (Clear, snapshots), each a call of the application layer. The same
+//! interface serves each direct connection (`direct`), as the caller who opened it and
+//! without the administration.
 
 /// The memfd helpers moved to `policy::memfd`; re-exported for existing users.
 pub use crate::policy::memfd;
 
-use crate::app::PutArgs;
+use crate::app::{AppError, PutArgs, Refusal, Requester};
 use crate::service::Service;
-use crate::service::errors::ServiceError;
+use crate::service::direct::{DirectCaller, DirectServer};
+use crate::service::errors::{ServiceError, ServiceResult};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +20,56 @@ use zbus::{OwnedFd, OwnedVariant, Variant, interface};
 /// The Cache interface.
 pub struct CacheIface {
     svc: Arc<Service>,
+    via: Via,
+}
+
+/// Where an instance of the interface is served.
+enum Via {
+    /// On the bus; OpenDirect hands out connections of this server (None: not offered).
+    Bus(Option<Arc<DirectServer>>),
+    /// On one direct connection, acting as the caller who opened it.
+    Direct(Arc<DirectCaller>),
 }
 
 impl CacheIface {
-    /// Serve the cache of `svc`.
+    /// Serve the cache of `svc` on the bus, without OpenDirect.
     pub fn new(svc: Arc<Service>) -> CacheIface {
-        CacheIface { svc }
+        CacheIface {
+            svc,
+            via: Via::Bus(None),
+        }
+    }
+
+    /// Serve the cache of `svc` on the bus, with OpenDirect handing out connections of
+    /// `direct`.
+    pub fn with_direct(svc: Arc<Service>, direct: Arc<DirectServer>) -> CacheIface {
+        CacheIface {
+            svc,
+            via: Via::Bus(Some(direct)),
+        }
+    }
+
+    /// The caller of this call: the bus sender, or the direct connection's caller.
+    async fn requester(&self, header: &Header<'_>) -> ServiceResult<Requester> {
+        match &self.via {
+            Via::Bus(_) => self.svc.requester(header).await,
+            Via::Direct(caller) => Ok(caller.requester()),
+        }
+    }
+
+    /// AccessDenied for an administrative method on a direct connection: polkit's subject
+    /// is the bus caller, so these are served on the bus only.
+    fn bus_only(&self, member: &str) -> ServiceResult<()> {
+        match self.via {
+            Via::Bus(_) => Ok(()),
+            Via::Direct(_) => Err(ServiceError(AppError::AccessDenied(
+                Refusal::NotAuthorized,
+                format!(
+                    "{member} is an administrative method (polkit asks about the bus caller): \
+                     call it on the system bus, not on a direct connection"
+                ),
+            ))),
+        }
     }
 }
 
@@ -100,7 +147,7 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, ServiceError> {
         let args = parse_put_options(&options)?;
-        let who = self.svc.requester(&header).await?;
+        let who = self.requester(&header).await?;
         Ok(self
             .svc
             .app
@@ -121,7 +168,7 @@ impl CacheIface {
         lease_ms: u32,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(bool, ByteBuf), ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        let who = self.requester(&header).await?;
         let (hit, value) = self
             .svc
             .app
@@ -139,12 +186,70 @@ impl CacheIface {
         keys: Vec<String>,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, ByteBuf>, ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        let who = self.requester(&header).await?;
         let found = self.svc.app.get_many(&who, namespace, keys).await?;
         Ok(found
             .into_iter()
             .map(|(k, v)| (k, ByteBuf::from(v)))
             .collect())
+    }
+
+    /// Store every (key, value) of entries in namespace with one set of options (as for
+    /// Put), all or nothing; returns how many were stored. At most 1024 entries and 16 MiB
+    /// of values; past either, TooLarge. A namespace that is another user's refuses the
+    /// whole batch (AccessDenied).
+    #[zbus(out_args("stored"))]
+    async fn put_many(
+        &self,
+        namespace: String,
+        entries: HashMap<String, ByteBuf>,
+        options: HashMap<String, OwnedVariant>,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u32, ServiceError> {
+        let args = parse_put_options(&options)?;
+        let who = self.requester(&header).await?;
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| (k, v.into_vec()))
+            .collect();
+        Ok(self
+            .svc
+            .app
+            .put_many(&who, namespace, entries, args)
+            .await?)
+    }
+
+    /// A connected unix socket whose other end numa-cached serves as a peer-to-peer D-Bus
+    /// connection offering this interface without its administrative methods, acting as the
+    /// caller of OpenDirect (its uid, which the handshake must claim). At most 16 per user
+    /// and 256 in all; past either, Unavailable. It closes when the caller hangs up.
+    #[zbus(out_args("fd"))]
+    async fn open_direct(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<OwnedFd, ServiceError> {
+        let server = match &self.via {
+            Via::Bus(Some(server)) => server,
+            Via::Bus(None) => {
+                return Err(ServiceError(AppError::Unavailable(
+                    "this numa-cached serves no direct connections".into(),
+                )));
+            }
+            Via::Direct(_) => {
+                return Err(ServiceError(AppError::AccessDenied(
+                    Refusal::NotAuthorized,
+                    "OpenDirect is served on the system bus only, not on a direct connection"
+                        .into(),
+                )));
+            }
+        };
+        let who = self.svc.requester(&header).await?;
+        let svc = Arc::clone(&self.svc);
+        let fd = server.open(who, move |caller| CacheIface {
+            svc,
+            via: Via::Direct(caller),
+        })?;
+        Ok(OwnedFd::from(fd))
     }
 
     /// The value stored under (namespace, key); NotFound when there is none. Values larger
@@ -156,7 +261,7 @@ impl CacheIface {
         key: String,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<ByteBuf, ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        let who = self.requester(&header).await?;
         Ok(ByteBuf::from(self.svc.app.get(&who, namespace, key).await?))
     }
 
@@ -169,7 +274,7 @@ impl CacheIface {
         key: String,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(OwnedFd, u64), ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        let who = self.requester(&header).await?;
         let (fd, size) = self.svc.app.get_fd(&who, namespace, key).await?;
         Ok((OwnedFd::from(fd), size))
     }
@@ -186,7 +291,7 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, ServiceError> {
         let args = parse_put_options(&options)?;
-        let who = self.svc.requester(&header).await?;
+        let who = self.requester(&header).await?;
         Ok(self
             .svc
             .app
@@ -203,7 +308,7 @@ impl CacheIface {
         key: String,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<bool, ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        let who = self.requester(&header).await?;
         Ok(self.svc.app.delete(&who, namespace, key).await?)
     }
 
@@ -238,7 +343,8 @@ impl CacheIface {
         namespace: String,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u64, ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        self.bus_only("Clear")?;
+        let who = self.requester(&header).await?;
         Ok(self.svc.app.clear(&who, namespace).await?)
     }
 
@@ -249,7 +355,8 @@ impl CacheIface {
         &self,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<String, ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        self.bus_only("CreateSnapshot")?;
+        let who = self.requester(&header).await?;
         Ok(self.svc.app.create_snapshot(&who).await?)
     }
 
@@ -260,7 +367,8 @@ impl CacheIface {
         &self,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<String>, ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        self.bus_only("ListSnapshots")?;
+        let who = self.requester(&header).await?;
         Ok(self.svc.app.list_snapshots(&who).await?)
     }
 
@@ -271,7 +379,8 @@ impl CacheIface {
         name: String,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), ServiceError> {
-        let who = self.svc.requester(&header).await?;
+        self.bus_only("DeleteSnapshot")?;
+        let who = self.requester(&header).await?;
         Ok(self.svc.app.delete_snapshot(&who, name).await?)
     }
 }

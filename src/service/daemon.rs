@@ -9,6 +9,7 @@ use crate::app::{App, Event, Limits, StateDirError, lock_state_dir};
 use crate::gateway::{self, GatewayHandle, GatewayState};
 use crate::service::cache::CacheIface;
 use crate::service::config::DaemonArgs;
+use crate::service::direct::DirectServer;
 use crate::service::node::NodeIface;
 use crate::service::stats::StatsIface;
 use crate::service::strategy::{StrategyIface, announce_strategy};
@@ -148,6 +149,7 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     // Serve everything, and only then ask for the name, so a caller activated by the name
     // never finds a half-served object.
     let svc = Arc::new(Service::new(Arc::clone(&app), conn.clone()));
+    let direct = DirectServer::new();
     let server = conn.object_server();
     server.at(ROOT_PATH, zbus::fdo::ObjectManager).await?;
     server
@@ -160,7 +162,10 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         .at(ROOT_PATH, StatsIface::new(Arc::clone(&svc)))
         .await?;
     server
-        .at(ROOT_PATH, CacheIface::new(Arc::clone(&svc)))
+        .at(
+            ROOT_PATH,
+            CacheIface::with_direct(Arc::clone(&svc), Arc::clone(&direct)),
+        )
         .await?;
     let mut nodes = BTreeSet::new();
     sync_node_objects(&svc, &mut nodes).await;
@@ -225,6 +230,8 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
             DRAIN_LIMIT.as_secs()
         );
     }
+    // Running direct calls have finished (or the drain gave up): close the connections.
+    direct.close_all().await;
     let _ = conn.release_name(BUS_NAME).await;
     for t in [topo_task, event_task, stats_task, removals_task] {
         t.abort();

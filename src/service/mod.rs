@@ -8,6 +8,7 @@ pub mod cache;
 pub mod caller;
 pub mod config;
 pub mod daemon;
+pub mod direct;
 pub mod errors;
 pub mod logging;
 pub mod node;

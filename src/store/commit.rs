@@ -96,6 +96,19 @@ pub enum Op {
         /// Answer.
         reply: PutReply,
     },
+    /// Index the records of one PutMany (one namespace, distinct keys) already written to
+    /// their shards: all rows in this batch's transaction, or none. `reply` gets one answer
+    /// per row indexed, all alike (or one when none was).
+    PutMany {
+        /// The rows, one per record.
+        rows: Vec<Row>,
+        /// Who writes them.
+        writer: Writer,
+        /// Answer only once records and rows are on stable storage.
+        sync: bool,
+        /// Answer.
+        reply: Reply<()>,
+    },
     /// Remove an entry (only if it is still `only_id`, when given).
     Delete {
         /// Namespace.
@@ -349,11 +362,14 @@ impl Committer {
     /// wait for them (briefly) to share this flush instead of paying for the next one. A
     /// batch without a flush commits at once (its commit costs no fdatasync).
     fn gather(&mut self, rx: &Receiver<Op>, batch: &mut Vec<Op>) {
-        let is_put = |op: &Op| matches!(op, Op::Put { .. });
+        let is_put = |op: &Op| matches!(op, Op::Put { .. } | Op::PutMany { .. });
         let flushes = self.sync_interval().is_zero()
-            || batch
-                .iter()
-                .any(|op| matches!(op, Op::Put { sync: true, .. }));
+            || batch.iter().any(|op| {
+                matches!(
+                    op,
+                    Op::Put { sync: true, .. } | Op::PutMany { sync: true, .. }
+                )
+            });
         let mut queued = batch.iter().filter(|op| is_put(op)).count() as u64;
         if queued == 0 || !flushes {
             return;
@@ -745,6 +761,60 @@ impl Committer {
                     batch_ns.push((row.namespace.clone(), h));
                     put_replies.push((reply, row.clone()));
                     changes.push(Change::Insert(row));
+                }
+                Op::PutMany {
+                    rows,
+                    writer,
+                    sync,
+                    reply,
+                } => {
+                    // The Put arm's logic for every row, with the owner check once for the
+                    // namespace: refused, none of the rows is indexed.
+                    puts += 1;
+                    let Some(ns) = rows.first().map(|r| r.namespace.clone()) else {
+                        let _ = reply.send(Ok(()));
+                        continue;
+                    };
+                    match self.owner_of(&pending_ns, &ns) {
+                        Some(Some(owner)) if writer.uid.is_some_and(|u| u != 0 && u != owner) => {
+                            let uid = writer.uid.unwrap_or(0);
+                            for row in &rows {
+                                self.discard_record(row);
+                            }
+                            let _ = reply.send(Err(StoreError::PermissionDenied(format!(
+                                "namespace {ns:?} belongs to uid {owner}; uid {uid} may read it but not change it"
+                            ))));
+                            continue;
+                        }
+                        Some(_) => {}
+                        None => {
+                            pending_ns.insert(ns.clone(), Some(writer.claim));
+                            new_ns.push((ns.clone(), Some(writer.claim)));
+                        }
+                    }
+                    want_sync |= sync;
+                    let mut indexed = 0;
+                    for row in rows {
+                        let h = self.shared.map.key_hash(&row.namespace, &row.key);
+                        let cur = self.current(&pending, h);
+                        if cur.is_some_and(|(old, _)| old > row.id) {
+                            // A newer put of this key is in: as in the Put arm, this version
+                            // is never visible.
+                            self.discard_record(&row);
+                            continue;
+                        }
+                        if let Some((old, _)) = cur {
+                            changes.push(Change::Remove { hash: h, id: old });
+                        }
+                        pending.insert(h, Some((row.id, row.node)));
+                        batch_ns.push((row.namespace.clone(), h));
+                        put_replies.push((reply.clone(), row.clone()));
+                        changes.push(Change::Insert(row));
+                        indexed += 1;
+                    }
+                    if indexed == 0 {
+                        let _ = reply.send(Ok(()));
+                    }
                 }
                 Op::Delete {
                     ns,

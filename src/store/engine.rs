@@ -830,6 +830,239 @@ impl Cache {
         Ok(node)
     }
 
+    /// Store every `(key, value)` of `entries` under `ns`, all or nothing: every record is
+    /// written first, then ONE committer op indexes all rows in one SQLite transaction. A
+    /// failure before that (a record that cannot be written, a full disk) discards the
+    /// records already written and stores none; a refusal by the committer (the namespace is
+    /// another uid's) or a failed commit stores none either. Returns how many were stored.
+    /// Keys must be distinct (a later duplicate would win over an earlier one). Same options,
+    /// contract and errors as `put`; the batch is not split into separate commits.
+    pub fn put_many(
+        &self,
+        ns: &str,
+        entries: Vec<(String, Vec<u8>)>,
+        opts: &PutOptions,
+        caller: &Caller,
+    ) -> Result<u32, StoreError> {
+        validate_namespace(ns)?;
+        let limit = self.shared.cfg.max_value_bytes;
+        let mut total = 0u64;
+        for (key, value) in &entries {
+            validate_key(key)?;
+            if value.len() as u64 > limit {
+                return Err(StoreError::TooLarge {
+                    size: value.len() as u64,
+                    limit,
+                });
+            }
+            total = total.saturating_add(value.len() as u64);
+        }
+        let count = u32::try_from(entries.len()).map_err(|_| StoreError::TooLarge {
+            size: entries.len() as u64,
+            limit: u64::from(u32::MAX),
+        })?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let writer = self.check_owner(ns, caller)?;
+        let layout = self.shared.layout();
+        let created = unix_ns() / 1_000_000_000;
+        let expires = expiry(created, opts.ttl);
+        let owner = self.record_owner(ns, &writer);
+        let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let _bytes = self.shared.inflight_bytes.acquire(total)?;
+        // Encode every record (ids registered as in flight until the commit is answered),
+        // grouped by node so each node's worker writes its records in one trip.
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut rows = Vec::with_capacity(entries.len());
+        // Per node: (row index, encoded record, the value for the memory tier).
+        type Pending = (usize, Vec<u8>, Option<Vec<u8>>);
+        let mut by_node: BTreeMap<u32, Vec<Pending>> = BTreeMap::new();
+        for (key, value) in entries {
+            let node = Self::target_node(&layout, &key, opts, caller)?;
+            let id = self.new_id();
+            let (bytes, checksum) = blob::encode(
+                id.id,
+                ns,
+                &key,
+                &value,
+                self.shared.cfg.zstd_level,
+                self.shared.cfg.compress_min_bytes,
+                created,
+                expires.unwrap_or(0),
+                owner,
+            );
+            let stored = bytes.len() as u64;
+            if stored > self.shared.cfg.max_bytes {
+                return Err(StoreError::TooLarge {
+                    size: value.len() as u64,
+                    limit: self.shared.cfg.max_bytes,
+                });
+            }
+            let size = value.len() as u64;
+            // Every value put whole goes to the tier, as `put` does.
+            let owned = layout.tiers.contains_key(&node).then_some(value);
+            by_node
+                .entry(node)
+                .or_default()
+                .push((rows.len(), bytes, owned));
+            rows.push(Row {
+                id: id.id,
+                namespace: ns.to_string(),
+                key,
+                node,
+                size,
+                stored,
+                checksum,
+                created,
+                last_access: created,
+                hits: 0,
+                expires,
+                loc: None,
+            });
+            ids.push(id);
+        }
+        // The committer answers (and un-counts) the one op this batch becomes.
+        self.shared.puts_in_flight.fetch_add(1, Relaxed);
+        let mut failed = None;
+        let mut written: Vec<usize> = Vec::with_capacity(rows.len());
+        for (node, records) in by_node {
+            let Some(shard) = layout.shards.get(&node).cloned() else {
+                failed = Some(StoreError::Unavailable(format!("no shard for node {node}")));
+                break;
+            };
+            let tier = layout.tiers.get(&node).cloned();
+            let meta: Vec<(usize, u64)> =
+                records.iter().map(|(i, _, _)| (*i, rows[*i].id)).collect();
+            // Written on the node's thread, so page cache and tier pages are the node's; stops
+            // at the first failure and reports what it wrote before it.
+            let (done, err) = layout.on_node(node, move || {
+                let mut done = Vec::with_capacity(records.len());
+                // The segment records in one write; then each large value's file.
+                let small: Vec<&[u8]> = records
+                    .iter()
+                    .filter(|(_, b, _)| b.len() as u64 <= LARGE_RECORD)
+                    .map(|(_, b, _)| b.as_slice())
+                    .collect();
+                let mut locs = match shard.segments.append_many(&small) {
+                    Ok(locs) => locs.into_iter(),
+                    Err(e) => return (done, Some(e)),
+                };
+                for ((i, bytes, owned), (_, id)) in records.into_iter().zip(meta) {
+                    let loc = if bytes.len() as u64 <= LARGE_RECORD {
+                        locs.next()
+                    } else {
+                        if let Err(e) = shard.write_blob(id, &bytes) {
+                            return (done, Some(e));
+                        }
+                        None
+                    };
+                    if let (Some(t), Some(v)) = (&tier, owned) {
+                        t.insert(id, &v);
+                    }
+                    done.push((i, loc));
+                }
+                (done, None)
+            });
+            for (i, loc) in done {
+                rows[i].loc = loc;
+                written.push(i);
+            }
+            if let Some(e) = err {
+                failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = failed {
+            // Nothing of the batch is indexed: the records written so far go (a large value's
+            // file now, a segment record is dead space reclaimed with its segment).
+            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+            for i in written {
+                let row = &rows[i];
+                if row.loc.is_none()
+                    && let Some(s) = layout.shards.get(&row.node)
+                {
+                    let _ = s.remove_blob(row.id);
+                }
+                if let Some(t) = layout.tiers.get(&row.node) {
+                    t.remove(row.id);
+                }
+            }
+            if matches!(e, StoreError::NoSpace(_)) {
+                self.pressure(total);
+            }
+            return Err(e);
+        }
+        {
+            let mut blobs = self
+                .shared
+                .unsynced_blobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            blobs.extend(
+                rows.iter()
+                    .filter(|r| r.loc.is_none())
+                    .map(|r| (r.node, r.id)),
+            );
+        }
+        // One answer per indexed row, all alike (the batch commits or fails whole): room for
+        // all of them, so the committer never waits on this channel.
+        let (rtx, rrx) = mpsc::sync_channel(rows.len());
+        if let Err(e) = self.send(Op::PutMany {
+            rows,
+            writer,
+            sync: opts.sync,
+            reply: rtx,
+        }) {
+            self.shared.puts_in_flight.fetch_sub(1, Relaxed);
+            return Err(e);
+        }
+        Self::wait(rrx)?;
+        drop(ids);
+        Ok(count)
+    }
+
+    /// The value under `ns`/`key` when the memory tier holds it: no disk read and no wait, for
+    /// callers that must not block (an async front-end's thread). Counted as a hit as `get`
+    /// counts one. None in every other case (not in the tier, longer than `max_len`, expired,
+    /// missing, a bad argument): `get` then decides.
+    pub fn get_in_memory(
+        &self,
+        ns: &str,
+        key: &str,
+        caller: &Caller,
+        max_len: usize,
+    ) -> Option<Vec<u8>> {
+        if validate_namespace(ns).is_err() || validate_key(key).is_err() {
+            return None;
+        }
+        let t0 = Instant::now();
+        let layout = self.shared.layout.read().unwrap_or_else(|p| p.into_inner());
+        let now_s = unix_ns() / 1_000_000_000;
+        let (id, node) = self.shared.map.with(ns, key, |e| {
+            (!e.expired(now_s)).then(|| (e.id, u32::from(e.node)))
+        })??;
+        let held = layout.tiers.get(&node)?.get(id)?;
+        if held.len() > max_len {
+            return None;
+        }
+        let value = held.to_vec();
+        self.shared.map.with(ns, key, |e| {
+            if e.id == id {
+                self.shared.map.touch(e);
+            }
+        });
+        let caller_node = match caller.cpu {
+            Some(c) => layout.node_of_cpu(Some(c)),
+            None => layout.node_of_cpu(current_cpu()),
+        };
+        let local = caller_node == layout.pools.serving_node(node);
+        self.shared
+            .stats
+            .hit(node, Tier::Memory, local, t0.elapsed().as_nanos() as u64);
+        Some(value)
+    }
+
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:
     /// the entry is dropped and the error is Corrupted.
     pub fn get(&self, ns: &str, key: &str, caller: &Caller) -> Result<Vec<u8>, StoreError> {

@@ -1,8 +1,10 @@
 //! Round trips through the client crate against a running numa-cached, each against the
 //! same-run baseline `org.freedesktop.DBus.Peer.Ping` on the same connection: `Get` and
 //! `Put` of 4 KiB (async client), `Get` through the blocking facade (its thread hop), and
-//! the upstream `EmbeddingCache::get_embedding` of a 384-dimension vector; and `GetMany` of
-//! 64 keys of 4 KiB against 64 single `Get`s, in keys per second.
+//! the upstream `EmbeddingCache::get_embedding` of a 384-dimension vector; `Get` of 4 KiB
+//! over a direct connection (`OpenDirect`, no bus daemon hop) against the same bus `Ping`;
+//! and `GetMany`/`PutMany` of 64 keys of 4 KiB against 64 single `Get`s/`Put`s on the same
+//! connection, in keys per second.
 //!
 //! `cargo run --release -p numa-cache-client --example bench -- [CALLS] [ROUNDS]`, with
 //! DBUS_SYSTEM_BUS_ADDRESS pointing at the daemon's bus (scripts/bench-client.sh sets up a
@@ -24,6 +26,7 @@ async fn main() -> Result<(), Error> {
     let calls: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let c = Client::system().await?;
+    let direct = c.open_direct().await?;
     let b = blocking::Client::system()?;
     let emb = EmbeddingCache::with_client(b.clone()).with_namespace("bench-embeddings");
     let value = vec![0x5au8; 4096];
@@ -37,6 +40,8 @@ async fn main() -> Result<(), Error> {
         "put 4 KiB",
         "blocking get 4 KiB",
         "get_embedding 384",
+        "direct get 4 KiB",
+        "direct ping",
     ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(calls * rounds); names.len()];
     for _ in 0..rounds {
@@ -57,10 +62,15 @@ async fn main() -> Result<(), Error> {
                         let v = b.get("bench-client", "k")?;
                         assert_eq!(v.map(|v| v.len()), Some(4096));
                     }
-                    _ => {
+                    4 => {
                         let v = emb.get_embedding("the text")?;
                         assert_eq!(v.as_ref().map(Vec::len), Some(384));
                     }
+                    5 => {
+                        let v = direct.get("bench-client", "k").await?;
+                        assert_eq!(v.map(|v| v.len()), Some(4096));
+                    }
+                    _ => direct.ping().await?,
                 }
                 s.push(t.elapsed());
             }
@@ -73,24 +83,8 @@ async fn main() -> Result<(), Error> {
     }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let batches = (calls / 64).max(20);
-    let (mut single, mut many) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        for _ in 0..batches {
-            for k in &refs {
-                c.get("bench-client", k).await?;
-            }
-        }
-        single += t.elapsed();
-        let t = Instant::now();
-        for _ in 0..batches {
-            let found = c.get_many("bench-client", &refs).await?;
-            assert_eq!(found.len(), 64);
-        }
-        many += t.elapsed();
-    }
-    let n = (batches * rounds * 64) as f64;
-    let (single_rate, many_rate) = (n / single.as_secs_f64(), n / many.as_secs_f64());
+    let bus = batch_rates(&c, &refs, &value, batches, rounds).await?;
+    let p2p = batch_rates(&direct, &refs, &value, batches, rounds).await?;
 
     let ping = median(&mut samples[0]);
     println!(
@@ -104,9 +98,72 @@ async fn main() -> Result<(), Error> {
             m.as_secs_f64() / ping.as_secs_f64()
         );
     }
-    println!(
-        "  GetMany 64 x 4 KiB: {many_rate:.0} keys/s; single Gets: {single_rate:.0} keys/s; {:.1}x",
-        many_rate / single_rate
-    );
+    for (via, r) in [("bus", bus), ("direct", p2p)] {
+        println!(
+            "  {via:<6} GetMany 64 x 4 KiB: {:.0} keys/s; single Gets: {:.0} keys/s; {:.1}x",
+            r.get_many,
+            r.get,
+            r.get_many / r.get
+        );
+        println!(
+            "  {via:<6} PutMany 64 x 4 KiB: {:.0} keys/s; single Puts: {:.0} keys/s; {:.1}x",
+            r.put_many,
+            r.put,
+            r.put_many / r.put
+        );
+    }
     Ok(())
+}
+
+/// Keys per second of 64 single Gets/Puts and of one GetMany/PutMany of the same 64 keys of
+/// 4 KiB (default durability), on one client; rounds alternate the four.
+struct Rates {
+    get: f64,
+    get_many: f64,
+    put: f64,
+    put_many: f64,
+}
+
+async fn batch_rates(
+    c: &Client,
+    refs: &[&str],
+    value: &[u8],
+    batches: usize,
+    rounds: usize,
+) -> Result<Rates, Error> {
+    let batch: Vec<(&str, &[u8])> = refs.iter().map(|k| (*k, value)).collect();
+    let mut t = [Duration::ZERO; 4];
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for _ in 0..batches {
+            for k in refs {
+                c.get("bench-client", k).await?;
+            }
+        }
+        t[0] += t0.elapsed();
+        let t0 = Instant::now();
+        for _ in 0..batches {
+            assert_eq!(c.get_many("bench-client", refs).await?.len(), refs.len());
+        }
+        t[1] += t0.elapsed();
+        let t0 = Instant::now();
+        for _ in 0..batches {
+            for k in refs {
+                c.put("bench-client", k, value).await?;
+            }
+        }
+        t[2] += t0.elapsed();
+        let t0 = Instant::now();
+        for _ in 0..batches {
+            assert_eq!(c.put_many("bench-client", &batch).await?, 64);
+        }
+        t[3] += t0.elapsed();
+    }
+    let n = (batches * rounds * refs.len()) as f64;
+    Ok(Rates {
+        get: n / t[0].as_secs_f64(),
+        get_many: n / t[1].as_secs_f64(),
+        put: n / t[2].as_secs_f64(),
+        put_many: n / t[3].as_secs_f64(),
+    })
 }

@@ -259,6 +259,62 @@ impl Client {
         })
     }
 
+    /// [`crate::Client::put_many`].
+    ///
+    /// ```no_run
+    /// # fn demo(c: numa_cache_client::blocking::Client) -> numa_cache_client::Result<()> {
+    /// let stored = c.put_many("ns", &[("a", &b"1"[..]), ("b", &b"2"[..])])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn put_many(&self, namespace: &str, entries: &[(&str, &[u8])]) -> Result<u32> {
+        self.put_many_with(namespace, entries, PutOptions::new())
+    }
+
+    /// [`crate::Client::put_many_with`].
+    ///
+    /// ```no_run
+    /// use numa_cache_client::PutOptions;
+    /// # fn demo(c: numa_cache_client::blocking::Client) -> numa_cache_client::Result<()> {
+    /// c.put_many_with("ns", &[("a", &b"1"[..])], PutOptions::new().sync(true))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn put_many_with(
+        &self,
+        namespace: &str,
+        entries: &[(&str, &[u8])],
+        options: PutOptions,
+    ) -> Result<u32> {
+        let ns = namespace.to_owned();
+        let owned: Vec<(String, Vec<u8>)> = entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
+            .collect();
+        self.run(|c| async move {
+            let refs: Vec<(&str, &[u8])> = owned
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            c.put_many_with(&ns, &refs, options).await
+        })
+    }
+
+    /// [`crate::Client::open_direct`]: a blocking client over a direct connection, on this
+    /// client's background thread.
+    ///
+    /// ```no_run
+    /// # fn demo(c: numa_cache_client::blocking::Client) -> numa_cache_client::Result<()> {
+    /// let direct = c.open_direct()?;
+    /// let v = direct.get("ns", "k")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn open_direct(&self) -> Result<Client> {
+        let inner = self.run(|c| async move { c.open_direct().await })?;
+        Ok(Client {
+            inner,
+            rt: Arc::clone(&self.rt),
+        })
+    }
+
     /// [`crate::Client::get_fd`].
     ///
     /// ```no_run

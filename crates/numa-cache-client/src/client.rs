@@ -505,6 +505,85 @@ impl Client {
             .collect())
     }
 
+    /// `PutMany`: store every `(key, value)` of `entries` in one round trip with no options,
+    /// all or nothing; returns how many were stored. At most 1024 entries and 16 MiB of
+    /// values per call (else `TooLarge`); the values travel inside the message (no memfd).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: numa_cache_client::Client) -> Result<(), numa_cache_client::Error> {
+    /// let stored = client
+    ///     .put_many("ns", &[("a", &b"1"[..]), ("b", &b"2"[..])])
+    ///     .await?;
+    /// assert_eq!(stored, 2);
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_many(&self, namespace: &str, entries: &[(&str, &[u8])]) -> Result<u32> {
+        self.put_many_with(namespace, entries, PutOptions::new())
+            .await
+    }
+
+    /// `PutMany` with options (TTL, node, sync) for every entry of the batch: all of them
+    /// are stored, or none (a namespace that is another user's refuses the whole batch with
+    /// `AccessDenied`). A key given twice is refused before anything is sent.
+    ///
+    /// ```no_run
+    /// use numa_cache_client::PutOptions;
+    /// use std::time::Duration;
+    /// # async fn demo(client: numa_cache_client::Client) -> Result<(), numa_cache_client::Error> {
+    /// let batch = [("step-1", &b"out1"[..]), ("step-2", &b"out2"[..])];
+    /// client
+    ///     .put_many_with("workstacks", &batch, PutOptions::new().ttl(Duration::from_secs(60)).sync(true))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_many_with(
+        &self,
+        namespace: &str,
+        entries: &[(&str, &[u8])],
+        options: PutOptions,
+    ) -> Result<u32> {
+        let dict = options.to_dict()?;
+        let mut map: HashMap<&str, &Bytes> = HashMap::with_capacity(entries.len());
+        for (k, v) in entries {
+            if map.insert(k, Bytes::new(v)).is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "key {k:?} appears twice in one PutMany: give each key once"
+                )));
+            }
+        }
+        Ok(self.cache.put_many(namespace, map, dict).await?)
+    }
+
+    /// `OpenDirect`: a client over a peer-to-peer connection to the daemon that skips the
+    /// bus daemon (one hop instead of two per call), for many small calls. It offers the
+    /// Cache methods (`get`, `put`, `get_many`, `put_many`, `get_or_lease`, `delete`, ...)
+    /// as this client's caller; admin methods and the other interfaces answer with an error.
+    /// It stays open when this client's bus connection goes, until it is dropped or the
+    /// daemon stops. The bus policy decides who may open one; the daemon caps them per user
+    /// (16) and overall (`Unavailable` past either).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: numa_cache_client::Client) -> Result<(), numa_cache_client::Error> {
+    /// let direct = client.open_direct().await?;
+    /// for i in 0..1000 {
+    ///     let _ = direct.get("ns", &format!("k{i}")).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn open_direct(&self) -> Result<Client> {
+        let fd: OwnedFd = self.cache.open_direct().await?;
+        let stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(fd));
+        let conn = zbus::connection::Builder::unix_stream(stream)
+            .p2p()
+            .build()
+            .await
+            .map_err(|source| Error::Connect {
+                address: "the socket OpenDirect returned".into(),
+                source,
+            })?;
+        Client::with_settings(conn, self.settings).await
+    }
+
     /// The value through a sealed memfd (GetFd), `None` on a miss.
     ///
     /// ```no_run

@@ -188,6 +188,17 @@ pub trait Cache {
     /// The values of the keys present; missing keys are absent (at most 1024 keys and
     /// 16 MiB of values, else TooLarge).
     fn get_many(&self, namespace: &str, keys: &[&str]) -> zbus::Result<HashMap<String, ByteBuf>>;
+    /// Store every (key, value) with one set of options, all or nothing; returns how many
+    /// were stored (at most 1024 entries and 16 MiB of values, else TooLarge).
+    fn put_many(
+        &self,
+        namespace: &str,
+        entries: HashMap<&str, &Bytes>,
+        options: HashMap<&str, Variant<'_>>,
+    ) -> zbus::Result<u32>;
+    /// A connected unix socket whose other end the daemon serves as a peer-to-peer D-Bus
+    /// connection with this interface, acting as the caller (not on a direct connection).
+    fn open_direct(&self) -> zbus::Result<OwnedFd>;
     /// Remove an entry; true when there was one.
     fn delete(&self, namespace: &str, key: &str) -> zbus::Result<bool>;
     /// What is known of an entry without reading it.
