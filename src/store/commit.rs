@@ -803,12 +803,23 @@ impl Committer {
                             self.discard_record(&row);
                             continue;
                         }
+                        if cur.is_none() && self.recent_tombs.get(&h).is_some_and(|&u| u >= row.id)
+                        {
+                            // Deleted after this batch began: as in the Put arm, the delete
+                            // came later.
+                            self.discard_record(&row);
+                            continue;
+                        }
                         if let Some((old, _)) = cur {
                             changes.push(Change::Remove { hash: h, id: old });
                         }
                         pending.insert(h, Some((row.id, row.node)));
                         batch_ns.push((row.namespace.clone(), h));
-                        put_replies.push((reply.clone(), row.clone()));
+                        let r = reply.clone();
+                        let answer: PutReply = Box::new(move |res| {
+                            let _ = r.send(res);
+                        });
+                        put_replies.push((answer, row.clone()));
                         changes.push(Change::Insert(row));
                         indexed += 1;
                     }
