@@ -108,6 +108,8 @@ fn build_deb() -> Result<PathBuf, String> {
         .current_dir(&src)
         .env("CARGO", "true")
         .env("TARGET_DIR", bin_dir())
+        // The test's own numacachectl, not the `cli` profile build `make` would install.
+        .env("CLI_BIN", bin_dir().join("numacachectl"))
         .env("DEB_BUILD_OPTIONS", "noautodbgsym nocheck")
         .output()
         .map_err(|e| e.to_string())?;

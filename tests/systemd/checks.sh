@@ -63,7 +63,7 @@ mkdir -p /var/lib/numa-cache
 boot_mark=$(date '+%Y-%m-%d %H:%M:%S')
 case "$MODE" in
 make)
-    check "install: make install PREFIX=/usr (README)" make -s -C "$LAB_REPO" install PREFIX=/usr CARGO=true
+    check "install: make install PREFIX=/usr (README)" make -s -C "$LAB_REPO" install PREFIX=/usr CARGO=true CLI_BIN="$LAB_REPO/target/release/numacachectl"
     ;;
 deb)
     deb=$(ls "$LAB_IN"/files/numa-cache_*.deb 2>/dev/null | head -1)

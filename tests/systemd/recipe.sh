@@ -280,7 +280,8 @@ stage_repo() {   # $1 repo, $2 bin dir, $3 destination (share/in)
         done
     fi
     if [ -f "$in/repo/Makefile" ] && grep -q '^install:' "$in/repo/Makefile"; then
-        make -s -C "$in/repo" install DESTDIR="$in/destdir" PREFIX=/usr CARGO=true >/dev/null \
+        make -s -C "$in/repo" install DESTDIR="$in/destdir" PREFIX=/usr CARGO=true \
+            CLI_BIN="$in/repo/target/release/numacachectl" >/dev/null \
             || echo "recipe.sh: warning: make install failed; \$LAB_DESTDIR is incomplete" >&2
     fi
 }
