@@ -149,6 +149,13 @@ fn get_ns(cache: &Cache, n: u64, hot: bool) -> f64 {
 /// figures. `how`: "scan" removes the checkpoint first (the open scans the index); "cold"
 /// drops the checkpoint's pages from the page cache first (as after a reboot).
 fn measure(dir: &Path, n: u64, expect: u64, label: &str, how: &str) {
+    // The checkpoint's own log line (entries, milliseconds, or why it was not used).
+    #[cfg(feature = "server")]
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("numa_cache::store::checkpoint=info")
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
     let ckpt = dir.join("entries.ckpt");
     match how {
         "scan" => {

@@ -336,6 +336,45 @@ fn u32_of(r: &mut impl Read) -> Result<u32, String> {
     Ok(u32::from_le_bytes(b))
 }
 
+/// Read and decode every shard's entries, summing them, and hand each shard's slab on.
+fn read_shards(
+    r: &mut impl Read,
+    len: u64,
+    to_builder: std::sync::mpsc::SyncSender<(usize, Vec<Entry>)>,
+) -> Result<(u64, Sums), String> {
+    let mut total = 0u64;
+    let mut sums = Sums::default();
+    let mut buf = vec![0u8; CHUNK * ENTRY_BYTES];
+    for i in 0..SHARDS {
+        let n = u64_of(r)?;
+        if n.saturating_mul(ENTRY_BYTES as u64) > len {
+            return Err(format!(
+                "shard {i} claims {n} entries in a file of {len} bytes"
+            ));
+        }
+        let n = n as usize;
+        // Exactly sized: the slab is this Vec, never copied or grown.
+        let mut slab: Vec<Entry> = Vec::with_capacity(n);
+        while slab.len() < n {
+            let k = (n - slab.len()).min(CHUNK);
+            let bytes = &mut buf[..k * ENTRY_BYTES];
+            r.read_exact(bytes).map_err(short)?;
+            slab.extend(bytes.chunks_exact(ENTRY_BYTES).map(|c| {
+                let mut e = [0u8; ENTRY_BYTES];
+                e.copy_from_slice(c);
+                let e = Entry::from_bytes(&e);
+                sums.add(&e);
+                e
+            }));
+        }
+        to_builder
+            .send((i, slab))
+            .map_err(|_| "the table builder stopped".to_string())?;
+        total += n as u64;
+    }
+    Ok((total, sums))
+}
+
 fn read(dir: &Path, generation: u64, sum: u64) -> Result<Loaded, String> {
     let path = dir.join(FILE);
     let f = std::fs::OpenOptions::new()
@@ -388,34 +427,28 @@ fn read(dir: &Path, generation: u64, sum: u64) -> Result<Loaded, String> {
     }
     let map = EntryMap::with_seed(seed);
     map.restore_names_and_clock(names, clock);
-    let mut total = 0u64;
-    let mut sums = Sums::default();
-    let mut buf = vec![0u8; CHUNK * ENTRY_BYTES];
-    for i in 0..SHARDS {
-        let n = u64_of(&mut r)?;
-        if n.saturating_mul(ENTRY_BYTES as u64) > len {
-            return Err(format!(
-                "shard {i} claims {n} entries in a file of {len} bytes"
-            ));
-        }
-        let n = n as usize;
-        // Exactly sized: the slab is this Vec, never copied or grown.
-        let mut slab: Vec<Entry> = Vec::with_capacity(n);
-        while slab.len() < n {
-            let k = (n - slab.len()).min(CHUNK);
-            let bytes = &mut buf[..k * ENTRY_BYTES];
-            r.read_exact(bytes).map_err(short)?;
-            slab.extend(bytes.chunks_exact(ENTRY_BYTES).map(|c| {
-                let mut e = [0u8; ENTRY_BYTES];
-                e.copy_from_slice(c);
-                let e = Entry::from_bytes(&e);
-                sums.add(&e);
-                e
-            }));
-        }
-        map.restore_shard(i, slab)?;
-        total += n as u64;
-    }
+    // This thread reads and decodes; a second builds each shard's table meanwhile (the
+    // two halves of the work take about as long). At most a few shards are in flight.
+    let (total, mut sums) = std::thread::scope(|s| -> Result<(u64, Sums), String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Entry>)>(2);
+        let map = &map;
+        let builder = std::thread::Builder::new()
+            .name("cache-ckpt-load".into())
+            .spawn_scoped(s, move || -> Result<(), String> {
+                for (i, slab) in rx {
+                    map.restore_shard(i, slab)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| format!("starting a loader thread: {e}"))?;
+        let read = read_shards(&mut r, len, tx);
+        let built = builder
+            .join()
+            .map_err(|_| "the table builder panicked".to_string())?;
+        // The builder's refusal says more than the reader's "builder stopped".
+        built?;
+        read
+    })?;
     r.read_exact(&mut b8).map_err(short)?;
     if &b8 != END {
         return Err("no end marker after the last shard".into());
