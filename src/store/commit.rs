@@ -626,24 +626,24 @@ impl Committer {
             let limit = shard.segments.seg_bytes.clamp(1, 8 << 20);
             let mut rest = records.as_slice();
             while !rest.is_empty() {
-                // One piece: as many records as fit in `limit` (always at least one), each
-                // at the offset a record of its own would have had (ALIGN-padded).
-                let mut buf: Vec<u8> = Vec::new();
-                let mut offs: Vec<u64> = Vec::new();
+                // One piece: as many records as fit in `limit` (always at least one), written
+                // with one append (each record ALIGN-padded, each id counted for the scan).
+                let mut n = 0;
+                let mut size = 0u64;
                 for (_, bytes) in rest {
-                    let at = segment::padded(buf.len() as u64);
-                    if !offs.is_empty() && at + bytes.len() as u64 > limit {
+                    let at = segment::padded(size);
+                    if n > 0 && at + bytes.len() as u64 > limit {
                         break;
                     }
-                    buf.resize(at as usize, 0);
-                    offs.push(at);
-                    buf.extend_from_slice(bytes);
+                    size = at + bytes.len() as u64;
+                    n += 1;
                 }
-                let (piece, later) = rest.split_at(offs.len());
-                match shard.segments.append(&buf) {
-                    Ok((seg, base)) => {
-                        for ((i, _), off) in piece.iter().zip(&offs) {
-                            written.insert(*i, Ok((seg, base + off)));
+                let (piece, later) = rest.split_at(n);
+                let refs: Vec<&[u8]> = piece.iter().map(|(_, b)| b.as_slice()).collect();
+                match shard.segments.append_many(&refs) {
+                    Ok(locs) => {
+                        for ((i, _), loc) in piece.iter().zip(locs) {
+                            written.insert(*i, Ok(loc));
                         }
                     }
                     Err(e) => {

@@ -321,41 +321,10 @@ impl SegmentLog {
     /// Append `record` (an encoded blob); returns (segment, offset). Space is reserved under a
     /// short lock and the bytes written outside it, so appends of several threads overlap.
     pub fn append(&self, record: &[u8]) -> Result<(u32, u64), StoreError> {
-        let need = padded(record.len() as u64);
-        let (id, file, off) = {
-            let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            let full = a
-                .as_ref()
-                .is_none_or(|a| a.len > 0 && a.len + need > self.seg_bytes);
-            if full {
-                *a = Some(self.start_segment().map_err(|e| {
-                    StoreError::io(format!("starting a segment in {}", self.path.display()), e)
-                })?);
-            }
-            let Some(act) = a.as_mut() else {
-                return Err(StoreError::Unavailable("no active segment".into()));
-            };
-            let off = act.len;
-            act.len += need;
-            if let Some(id) = record.get(8..16).and_then(|b| b.try_into().ok()) {
-                let id = u64::from_le_bytes(id);
-                let mut m = self.max_id.lock().unwrap_or_else(|p| p.into_inner());
-                let e = m.entry(act.id).or_insert(id);
-                *e = (*e).max(id);
-            }
-            (act.id, Arc::clone(&act.file), off)
-        };
-        self.dirty
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id);
-        file.write_all_at(record, off).map_err(|e| {
-            StoreError::io(
-                format!("appending to {}/{}", self.path.display(), segment_name(id)),
-                e,
-            )
-        })?;
-        Ok((id, off))
+        self.append_many(&[record])?
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Unavailable("no record was appended".into()))
     }
 
     /// Append several records with one write (a PutMany's records of this shard, where a
@@ -382,12 +351,34 @@ impl SegmentLog {
             };
             let off = act.len;
             act.len += need;
+            // Every record's id counts: `scan_start` trusts this to find the segments that
+            // may hold records a crash recovery must scan.
+            let top = records
+                .iter()
+                .filter_map(|r| r.get(8..16).and_then(|b| b.try_into().ok()))
+                .map(u64::from_le_bytes)
+                .max();
+            if let Some(top) = top {
+                let mut m = self.max_id.lock().unwrap_or_else(|p| p.into_inner());
+                let e = m.entry(act.id).or_insert(top);
+                *e = (*e).max(top);
+            }
             (act.id, Arc::clone(&act.file), off)
         };
         self.dirty
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
+        if let [record] = records {
+            // One record: written as it is, no copy.
+            file.write_all_at(record, start).map_err(|e| {
+                StoreError::io(
+                    format!("appending to {}/{}", self.path.display(), segment_name(id)),
+                    e,
+                )
+            })?;
+            return Ok(vec![(id, start)]);
+        }
         let mut buf = Vec::with_capacity(need as usize);
         let mut locs = Vec::with_capacity(records.len());
         for r in records {
@@ -611,6 +602,28 @@ mod tests {
         let found: Vec<u64> = log.scan(seg).unwrap().iter().map(|(_, h)| h.id).collect();
         assert_eq!(found, vec![0, 2, 3, 4]);
         assert_eq!(parse_segment_name(&segment_name(seg)), Some(seg));
+    }
+
+    #[test]
+    fn the_scan_start_counts_every_record_of_a_batched_append() {
+        // A batch whose newest record is not its first: the segment must still count as
+        // holding that id, or a crash recovery would skip it.
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), 0, 64 << 10).unwrap();
+        let (a, _) = blob::encode(5, "ns", "a", &[1u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let (b, _) = blob::encode(9, "ns", "b", &[2u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let locs = log.append_many(&[&a, &b]).unwrap();
+        let s1 = locs[0].0;
+        // The next append goes to a new segment: s1 is no longer the active one.
+        let (big, _) = blob::encode(10, "ns", "c", &[3u8; 70_000], 3, usize::MAX, 1, 0, Some(7));
+        let (s2, _) = log.append(&big).unwrap();
+        assert!(s2 > s1);
+        assert_eq!(
+            log.scan_start(9),
+            s1,
+            "the batch's second record (id 9) is in s1"
+        );
+        assert_eq!(log.scan_start(10), s2);
     }
 
     #[test]
