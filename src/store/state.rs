@@ -144,10 +144,20 @@ pub fn placeable(t: &Topology) -> Vec<u32> {
 
 /// Bytes of puts in flight, bounded: a put beyond the bound waits a while, then is refused
 /// with Unavailable (retry). A single put larger than the bound runs when nothing else does.
+/// Waiting puts hold their values in memory too (a flood of pipelined calls on one
+/// connection arrives faster than a slow disk drains it), so the bytes waiting are bounded
+/// as well: a put that would take them past the bound is refused at once, without waiting.
 pub struct InflightBytes {
     bound: u64,
-    used: Mutex<u64>,
+    used: Mutex<Used>,
     freed: Condvar,
+}
+
+/// Admitted and waiting bytes.
+#[derive(Default)]
+struct Used {
+    admitted: u64,
+    waiting: u64,
 }
 
 /// How long a put waits for bytes in flight to drain before it is refused.
@@ -158,7 +168,7 @@ impl InflightBytes {
     pub fn new(bound: u64) -> InflightBytes {
         InflightBytes {
             bound,
-            used: Mutex::new(0),
+            used: Mutex::new(Used::default()),
             freed: Condvar::new(),
         }
     }
@@ -167,39 +177,55 @@ impl InflightBytes {
     pub fn acquire(&self, n: u64) -> Result<InflightGuard<'_>, StoreError> {
         let deadline = std::time::Instant::now() + INFLIGHT_WAIT;
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used > 0 && used.saturating_add(n) > self.bound {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+        if self.must_wait(&used, n) {
+            if used.waiting > 0 && used.waiting.saturating_add(n) > self.bound {
                 return Err(StoreError::Unavailable(format!(
-                    "{} bytes of puts are in flight (bound {}); retry the put of {n} bytes later",
-                    *used, self.bound
+                    "{} bytes of puts are in flight and {} more are waiting (bound {} each); \
+                     retry the put of {n} bytes later",
+                    used.admitted, used.waiting, self.bound
                 )));
             }
-            used = self
-                .freed
-                .wait_timeout(used, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            used.waiting += n;
+            while self.must_wait(&used, n) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    used.waiting -= n;
+                    return Err(StoreError::Unavailable(format!(
+                        "{} bytes of puts are in flight (bound {}); retry the put of {n} bytes later",
+                        used.admitted, self.bound
+                    )));
+                }
+                used = self
+                    .freed
+                    .wait_timeout(used, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            used.waiting -= n;
         }
-        *used += n;
+        used.admitted += n;
         Ok(InflightGuard { gate: self, n })
+    }
+
+    fn must_wait(&self, used: &Used, n: u64) -> bool {
+        used.admitted > 0 && used.admitted.saturating_add(n) > self.bound
     }
 
     /// Admit `n` bytes if that needs no wait; true when admitted. The caller gives them back
     /// with [`InflightBytes::release`] (for a put answered on another thread).
     pub fn try_admit(&self, n: u64) -> bool {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if *used > 0 && used.saturating_add(n) > self.bound {
+        if self.must_wait(&used, n) {
             return false;
         }
-        *used += n;
+        used.admitted += n;
         true
     }
 
     /// Give back `n` bytes admitted by [`InflightBytes::try_admit`].
     pub fn release(&self, n: u64) {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        *used = used.saturating_sub(n);
+        used.admitted = used.admitted.saturating_sub(n);
         self.freed.notify_all();
     }
 }
@@ -257,5 +283,45 @@ impl Shared {
         let mut s = self.stats.node_stats(node);
         s.memory_tier_bytes = layout.tiers.get(&node).map(|t| t.bytes()).unwrap_or(0);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    #[test]
+    fn puts_waiting_for_room_are_bounded_too() {
+        let gate = Arc::new(InflightBytes::new(100));
+        let held = gate.acquire(100).expect("the first put");
+        // One waiter of 60 bytes: it waits (room comes back when `held` drops).
+        let g = Arc::clone(&gate);
+        let waiter = std::thread::spawn(move || g.acquire(60).map(|_| ()));
+        let t0 = Instant::now();
+        while gate.used.lock().unwrap().waiting != 60 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the waiter never waited"
+            );
+            std::thread::yield_now();
+        }
+        // A second waiter would hold 120 bytes waiting, past the bound: refused at once,
+        // so a flood of calls cannot park its values in memory.
+        let t1 = Instant::now();
+        let e = gate.acquire(60).map(|_| ()).unwrap_err();
+        assert!(t1.elapsed() < Duration::from_secs(1), "it waited");
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("waiting")),
+            "{e:?}"
+        );
+        drop(held);
+        waiter
+            .join()
+            .unwrap()
+            .expect("the first waiter gets its room");
+        assert_eq!(gate.used.lock().unwrap().waiting, 0);
+        assert_eq!(gate.used.lock().unwrap().admitted, 0);
     }
 }
