@@ -597,6 +597,39 @@ fn every_fixture_agrees_with_hwloc() {
 }
 
 #[test]
+fn the_cli_reads_both_spellings_and_leaves_mistakes_to_its_parser() {
+    if !support::require_tool("tar", "tar") || !support::require_tool("bzip2", "bzip2") {
+        return;
+    }
+    let (_tmp, root) = unpack(&data_dir().join("16amd64-8n2c-cpusets.tar.bz2"));
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_numacachectl"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let joined = std::ffi::OsString::from(format!("--fs-root={}", root.display()));
+    let a = run(&[
+        "topology".as_ref(),
+        "--json".as_ref(),
+        "--fs-root".as_ref(),
+        root.as_os_str(),
+    ]);
+    let b = run(&["topology".as_ref(), joined.as_os_str(), "--json".as_ref()]);
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(a.stdout, b.stdout);
+    // Mistakes get the argument parser's own refusal (exit status 2, naming the argument).
+    let bad = run(&["topology".as_ref(), "--bogus".as_ref()]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--bogus"));
+    let missing = run(&["topology".as_ref(), "--fs-root".as_ref()]);
+    assert_eq!(missing.status.code(), Some(2));
+    let help = run(&["topology".as_ref(), "--help".as_ref()]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--fs-root"));
+}
+
+#[test]
 fn the_cli_prints_the_same_json_for_a_captured_tree() {
     if !support::require_tool("tar", "tar") || !support::require_tool("bzip2", "bzip2") {
         return;

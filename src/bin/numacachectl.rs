@@ -50,9 +50,44 @@ enum Command {
     Monitor,
 }
 
+/// `topology [--fs-root DIR | --fs-root=DIR] [--json]`, the form scripts run in loops,
+/// read without building clap's tree of every command (which costs this command most of
+/// its start-up: ~40 of its ~80 page faults); anything else, `--help` included, is clap's.
+fn quick_topology(args: &[std::ffi::OsString]) -> Option<cli::topology::TopologyArgs> {
+    let (first, rest) = args.get(1..)?.split_first()?;
+    if first != "topology" {
+        return None;
+    }
+    let mut out = cli::topology::TopologyArgs {
+        fs_root: None,
+        json: false,
+    };
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let a = a.to_str()?;
+        if a == "--json" && !out.json {
+            out.json = true;
+        } else if a == "--fs-root" && out.fs_root.is_none() {
+            out.fs_root = Some(it.next()?.into());
+        } else if let Some(dir) = a.strip_prefix("--fs-root=") {
+            if out.fs_root.is_some() || dir.is_empty() {
+                return None;
+            }
+            out.fs_root = Some(dir.into());
+        } else {
+            return None;
+        }
+    }
+    Some(out)
+}
+
 fn main() {
-    let args = Cli::parse();
-    let result = match args.command {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match quick_topology(&argv) {
+        Some(a) => Command::Topology(a),
+        None => Cli::parse_from(argv).command,
+    };
+    let result = match command {
         Command::Topology(a) => {
             if a.fs_root.is_some() {
                 cli::topology::run(&a)
@@ -84,6 +119,50 @@ fn main() {
         Err(e) => {
             eprintln!("numacachectl: {e}");
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quick_topology;
+    use std::ffi::OsString;
+
+    fn quick(args: &[&str]) -> Option<(Option<String>, bool)> {
+        let argv: Vec<OsString> = std::iter::once("numacachectl")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        quick_topology(&argv).map(|a| (a.fs_root.map(|p| p.to_string_lossy().into_owned()), a.json))
+    }
+
+    #[test]
+    fn the_quick_topology_path_takes_only_the_plain_forms() {
+        let d = Some("/cap".to_string());
+        assert_eq!(quick(&["topology"]), Some((None, false)));
+        assert_eq!(quick(&["topology", "--json"]), Some((None, true)));
+        assert_eq!(
+            quick(&["topology", "--fs-root", "/cap", "--json"]),
+            Some((d.clone(), true))
+        );
+        assert_eq!(
+            quick(&["topology", "--json", "--fs-root=/cap"]),
+            Some((d.clone(), true))
+        );
+        assert_eq!(quick(&["topology", "--fs-root", "/cap"]), Some((d, false)));
+        // Everything else is clap's, so that it is refused, or helped, as before.
+        for other in [
+            &["stats"][..],
+            &[],
+            &["topology", "--help"],
+            &["topology", "--fs-root"],
+            &["topology", "--fs-root="],
+            &["topology", "--json", "--json"],
+            &["topology", "--fs-root", "/a", "--fs-root", "/b"],
+            &["topology", "--bogus"],
+            &["topology", "extra"],
+        ] {
+            assert_eq!(quick(other), None, "{other:?}");
         }
     }
 }
