@@ -12,7 +12,7 @@ use crate::store::config::{
 };
 use crate::store::entries::unpack_loc;
 use crate::store::error::StoreError;
-use crate::store::index::{self, Row};
+use crate::store::index::{self, RecordSize, Row};
 use crate::store::memtier::MemTier;
 use crate::store::recovery;
 use crate::store::segment::{LARGE_RECORD, segment_bytes_for};
@@ -656,19 +656,21 @@ impl Cache {
             // ones too; the tier copies it into the node's memory whichever thread calls.
             t.insert(idv, value);
         }
-        let row = written.map(|loc| Row {
-            id: idv,
-            namespace: ns.to_string(),
-            key: key.to_string(),
-            node,
+        let size = RecordSize {
             size: value.len() as u64,
             stored,
             checksum,
-            created,
-            last_access: created,
-            hits: 0,
-            expires,
-            loc,
+        };
+        let row = written.map(|loc| {
+            Row::fresh(
+                idv,
+                ns,
+                key.to_string(),
+                node,
+                size,
+                (created, expires),
+                loc,
+            )
         });
         // The id stays in flight until the put is answered (the flusher's mark counts on it).
         self.finish_put(
@@ -810,19 +812,21 @@ impl Cache {
                 }
             }
         });
-        let row = written.map(|(stored, checksum)| Row {
-            id: idv,
-            namespace: ns.to_string(),
-            key: key.to_string(),
-            node,
-            size: len,
-            stored,
-            checksum,
-            created,
-            last_access: created,
-            hits: 0,
-            expires,
-            loc: None,
+        let row = written.map(|(stored, checksum)| {
+            let size = RecordSize {
+                size: len,
+                stored,
+                checksum,
+            };
+            Row::fresh(
+                idv,
+                ns,
+                key.to_string(),
+                node,
+                size,
+                (created, expires),
+                None,
+            )
         });
         let (reply, answer) = Self::reply_channel();
         self.finish_put(row, Record::Written, len, writer, opts.sync, reply)?;
@@ -906,20 +910,20 @@ impl Cache {
                 .entry(node)
                 .or_default()
                 .push((rows.len(), bytes, owned));
-            rows.push(Row {
-                id: id.id,
-                namespace: ns.to_string(),
-                key,
-                node,
+            let record = RecordSize {
                 size,
                 stored,
                 checksum,
-                created,
-                last_access: created,
-                hits: 0,
-                expires,
-                loc: None,
-            });
+            };
+            rows.push(Row::fresh(
+                id.id,
+                ns,
+                key,
+                node,
+                record,
+                (created, expires),
+                None,
+            ));
             ids.push(id);
         }
         // The committer answers (and un-counts) the one op this batch becomes.
