@@ -26,11 +26,6 @@ fn main() {
         std::process::exit(2);
     }
     numa_cache::service::logging::init();
-    // Before the runtime's threads start: keep a few MiB of free heap per arena instead of
-    // trimming and refaulting it on every burst of puts (src/policy/malloc.rs).
-    if let Err(e) = numa_cache::policy::tune_heap(numa_cache::policy::HeapTuning::DAEMON) {
-        tracing::warn!("{e}; the allocator keeps its defaults");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

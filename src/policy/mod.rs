@@ -5,7 +5,6 @@
 mod affinity;
 mod error;
 pub mod flock;
-mod malloc;
 mod mask;
 pub mod memfd;
 mod mempolicy;
@@ -19,7 +18,6 @@ pub use affinity::{
 };
 pub use error::PolicyError;
 pub use error::{CAP_SYS_NICE, id_list};
-pub use malloc::{HeapTuning, HeapTuningError, tune_heap};
 pub use mask::Bitmask;
 pub use mempolicy::{
     MemPolicyMode, MoveFlags, get_mempolicy, mbind, mems_allowed, set_mempolicy, supported,
