@@ -1,7 +1,8 @@
 //! The committer: the one thread that writes the index and changes the entry map. Puts,
 //! deletes and clears queue here; whatever has queued while the previous batch was being
-//! committed becomes the next batch: one SQLite transaction, then every waiter is answered
-//! (group commit). It also owns the flusher, reclaim of dead segment space, the disk-bound
+//! committed becomes the next batch: its records written, one SQLite transaction (for a batch
+//! of default puts only: later, shared with the batches of the next few milliseconds, see
+//! below), then every waiter is answered (group commit). It also owns the flusher, reclaim of dead segment space, the disk-bound
 //! eviction, TTL expiry, access-time write-back and stats rows.
 //!
 //! The durability contract (ARCHITECTURE.md, "Storage"):
@@ -52,8 +53,9 @@ use std::time::{Duration, Instant};
 /// Where an answer goes.
 pub type Reply<T> = SyncSender<Result<T, StoreError>>;
 
-/// How a put is answered: called once, on the committer thread, when its row is committed
-/// (or refused). A callback rather than a channel, so that an async caller is woken directly
+/// How a put is answered: called once, on the committer thread, when its record is written
+/// and its row committed or, for a default put, visible and waiting for its commit (or when
+/// it is refused). A callback rather than a channel, so that an async caller is woken directly
 /// (one thread hop) and a blocking one can wrap a channel; dropped unanswered only when the
 /// committer stops, which the caller sees as its sender gone.
 pub type PutReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

@@ -476,9 +476,10 @@ impl Cache {
     }
 
     /// Store `value` under `ns`/`key`; returns the node whose shard holds it. When it returns
-    /// the value and its index row are in the kernel (they survive a crash of this process);
-    /// they reach stable storage within `sync_interval`, or before it returns with
-    /// `opts.sync` (ARCHITECTURE.md, "Storage", has the whole contract).
+    /// the value's record is in the kernel (it survives a crash of this process; its index
+    /// row follows within `commit::DEFER_FOR`, and recovery restores the put from the record
+    /// meanwhile); it reaches stable storage within `sync_interval`, or before it returns
+    /// with `opts.sync` (ARCHITECTURE.md, "Durability contract", has the whole contract).
     pub fn put(
         &self,
         ns: &str,
@@ -500,7 +501,7 @@ impl Cache {
     /// The same put as [`Cache::put`], for a caller that must not block (an async task):
     /// the record is made on the calling thread (and written there on a NUMA host; with one
     /// node the committer writes it with its batch) and its row queued for the committer,
-    /// which calls `done` with the answer (on its own thread) once the row is committed; the
+    /// which calls `done` with the answer (on its own thread) once the put is done; the
     /// contract of `put` holds when `done` is called. Returns [`PutStart::WouldBlock`],
     /// with nothing done and `done` dropped, when the put would have to wait for another
     /// thread first: a value over [`NOWAIT_MAX_BYTES`], a record that must be written from
