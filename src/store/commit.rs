@@ -489,9 +489,25 @@ impl Committer {
         if self
             .unwritten_since
             .is_some_and(|since| now >= since + DEFER_FOR)
-            && let Err(e) = self.commit_unwritten()
         {
-            tracing::warn!("committing the rows of answered puts (retried): {e}");
+            match self.commit_unwritten() {
+                Ok(()) => {}
+                Err(StoreError::NoSpace(e)) => {
+                    // The index could not grow: as for a batch, free the reserve and evict
+                    // (eviction's commit carries the waiting rows first).
+                    tracing::warn!("committing the rows of answered puts: disk full: {e}");
+                    self.release_reserve();
+                    self.evict((self.shared.stats.stored_total() / 20).max(1));
+                }
+                Err(e) => {
+                    // Retried after another DEFER_FOR, not in a loop.
+                    self.unwritten_since = Some(now);
+                    tracing::warn!("committing the rows of answered puts (retried): {e}");
+                }
+            }
+            if !self.unwritten.is_empty() {
+                self.unwritten_since = Some(now);
+            }
         }
         if now >= self.last_ttl + TTL_EVERY {
             self.last_ttl = now;
