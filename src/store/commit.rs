@@ -2,8 +2,9 @@
 //! deletes and clears queue here; whatever has queued while the previous batch was being
 //! committed becomes the next batch: its records written, one SQLite transaction (for a batch
 //! of default puts only: later, shared with the batches of the next few milliseconds, see
-//! below), then every waiter is answered (group commit). It also owns the flusher, reclaim of dead segment space, the disk-bound
-//! eviction, TTL expiry, access-time write-back and stats rows.
+//! below), then every waiter is answered (group commit). It also owns the flusher, reclaim
+//! of dead segment space, the disk-bound eviction, TTL expiry, access-time write-back and
+//! stats rows.
 //!
 //! The durability contract (ARCHITECTURE.md, "Storage"):
 //! - a default put is answered once its record is written (pwrite): the record is in the
