@@ -3,7 +3,11 @@
 calling one method in a loop for a fixed time, printing how many calls completed.
 
 Usage: bench_bus_client.py ADDRESS MODE SECONDS WORKER_ID
-MODE: ping | get | put | put-sync
+MODE: ping | get | put | put-sync | floor
+floor: the same 4 KiB Put with an option the daemon does not know, refused (InvalidArgument)
+right after it parsed the options: what the bus, zbus and the call's unpacking cost a Put,
+with no store work (the ceiling a Put can reach; each call counts only when the refusal is
+InvalidArgument, so a daemon that stored it would show as an error, not as a rate).
 dbus-python (Debian's python3-dbus) is a client we did not write.
 """
 import os
@@ -37,6 +41,18 @@ def main():
 
         def one(i):
             call(NAME, OBJ, CACHE, "Put", "ssaya{sv}", ("bench", f"w{wid}-{i}", value, opts))
+    elif mode == "floor":
+        opts = {"bench-floor-refuse-me": dbus.Boolean(True, variant_level=1)}
+        exc = dbus.exceptions.DBusException
+
+        def one(i):
+            try:
+                call(NAME, OBJ, CACHE, "Put", "ssaya{sv}", ("bench", f"f{wid}-{i}", value, opts))
+            except exc as e:
+                if e.get_dbus_name() != "org.opdbus.NumaCache.Error.InvalidArgument":
+                    raise
+            else:
+                sys.exit("floor: the daemon accepted an unknown Put option")
     elif mode == "seed":
         for j in range(1000):
             call(NAME, OBJ, CACHE, "Put", "ssaya{sv}", ("bench", f"k{j}", value, {}))

@@ -1,12 +1,22 @@
 //! The committer: the one thread that writes the index and changes the entry map. Puts,
 //! deletes and clears queue here; whatever has queued while the previous batch was being
-//! committed becomes the next batch: one SQLite transaction, then every waiter is answered
-//! (group commit). It also owns the flusher, reclaim of dead segment space, the disk-bound
-//! eviction, TTL expiry, access-time write-back and stats rows.
+//! committed becomes the next batch: its records written, one SQLite transaction (for a batch
+//! of default puts only: later, shared with the batches of the next few milliseconds, see
+//! below), then every waiter is answered (group commit). It also owns the flusher, reclaim
+//! of dead segment space, the disk-bound eviction, TTL expiry, access-time write-back and
+//! stats rows.
 //!
 //! The durability contract (ARCHITECTURE.md, "Storage"):
-//! - a default put is answered once its record is written (pwrite) and its row committed
-//!   (WAL, `synchronous=NORMAL`): both are in the kernel and survive SIGKILL;
+//! - a default put is answered once its record is written (pwrite): the record is in the
+//!   kernel and survives SIGKILL. Its row follows within [`DEFER_FOR`] (or after
+//!   [`DEFER_ROWS`] rows, or with the first commit of anything else, whichever is first):
+//!   it waits in `unwritten`, visible in the entry map, and is committed (WAL, `NORMAL`)
+//!   before anything reads or rewrites rows (deletes, clears, expiry, eviction, compaction,
+//!   access-time write-back, snapshots and every other index read, flushes, stop). Until
+//!   then recovery after a crash restores it from its record, as it does a sync put's
+//!   (the scan of the segments from the last flush point); the id of an answered put is
+//!   no longer in flight, so no flush point passes it before its row is in that flush's
+//!   commit. One SQLite transaction per few milliseconds instead of per small batch;
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
 //! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
@@ -44,8 +54,9 @@ use std::time::{Duration, Instant};
 /// Where an answer goes.
 pub type Reply<T> = SyncSender<Result<T, StoreError>>;
 
-/// How a put is answered: called once, on the committer thread, when its row is committed
-/// (or refused). A callback rather than a channel, so that an async caller is woken directly
+/// How a put is answered: called once, on the committer thread, when its record is written
+/// and its row committed or, for a default put, visible and waiting for its commit (or when
+/// it is refused). A callback rather than a channel, so that an async caller is woken directly
 /// (one thread hop) and a blocking one can wrap a channel; dropped unanswered only when the
 /// committer stops, which the caller sees as its sender gone.
 pub type PutReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -169,11 +180,13 @@ pub struct Committer {
     /// Commits since the last checkpoint (the WAL is checkpointed only right after a full
     /// flush; this bounds it when the interval is long).
     commits_since_checkpoint: u64,
-    /// Changes of sync batches already visible and answered (their records are durable)
-    /// whose commit is still to come: the next commit writes them first. Until then recovery
-    /// would find their records by its scan (no flush point can pass them: a flush commits
-    /// them first).
+    /// Changes of batches already visible and answered whose commit is still to come
+    /// (a sync batch's records are durable; a default batch's are in the kernel): the next
+    /// commit writes them first. Until then recovery would find their records by its scan
+    /// (no flush point can pass them: a flush commits them first).
     unwritten: Vec<Change>,
+    /// When the oldest change in `unwritten` was answered (None: nothing is waiting).
+    unwritten_since: Option<Instant>,
     /// Puts in the last batch that flushed, and how long its flush took (gather's aim).
     last_group: u64,
     last_flush_time: Duration,
@@ -187,6 +200,29 @@ pub struct Mark {
     scan_from: Vec<(u32, u32)>,
 }
 
+/// What answering (or taking back) a put of this batch needs of its row, so the row itself
+/// moves into the batch's changes instead of being copied.
+#[derive(Clone, Copy)]
+struct Placed {
+    id: u64,
+    node: u32,
+    /// The record is a file of its own.
+    in_file: bool,
+    /// The key's hash in the entry map.
+    hash: u64,
+}
+
+impl Placed {
+    fn of(row: &Row, hash: u64) -> Placed {
+        Placed {
+            id: row.id,
+            node: row.node,
+            in_file: row.loc.is_none(),
+            hash,
+        }
+    }
+}
+
 /// A tombstone in a segment: offset, stored length, what it says.
 type TombAt = (u64, u64, segment::Tomb);
 
@@ -198,6 +234,11 @@ struct TombTarget {
 }
 
 const TOUCH_EVERY: Duration = Duration::from_secs(5);
+/// How long the row of an answered default put may wait for its commit.
+pub const DEFER_FOR: Duration = Duration::from_millis(10);
+/// How many rows of answered puts may wait for their commit (then they are committed with
+/// the batch that reaches it).
+pub const DEFER_ROWS: usize = 1024;
 const TTL_EVERY: Duration = Duration::from_millis(500);
 const RECLAIM_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
@@ -212,6 +253,17 @@ const CHECKPOINT_AFTER: u64 = 256;
 const ID_RESERVE: u64 = 1 << 20;
 /// Size of the reserve file kept beside the index.
 pub const RESERVE_BYTES: u64 = 8 << 20;
+
+/// Whether a batch's committed-later rows wait, and how long.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Defer {
+    /// Committed before the batch is answered.
+    No,
+    /// A flushed sync batch: committed right after its answers.
+    UntilAnswered,
+    /// Default puts: committed within `DEFER_FOR` or with the next commit.
+    Wait,
+}
 
 #[derive(Clone)]
 enum Change {
@@ -268,6 +320,7 @@ impl Committer {
             last_group: 0,
             last_flush_time: MAX_GATHER,
             unwritten: Vec::new(),
+            unwritten_since: None,
             id_ceiling,
         };
         // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
@@ -417,11 +470,46 @@ impl Committer {
         if self.dirty {
             d = d.min(self.last_flush + self.sync_interval());
         }
+        if let Some(since) = self.unwritten_since {
+            d = d.min(since + DEFER_FOR);
+        }
         d
+    }
+
+    /// Commit the rows waiting in `unwritten` (answered puts), if any. On failure they stay
+    /// there for the next commit (visible, answered, their records in the kernel).
+    fn commit_unwritten(&mut self) -> Result<(), StoreError> {
+        if self.unwritten.is_empty() {
+            return Ok(());
+        }
+        self.commit(&[], &[], false, None)
     }
 
     fn periodic(&mut self) {
         let now = Instant::now();
+        if self
+            .unwritten_since
+            .is_some_and(|since| now >= since + DEFER_FOR)
+        {
+            match self.commit_unwritten() {
+                Ok(()) => {}
+                Err(StoreError::NoSpace(e)) => {
+                    // The index could not grow: as for a batch, free the reserve and evict
+                    // (eviction's commit carries the waiting rows first).
+                    tracing::warn!("committing the rows of answered puts: disk full: {e}");
+                    self.release_reserve();
+                    self.evict((self.shared.stats.stored_total() / 20).max(1));
+                }
+                Err(e) => {
+                    // Retried after another DEFER_FOR, not in a loop.
+                    self.unwritten_since = Some(now);
+                    tracing::warn!("committing the rows of answered puts (retried): {e}");
+                }
+            }
+            if !self.unwritten.is_empty() {
+                self.unwritten_since = Some(now);
+            }
+        }
         if now >= self.last_ttl + TTL_EVERY {
             self.last_ttl = now;
             if self.shared.ttl_entries.load(Relaxed) > 0 {
@@ -480,14 +568,19 @@ impl Committer {
     /// Drop the record of a put that will not be indexed (a large value's file goes now; a
     /// segment record is dead space, reclaimed with its segment).
     fn discard_record(&self, row: &Row) {
-        if row.loc.is_none() {
-            let layout = self.shared.layout();
-            if let Some(s) = layout.shards.get(&row.node) {
-                let _ = s.remove_blob(row.id);
-            }
+        self.discard(&Placed::of(row, 0));
+    }
+
+    /// [`Committer::discard_record`] of an answered put's row.
+    fn discard(&self, p: &Placed) {
+        let layout = self.shared.layout();
+        if p.in_file
+            && let Some(s) = layout.shards.get(&p.node)
+        {
+            let _ = s.remove_blob(p.id);
         }
-        if let Some(t) = self.shared.layout().tiers.get(&row.node) {
-            t.remove(row.id);
+        if let Some(t) = layout.tiers.get(&p.node) {
+            t.remove(p.id);
         }
     }
 
@@ -501,7 +594,14 @@ impl Committer {
             .into_iter()
             .filter_map(|mut t| {
                 if t.names.is_none() {
-                    t.names = match inserted.get(&t.id) {
+                    // A row still waiting for its commit is not in the index yet.
+                    let waiting = || {
+                        self.unwritten.iter().find_map(|c| match c {
+                            Change::Insert(r) if r.id == t.id => Some(r),
+                            _ => None,
+                        })
+                    };
+                    t.names = match inserted.get(&t.id).copied().or_else(waiting) {
                         Some(r) => Some((r.namespace.clone(), r.key.clone())),
                         None => index::entry_names(&self.conn, t.id).ok().flatten(),
                     };
@@ -697,7 +797,7 @@ impl Committer {
         let mut changes: Vec<Change> = Vec::new();
         let mut new_ns: Vec<(String, Option<u32>)> = Vec::new();
         let mut pending_ns: HashMap<String, Option<u32>> = HashMap::new();
-        let mut put_replies: Vec<(PutReply, Row)> = Vec::new();
+        let mut put_replies: Vec<(PutReply, Placed)> = Vec::new();
         let mut bool_replies: Vec<(Reply<bool>, bool)> = Vec::new();
         let mut count_replies: Vec<(Reply<u64>, u64)> = Vec::new();
         let mut pending: HashMap<u64, Option<(u64, u32)>> = HashMap::new();
@@ -759,7 +859,7 @@ impl Committer {
                     }
                     pending.insert(h, Some((row.id, row.node)));
                     batch_ns.push((row.namespace.clone(), h));
-                    put_replies.push((reply, row.clone()));
+                    put_replies.push((reply, Placed::of(&row, h)));
                     changes.push(Change::Insert(row));
                 }
                 Op::PutMany {
@@ -819,7 +919,7 @@ impl Committer {
                         let answer: PutReply = Box::new(move |res| {
                             let _ = r.send(res);
                         });
-                        put_replies.push((answer, row.clone()));
+                        put_replies.push((answer, Placed::of(&row, h)));
                         changes.push(Change::Insert(row));
                         indexed += 1;
                     }
@@ -896,6 +996,15 @@ impl Committer {
             }
         }
         self.shared.puts_in_flight.fetch_sub(puts, Relaxed);
+        // Only puts and nothing that reads the index or waits for it: their rows may wait.
+        let only_puts = tomb_targets.is_empty()
+            && execs.is_empty()
+            && stop.is_none()
+            && bool_replies.is_empty()
+            && count_replies.is_empty()
+            && pressure == 0
+            && broken == 0
+            && expired == 0;
         // Tombstones go before the commit (records before rows), and with a sync batch's
         // records into its flush.
         if !tomb_targets.is_empty() {
@@ -922,16 +1031,17 @@ impl Committer {
         let flush_first = sync_now || claims;
         // A sync batch whose records are durable is made visible and answered at once, and
         // its rows committed right after the answers (while its writers prepare their next
-        // puts): the records are the truth until then.
-        let mut deferred = false;
+        // puts): the records are the truth until then. A batch of default puts is made
+        // visible and answered once its records are written, and its rows wait in
+        // `unwritten` for a later commit (the module doc has the contract).
+        let mut deferred = Defer::No;
         let (mut result, mut data) = if flush_first {
             let t0 = Instant::now();
             let data = self.flush_data();
             self.last_flush_time = t0.elapsed();
             self.last_group = puts;
             if sync_now && !claims && data.is_ok() {
-                deferred = true;
-                self.unwritten.extend(changes.iter().cloned());
+                deferred = Defer::UntilAnswered;
                 (Ok(()), data)
             } else {
                 (
@@ -939,6 +1049,9 @@ impl Committer {
                     data,
                 )
             }
+        } else if only_puts && !changes.is_empty() {
+            deferred = Defer::Wait;
+            (Ok(()), Ok(0))
         } else {
             (self.commit(&changes, &new_ns, false, None), Ok(0))
         };
@@ -969,9 +1082,9 @@ impl Committer {
             // with the error and never visible); deletes and overwritten entries stay gone.
             let undo: Vec<Change> = put_replies
                 .iter()
-                .map(|(_, r)| Change::Remove {
-                    hash: self.shared.map.key_hash(&r.namespace, &r.key),
-                    id: r.id,
+                .map(|(_, p)| Change::Remove {
+                    hash: p.hash,
+                    id: p.id,
                 })
                 .collect();
             if let Err(e2) = self.commit(&undo, &[], false, None) {
@@ -983,9 +1096,9 @@ impl Committer {
                 .filter(|c| matches!(c, Change::Remove { .. }))
                 .collect();
             self.dirty = true;
-            self.apply(removals);
-            for (r, row) in put_replies {
-                self.discard_record(&row);
+            self.apply(&removals);
+            for (r, p) in put_replies {
+                self.discard(&p);
                 r(Err(clone_err(e)));
             }
             for (r, v) in bool_replies {
@@ -1004,7 +1117,13 @@ impl Committer {
                 if !changes.is_empty() {
                     self.dirty = true;
                 }
-                self.apply(changes);
+                self.apply(&changes);
+                if deferred != Defer::No {
+                    if self.unwritten.is_empty() {
+                        self.unwritten_since = Some(Instant::now());
+                    }
+                    self.unwritten.extend(changes);
+                }
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
                 self.shared.stats.evictions.fetch_add(expired, Relaxed);
                 for (r, _) in put_replies {
@@ -1016,9 +1135,12 @@ impl Committer {
                 for (r, v) in count_replies {
                     let _ = r.send(Ok(v));
                 }
-                if deferred && let Err(e) = self.commit(&[], &[], false, None) {
-                    // Kept in `unwritten` for the next commit; visible, answered, durable.
-                    tracing::warn!("committing the rows of a flushed sync batch (retried): {e}");
+                let due = deferred == Defer::UntilAnswered
+                    || (deferred == Defer::Wait && self.unwritten.len() >= DEFER_ROWS);
+                if due && let Err(e) = self.commit_unwritten() {
+                    // Kept in `unwritten` for the next commit; visible, answered, in the
+                    // kernel (a sync batch's: durable).
+                    tracing::warn!("committing the rows of answered puts (retried): {e}");
                 }
                 let max = self.shared.cfg.max_bytes;
                 let stored = self.shared.stats.stored_total();
@@ -1030,8 +1152,8 @@ impl Committer {
             }
             Err(e) => {
                 tracing::warn!("batch failed, nothing of it is visible: {e}");
-                for (r, row) in put_replies {
-                    self.discard_record(&row);
+                for (r, p) in put_replies {
+                    self.discard(&p);
                     r(Err(clone_err(e)));
                 }
                 for (r, _) in bool_replies {
@@ -1167,6 +1289,7 @@ impl Committer {
             self.unwritten = changes[..earlier].to_vec();
         }
         res?;
+        self.unwritten_since = None;
         self.commits_since_checkpoint += 1;
         let mut owners = self
             .shared
@@ -1226,16 +1349,17 @@ impl Committer {
         Ok(())
     }
 
-    /// Make committed changes visible: the map, the counters, the files of removed entries.
-    fn apply(&mut self, changes: Vec<Change>) {
+    /// Make committed (or deferred, see `unwritten`) changes visible: the map, the counters,
+    /// the files of removed entries.
+    fn apply(&mut self, changes: &[Change]) {
         let layout = self.shared.layout();
         let shared = Arc::clone(&self.shared);
         let stats = &shared.stats;
         for c in changes {
-            match c {
-                Change::Insert(r) => {
+            match *c {
+                Change::Insert(ref r) => {
                     let h = self.shared.map.key_hash(&r.namespace, &r.key);
-                    let e = self.shared.map.entry_of(h, &r, self.shared.map.tick());
+                    let e = self.shared.map.entry_of(h, r, self.shared.map.tick());
                     if r.expires.is_some() {
                         self.shared.ttl_entries.fetch_add(1, Relaxed);
                     }
@@ -1348,6 +1472,8 @@ impl Committer {
         let Some(shard) = layout.shards.get(&node).cloned() else {
             return Ok(());
         };
+        // Rows still waiting would keep the old location when committed after the move.
+        self.commit_unwritten()?;
         let mut moving: Vec<(u64, u64, u64)> = Vec::new(); // id, old packed loc, stored
         self.shared.map.for_each(|e| {
             if u32::from(e.node) == node
@@ -1487,7 +1613,7 @@ impl Committer {
         match res {
             Ok(()) => {
                 self.dirty = true;
-                self.apply(changes);
+                self.apply(&changes);
                 self.shared.stats.evictions.fetch_add(n, Relaxed);
                 self.shared.stats.removals.note();
                 tracing::debug!("evicted {n} entries to free {need} bytes");
@@ -1529,7 +1655,7 @@ impl Committer {
         match self.commit(&gone, &[], false, None) {
             Ok(()) => {
                 self.dirty = true;
-                self.apply(gone);
+                self.apply(&gone);
                 self.shared.stats.evictions.fetch_add(n, Relaxed);
                 self.shared.stats.removals.note();
             }
@@ -1539,6 +1665,8 @@ impl Committer {
 
     /// Write access times and hit counts gathered since the last write-back.
     pub fn write_back_touches(&mut self) -> Result<(), StoreError> {
+        // A touched entry's row must be there to be updated.
+        self.commit_unwritten()?;
         let touched = self.shared.map.take_touched();
         if touched.is_empty() {
             return Ok(());

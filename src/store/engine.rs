@@ -12,7 +12,7 @@ use crate::store::config::{
 };
 use crate::store::entries::unpack_loc;
 use crate::store::error::StoreError;
-use crate::store::index::{self, Row};
+use crate::store::index::{self, RecordSize, Row};
 use crate::store::memtier::MemTier;
 use crate::store::recovery;
 use crate::store::segment::{LARGE_RECORD, segment_bytes_for};
@@ -476,9 +476,10 @@ impl Cache {
     }
 
     /// Store `value` under `ns`/`key`; returns the node whose shard holds it. When it returns
-    /// the value and its index row are in the kernel (they survive a crash of this process);
-    /// they reach stable storage within `sync_interval`, or before it returns with
-    /// `opts.sync` (ARCHITECTURE.md, "Storage", has the whole contract).
+    /// the value's record is in the kernel (it survives a crash of this process; its index
+    /// row follows within `commit::DEFER_FOR`, and recovery restores the put from the record
+    /// meanwhile); it reaches stable storage within `sync_interval`, or before it returns
+    /// with `opts.sync` (ARCHITECTURE.md, "Durability contract", has the whole contract).
     pub fn put(
         &self,
         ns: &str,
@@ -500,7 +501,7 @@ impl Cache {
     /// The same put as [`Cache::put`], for a caller that must not block (an async task):
     /// the record is made on the calling thread (and written there on a NUMA host; with one
     /// node the committer writes it with its batch) and its row queued for the committer,
-    /// which calls `done` with the answer (on its own thread) once the row is committed; the
+    /// which calls `done` with the answer (on its own thread) once the put is done; the
     /// contract of `put` holds when `done` is called. Returns [`PutStart::WouldBlock`],
     /// with nothing done and `done` dropped, when the put would have to wait for another
     /// thread first: a value over [`NOWAIT_MAX_BYTES`], a record that must be written from
@@ -656,19 +657,21 @@ impl Cache {
             // ones too; the tier copies it into the node's memory whichever thread calls.
             t.insert(idv, value);
         }
-        let row = written.map(|loc| Row {
-            id: idv,
-            namespace: ns.to_string(),
-            key: key.to_string(),
-            node,
+        let size = RecordSize {
             size: value.len() as u64,
             stored,
             checksum,
-            created,
-            last_access: created,
-            hits: 0,
-            expires,
-            loc,
+        };
+        let row = written.map(|loc| {
+            Row::fresh(
+                idv,
+                ns,
+                key.to_string(),
+                node,
+                size,
+                (created, expires),
+                loc,
+            )
         });
         // The id stays in flight until the put is answered (the flusher's mark counts on it).
         self.finish_put(
@@ -810,19 +813,21 @@ impl Cache {
                 }
             }
         });
-        let row = written.map(|(stored, checksum)| Row {
-            id: idv,
-            namespace: ns.to_string(),
-            key: key.to_string(),
-            node,
-            size: len,
-            stored,
-            checksum,
-            created,
-            last_access: created,
-            hits: 0,
-            expires,
-            loc: None,
+        let row = written.map(|(stored, checksum)| {
+            let size = RecordSize {
+                size: len,
+                stored,
+                checksum,
+            };
+            Row::fresh(
+                idv,
+                ns,
+                key.to_string(),
+                node,
+                size,
+                (created, expires),
+                None,
+            )
         });
         let (reply, answer) = Self::reply_channel();
         self.finish_put(row, Record::Written, len, writer, opts.sync, reply)?;
@@ -906,20 +911,20 @@ impl Cache {
                 .entry(node)
                 .or_default()
                 .push((rows.len(), bytes, owned));
-            rows.push(Row {
-                id: id.id,
-                namespace: ns.to_string(),
-                key,
-                node,
+            let record = RecordSize {
                 size,
                 stored,
                 checksum,
-                created,
-                last_access: created,
-                hits: 0,
-                expires,
-                loc: None,
-            });
+            };
+            rows.push(Row::fresh(
+                id.id,
+                ns,
+                key,
+                node,
+                record,
+                (created, expires),
+                None,
+            ));
             ids.push(id);
         }
         // The committer answers (and un-counts) the one op this batch becomes.

@@ -105,6 +105,46 @@ pub struct Row {
     pub loc: Option<(u32, u64)>,
 }
 
+/// What a new record says of its value: logical size, stored size, checksum.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordSize {
+    /// Logical size.
+    pub size: u64,
+    /// Stored size (the whole record).
+    pub stored: u64,
+    /// xxh3-64 of the logical bytes.
+    pub checksum: u64,
+}
+
+impl Row {
+    /// The row of a new put: created `created`, not read yet (last access = creation, no
+    /// hits), its record at `loc` (None: a file of its own, or not written yet).
+    pub fn fresh(
+        id: u64,
+        namespace: &str,
+        key: String,
+        node: u32,
+        record: RecordSize,
+        (created, expires): (u64, Option<u64>),
+        loc: Option<(u32, u64)>,
+    ) -> Row {
+        Row {
+            id,
+            namespace: namespace.to_string(),
+            key,
+            node,
+            size: record.size,
+            stored: record.stored,
+            checksum: record.checksum,
+            created,
+            last_access: created,
+            hits: 0,
+            expires,
+            loc,
+        }
+    }
+}
+
 /// Open `path` with our pragmas and bring its schema to SCHEMA_VERSION.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
