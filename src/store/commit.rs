@@ -179,6 +179,10 @@ pub struct Committer {
     last_flush_time: Duration,
     /// The `next_id` the index holds: every id handed out so far is below it.
     id_ceiling: u64,
+    /// When puts last flushed (segments are prepared while they do).
+    put_flush_at: Option<Instant>,
+    /// No segment is prepared before this (a preparation failed).
+    prepare_after: Option<Instant>,
 }
 
 /// A flush point: `verified_below` and, per node, the first segment recovery scans.
@@ -203,6 +207,10 @@ const RECLAIM_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
 const MAX_GATHER: Duration = Duration::from_millis(2);
 const MIN_GATHER: Duration = Duration::from_micros(100);
+/// Segments are prepared while puts flushed within this long.
+const PREPARE_WHILE: Duration = Duration::from_secs(10);
+/// Wait after a failed preparation.
+const PREPARE_RETRY: Duration = Duration::from_secs(30);
 /// Commits after which a full flush (and its checkpoint) runs before the interval is over.
 const MAX_UNCHECKPOINTED: u64 = 20_000;
 /// Commits after which a full flush also checkpoints the WAL.
@@ -269,6 +277,8 @@ impl Committer {
             last_flush_time: MAX_GATHER,
             unwritten: Vec::new(),
             id_ceiling,
+            put_flush_at: None,
+            prepare_after: None,
         };
         // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
         // making rows durable whose records were not flushed yet (after a power loss such a
@@ -446,6 +456,7 @@ impl Committer {
             self.reclaim();
             self.ensure_reserve();
         }
+        self.prepare_segments(now);
         if self.dirty
             && (now >= self.last_flush + self.sync_interval()
                 || self.commits_since_checkpoint >= MAX_UNCHECKPOINTED)
@@ -480,10 +491,19 @@ impl Committer {
     /// Drop the record of a put that will not be indexed (a large value's file goes now; a
     /// segment record is dead space, reclaimed with its segment).
     fn discard_record(&self, row: &Row) {
-        if row.loc.is_none() {
-            let layout = self.shared.layout();
-            if let Some(s) = layout.shards.get(&row.node) {
-                let _ = s.remove_blob(row.id);
+        let layout = self.shared.layout();
+        if let Some(s) = layout.shards.get(&row.node) {
+            match row.loc {
+                None => {
+                    let _ = s.remove_blob(row.id);
+                }
+                // Zeroed, so that no scan (recovery after a crash, a rebuild) brings back a
+                // put that was refused or never visible.
+                Some((seg, off)) => {
+                    if let Err(e) = s.segments.void(seg, off, row.stored) {
+                        tracing::warn!("{e}");
+                    }
+                }
             }
         }
         if let Some(t) = self.shared.layout().tiers.get(&row.node) {
@@ -1080,8 +1100,29 @@ impl Committer {
         Mark { below, scan_from }
     }
 
+    /// The flush of a batch of puts (sync puts, a new namespace owner, compaction).
     fn flush_data(&mut self) -> Result<u64, StoreError> {
+        self.put_flush_at = Some(Instant::now());
         flush_data(&self.shared)
+    }
+
+    /// While puts flush (sync puts), keep a prepared segment ready per shard, one step per
+    /// round (segment.rs, `prepare_step`); after a failure (a full disk) wait before trying
+    /// again.
+    fn prepare_segments(&mut self, now: Instant) {
+        let busy = self
+            .put_flush_at
+            .is_some_and(|t| now.saturating_duration_since(t) < PREPARE_WHILE);
+        if !busy || self.prepare_after.is_some_and(|t| now < t) {
+            return;
+        }
+        for s in self.shared.layout().shards.values() {
+            if let Err(e) = s.segments.prepare_step() {
+                tracing::warn!("{e} (retried in {PREPARE_RETRY:?})");
+                self.prepare_after = Some(now + PREPARE_RETRY);
+                return;
+            }
+        }
     }
 
     /// Record, after a successful full flush, that durable state is complete.
@@ -1111,7 +1152,7 @@ impl Committer {
     /// The flusher's work: data, then a FULL commit of the mark (the WAL's fdatasync).
     pub fn full_flush(&mut self) -> Result<(), StoreError> {
         let mark = self.verified_mark();
-        self.flush_data()?;
+        flush_data(&self.shared)?;
         self.commit(&[], &[], true, Some(&mark))?;
         self.flushed();
         // Every row in the WAL now has a durable record: fold it into the database (once it
