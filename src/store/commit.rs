@@ -179,7 +179,8 @@ pub struct Committer {
     last_flush_time: Duration,
     /// The `next_id` the index holds: every id handed out so far is below it.
     id_ceiling: u64,
-    /// When puts last flushed (segments are prepared while they do).
+    /// When a batch of puts that flushes (sync puts) last came (segments are prepared while
+    /// they come).
     put_flush_at: Option<Instant>,
     /// No segment is prepared before this (a preparation failed).
     prepare_after: Option<Instant>,
@@ -384,6 +385,8 @@ impl Committer {
         if queued == 0 || !flushes {
             return;
         }
+        // Puts that flush: keep a prepared segment ready (`prepare_segments`).
+        self.put_flush_at = Some(Instant::now());
         // Also wait for as many puts as the last flushed batch had: its writers are on their
         // way back (a writer between its answer and its next put is not counted in flight
         // yet, and a batch without it costs it a whole flush of its own), but never longer
@@ -1100,14 +1103,11 @@ impl Committer {
         Mark { below, scan_from }
     }
 
-    /// The flush of a batch of puts (sync puts, a new namespace owner, compaction).
     fn flush_data(&mut self) -> Result<u64, StoreError> {
-        self.put_flush_at = Some(Instant::now());
         flush_data(&self.shared)
     }
 
-    /// While puts flush (sync puts), keep a prepared segment ready per shard, one step per
-    /// round (segment.rs, `prepare_step`); after a failure (a full disk) wait before trying
+    /// While sync puts come, keep a prepared segment ready per shard, one step per round (segment.rs, `prepare_step`); after a failure (a full disk) wait before trying
     /// again.
     fn prepare_segments(&mut self, now: Instant) {
         let busy = self

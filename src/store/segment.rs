@@ -1,10 +1,18 @@
 //! Append-only segment files of one shard (Bitcask / Navy "region" style): small values are
 //! records (the `blob.rs` format, padded to 8 bytes) appended to `seg/<8 hex>.seg`, never
-//! changed in place. A put costs one `pwrite` into the active segment instead of a file
+//! changed in place once written. A put costs one `pwrite` into the active segment instead of a file
 //! creation; the index maps an entry to (segment, offset). When the active segment reaches
 //! `SEGMENT_BYTES` a new one starts. Dead records (overwritten, deleted, evicted) are
 //! reclaimed a whole segment at a time: a segment with nothing live is unlinked, a mostly
 //! dead one is compacted (its live records copied to the active segment, then unlinked).
+//!
+//! While sync puts run, the next segment is **prepared** (`prepare_step`, driven by the
+//! committer): a NOCOW file of zeros, synced, renamed into place when it becomes the active
+//! segment. Records then overwrite zeros in place, and a sync put's fdatasync flushes only
+//! their bytes (on btrfs an append's fdatasync also logs the new extent and size). A
+//! prepared segment is sealed at its prepared length; its file is longer than the bytes
+//! written, and scans skip the zero tail. A record refused after it was written is zeroed
+//! (`void`), so no scan finds it.
 //!
 //! Durability is the caller's: `take_dirty` names the segments written since the last flush,
 //! and `fdatasync` makes one durable. Nothing here calls `syncfs`. A segment is the log of
