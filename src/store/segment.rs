@@ -415,13 +415,19 @@ impl SegmentLog {
 
     fn start_segment(&self) -> std::io::Result<Active> {
         let next = self.next_seg.fetch_add(1, Ordering::Relaxed);
-        let ready = {
-            let mut p = self.prep.lock().unwrap_or_else(|p| p.into_inner());
-            if p.as_ref().is_some_and(|p| p.ready) {
-                p.take()
-            } else {
-                None
+        // Never wait for a preparation step (it holds the lock through its writes and
+        // fdatasync, and appenders wait for this one): busy means not ready yet.
+        let ready = match self.prep.try_lock() {
+            Ok(mut p) if p.as_ref().is_some_and(|p| p.ready) => p.take(),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                let mut p = p.into_inner();
+                if p.as_ref().is_some_and(|p| p.ready) {
+                    p.take()
+                } else {
+                    None
+                }
             }
+            _ => None,
         };
         // A prepared file becomes the segment by a rename (the folder's sync, due with the
         // next flush, makes the name durable; its zeros already are).
