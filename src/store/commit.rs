@@ -21,8 +21,9 @@
 //!   rebuild from the records, or recovery's scan, never brings the removed value back;
 //! - when a commit fails, nothing of the batch becomes visible and every op of it is answered
 //!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
-//!   out of the index and answered with the error (its deletes are done and answered so):
-//!   what is visible and what was answered agree;
+//!   out of the index and answered with the error (its deletes are done and answered so);
+//!   either way a refused put's segment record is zeroed (`discard_record`), so no scan
+//!   after a crash brings it back: what is visible and what was answered agree;
 //! - never `syncfs`.
 //!
 //! Each full flush (records first, then the mark's commit) records `verified_below`: every
