@@ -111,7 +111,23 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
 
+    // NUMA_CACHE_BENCH_ONLY=sync runs only figure 2 (sync puts against the limit).
+    let only_sync = std::env::var("NUMA_CACHE_BENCH_ONLY").is_ok_and(|v| v == "sync");
+
     // 1. Default puts, 8 threads, against cacache write_sync.
+    if !only_sync {
+        put_figure(&base, secs, &vals, &me);
+    }
+    sync_figure(&base, secs, &vals, &me);
+    if !only_sync {
+        get_figures(&base, secs, &vals, &me);
+    }
+    if std::env::var_os("NUMA_CACHE_BENCH_DIR").is_some() {
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
+
+fn put_figure(base: &Path, secs: f64, vals: &[Vec<u8>], me: &Caller) {
     let cc = base.join("cacache-put");
     let cacache_put = rate(THREADS, secs, |t, n| {
         cacache::write_sync(&cc, format!("t{t}-{n}"), &vals[(n % 256) as usize]).expect("cacache");
@@ -124,7 +140,7 @@ fn main() {
                 &format!("t{t}-{n}"),
                 &vals[(n % 256) as usize],
                 &PutOptions::default(),
-                &me,
+                me,
             )
             .expect("put");
     });
@@ -136,7 +152,9 @@ fn main() {
         ">= 5x",
     );
     drop(cache);
+}
 
+fn sync_figure(base: &Path, secs: f64, vals: &[Vec<u8>], me: &Caller) {
     // 2. Sync puts, 8 writers, against 8 / (one pwrite + fdatasync of a small file). The
     // probe and the puts take turns in SLICES slices, so that both see the same load on a
     // shared machine (one fdatasync's time there varies by 2x from one second to the next).
@@ -166,7 +184,7 @@ fn main() {
                     &format!("r{round}-t{t}-{n}"),
                     &vals[(n % 256) as usize],
                     &sync_opts,
-                    &me,
+                    me,
                 )
                 .expect("sync put");
         });
@@ -182,7 +200,9 @@ fn main() {
         100.0 * ours_sync / limit
     );
     drop(cache);
+}
 
+fn get_figures(base: &Path, secs: f64, vals: &[Vec<u8>], me: &Caller) {
     // 3 and 4. Gets, one thread, 256 keys, warm, against cacache read_sync.
     let cc = base.join("cacache-get");
     for (i, v) in vals.iter().enumerate() {
@@ -200,14 +220,14 @@ fn main() {
         let cache = open(&dir, mem);
         for (i, v) in vals.iter().enumerate() {
             cache
-                .put("b", &format!("k{i}"), v, &PutOptions::default(), &me)
+                .put("b", &format!("k{i}"), v, &PutOptions::default(), me)
                 .expect("put");
         }
         for i in 0..256 {
-            cache.get("b", &format!("k{i}"), &me).expect("warm");
+            cache.get("b", &format!("k{i}"), me).expect("warm");
         }
         let ours = rate(1, secs, |_, n| {
-            let v = cache.get("b", &format!("k{}", n % 256), &me).expect("get");
+            let v = cache.get("b", &format!("k{}", n % 256), me).expect("get");
             assert_eq!(v.len(), SIZE);
         });
         line(
@@ -217,8 +237,5 @@ fn main() {
             cacache_get,
             aim,
         );
-    }
-    if std::env::var_os("NUMA_CACHE_BENCH_DIR").is_some() {
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

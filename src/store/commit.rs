@@ -31,8 +31,9 @@
 //!   rebuild from the records, or recovery's scan, never brings the removed value back;
 //! - when a commit fails, nothing of the batch becomes visible and every op of it is answered
 //!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
-//!   out of the index and answered with the error (its deletes are done and answered so):
-//!   what is visible and what was answered agree;
+//!   out of the index and answered with the error (its deletes are done and answered so);
+//!   either way a refused put's segment record is zeroed (`discard_record`), so no scan
+//!   after a crash brings it back: what is visible and what was answered agree;
 //! - never `syncfs`.
 //!
 //! Each full flush (records first, then the mark's commit) records `verified_below`: every
@@ -192,6 +193,11 @@ pub struct Committer {
     last_flush_time: Duration,
     /// The `next_id` the index holds: every id handed out so far is below it.
     id_ceiling: u64,
+    /// When a batch of puts that flushes (sync puts) last came (segments are prepared while
+    /// they come).
+    put_flush_at: Option<Instant>,
+    /// No segment is prepared before this (a preparation failed).
+    prepare_after: Option<Instant>,
 }
 
 /// A flush point: `verified_below` and, per node, the first segment recovery scans.
@@ -206,8 +212,10 @@ pub struct Mark {
 struct Placed {
     id: u64,
     node: u32,
-    /// The record is a file of its own.
-    in_file: bool,
+    /// Where the record is in a segment (None: a file of its own).
+    loc: Option<(u32, u64)>,
+    /// The record's stored length.
+    stored: u64,
     /// The key's hash in the entry map.
     hash: u64,
 }
@@ -217,7 +225,8 @@ impl Placed {
         Placed {
             id: row.id,
             node: row.node,
-            in_file: row.loc.is_none(),
+            loc: row.loc,
+            stored: row.stored,
             hash,
         }
     }
@@ -244,6 +253,10 @@ const RECLAIM_EVERY: Duration = Duration::from_millis(500);
 const MAX_BATCH: usize = 4096;
 const MAX_GATHER: Duration = Duration::from_millis(2);
 const MIN_GATHER: Duration = Duration::from_micros(100);
+/// Segments are prepared while puts flushed within this long.
+const PREPARE_WHILE: Duration = Duration::from_secs(10);
+/// Wait after a failed preparation.
+const PREPARE_RETRY: Duration = Duration::from_secs(30);
 /// Commits after which a full flush (and its checkpoint) runs before the interval is over.
 const MAX_UNCHECKPOINTED: u64 = 20_000;
 /// Commits after which a full flush also checkpoints the WAL.
@@ -322,6 +335,8 @@ impl Committer {
             unwritten: Vec::new(),
             unwritten_since: None,
             id_ceiling,
+            put_flush_at: None,
+            prepare_after: None,
         };
         // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
         // making rows durable whose records were not flushed yet (after a power loss such a
@@ -427,6 +442,8 @@ impl Committer {
         if queued == 0 || !flushes {
             return;
         }
+        // Puts that flush: keep a prepared segment ready (`prepare_segments`).
+        self.put_flush_at = Some(Instant::now());
         // Also wait for as many puts as the last flushed batch had: its writers are on their
         // way back (a writer between its answer and its next put is not counted in flight
         // yet, and a batch without it costs it a whole flush of its own), but never longer
@@ -534,6 +551,7 @@ impl Committer {
             self.reclaim();
             self.ensure_reserve();
         }
+        self.prepare_segments(now);
         if self.dirty
             && (now >= self.last_flush + self.sync_interval()
                 || self.commits_since_checkpoint >= MAX_UNCHECKPOINTED)
@@ -566,7 +584,7 @@ impl Committer {
     }
 
     /// Drop the record of a put that will not be indexed (a large value's file goes now; a
-    /// segment record is dead space, reclaimed with its segment).
+    /// segment record is zeroed, its space reclaimed with its segment).
     fn discard_record(&self, row: &Row) {
         self.discard(&Placed::of(row, 0));
     }
@@ -574,10 +592,19 @@ impl Committer {
     /// [`Committer::discard_record`] of an answered put's row.
     fn discard(&self, p: &Placed) {
         let layout = self.shared.layout();
-        if p.in_file
-            && let Some(s) = layout.shards.get(&p.node)
-        {
-            let _ = s.remove_blob(p.id);
+        if let Some(s) = layout.shards.get(&p.node) {
+            match p.loc {
+                None => {
+                    let _ = s.remove_blob(p.id);
+                }
+                // Zeroed, so that no scan (recovery after a crash, a rebuild) brings back a
+                // put that was refused or never visible.
+                Some((seg, off)) => {
+                    if let Err(e) = s.segments.void(seg, off, p.stored) {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
         }
         if let Some(t) = layout.tiers.get(&p.node) {
             t.remove(p.id);
@@ -1206,6 +1233,24 @@ impl Committer {
         flush_data(&self.shared)
     }
 
+    /// While sync puts come, keep a prepared segment ready per shard, one step per round (segment.rs, `prepare_step`); after a failure (a full disk) wait before trying
+    /// again.
+    fn prepare_segments(&mut self, now: Instant) {
+        let busy = self
+            .put_flush_at
+            .is_some_and(|t| now.saturating_duration_since(t) < PREPARE_WHILE);
+        if !busy || self.prepare_after.is_some_and(|t| now < t) {
+            return;
+        }
+        for s in self.shared.layout().shards.values() {
+            if let Err(e) = s.segments.prepare_step() {
+                tracing::warn!("{e} (retried in {PREPARE_RETRY:?})");
+                self.prepare_after = Some(now + PREPARE_RETRY);
+                return;
+            }
+        }
+    }
+
     /// Record, after a successful full flush, that durable state is complete.
     fn flushed(&mut self) {
         self.last_flush = Instant::now();
@@ -1233,7 +1278,7 @@ impl Committer {
     /// The flusher's work: data, then a FULL commit of the mark (the WAL's fdatasync).
     pub fn full_flush(&mut self) -> Result<(), StoreError> {
         let mark = self.verified_mark();
-        self.flush_data()?;
+        flush_data(&self.shared)?;
         self.commit(&[], &[], true, Some(&mark))?;
         self.flushed();
         // Every row in the WAL now has a durable record: fold it into the database (once it

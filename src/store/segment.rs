@@ -1,10 +1,18 @@
 //! Append-only segment files of one shard (Bitcask / Navy "region" style): small values are
 //! records (the `blob.rs` format, padded to 8 bytes) appended to `seg/<8 hex>.seg`, never
-//! changed in place. A put costs one `pwrite` into the active segment instead of a file
+//! changed in place once written. A put costs one `pwrite` into the active segment instead of a file
 //! creation; the index maps an entry to (segment, offset). When the active segment reaches
 //! `SEGMENT_BYTES` a new one starts. Dead records (overwritten, deleted, evicted) are
 //! reclaimed a whole segment at a time: a segment with nothing live is unlinked, a mostly
 //! dead one is compacted (its live records copied to the active segment, then unlinked).
+//!
+//! While sync puts run, the next segment is **prepared** (`prepare_step`, driven by the
+//! committer): a NOCOW file of zeros, synced, renamed into place when it becomes the active
+//! segment. Records then overwrite zeros in place, and a sync put's fdatasync flushes only
+//! their bytes (on btrfs an append's fdatasync also logs the new extent and size). A
+//! prepared segment is sealed at its prepared length; its file is longer than the bytes
+//! written, and scans skip the zero tail. A record refused after it was written is zeroed
+//! (`void`), so no scan finds it.
 //!
 //! Durability is the caller's: `take_dirty` names the segments written since the last flush,
 //! and `fdatasync` makes one durable. Nothing here calls `syncfs`. A segment is the log of
@@ -137,6 +145,20 @@ struct Active {
     id: u32,
     file: Arc<File>,
     len: u64,
+    /// Sealed when a record would end past this: `seg_bytes`, or the length of a prepared
+    /// segment (records then only overwrite its zeros).
+    cap: u64,
+    /// Made from a prepared file (NOCOW, zero-filled and synced before its first record).
+    prepared: bool,
+}
+
+/// The next segment being prepared: `PREP_NAME`, zero-filled up to `done` of `len` bytes,
+/// synced once whole (`ready`).
+struct Prep {
+    file: Arc<File>,
+    len: u64,
+    done: u64,
+    ready: bool,
 }
 
 /// The segments of one shard.
@@ -158,6 +180,94 @@ pub struct SegmentLog {
     next_seg: AtomicU32,
     /// Largest record id appended to each segment since open.
     max_id: Mutex<BTreeMap<u32, u64>>,
+    /// The prepared next segment, if one is being made or ready.
+    prep: Mutex<Option<Prep>>,
+}
+
+/// Name of the file a prepared segment is made in (renamed to its segment name when it
+/// becomes the active segment; never parsed as a segment; removed at open).
+pub const PREP_NAME: &str = "prepared.part";
+/// Largest prepared segment: segments of sync-put workloads are sealed at this size (or
+/// `seg_bytes`, when smaller).
+pub const PREPARED_BYTES: u64 = 16 << 20;
+/// Zeros written per preparation step (one step per committer round).
+const PREP_STEP: u64 = 512 << 10;
+/// `FS_IOC_GETFLAGS` / `FS_IOC_SETFLAGS` (`_IOR/_IOW('f', 1/2, long)`), `FS_NOCOW_FL`,
+/// `FS_NOCOMP_FL`.
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+const FS_NOCOW_FL: libc::c_int = 0x0080_0000;
+const FS_NOCOMP_FL: libc::c_int = 0x0000_0400;
+
+/// Mark the empty file `f` NOCOW (`chattr +C`): on btrfs, writes into its written extents
+/// then go in place, and an fdatasync after such an overwrite flushes only the data (no new
+/// extent to log). btrfs refuses NOCOW on a file marked no-compress (the shard's
+/// `compression=none`, inherited), so that mark is cleared first: a NOCOW file is never
+/// compressed either. Best effort: other filesystems refuse the flags; nothing depends on
+/// them but speed. Returns whether the file is NOCOW.
+fn set_nocow(f: &File) -> bool {
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int into `flags`, a valid, writable int.
+    if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return false;
+    }
+    if flags & FS_NOCOMP_FL != 0 {
+        let cleared = flags & !FS_NOCOMP_FL;
+        // SAFETY: FS_IOC_SETFLAGS reads one int from `cleared`, a valid int.
+        if unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS, &cleared) } != 0 {
+            return false;
+        }
+        flags = cleared;
+    }
+    flags |= FS_NOCOW_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`, a valid int.
+    unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS, &flags) == 0 }
+}
+
+/// Start writeback of `len` bytes at `off` of `f` without waiting (so that the final
+/// fdatasync of a prepared file finds little left to write).
+fn start_writeback(f: &File, off: u64, len: u64) {
+    // SAFETY: sync_file_range on an open descriptor has no memory-safety preconditions.
+    let _ = unsafe {
+        libc::sync_file_range(
+            f.as_raw_fd(),
+            off as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
+/// `unlinkat(dir, name, 0)`; a missing file is not an error.
+fn unlink_at(dir: &File, name: &str) -> std::io::Result<()> {
+    let c = c_name(name);
+    // SAFETY: a NUL-terminated name relative to the open directory.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `renameat2(dir, from, dir, to, RENAME_NOREPLACE)`.
+fn rename_noreplace(dir: &File, from: &str, to: &str) -> std::io::Result<()> {
+    let (a, b) = (c_name(from), c_name(to));
+    // SAFETY: two NUL-terminated names relative to the same open directory.
+    let rc = unsafe {
+        libc::renameat2(
+            dir.as_raw_fd(),
+            a.as_ptr(),
+            dir.as_raw_fd(),
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn c_name(name: &str) -> CString {
@@ -232,6 +342,10 @@ impl SegmentLog {
             files.insert(id, Arc::new(f));
         }
         let next_seg = files.keys().next_back().map_or(1, |m| m + 1);
+        // A segment prepared by the last run and never used: zeros, nothing to keep.
+        unlink_at(&dir, PREP_NAME).map_err(|e| {
+            StoreError::io(format!("removing {}", path.join(PREP_NAME).display()), e)
+        })?;
         Ok(SegmentLog {
             node,
             path,
@@ -243,6 +357,7 @@ impl SegmentLog {
             dir_dirty: std::sync::atomic::AtomicBool::new(false),
             next_seg: AtomicU32::new(next_seg),
             max_id: Mutex::new(BTreeMap::new()),
+            prep: Mutex::new(None),
         })
     }
 
@@ -300,11 +415,47 @@ impl SegmentLog {
 
     fn start_segment(&self) -> std::io::Result<Active> {
         let next = self.next_seg.fetch_add(1, Ordering::Relaxed);
-        let f = Arc::new(openat_nofollow(
-            &self.dir,
-            &segment_name(next),
-            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-        )?);
+        // Never wait for a preparation step (it holds the lock through its writes and
+        // fdatasync, and appenders wait for this one): busy means not ready yet.
+        let ready = match self.prep.try_lock() {
+            Ok(mut p) if p.as_ref().is_some_and(|p| p.ready) => p.take(),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                let mut p = p.into_inner();
+                if p.as_ref().is_some_and(|p| p.ready) {
+                    p.take()
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        // A prepared file becomes the segment by a rename (the folder's sync, due with the
+        // next flush, makes the name durable; its zeros already are).
+        let prepared =
+            ready.and_then(
+                |p| match rename_noreplace(&self.dir, PREP_NAME, &segment_name(next)) {
+                    Ok(()) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(
+                            "using the prepared segment in {}: {e}",
+                            self.path.display()
+                        );
+                        let _ = unlink_at(&self.dir, PREP_NAME);
+                        None
+                    }
+                },
+            );
+        let (f, cap, is_prepared) = match prepared {
+            Some(p) => (p.file, p.len.min(self.seg_bytes), true),
+            None => {
+                let f = openat_nofollow(
+                    &self.dir,
+                    &segment_name(next),
+                    libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                )?;
+                (Arc::new(f), self.seg_bytes, false)
+            }
+        };
         self.files
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -315,7 +466,112 @@ impl SegmentLog {
             id: next,
             file: f,
             len: 0,
+            cap,
+            prepared: is_prepared,
         })
+    }
+
+    /// One step of preparing the next segment (the committer calls it between batches while
+    /// sync puts run): a NOCOW file of zeros, `PREP_STEP` bytes at a time with writeback
+    /// started, synced once whole. A sync put's fdatasync after an append into such a
+    /// segment flushes only its bytes (no new extent, no size change to log). Once the
+    /// prepared file is ready, an active segment that was not prepared is sealed so the next
+    /// append takes it. Returns whether more steps are due. On an error (a full disk) the
+    /// partial file goes.
+    pub fn prepare_step(&self) -> Result<bool, StoreError> {
+        let target = PREPARED_BYTES.min(self.seg_bytes);
+        let mut guard = self.prep.lock().unwrap_or_else(|p| p.into_inner());
+        let res = (|| -> std::io::Result<bool> {
+            let p = match guard.as_mut() {
+                Some(p) => p,
+                None => {
+                    unlink_at(&self.dir, PREP_NAME)?;
+                    let f = openat_nofollow(
+                        &self.dir,
+                        PREP_NAME,
+                        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                    )?;
+                    if !set_nocow(&f) {
+                        tracing::debug!("{}: not NOCOW (not btrfs?)", self.path.display());
+                    }
+                    guard.insert(Prep {
+                        file: Arc::new(f),
+                        len: target,
+                        done: 0,
+                        ready: false,
+                    })
+                }
+            };
+            if p.ready {
+                return Ok(false);
+            }
+            if p.done < p.len {
+                static ZEROS: [u8; PREP_STEP as usize] = [0u8; PREP_STEP as usize];
+                let n = (p.len - p.done).min(PREP_STEP);
+                p.file.write_all_at(&ZEROS[..n as usize], p.done)?;
+                start_writeback(&p.file, p.done, n);
+                p.done += n;
+                return Ok(true);
+            }
+            fdatasync(&p.file)?;
+            p.ready = true;
+            Ok(false)
+        })();
+        match res {
+            Ok(more) => {
+                let ready = guard.as_ref().is_some_and(|p| p.ready);
+                drop(guard);
+                if ready {
+                    let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+                    if a.as_ref().is_some_and(|a| !a.prepared && a.len > 0) {
+                        *a = None;
+                    }
+                }
+                Ok(more)
+            }
+            Err(e) => {
+                *guard = None;
+                let _ = unlink_at(&self.dir, PREP_NAME);
+                Err(StoreError::io(
+                    format!("preparing a segment in {}", self.path.display()),
+                    e,
+                ))
+            }
+        }
+    }
+
+    /// Drop the prepared segment (its room is wanted: the disk is full).
+    pub fn drop_prepared(&self) {
+        let mut p = self.prep.lock().unwrap_or_else(|p| p.into_inner());
+        if p.take().is_some() {
+            let _ = unlink_at(&self.dir, PREP_NAME);
+        }
+    }
+
+    /// Overwrite the record of `len` stored bytes at `off` of segment `id` with zeros: a put
+    /// refused after its record was written (its batch's flush or commit failed) must not be
+    /// found by a later scan (recovery's, a rebuild's). Durable with the segment's next
+    /// flush (it is marked dirty).
+    pub fn void(&self, id: u32, off: u64, len: u64) -> Result<(), StoreError> {
+        let Some(f) = self.file(id) else {
+            return Ok(());
+        };
+        let zeros = vec![0u8; padded(len) as usize];
+        f.write_all_at(&zeros, off).map_err(|e| {
+            StoreError::io(
+                format!(
+                    "voiding a refused record in {}/{}",
+                    self.path.display(),
+                    segment_name(id)
+                ),
+                e,
+            )
+        })?;
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        Ok(())
     }
 
     /// Append `record` (an encoded blob); returns (segment, offset). Space is reserved under a
@@ -338,9 +594,7 @@ impl SegmentLog {
         let need: u64 = records.iter().map(|r| padded(r.len() as u64)).sum();
         let (id, file, start) = {
             let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
-            let full = a
-                .as_ref()
-                .is_none_or(|a| a.len > 0 && a.len + need > self.seg_bytes);
+            let full = a.as_ref().is_none_or(|a| a.len > 0 && a.len + need > a.cap);
             if full {
                 *a = Some(self.start_segment().map_err(|e| {
                     StoreError::io(format!("starting a segment in {}", self.path.display()), e)
@@ -369,14 +623,19 @@ impl SegmentLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id);
+        let failed = |e: std::io::Error| {
+            if e.raw_os_error() == Some(libc::ENOSPC) {
+                // The prepared segment's zeros are room the puts need now.
+                self.drop_prepared();
+            }
+            StoreError::io(
+                format!("appending to {}/{}", self.path.display(), segment_name(id)),
+                e,
+            )
+        };
         if let [record] = records {
             // One record: written as it is, no copy.
-            file.write_all_at(record, start).map_err(|e| {
-                StoreError::io(
-                    format!("appending to {}/{}", self.path.display(), segment_name(id)),
-                    e,
-                )
-            })?;
+            file.write_all_at(record, start).map_err(failed)?;
             return Ok(vec![(id, start)]);
         }
         let mut buf = Vec::with_capacity(need as usize);
@@ -386,12 +645,7 @@ impl SegmentLog {
             buf.extend_from_slice(r);
             buf.resize(padded(buf.len() as u64) as usize, 0);
         }
-        file.write_all_at(&buf, start).map_err(|e| {
-            StoreError::io(
-                format!("appending to {}/{}", self.path.display(), segment_name(id)),
-                e,
-            )
-        })?;
+        file.write_all_at(&buf, start).map_err(failed)?;
         Ok(locs)
     }
 
@@ -602,6 +856,46 @@ mod tests {
         let found: Vec<u64> = log.scan(seg).unwrap().iter().map(|(_, h)| h.id).collect();
         assert_eq!(found, vec![0, 2, 3, 4]);
         assert_eq!(parse_segment_name(&segment_name(seg)), Some(seg));
+    }
+
+    #[test]
+    fn a_prepared_segment_takes_the_next_records_in_place_and_voided_ones_scan_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), 0, 1 << 20).unwrap();
+        let (a, _) = blob::encode(1, "ns", "a", &[1u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let (s1, _) = log.append(&a).unwrap();
+        // Prepare until ready: the unprepared active segment is sealed then.
+        let mut steps = 0;
+        while log.prepare_step().unwrap() {
+            steps += 1;
+            assert!(steps < 100, "preparation does not end");
+        }
+        assert_eq!(steps, 2, "1 MiB in 512 KiB steps");
+        assert_eq!(log.active_id(), None, "the unprepared segment is sealed");
+        let (b, _) = blob::encode(2, "ns", "b", &[2u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let (c, _) = blob::encode(3, "ns", "c", &[3u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let locs = log.append_many(&[&b, &c]).unwrap();
+        let s2 = locs[0].0;
+        assert!(s2 > s1);
+        assert!(!dir.path().join(SEG_DIR).join(PREP_NAME).exists());
+        // The records went into the zeros: the file keeps its prepared length.
+        assert_eq!(log.len_of(s2), Some(1 << 20));
+        let ids: Vec<u64> = log.scan(s2).unwrap().iter().map(|(_, h)| h.id).collect();
+        assert_eq!(ids, vec![2, 3]);
+        // A voided record is gone for a scan; its neighbour stays.
+        log.void(s2, locs[0].1, b.len() as u64).unwrap();
+        let ids: Vec<u64> = log.scan(s2).unwrap().iter().map(|(_, h)| h.id).collect();
+        assert_eq!(ids, vec![3]);
+        // A record that does not fit in the prepared length starts a new segment.
+        let (big, _) = blob::encode(4, "ns", "d", &[4u8; 1 << 20], 3, usize::MAX, 1, 0, None);
+        let (s3, _) = log.append(&big).unwrap();
+        assert!(s3 > s2);
+        // A prepared file left by a stopped run is removed at open, never taken as a segment.
+        assert!(log.prepare_step().unwrap());
+        drop(log);
+        let log = SegmentLog::open(dir.path(), 0, 1 << 20).unwrap();
+        assert!(!dir.path().join(SEG_DIR).join(PREP_NAME).exists());
+        assert_eq!(log.ids(), vec![s1, s2, s3]);
     }
 
     #[test]
