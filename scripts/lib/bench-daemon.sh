@@ -75,3 +75,12 @@ bus_version() {
     broker) dbus-broker --version | head -1 ;;
   esac
 }
+
+# The pid of the process that routes the messages: dbus-daemon, or the dbus-broker that the
+# launcher (bus.pid) runs.
+bus_pid() {
+  case ${BUS:-daemon} in
+    daemon) cat "$RUN/bus.pid" ;;
+    broker) pgrep -P "$(cat "$RUN/bus.pid")" -x dbus-broker ;;
+  esac
+}
