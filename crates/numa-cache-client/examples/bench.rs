@@ -12,7 +12,7 @@
 //! on a shared machine hit every operation alike.
 //!
 //! With BENCH_BUS_PID (and BENCH_DAEMON_PID) set, the batch figures also give the CPU time
-//! that process spent per GetMany/PutMany and per 64 single calls, and how often it went to
+//! that process (and this client) spent per GetMany/PutMany and per 64 single calls, and how often it went to
 //! sleep (voluntary context switches: about one per main-loop turn of a bus), from
 //! /proc/PID/task/*/schedstat and /proc/PID/task/*/status.
 
@@ -88,13 +88,16 @@ async fn main() -> Result<(), Error> {
     }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let batches = (calls / 64).max(20);
-    let watched = [("bus", "BENCH_BUS_PID"), ("daemon", "BENCH_DAEMON_PID")]
+    let mut watched = [("bus", "BENCH_BUS_PID"), ("daemon", "BENCH_DAEMON_PID")]
         .iter()
         .filter_map(|(what, var)| {
             let pid = std::env::var(var).ok()?.parse::<u32>().ok()?;
             Some((*what, pid))
         })
         .collect::<Vec<_>>();
+    if !watched.is_empty() {
+        watched.push(("client", std::process::id()));
+    }
     let bus = batch_rates(&c, &refs, &value, batches, rounds, &watched).await?;
     let p2p = batch_rates(&direct, &refs, &value, batches, rounds, &[]).await?;
 
