@@ -42,7 +42,8 @@ bench_daemon_up() {
     # The launcher execs in place of the shell (bus.pid is its pid); the broker is its child
     # and dies with it (PDEATHSIG); the sink is stopped by its own pid.
     unshare -m --propagation private bash -c '
-      mount -t tmpfs -o mode=0755 tmpfs /run/systemd && mkdir /run/systemd/journal || exit 1
+      mkdir -p /run/systemd && mount -t tmpfs -o mode=0755 tmpfs /run/systemd &&
+        mkdir /run/systemd/journal || exit 1
       socat -u UNIX-RECV:/run/systemd/journal/socket OPEN:"$1/journal.log",creat,append &
       echo $! > "$1/sink.pid"
       for _ in $(seq 50); do [[ -S /run/systemd/journal/socket ]] && break; sleep 0.1; done
