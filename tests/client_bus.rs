@@ -771,6 +771,24 @@ async fn get_many_returns_the_present_keys_within_its_limits() {
         assert!(found[k] == pattern(4096, seed), "{k} came back unequal");
     }
     assert!(c.get_many("many", &[]).await.unwrap().is_empty());
+    // Past the daemon's budget for values copied on its async task (1 MiB of memory-tier
+    // values), with values the task never copies (over 64 KiB) and misses among them: the
+    // rest is read on the blocking pool, and every value present comes back whole.
+    let mut want = Vec::new();
+    for i in 0..300u32 {
+        let len = if i % 50 == 7 { 100 << 10 } else { 4096 };
+        let (k, v) = (format!("budget{i}"), pattern(len, i as u8));
+        c.put("many", &k, &v).await.unwrap();
+        want.push((k, v));
+    }
+    let mut asked: Vec<String> = want.iter().map(|(k, _)| k.clone()).collect();
+    asked.extend((0..20).map(|i| format!("absent{i}")));
+    let refs: Vec<&str> = asked.iter().map(String::as_str).collect();
+    let found = c.get_many("many", &refs).await.unwrap();
+    assert_eq!(found.len(), want.len());
+    for (k, v) in &want {
+        assert!(found.get(k) == Some(v), "{k} came back unequal or absent");
+    }
     // Limits: keys per call, and bytes per reply.
     let names: Vec<String> = (0..1025).map(|i| format!("k{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();

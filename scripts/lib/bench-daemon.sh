@@ -4,12 +4,26 @@
 # btrfs image of IMAGE_SIZE, starts a private system-like bus and the daemon on it with the
 # given environment, and waits for its name. Sets RUN, DAEMON and DBUS_SYSTEM_BUS_ADDRESS;
 # everything is stopped and removed at exit.
+#
+# BUS=daemon (default) runs dbus-daemon; BUS=broker runs dbus-broker (Debian package
+# dbus-broker) with the same configuration file. Its launcher takes the listening socket by
+# socket activation (systemd-socket-activate provides it without systemd as PID 1), logs to
+# /run/systemd/journal/socket (a sink, socat, on a tmpfs over /run/systemd in a private mount
+# namespace, so the host's /run is untouched) and connects to the bus it serves as its
+# "system bus".
 bench_daemon_up() {
   local name=$1 size=$2; shift 2
   DAEMON=${NUMA_CACHED:-${CARGO_TARGET_DIR:-$PWD/target}/release/numa-cached}
   [[ $(id -u) -eq 0 ]] || { echo "run as root (mounts a btrfs image)" >&2; exit 2; }
   local pair
-  for pair in dbus-daemon:dbus-daemon mkfs.btrfs:btrfs-progs busctl:systemd; do
+  BUS=${BUS:-daemon}
+  local need="mkfs.btrfs:btrfs-progs busctl:systemd"
+  case $BUS in
+    daemon) need+=" dbus-daemon:dbus-daemon" ;;
+    broker) need+=" dbus-broker-launch:dbus-broker systemd-socket-activate:systemd socat:socat unshare:util-linux" ;;
+    *) echo "BUS=$BUS: use BUS=daemon (dbus-daemon) or BUS=broker (dbus-broker)" >&2; exit 2 ;;
+  esac
+  for pair in $need; do
     command -v "${pair%%:*}" >/dev/null || { echo "missing ${pair##*:}: apt-get install -y ${pair##*:}" >&2; exit 2; }
   done
   # Always build unless told which binary: a stale daemon would be measured otherwise.
@@ -21,8 +35,22 @@ bench_daemon_up() {
   mount -o loop "$RUN/state.img" "$RUN/state"
   sed -e "s|@DIR@|$RUN|" -e "s|@POLICY@|$PWD/dbus/org.opdbus.NumaCache.conf|" \
     tests/dbus/system-bus.conf.in > "$RUN/bus.conf"
-  dbus-daemon --config-file="$RUN/bus.conf" --nofork >"$RUN/bus.log" 2>&1 & echo $! > "$RUN/bus.pid"
   export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$RUN/system_bus_socket
+  if [[ $BUS == daemon ]]; then
+    dbus-daemon --config-file="$RUN/bus.conf" --nofork >"$RUN/bus.log" 2>&1 & echo $! > "$RUN/bus.pid"
+  else
+    # The launcher execs in place of the shell (bus.pid is its pid); the broker is its child
+    # and dies with it (PDEATHSIG); the sink is stopped by its own pid.
+    unshare -m --propagation private bash -c '
+      mkdir -p /run/systemd && mount -t tmpfs -o mode=0755 tmpfs /run/systemd &&
+        mkdir /run/systemd/journal || exit 1
+      socat -u UNIX-RECV:/run/systemd/journal/socket OPEN:"$1/journal.log",creat,append &
+      echo $! > "$1/sink.pid"
+      for _ in $(seq 50); do [[ -S /run/systemd/journal/socket ]] && break; sleep 0.1; done
+      exec systemd-socket-activate -E DBUS_SYSTEM_BUS_ADDRESS -l "$1/system_bus_socket" \
+        dbus-broker-launch --scope system --config-file "$1/bus.conf"' bus "$RUN" \
+      >"$RUN/bus.log" 2>&1 & echo $! > "$RUN/bus.pid"
+  fi
   for _ in $(seq 50); do [[ -S $RUN/system_bus_socket ]] && break; sleep 0.1; done
   env OPDBUS_CACHE_DIR="$RUN/state" "$@" "$DAEMON" >"$RUN/daemon.log" 2>&1 & echo $! > "$RUN/daemon.pid"
   for _ in $(seq 100); do
@@ -36,6 +64,24 @@ bench_daemon_up() {
 bench_daemon_down() {
   [[ -f $RUN/daemon.pid ]] && kill "$(cat "$RUN/daemon.pid")" 2>/dev/null && sleep 1
   [[ -f $RUN/bus.pid ]] && kill "$(cat "$RUN/bus.pid")" 2>/dev/null
+  [[ -f $RUN/sink.pid ]] && kill "$(cat "$RUN/sink.pid")" 2>/dev/null
   mountpoint -q "$RUN/state" && umount "$RUN/state"
   rm -rf "$RUN"
+}
+
+# The running bus's program and version, for the figures' header.
+bus_version() {
+  case ${BUS:-daemon} in
+    daemon) dbus-daemon --version | head -1 ;;
+    broker) dbus-broker --version | head -1 ;;
+  esac
+}
+
+# The pid of the process that routes the messages: dbus-daemon, or the dbus-broker that the
+# launcher (bus.pid) runs.
+bus_pid() {
+  case ${BUS:-daemon} in
+    daemon) cat "$RUN/bus.pid" ;;
+    broker) pgrep -P "$(cat "$RUN/bus.pid")" -x dbus-broker ;;
+  esac
 }

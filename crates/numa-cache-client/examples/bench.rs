@@ -10,6 +10,11 @@
 //! DBUS_SYSTEM_BUS_ADDRESS pointing at the daemon's bus (scripts/bench-client.sh sets up a
 //! private bus and daemon and runs this). Rounds alternate the operations, so load changes
 //! on a shared machine hit every operation alike.
+//!
+//! With BENCH_BUS_PID (and BENCH_DAEMON_PID) set, the batch figures also give the CPU time
+//! that process (and this client) spent per GetMany/PutMany and per 64 single calls, and how often it went to
+//! sleep (voluntary context switches: about one per main-loop turn of a bus), from
+//! /proc/PID/task/*/schedstat and /proc/PID/task/*/status.
 
 use numa_cache_client::upstream::EmbeddingCache;
 use numa_cache_client::{Client, Error, blocking};
@@ -83,8 +88,18 @@ async fn main() -> Result<(), Error> {
     }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let batches = (calls / 64).max(20);
-    let bus = batch_rates(&c, &refs, &value, batches, rounds).await?;
-    let p2p = batch_rates(&direct, &refs, &value, batches, rounds).await?;
+    let mut watched = [("bus", "BENCH_BUS_PID"), ("daemon", "BENCH_DAEMON_PID")]
+        .iter()
+        .filter_map(|(what, var)| {
+            let pid = std::env::var(var).ok()?.parse::<u32>().ok()?;
+            Some((*what, pid))
+        })
+        .collect::<Vec<_>>();
+    if !watched.is_empty() {
+        watched.push(("client", std::process::id()));
+    }
+    let bus = batch_rates(&c, &refs, &value, batches, rounds, &watched).await?;
+    let p2p = batch_rates(&direct, &refs, &value, batches, rounds, &[]).await?;
 
     let ping = median(&mut samples[0]);
     println!(
@@ -98,7 +113,7 @@ async fn main() -> Result<(), Error> {
             m.as_secs_f64() / ping.as_secs_f64()
         );
     }
-    for (via, r) in [("bus", bus), ("direct", p2p)] {
+    for (via, r) in [("bus", &bus), ("direct", &p2p)] {
         println!(
             "  {via:<6} GetMany 64 x 4 KiB: {:.0} keys/s; single Gets: {:.0} keys/s; {:.1}x",
             r.get_many,
@@ -112,7 +127,51 @@ async fn main() -> Result<(), Error> {
             r.put_many / r.put
         );
     }
+    let calls = (batches * rounds) as f64;
+    for (what, _) in &watched {
+        for (i, name) in ["Get", "Put"].iter().enumerate() {
+            let single = bus.cost[&(*what, 2 * i)];
+            let many = bus.cost[&(*what, 2 * i + 1)];
+            println!(
+                "  {what:<6} CPU per {name}Many: {:.0} µs, {:.1} sleeps; per 64 single {name}s: {:.0} µs, {:.1} sleeps; {:.1}x",
+                many.0 as f64 / calls / 1e3,
+                many.1 as f64 / calls,
+                single.0 as f64 / calls / 1e3,
+                single.1 as f64 / calls,
+                single.0 as f64 / many.0.max(1) as f64
+            );
+        }
+    }
     Ok(())
+}
+
+/// CPU nanoseconds and voluntary context switches of every thread of `pid` so far; zeros
+/// when it cannot be read (the figure then shows 0).
+fn usage(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return total;
+    };
+    for t in tasks.flatten() {
+        let p = t.path();
+        if let Some(ns) = std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            total.0 += ns;
+        }
+        if let Some(n) = std::fs::read_to_string(p.join("status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        {
+            total.1 += n;
+        }
+    }
+    total
 }
 
 /// Keys per second of 64 single Gets/Puts and of one GetMany/PutMany of the same 64 keys of
@@ -122,6 +181,8 @@ struct Rates {
     get_many: f64,
     put: f64,
     put_many: f64,
+    /// (watched process, phase: 0 Gets, 1 GetMany, 2 Puts, 3 PutMany): CPU ns and sleeps.
+    cost: std::collections::HashMap<(&'static str, usize), (u64, u64)>,
 }
 
 async fn batch_rates(
@@ -130,34 +191,47 @@ async fn batch_rates(
     value: &[u8],
     batches: usize,
     rounds: usize,
+    watched: &[(&'static str, u32)],
 ) -> Result<Rates, Error> {
     let batch: Vec<(&str, &[u8])> = refs.iter().map(|k| (*k, value)).collect();
     let mut t = [Duration::ZERO; 4];
+    let mut cost = std::collections::HashMap::new();
+    let mut phase = |i: usize, t0: Instant, before: Vec<(u64, u64)>| {
+        t[i] += t0.elapsed();
+        for ((what, pid), b) in watched.iter().zip(before) {
+            let a = usage(*pid);
+            let e = cost.entry((*what, i)).or_insert((0, 0));
+            e.0 += a.0.saturating_sub(b.0);
+            e.1 += a.1.saturating_sub(b.1);
+        }
+    };
+    let now = || watched.iter().map(|(_, p)| usage(*p)).collect::<Vec<_>>();
+    // Odd phases are the batches, even ones their single calls (the cost table's order).
     for _ in 0..rounds {
-        let t0 = Instant::now();
+        let (b, t0) = (now(), Instant::now());
         for _ in 0..batches {
             for k in refs {
                 c.get("bench-client", k).await?;
             }
         }
-        t[0] += t0.elapsed();
-        let t0 = Instant::now();
+        phase(0, t0, b);
+        let (b, t0) = (now(), Instant::now());
         for _ in 0..batches {
             assert_eq!(c.get_many("bench-client", refs).await?.len(), refs.len());
         }
-        t[1] += t0.elapsed();
-        let t0 = Instant::now();
+        phase(1, t0, b);
+        let (b, t0) = (now(), Instant::now());
         for _ in 0..batches {
             for k in refs {
                 c.put("bench-client", k, value).await?;
             }
         }
-        t[2] += t0.elapsed();
-        let t0 = Instant::now();
+        phase(2, t0, b);
+        let (b, t0) = (now(), Instant::now());
         for _ in 0..batches {
             assert_eq!(c.put_many("bench-client", &batch).await?, 64);
         }
-        t[3] += t0.elapsed();
+        phase(3, t0, b);
     }
     let n = (batches * rounds * refs.len()) as f64;
     Ok(Rates {
@@ -165,5 +239,6 @@ async fn batch_rates(
         get_many: n / t[1].as_secs_f64(),
         put: n / t[2].as_secs_f64(),
         put_many: n / t[3].as_secs_f64(),
+        cost,
     })
 }
