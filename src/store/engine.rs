@@ -567,9 +567,21 @@ impl Cache {
         opts: &PutOptions,
         caller: &Caller,
     ) -> Result<PutPlan, StoreError> {
+        self.plan_put_within(ns, key, len, self.shared.cfg.max_value_bytes, opts, caller)
+    }
+
+    /// [`Cache::plan_put`] with the size limit given.
+    fn plan_put_within(
+        &self,
+        ns: &str,
+        key: &str,
+        len: u64,
+        limit: u64,
+        opts: &PutOptions,
+        caller: &Caller,
+    ) -> Result<PutPlan, StoreError> {
         validate_namespace(ns)?;
         validate_key(key)?;
-        let limit = self.shared.cfg.max_value_bytes;
         if len > limit {
             return Err(StoreError::TooLarge { size: len, limit });
         }
@@ -742,21 +754,19 @@ impl Cache {
                 .map_err(|e| StoreError::io("reading the value's descriptor", e))?;
             return self.put(ns, key, &v, opts, caller);
         }
-        validate_namespace(ns)?;
-        validate_key(key)?;
+        // A file of its own must also fit the disk's whole budget.
         let limit = self
             .shared
             .cfg
             .max_value_bytes
             .min(self.shared.cfg.max_bytes);
-        if len > limit {
-            return Err(StoreError::TooLarge { size: len, limit });
-        }
-        let writer = self.check_owner(ns, caller)?;
-        let layout = self.shared.layout();
-        let node = Self::target_node(&layout, key, opts, caller)?;
-        let created = unix_ns() / 1_000_000_000;
-        let expires = expiry(created, opts.ttl);
+        let PutPlan {
+            writer,
+            layout,
+            node,
+            created,
+            expires,
+        } = self.plan_put_within(ns, key, len, limit, opts, caller)?;
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let _bytes = self.shared.inflight_bytes.acquire(len)?;
         let id = self.new_id();
