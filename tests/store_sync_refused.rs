@@ -23,8 +23,15 @@ const CHILD_ENV: &str = "NUMA_CACHE_REFUSED_CHILD";
 /// child fills (about 40 KiB), below the WAL it grows (several KiB a commit, no checkpoint).
 const FSIZE_KIB: u32 = 1024;
 
-/// The child: default puts of 100-byte values, one at a time, until one is refused; it
-/// writes that key's name to `refused`, then aborts.
+/// The namespace of key `i`: a new one for every put, so that each put claims its namespace,
+/// which commits (FULL) before the put is answered. (A default put into a namespace it owns
+/// is answered before its row commits, so a failing commit cannot refuse it.)
+fn ns(i: usize) -> String {
+    format!("r{i}")
+}
+
+/// The child: default puts of 100-byte values, one at a time, each into a new namespace,
+/// until one is refused; it writes that key's number to `refused`, then aborts.
 #[test]
 fn refused_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
@@ -37,7 +44,7 @@ fn refused_child() {
     let o = PutOptions::default();
     for i in 0..2000 {
         let k = format!("k{i}");
-        if let Err(e) = cache.put("r", &k, &value_for(&k, 1, 100), &o, &ME) {
+        if let Err(e) = cache.put(&ns(i), &k, &value_for(&k, 1, 100), &o, &ME) {
             std::fs::write(dir.join("refused"), format!("{i}\n{e}")).expect("marker");
             std::process::abort();
         }
@@ -86,11 +93,11 @@ fn a_put_refused_by_a_failed_commit_stays_gone_after_a_crash() {
     for i in 0..n {
         let k = format!("k{i}");
         let v = cache
-            .get("r", &k, &ME)
+            .get(&ns(i), &k, &ME)
             .unwrap_or_else(|e| panic!("{k}, answered Ok before the crash, is lost: {e}"));
         assert_eq!(check_value(&k, &v), 1);
     }
-    let back = cache.get("r", &refused, &ME);
+    let back = cache.get(&ns(n), &refused, &ME);
     assert!(
         back.is_err(),
         "{refused} was refused ({why}) but came back after the crash"
@@ -103,13 +110,13 @@ fn a_put_refused_by_a_failed_commit_stays_gone_after_a_crash() {
     }
     let cache = Cache::open(config(&dir), topo1()).expect("rebuild");
     assert!(
-        cache.get("r", &refused, &ME).is_err(),
+        cache.get(&ns(n), &refused, &ME).is_err(),
         "{refused} came back in a rebuild"
     );
     assert_eq!(
         check_value(
             "k0",
-            &cache.get("r", "k0", &ME).expect("k0 after the rebuild")
+            &cache.get(&ns(0), "k0", &ME).expect("k0 after the rebuild")
         ),
         1
     );
