@@ -11,7 +11,6 @@ mod store_util;
 use numa_cache::store::{Cache, Caller, PutOptions, StoreError};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use store_util::{Mount, check_value, config, topo1, value_for};
@@ -123,22 +122,14 @@ fn sigkill_during_concurrent_puts_20_times() {
     };
     let dir = m.dir();
     let me = Caller::default();
-    let exe = std::env::current_exe().unwrap();
     for round in 0..20u64 {
         let ns = format!("r{round}");
         let limit = kill_after(round);
-        let status = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child_writer",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, format!("{}|{ns}|{limit}", dir.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
+        let status = store_util::run_child(
+            "crash_child_writer",
+            CHILD_ENV,
+            format!("{}|{ns}|{limit}", dir.display()),
+        );
         assert!(!status.success(), "round {round}: the child was to die");
 
         let cache = Cache::open(config(&dir), topo1()).unwrap();

@@ -615,18 +615,7 @@ fn sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush() {
         return;
     };
     let dir = m.dir();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "rowloss_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(LOSS_CHILD_ENV, &dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let status = store_util::run_child("rowloss_child", LOSS_CHILD_ENV, &dir);
     assert!(!status.success(), "the child was to abort");
     assert!(
         dir.join("index.db.at-flush").exists(),
@@ -818,13 +807,7 @@ fn a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version() 
         return;
     };
     let dir = m.dir();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "torn_child", "--nocapture", "--test-threads=1"])
-        .env(TORN_CHILD_ENV, &dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let status = store_util::run_child("torn_child", TORN_CHILD_ENV, &dir);
     assert!(!status.success(), "the child was to abort");
     let recs: Vec<_> = store_util::records(&dir)
         .into_iter()

@@ -8,7 +8,6 @@ mod store_util;
 
 use numa_cache::store::{Cache, Caller, PutOptions, StoreError};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use store_util::{Mount, check_value, config, topo1, value_for};
 
 const CHILD_ENV: &str = "NUMA_CACHE_DEFERRED_CHILD";
@@ -51,18 +50,11 @@ fn deferred_child() {
 }
 
 fn run_child(dir: &Path, mode: &str) {
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "deferred_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, format!("{}|{mode}", dir.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
+    let status = store_util::run_child(
+        "deferred_child",
+        CHILD_ENV,
+        format!("{}|{mode}", dir.display()),
+    );
     assert!(!status.success(), "the {mode} child was to die by abort");
 }
 

@@ -94,18 +94,7 @@ fn sync_puts_in_a_prepared_segment_survive_losing_their_rows_and_a_rebuild() {
         return;
     };
     let dir = m.dir();
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "prepared_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let status = store_util::run_child("prepared_child", CHILD_ENV, &dir);
     assert!(!status.success(), "the child was to abort");
     assert!(
         dir.join("acked").exists(),

@@ -283,3 +283,19 @@ pub fn records(cache: &Path) -> Vec<(PathBuf, u64, u64, String, String)> {
     }
     out
 }
+
+/// Run test `name` of this test binary as a child process (the crash tests' writer), with
+/// `var=value` in its environment and its output discarded; returns how it ended.
+pub fn run_child(
+    name: &str,
+    var: &str,
+    value: impl AsRef<std::ffi::OsStr>,
+) -> std::process::ExitStatus {
+    Command::new(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(var, value)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running the child")
+}
