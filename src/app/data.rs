@@ -220,7 +220,7 @@ impl App {
         // pool (under load that hop costs more than the rest of a small Get); larger ones
         // are copied there, off the async threads.
         let t0 = std::time::Instant::now();
-        if let Some(v) = cache.get_in_memory(&ns, &key, &caller, 64 << 10) {
+        if let Some(v) = cache.get_in_memory(&ns, &key, &caller, GET_ON_TASK_BYTES) {
             latency.get.observe(t0.elapsed());
             self.stats_touched();
             return Ok(v);
@@ -445,8 +445,12 @@ fn found_too_large(inline: u64) -> AppError {
     ))
 }
 
+/// The largest memory-tier value a Get (or each key of a GetMany) copies on the async task;
+/// larger ones are copied on the blocking pool, off the async threads.
+const GET_ON_TASK_BYTES: usize = 64 << 10;
+
 /// The most bytes of memory-tier values one `GetMany` copies on the async task (each value
-/// at most 64 KiB, as for a single Get); the rest are read on the blocking pool.
+/// at most [`GET_ON_TASK_BYTES`], as for a single Get); the rest are read on the blocking pool.
 pub const GET_MANY_INLINE_BYTES: usize = 1 << 20;
 
 impl App {
@@ -486,7 +490,9 @@ impl App {
         for key in keys {
             let t0 = Instant::now();
             let held = (budget > 0)
-                .then(|| cache.get_in_memory(&namespace, &key, &caller, budget.min(64 << 10)))
+                .then(|| {
+                    cache.get_in_memory(&namespace, &key, &caller, budget.min(GET_ON_TASK_BYTES))
+                })
                 .flatten();
             match held {
                 Some(v) => {
