@@ -740,18 +740,12 @@ impl SegmentLog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        let c = c_name(&segment_name(id));
-        // SAFETY: a NUL-terminated name relative to the open directory.
-        let rc = unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(StoreError::io(
-                    format!("removing {}/{}", self.path.display(), segment_name(id)),
-                    e,
-                ));
-            }
-        }
+        unlink_at(&self.dir, &segment_name(id)).map_err(|e| {
+            StoreError::io(
+                format!("removing {}/{}", self.path.display(), segment_name(id)),
+                e,
+            )
+        })?;
         self.dir_dirty
             .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
