@@ -417,18 +417,18 @@ impl SegmentLog {
         let next = self.next_seg.fetch_add(1, Ordering::Relaxed);
         // Never wait for a preparation step (it holds the lock through its writes and
         // fdatasync, and appenders wait for this one): busy means not ready yet.
-        let ready = match self.prep.try_lock() {
-            Ok(mut p) if p.as_ref().is_some_and(|p| p.ready) => p.take(),
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                let mut p = p.into_inner();
-                if p.as_ref().is_some_and(|p| p.ready) {
-                    p.take()
-                } else {
-                    None
-                }
-            }
-            _ => None,
+        let guard = match self.prep.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
         };
+        let ready = guard.and_then(|mut p| {
+            if p.as_ref().is_some_and(|p| p.ready) {
+                p.take()
+            } else {
+                None
+            }
+        });
         // A prepared file becomes the segment by a rename (the folder's sync, due with the
         // next flush, makes the name durable; its zeros already are).
         let prepared =
