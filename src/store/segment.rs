@@ -303,6 +303,51 @@ pub fn open_dir_nofollow(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Write every byte of `parts`, back to back, at `off` of `f` with as few `pwritev` calls as
+/// the kernel allows (at most IOV_MAX pieces each; a short write goes on where it stopped).
+fn write_all_vectored_at(f: &File, parts: &[&[u8]], mut off: u64) -> std::io::Result<()> {
+    const MAX_IOV: usize = 1024;
+    let mut rest: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < rest.len() {
+        let iov: Vec<libc::iovec> = rest[first..]
+            .iter()
+            .take(MAX_IOV)
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            })
+            .collect();
+        let at = libc::off_t::try_from(off)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+        // SAFETY: every iovec points into a slice of `rest`, alive and unchanged until the
+        // call returns; the kernel only reads them; the count is the vector's length.
+        let rc =
+            unsafe { libc::pwritev(f.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, at) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if rc == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
+        }
+        let mut done = rc as usize;
+        off += done as u64;
+        // Skip what was written; a piece written in part goes on from where it stopped.
+        while first < rest.len() && done >= rest[first].len() {
+            done -= rest[first].len();
+            first += 1;
+        }
+        if done > 0 {
+            rest[first] = &rest[first][done..];
+        }
+    }
+    Ok(())
+}
+
 /// fdatasync `f`.
 pub fn fdatasync(f: &File) -> std::io::Result<()> {
     // SAFETY: fdatasync on an open descriptor has no memory-safety preconditions.
@@ -633,19 +678,24 @@ impl SegmentLog {
                 e,
             )
         };
-        if let [record] = records {
-            // One record: written as it is, no copy.
-            file.write_all_at(record, start).map_err(failed)?;
-            return Ok(vec![(id, start)]);
-        }
-        let mut buf = Vec::with_capacity(need as usize);
+        // Each record goes with its padding: the next write then starts at the end of the
+        // file, where a write past it would make btrfs zero the gap first (a truncate of the
+        // last block, costing more than the record). The records are not copied into one
+        // buffer: one vectored write takes them where they are.
+        const ZEROS: [u8; ALIGN as usize] = [0; ALIGN as usize];
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(records.len() * 2);
         let mut locs = Vec::with_capacity(records.len());
+        let mut at = start;
         for r in records {
-            locs.push((id, start + buf.len() as u64));
-            buf.extend_from_slice(r);
-            buf.resize(padded(buf.len() as u64) as usize, 0);
+            locs.push((id, at));
+            parts.push(r);
+            let pad = (padded(r.len() as u64) - r.len() as u64) as usize;
+            if pad > 0 {
+                parts.push(&ZEROS[..pad]);
+            }
+            at += padded(r.len() as u64);
         }
-        file.write_all_at(&buf, start).map_err(failed)?;
+        write_all_vectored_at(&file, &parts, start).map_err(failed)?;
         Ok(locs)
     }
 
@@ -828,6 +878,61 @@ pub fn tampered_or_io(path: &Path, e: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectored_write_puts_every_piece_in_order_past_iov_max() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("v"))
+            .unwrap();
+        // More pieces than one pwritev takes, empty ones among them, at an offset.
+        let pieces: Vec<Vec<u8>> = (0..2500u32)
+            .map(|i| vec![(i % 251) as u8; (i % 7) as usize])
+            .collect();
+        let parts: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        write_all_vectored_at(&f, &parts, 100).unwrap();
+        let want: Vec<u8> = pieces.concat();
+        let mut got = vec![0u8; want.len()];
+        f.read_exact_at(&mut got, 100).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(f.metadata().unwrap().len(), 100 + want.len() as u64);
+    }
+
+    #[test]
+    fn appends_end_at_the_end_of_the_file_padding_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+        // Odd lengths: each record's padding is written with it, so the file ends where the
+        // next record starts and its bytes are the records' and zeros.
+        let mut end = 0;
+        for i in 0..4u64 {
+            let (rec, _) = blob::encode(
+                i,
+                "ns",
+                &format!("key{i}"),
+                &vec![9u8; 3 + i as usize],
+                3,
+                0,
+                1,
+                0,
+                None,
+            );
+            assert_ne!(
+                rec.len() as u64 % ALIGN,
+                0,
+                "the test wants unaligned records"
+            );
+            let (seg, off) = log.append(&rec).unwrap();
+            assert_eq!(off, end);
+            end = off + padded(rec.len() as u64);
+            let path = dir.path().join(SEG_DIR).join(segment_name(seg));
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+        }
+    }
 
     #[test]
     fn append_read_scan_skips_a_torn_record() {
