@@ -47,9 +47,10 @@ use crate::store::segment;
 use crate::store::state::{Shared, unix_ns};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Where an answer goes.
@@ -147,6 +148,95 @@ pub enum Op {
     Exec(Box<dyn FnOnce(&mut Committer) + Send>),
     /// Write back, mark the index clean and stop; answer when done.
     Stop(Option<Reply<()>>),
+    /// Nothing to do: a put run by its caller (see [`CommitQueue`]) moved a deadline
+    /// earlier, so the committer thread looks at its timers again.
+    Wake,
+}
+
+/// The committer thread has stopped: nothing more is taken.
+#[derive(Debug)]
+pub struct Stopped;
+
+/// The committer's state and its queue. The committer thread serves the queue; a thread
+/// with a plain default put runs it itself when nothing is queued and the state is free
+/// (flat combining), which spares the put two thread hand-offs (to the committer thread and
+/// back) and their wake-ups. Whoever holds `state` is the committer: the index, the entry
+/// map and every other piece of committer state keep one owner at a time, and nothing
+/// runs ahead of an op already queued.
+pub struct CommitQueue {
+    state: Mutex<Committer>,
+    tx: Sender<Op>,
+    /// Ops sent and not yet taken into a batch under `state` (a caller runs its own put
+    /// only when this is 0).
+    queued: AtomicUsize,
+}
+
+impl CommitQueue {
+    /// A queue over `committer`; the committer thread serves `rx` (see [`Committer::run`]).
+    pub fn new(committer: Committer) -> (Arc<CommitQueue>, Receiver<Op>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = CommitQueue {
+            state: Mutex::new(committer),
+            tx,
+            queued: AtomicUsize::new(0),
+        };
+        (Arc::new(q), rx)
+    }
+
+    /// Queue `op` for the committer thread; Err when the thread has stopped (the op, and
+    /// with it any reply it carries, is dropped unanswered).
+    pub fn send(&self, op: Op) -> Result<(), Stopped> {
+        self.queued.fetch_add(1, SeqCst);
+        self.tx.send(op).map_err(|_| {
+            self.queued.fetch_sub(1, SeqCst);
+            Stopped
+        })
+    }
+
+    /// Run `op` on this thread when it is a put the committer would answer at once (see
+    /// [`Committer::takes_inline`]), nothing is queued ahead of it and the committer is idle;
+    /// otherwise queue it.
+    pub fn offer(&self, op: Op) -> Result<(), Stopped> {
+        match self.try_inline(op) {
+            None => Ok(()),
+            Some(op) => self.send(op),
+        }
+    }
+
+    /// None when `op` ran here; Some(op) when it must be queued.
+    fn try_inline(&self, op: Op) -> Option<Op> {
+        if self.queued.load(SeqCst) != 0 {
+            return Some(op);
+        }
+        // Never wait for the lock: the committer thread holds it through a batch, a flush or
+        // a gather, and then the op joins its queue.
+        let Ok(mut c) = self.state.try_lock() else {
+            return Some(op);
+        };
+        if self.queued.load(SeqCst) != 0 || !c.takes_inline(&op) {
+            return Some(op);
+        }
+        let before = c.next_deadline();
+        c.inline = true;
+        c.run_batch(vec![op]);
+        c.inline = false;
+        let woken = c.next_deadline() < before;
+        let pressure = std::mem::take(&mut c.pressure_later);
+        drop(c);
+        if pressure > 0 {
+            // A full disk: the committer thread evicts.
+            let _ = self.send(Op::Pressure(pressure));
+        } else if woken {
+            // The thread sleeps until `before`: it must commit the rows this put left
+            // waiting within DEFER_FOR, and flush within the interval.
+            let _ = self.send(Op::Wake);
+        }
+        None
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Committer> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The committer's state.
@@ -198,6 +288,12 @@ pub struct Committer {
     put_flush_at: Option<Instant>,
     /// No segment is prepared before this (a preparation failed).
     prepare_after: Option<Instant>,
+    /// The committer thread took Stop: no put runs on a caller's thread any more.
+    stopping: bool,
+    /// A batch is running on a caller's thread (see [`CommitQueue`]).
+    inline: bool,
+    /// Bytes to evict that a batch run on a caller's thread left to the committer thread.
+    pressure_later: u64,
 }
 
 /// A flush point: `verified_below` and, per node, the first segment recovery scans.
@@ -337,6 +433,9 @@ impl Committer {
             id_ceiling,
             put_flush_at: None,
             prepare_after: None,
+            stopping: false,
+            inline: false,
+            pressure_later: 0,
         };
         // No automatic checkpoint: one inside a NORMAL commit fsyncs the WAL and the database,
         // making rows durable whose records were not flushed yet (after a power loss such a
@@ -390,11 +489,14 @@ impl Committer {
         }
     }
 
-    /// Serve `rx` until Stop or until every sender is gone.
-    pub fn run(mut self, rx: Receiver<Op>) {
+    /// Serve `rx` until Stop or until every sender is gone: the committer thread. It holds
+    /// the state while it works, not while it sleeps, so a caller may run a put meanwhile
+    /// (see [`CommitQueue`]).
+    pub fn run(q: Arc<CommitQueue>, rx: Receiver<Op>) {
         let mut stop_reply = None;
         loop {
-            let wait = self
+            let wait = q
+                .lock()
                 .next_deadline()
                 .saturating_duration_since(Instant::now());
             let first = match rx.recv_timeout(wait) {
@@ -402,6 +504,7 @@ impl Committer {
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let mut c = q.lock();
             let mut stop = None;
             if let Some(first) = first {
                 let mut batch = vec![first];
@@ -411,19 +514,59 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
-                self.gather(&rx, &mut batch);
-                stop = self.run_batch(batch);
+                c.gather(&rx, &mut batch);
+                // Taken, and run before the state is let go: a caller that finds nothing
+                // queued runs after all of them.
+                q.queued.fetch_sub(batch.len(), SeqCst);
+                batch.retain(|op| !matches!(op, Op::Wake));
+                if batch.iter().any(|op| matches!(op, Op::Stop(_))) {
+                    c.stopping = true;
+                }
+                if !batch.is_empty() {
+                    stop = c.run_batch(batch);
+                }
             }
-            self.periodic();
+            c.periodic();
             if let Some(r) = stop {
                 stop_reply = r;
                 break;
             }
         }
-        let res = self.shutdown();
+        let mut c = q.lock();
+        c.stopping = true;
+        let res = c.shutdown();
         if let Some(r) = stop_reply {
             let _ = r.send(res);
         }
+    }
+
+    /// Whether `op` may run on its caller's thread: a default put (or PutMany) into a
+    /// namespace whose owner is known (no claim to make durable), answered once its record
+    /// is written, with nothing due that takes longer than a pwrite (the deferred rows'
+    /// commit, eviction). Everything else goes to the committer thread.
+    fn takes_inline(&self, op: &Op) -> bool {
+        if self.stopping || self.sync_interval().is_zero() {
+            return false;
+        }
+        let (ns, rows, stored) = match op {
+            Op::Put {
+                row, sync: false, ..
+            } => (&row.namespace, 1, row.stored),
+            Op::PutMany {
+                rows, sync: false, ..
+            } => match rows.first() {
+                Some(r) => (
+                    &r.namespace,
+                    rows.len(),
+                    rows.iter().map(|r| r.stored).sum(),
+                ),
+                None => return false,
+            },
+            _ => return false,
+        };
+        self.owner_of(&HashMap::new(), ns).is_some()
+            && self.unwritten.len() + rows < DEFER_ROWS
+            && self.shared.stats.stored_total().saturating_add(stored) <= self.shared.cfg.max_bytes
     }
 
     /// A batch that will flush: puts still writing their record will be here in a moment, so
@@ -1020,6 +1163,7 @@ impl Committer {
                 Op::Pressure(bytes) => pressure = pressure.max(bytes),
                 Op::Exec(f) => execs.push(f),
                 Op::Stop(r) => stop = Some(r),
+                Op::Wake => {}
             }
         }
         self.shared.puts_in_flight.fetch_sub(puts, Relaxed);
@@ -1192,8 +1336,13 @@ impl Committer {
             }
         }
         if pressure > 0 {
-            self.evict(pressure);
-            self.reclaim();
+            if self.inline {
+                // Eviction commits and unlinks: not on a caller's thread (see CommitQueue).
+                self.pressure_later = self.pressure_later.max(pressure);
+            } else {
+                self.evict(pressure);
+                self.reclaim();
+            }
         }
         for f in execs {
             f(self);

@@ -6,7 +6,7 @@
 use crate::placement::{NodePools, Placer, StrategyConfig};
 use crate::store::blob;
 use crate::store::checkpoint;
-use crate::store::commit::{self, Committer, Op, PutReply, Record, Why, Writer};
+use crate::store::commit::{self, CommitQueue, Committer, Op, PutReply, Record, Why, Writer};
 use crate::store::config::{
     CacheConfig, Caller, EntryInfo, PutOptions, validate_key, validate_namespace,
 };
@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 /// The cache engine. `Send + Sync`; the daemon holds it in an `Arc`.
 pub struct Cache {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Op>,
+    /// The committer's queue (and state, for puts their callers run, see [`CommitQueue`]).
+    queue: Arc<CommitQueue>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Puts and deletes hold it shared; a snapshot holds it exclusively (writes paused).
     gate: RwLock<()>,
@@ -92,6 +93,10 @@ impl Drop for HeldBytes {
     fn drop(&mut self) {
         self.shared.inflight_bytes.release(self.n);
     }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Unavailable("the cache is shutting down (committer stopped)".into())
 }
 
 /// Expiry (unix seconds) of a put at `now_s` with `ttl`: saturating, and capped where the
@@ -298,15 +303,16 @@ impl Cache {
         unsafe {
             libc::malloc_trim(0);
         }
-        let (tx, rx) = mpsc::channel();
         let committer = Committer::new(conn, Arc::clone(&shared), live);
+        let (queue, rx) = CommitQueue::new(committer);
+        let served = Arc::clone(&queue);
         let handle = std::thread::Builder::new()
             .name("cache-committer".into())
-            .spawn(move || committer.run(rx))
+            .spawn(move || Committer::run(served, rx))
             .map_err(|e| StoreError::Unavailable(format!("starting the committer thread: {e}")))?;
         Ok(Cache {
             shared,
-            tx,
+            queue,
             committer: Mutex::new(Some(handle)),
             gate: RwLock::new(()),
             dir,
@@ -315,9 +321,13 @@ impl Cache {
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
-        self.tx.send(op).map_err(|_| {
-            StoreError::Unavailable("the cache is shutting down (committer stopped)".into())
-        })
+        self.queue.send(op).map_err(|_| stopped())
+    }
+
+    /// A put's op: run on this thread when the committer is idle and the put needs nothing
+    /// slow, else queued (see [`CommitQueue::offer`]).
+    fn offer(&self, op: Op) -> Result<(), StoreError> {
+        self.queue.offer(op).map_err(|_| stopped())
     }
 
     fn wait<T>(rx: mpsc::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
@@ -442,7 +452,7 @@ impl Cache {
         sync: bool,
         reply: PutReply,
     ) -> Result<(), StoreError> {
-        if let Err(e) = self.send(Op::Put {
+        if let Err(e) = self.offer(Op::Put {
             row,
             record,
             writer,
@@ -1023,7 +1033,7 @@ impl Cache {
         // One answer per indexed row, all alike (the batch commits or fails whole): room for
         // all of them, so the committer never waits on this channel.
         let (rtx, rrx) = mpsc::sync_channel(rows.len());
-        if let Err(e) = self.send(Op::PutMany {
+        if let Err(e) = self.offer(Op::PutMany {
             rows,
             writer,
             sync: opts.sync,
@@ -1588,7 +1598,7 @@ impl Drop for Cache {
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            let _ = self.tx.send(Op::Stop(None));
+            let _ = self.queue.send(Op::Stop(None));
             let _ = h.join();
         }
     }
