@@ -1780,7 +1780,7 @@ impl Committer {
             cut = *age;
             at_cut += 1;
         }
-        let mut victims: Vec<(u64, u64)> = Vec::new();
+        let mut victims: Vec<(u64, u64, u32)> = Vec::new();
         let mut ties = at_cut;
         map.for_each(|e| {
             let age = e.last_access.load(Relaxed);
@@ -1788,16 +1788,30 @@ impl Committer {
                 if age == cut {
                     ties -= 1;
                 }
-                victims.push((e.hash, e.id));
+                victims.push((e.hash, e.id, u32::from(e.node)));
             }
         });
         let n = victims.len() as u64;
         if n == 0 {
             return 0;
         }
+        // Tombstones, as for an expiry: a rebuild from the records alone (or recovery's scan)
+        // must not bring back an evicted value, nor an older version of its key whose record
+        // outlived the evicted one's segment (a stale value).
+        let mut targets = Vec::with_capacity(victims.len());
+        for &(hash, id, node) in &victims {
+            self.recent_tombs.insert(hash, id);
+            targets.push(TombTarget {
+                id,
+                node,
+                names: None,
+            });
+        }
+        let targets = self.name_targets(targets, &HashMap::new());
+        self.write_tombstones(targets);
         let changes: Vec<Change> = victims
             .into_iter()
-            .map(|(hash, id)| Change::Remove { hash, id })
+            .map(|(hash, id, _)| Change::Remove { hash, id })
             .collect();
         let mut res = self.commit(&changes, &[], false, None);
         if matches!(res, Err(StoreError::NoSpace(_))) {
