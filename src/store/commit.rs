@@ -1,5 +1,6 @@
-//! The committer: the one thread that writes the index and changes the entry map. Puts,
-//! deletes and clears queue here; whatever has queued while the previous batch was being
+//! The committer: the one owner (at a time) of the index and the entry map. Its thread
+//! serves a queue; a plain default put may be run by its caller while that thread is idle
+//! (flat combining, see [`CommitQueue`]). Puts, deletes and clears queue here; whatever has queued while the previous batch was being
 //! committed becomes the next batch: its records written, one SQLite transaction (for a batch
 //! of default puts only: later, shared with the batches of the next few milliseconds, see
 //! below), then every waiter is answered (group commit). It also owns the flusher, reclaim
