@@ -15,16 +15,73 @@ use tokio::time::Instant;
 /// and clients give up on a call after 25 s by default.
 pub const MAX_LEASE: Duration = Duration::from_secs(20);
 
-/// One held lease: until when, and who to wake when the key is put.
+/// The most leases held at once by one uid: each is a promise to Put a key soon, and a
+/// caller filling the table would make every other caller's GetOrLease fail. Past it,
+/// `Unavailable` until some end (a Put, or their time).
+pub const MAX_LEASES_PER_UID: usize = 4096;
+/// The most leases held at once in all.
+pub const MAX_LEASES: usize = 65_536;
+
+/// One held lease: until when, who holds it, and who to wake when the key is put.
 #[derive(Debug)]
 struct Held {
     until: Instant,
+    uid: Option<u32>,
     put: Arc<Notify>,
 }
 
-/// The leases in force, by (namespace, key). Owned by [`App`].
+/// The leases in force, by (namespace, key), with a count per holder. Owned by [`App`].
 #[derive(Debug, Default)]
-pub struct Leases(Mutex<HashMap<(String, String), Held>>);
+pub struct Leases(Mutex<Table>);
+
+#[derive(Debug, Default)]
+struct Table {
+    held: HashMap<(String, String), Held>,
+    per_uid: HashMap<Option<u32>, usize>,
+    /// No expired lease is looked for before this (pruning is a walk of the whole table).
+    prune_after: Option<Instant>,
+}
+
+impl Table {
+    fn remove(&mut self, k: &(String, String)) -> Option<Held> {
+        let h = self.held.remove(k)?;
+        self.release(h.uid);
+        Some(h)
+    }
+
+    fn release(&mut self, uid: Option<u32>) {
+        if let Some(n) = self.per_uid.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+    }
+
+    /// Drop expired leases: at most every 100 ms, or when a bound is reached (so a full
+    /// table of stale leases never refuses anyone), never on every call.
+    fn prune(&mut self, now: Instant, uid: Option<u32>) {
+        let full = self.held.len() >= MAX_LEASES
+            || self.per_uid.get(&uid).copied().unwrap_or(0) >= MAX_LEASES_PER_UID;
+        if !full && self.prune_after.is_some_and(|t| now < t) {
+            return;
+        }
+        self.prune_after = Some(now + Duration::from_millis(100));
+        let gone: Vec<Option<u32>> = self
+            .held
+            .values()
+            .filter(|h| h.until <= now)
+            .map(|h| h.uid)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        self.held.retain(|_, h| h.until > now);
+        for uid in gone {
+            self.release(uid);
+        }
+    }
+}
 
 /// What a miss found: the lease is ours, or someone else's until `until`.
 enum Miss {
@@ -33,31 +90,49 @@ enum Miss {
 }
 
 impl Leases {
-    fn on_miss(&self, ns: &str, key: &str, lease: Duration) -> Miss {
+    fn on_miss(&self, ns: &str, key: &str, uid: Option<u32>, lease: Duration) -> AppResult<Miss> {
         let now = Instant::now();
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        held.retain(|_, h| h.until > now);
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        t.prune(now, uid);
         let k = (ns.to_string(), key.to_string());
-        if let Some(h) = held.get(&k) {
-            return Miss::Theirs {
-                until: h.until,
-                put: Arc::clone(&h.put),
-            };
+        match t.held.get(&k) {
+            Some(h) if h.until > now => {
+                return Ok(Miss::Theirs {
+                    until: h.until,
+                    put: Arc::clone(&h.put),
+                });
+            }
+            Some(_) => {
+                // Expired, not pruned yet: it passes to this caller.
+                t.remove(&k);
+            }
+            None => {}
         }
-        held.insert(
+        let mine = t.per_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= MAX_LEASES_PER_UID || t.held.len() >= MAX_LEASES {
+            return Err(AppError::Unavailable(format!(
+                "too many leases held ({mine} by this caller, {} in all; the limits are \
+                 {MAX_LEASES_PER_UID} per user and {MAX_LEASES} in all): put or let some \
+                 expire, then retry",
+                t.held.len()
+            )));
+        }
+        t.held.insert(
             k,
             Held {
                 until: now + lease,
+                uid,
                 put: Arc::new(Notify::new()),
             },
         );
-        Miss::Ours
+        *t.per_uid.entry(uid).or_insert(0) += 1;
+        Ok(Miss::Ours)
     }
 
     /// A put of (ns, key) ends its lease and wakes the waiters.
     pub fn ended_by_put(&self, ns: &str, key: &str) {
-        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = held.remove(&(ns.to_string(), key.to_string())) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = t.remove(&(ns.to_string(), key.to_string())) {
             h.put.notify_waiters();
         }
     }
@@ -91,7 +166,7 @@ impl App {
             // another user's namespace would otherwise stall its owner's callers for up to
             // MAX_LEASE each time it asked.
             self.cache()?.check_writer(&namespace, &who.caller())?;
-            let (until, put) = match self.leases.on_miss(&namespace, &key, lease) {
+            let (until, put) = match self.leases.on_miss(&namespace, &key, who.uid, lease)? {
                 Miss::Ours => return Ok((false, Vec::new())),
                 Miss::Theirs { until, put } => (until, put),
             };
@@ -121,5 +196,54 @@ impl App {
             Err(AppError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ours(l: &Leases, key: &str, uid: u32, ms: u64) -> AppResult<bool> {
+        l.on_miss("ns", key, Some(uid), Duration::from_millis(ms))
+            .map(|m| matches!(m, Miss::Ours))
+    }
+
+    // Real time: the leases are long enough that filling the table takes a fraction of them.
+    #[test]
+    fn one_user_cannot_take_every_lease() {
+        let l = Leases::default();
+        for i in 0..MAX_LEASES_PER_UID {
+            assert!(ours(&l, &format!("k{i}"), 1000, 5000).unwrap());
+        }
+        // The same user is refused by name; another user still gets one; a key already
+        // leased is still someone else's, not a refusal.
+        let err = ours(&l, "one-more", 1000, 5000).unwrap_err();
+        assert!(
+            matches!(&err, AppError::Unavailable(m) if m.contains("too many leases")),
+            "{err:?}"
+        );
+        assert!(ours(&l, "other", 1001, 5000).unwrap());
+        assert!(!ours(&l, "k0", 1001, 5000).unwrap());
+        // A Put ends one and frees its place.
+        l.ended_by_put("ns", "k1");
+        assert!(ours(&l, "one-more", 1000, 5000).unwrap());
+        // Once they expire, the user may lease again, and the counts are back to zero.
+        std::thread::sleep(Duration::from_millis(5100));
+        assert!(ours(&l, "later", 1000, 5000).unwrap());
+        let t = l.0.lock().unwrap();
+        assert_eq!(t.held.len(), 1);
+        assert_eq!(t.per_uid.get(&Some(1000)), Some(&1));
+    }
+
+    #[test]
+    fn an_expired_lease_passes_to_the_next_caller() {
+        let l = Leases::default();
+        assert!(ours(&l, "k", 1, 100).unwrap());
+        assert!(!ours(&l, "k", 2, 100).unwrap());
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(ours(&l, "k", 2, 100).unwrap());
+        let t = l.0.lock().unwrap();
+        assert_eq!(t.per_uid.get(&Some(1)), None);
+        assert_eq!(t.per_uid.get(&Some(2)), Some(&1));
     }
 }
