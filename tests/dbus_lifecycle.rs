@@ -1,10 +1,14 @@
 //! The daemon's life with systemd's protocols and failure modes: a bad configuration value
 //! stops start-up naming the variable; READY=1, WATCHDOG=1 and STOPPING=1 reach
-//! `$NOTIFY_SOCKET`; SIGTERM ends it with status 0; and when polkit cannot be reached, admin
+//! `$NOTIFY_SOCKET`; a long open (an index rebuilt from the records) asks systemd for more
+//! start time; SIGTERM ends it with status 0; and when polkit cannot be reached, admin
 //! methods are denied rather than allowed.
 
 mod dbus;
-mod support;
+mod store_util;
+// One copy of the shared helpers: the one store_util already loads (tests/dbus uses it as
+// `super::support`).
+use store_util::support;
 
 use dbus::{Bus, Daemon, NAME, ROOT};
 use std::os::unix::net::UnixDatagram;
@@ -108,4 +112,63 @@ fn without_polkit_admin_methods_are_denied() {
         "s \"local_node\"",
         "the strategy must not have changed"
     );
+}
+
+/// An open that takes long (here: index.db lost, rebuilt from 250k records) tells systemd
+/// start-up goes on (EXTEND_TIMEOUT_USEC and a STATUS line) before READY=1, so a start
+/// timeout does not kill a daemon that is working; the journal gets a line too.
+#[test]
+fn a_long_open_asks_systemd_for_more_time() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start_with(false);
+    let state = bus.dir().join("state");
+    {
+        use numa_cache::store::{Cache, Caller, PutOptions};
+        let cache = Cache::open(store_util::config(&state), store_util::topo1()).unwrap();
+        let me = Caller {
+            uid: None,
+            cpu: None,
+        };
+        for b in 0..250 {
+            let batch: Vec<(String, Vec<u8>)> = (0..1000)
+                .map(|i| (format!("k{b}-{i}"), format!("v{b}-{i}").into_bytes()))
+                .collect();
+            cache
+                .put_many("long-open", batch, &PutOptions::default(), &me)
+                .unwrap();
+        }
+        cache.close().unwrap();
+    }
+    std::fs::remove_file(state.join("index.db")).unwrap();
+    let sock_path = bus.dir().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let notify = sock_path.display().to_string();
+    let t0 = Instant::now();
+    let daemon = Daemon::start(&bus, &state, &[("NOTIFY_SOCKET", &notify)]);
+    let took = t0.elapsed();
+    eprintln!("the open took {took:?}");
+    let mut seen: Vec<String> = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = sock.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(took > Duration::from_secs(1), "the open took only {took:?}");
+    let extend = seen
+        .iter()
+        .position(|m| m.starts_with("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=opening the cache"));
+    let ready = seen.iter().position(|m| m.starts_with("READY=1"));
+    assert!(
+        matches!((extend, ready), (Some(e), Some(r)) if e < r),
+        "no EXTEND_TIMEOUT_USEC before READY=1 in {took:?}: {seen:?}"
+    );
+    assert!(
+        daemon.log().contains("still opening the cache after"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(daemon.stop(), Some(0));
 }

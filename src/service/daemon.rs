@@ -93,6 +93,37 @@ async fn name_owner(dbus: &zbus::fdo::DBusProxy<'_>) -> Option<String> {
     Some(format!("{pid} (connection {owner})"))
 }
 
+/// After this long opening the cache, the service manager hears that start-up goes on.
+const OPEN_NOTE_AFTER: Duration = Duration::from_secs(1);
+/// And again this often, each time asking for [`OPEN_EXTEND`] more.
+const OPEN_NOTE_EVERY: Duration = Duration::from_secs(5);
+const OPEN_EXTEND: Duration = Duration::from_secs(30);
+
+/// Wait for the cache to open. An open can take long (recovery's scan after a crash, a
+/// rebuild of a lost index: 12 s at 10M entries); while it runs, systemd is told so
+/// (`EXTEND_TIMEOUT_USEC`, and a `STATUS` line with the time so far) and the journal gets a
+/// line, so a start timeout does not kill a daemon that is working, into a restart loop.
+async fn wait_for_open<T>(
+    mut opening: tokio::task::JoinHandle<T>,
+) -> Result<T, tokio::task::JoinError> {
+    let started = std::time::Instant::now();
+    let mut next = tokio::time::Instant::now() + OPEN_NOTE_AFTER;
+    loop {
+        tokio::select! {
+            done = &mut opening => return done,
+            () = tokio::time::sleep_until(next) => {
+                let s = started.elapsed().as_secs();
+                tracing::info!("still opening the cache after {s} s (recovery or an index rebuild)");
+                let _ = notify::notify(&format!(
+                    "EXTEND_TIMEOUT_USEC={}\nSTATUS=opening the cache ({s} s so far)",
+                    OPEN_EXTEND.as_micros()
+                ));
+                next += OPEN_NOTE_EVERY;
+            }
+        }
+    }
+}
+
 /// Run the daemon until SIGTERM or SIGINT.
 pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     let config = args.resolve()?;
@@ -125,7 +156,8 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     // One daemon per state directory, checked before recovery could run on a live store.
     let state_lock = lock_state_dir(&config.dir)?;
     let dir = config.dir.clone();
-    let cache = tokio::task::spawn_blocking(move || Cache::open(config, topology))
+    let opening = tokio::task::spawn_blocking(move || Cache::open(config, topology));
+    let cache = wait_for_open(opening)
         .await
         .map_err(|e| DaemonError::Other(format!("opening the cache failed: {e}")))??;
     let s = cache.strategy();
