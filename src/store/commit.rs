@@ -20,9 +20,11 @@
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
 //! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
-//!   records, then makes the batch visible and answers, then commits its rows (`NORMAL`; a
-//!   failed commit is retried with the next one): one fdatasync per group, shared by
-//!   concurrent sync puts (group commit). The segment is the log of truth: the rows reach
+//!   records, then makes the batch visible and answers; its rows wait in `unwritten` like a
+//!   default put's and are committed (`NORMAL`; a failed commit is retried with the next
+//!   one) while a later sync batch's fdatasync runs, or by the deadline: one fdatasync per
+//!   group, shared by concurrent sync puts (group commit), and no commit between a batch's
+//!   answers and the next batch's flush. The segment is the log of truth: the rows reach
 //!   the disk with the next full flush, and until then recovery finds the records by scanning
 //!   the segments from the scan start recorded with `verified_below`;
 //! - a batch that records a new namespace owner makes it durable before answering (records,
@@ -61,6 +63,104 @@ pub type Reply<T> = SyncSender<Result<T, StoreError>>;
 /// (one thread hop) and a blocking one can wrap a channel; dropped unanswered only when the
 /// committer stops, which the caller sees as its sender gone.
 pub type PutReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// How blocking callers learn that their answer is in (engine.rs, `reply_channel`): each
+/// answer goes into a slot of its caller's, and the callers wait on this one futex word. The
+/// answers of a batch ring it once, at the end of [`answering`]: one wake-up call for all of
+/// a group's writers instead of one per writer. A caller woken for another's answer checks
+/// its slot and waits again. One per process: its word only says that some answer came.
+pub struct Bell {
+    epoch: std::sync::atomic::AtomicU32,
+    waiters: std::sync::atomic::AtomicU32,
+}
+
+/// The bell of every blocking put.
+pub static BELL: Bell = Bell {
+    epoch: std::sync::atomic::AtomicU32::new(0),
+    waiters: std::sync::atomic::AtomicU32::new(0),
+};
+
+thread_local! {
+    /// Inside [`answering`] on this thread: whether an answer asked for a ring.
+    static ANSWERING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+impl Bell {
+    /// Wake every caller waiting (they check their slots).
+    fn ring(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.epoch.fetch_add(1, SeqCst);
+        if self.waiters.load(SeqCst) > 0 {
+            // SAFETY: FUTEX_WAKE on a valid, aligned u32 that lives for the whole process;
+            // no other memory is read or written.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.epoch.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    i32::MAX,
+                );
+            }
+        }
+    }
+
+    /// An answer was put in its slot: ring now, or once the batch's answers are all in
+    /// (inside [`answering`] on this thread).
+    pub fn ring_soon(&self) {
+        let deferred = ANSWERING.with(|a| match a.get() {
+            Some(_) => {
+                a.set(Some(true));
+                true
+            }
+            None => false,
+        });
+        if !deferred {
+            self.ring();
+        }
+    }
+
+    /// Block until `answered()` holds (checked after every ring).
+    pub fn wait_until(&self, answered: impl Fn() -> bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Registered before the check: a ring either sees the count or comes after the
+        // epoch read below, which the futex call then finds changed.
+        self.waiters.fetch_add(1, SeqCst);
+        loop {
+            let epoch = self.epoch.load(SeqCst);
+            if answered() {
+                break;
+            }
+            // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives for the whole process,
+            // no timeout; it returns at once when the word is no longer `epoch`.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.epoch.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    epoch,
+                    std::ptr::null::<libc::timespec>(),
+                );
+            }
+        }
+        self.waiters.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Run `answer` (a batch's answers) with the rings of its blocking callers held back to one
+/// at the end.
+fn answering(answer: impl FnOnce()) {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if ANSWERING.with(|a| a.take()) == Some(true) {
+                BELL.ring();
+            }
+        }
+    }
+    ANSWERING.with(|a| a.set(Some(false)));
+    let _done = Done;
+    answer();
+}
 
 /// Why an entry is being removed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -272,7 +372,8 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 enum Defer {
     /// Committed before the batch is answered.
     No,
-    /// A flushed sync batch: committed right after its answers.
+    /// A flushed sync batch: committed while a later sync batch's fdatasync runs
+    /// (`Committer::flush_data`), else as `Wait`.
     UntilAnswered,
     /// Default puts: committed within `DEFER_FOR` or with the next commit.
     Wait,
@@ -1057,8 +1158,8 @@ impl Committer {
         let claims = !new_ns.is_empty();
         let flush_first = sync_now || claims;
         // A sync batch whose records are durable is made visible and answered at once, and
-        // its rows committed right after the answers (while its writers prepare their next
-        // puts): the records are the truth until then. A batch of default puts is made
+        // its rows wait in `unwritten` (committed while a later sync batch's fdatasync runs,
+        // see `Committer::flush_data`): the records are the truth until then. A batch of default puts is made
         // visible and answered once its records are written, and its rows wait in
         // `unwritten` for a later commit (the module doc has the contract).
         let mut deferred = Defer::No;
@@ -1153,17 +1254,18 @@ impl Committer {
                 }
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
                 self.shared.stats.evictions.fetch_add(expired, Relaxed);
-                for (r, _) in put_replies {
-                    r(Ok(()));
-                }
+                answering(|| {
+                    for (r, _) in put_replies {
+                        r(Ok(()));
+                    }
+                });
                 for (r, v) in bool_replies {
                     let _ = r.send(Ok(v));
                 }
                 for (r, v) in count_replies {
                     let _ = r.send(Ok(v));
                 }
-                let due = deferred == Defer::UntilAnswered
-                    || (deferred == Defer::Wait && self.unwritten.len() >= DEFER_ROWS);
+                let due = deferred != Defer::No && self.unwritten.len() >= DEFER_ROWS;
                 if due && let Err(e) = self.commit_unwritten() {
                     // Kept in `unwritten` for the next commit; visible, answered, in the
                     // kernel (a sync batch's: durable).
@@ -1229,12 +1331,44 @@ impl Committer {
         Mark { below, scan_from }
     }
 
+    /// [`flush_data`]; the rows of answered puts waiting for their commit are committed
+    /// meanwhile once they are due soon (half of [`DEFER_FOR`] or of [`DEFER_ROWS`]): on this
+    /// thread, while another one waits for the fdatasync, so that their commit costs the
+    /// next batch nothing. They are rows of earlier batches, whose records are written (a
+    /// sync batch's: durable); this batch's rows are not among them.
     fn flush_data(&mut self) -> Result<u64, StoreError> {
-        flush_data(&self.shared)
+        let due_soon = !self.unwritten.is_empty()
+            && (self.unwritten.len() >= DEFER_ROWS / 2
+                || self
+                    .unwritten_since
+                    .is_some_and(|t| t.elapsed() >= DEFER_FOR / 2));
+        if !due_soon {
+            return flush_data(&self.shared);
+        }
+        let shared = Arc::clone(&self.shared);
+        std::thread::scope(|s| {
+            let flusher = std::thread::Builder::new()
+                .name("cache-flush".into())
+                .spawn_scoped(s, || flush_data(&shared));
+            let Ok(flusher) = flusher else {
+                // No thread: flush here; the rows wait for their deadline.
+                return flush_data(&shared);
+            };
+            if let Err(e) = self.commit_unwritten() {
+                // Kept in `unwritten` for the next commit (their records are written).
+                tracing::warn!("committing the rows of answered puts (retried): {e}");
+            }
+            flusher.join().unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the thread flushing the segments panicked".into(),
+                ))
+            })
+        })
     }
 
-    /// While sync puts come, keep a prepared segment ready per shard, one step per round (segment.rs, `prepare_step`); after a failure (a full disk) wait before trying
-    /// again.
+    /// While sync puts come, keep a prepared segment ready per shard (segment.rs,
+    /// `keep_prepared`: a thread of its own makes it); after a failure (a full disk) wait
+    /// before trying again.
     fn prepare_segments(&mut self, now: Instant) {
         let busy = self
             .put_flush_at
@@ -1243,7 +1377,7 @@ impl Committer {
             return;
         }
         for s in self.shared.layout().shards.values() {
-            if let Err(e) = s.segments.prepare_step() {
+            if let Err(e) = s.segments.keep_prepared() {
                 tracing::warn!("{e} (retried in {PREPARE_RETRY:?})");
                 self.prepare_after = Some(now + PREPARE_RETRY);
                 return;
