@@ -1977,3 +1977,56 @@ pub fn flush_data(shared: &Shared) -> Result<u64, StoreError> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    /// Writers waiting on the bell all wake from one batch's answers given inside
+    /// `answering` (one ring, at its end), and from an answer given outside it (rung at once).
+    #[test]
+    fn one_ring_wakes_every_answered_waiter() {
+        const N: usize = 8;
+        let slots: Arc<Vec<AtomicBool>> =
+            Arc::new((0..N).map(|_| AtomicBool::new(false)).collect());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let before = BELL.waiters.load(SeqCst);
+        for i in 0..N {
+            let (slots, tx) = (Arc::clone(&slots), tx.clone());
+            std::thread::spawn(move || {
+                BELL.wait_until(|| slots[i].load(SeqCst));
+                let _ = tx.send(i);
+            });
+        }
+        let t0 = Instant::now();
+        while BELL.waiters.load(SeqCst) < before + N as u32 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the waiters never waited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        answering(|| {
+            for s in &slots[..N - 1] {
+                s.store(true, SeqCst);
+                BELL.ring_soon();
+            }
+        });
+        let mut woken: Vec<usize> = (0..N - 1)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a waiter answered in the batch was not woken")
+            })
+            .collect();
+        woken.sort_unstable();
+        assert_eq!(woken, (0..N - 1).collect::<Vec<_>>());
+        slots[N - 1].store(true, SeqCst);
+        BELL.ring_soon();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("a waiter answered outside a batch was not woken"),
+            N - 1
+        );
+    }
+}

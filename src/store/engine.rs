@@ -1711,3 +1711,29 @@ impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
         self.inner.flush()
     }
 }
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    /// A blocking put gets the answer given, or an error naming the problem when its answer
+    /// is dropped unanswered (the committer stopped): never a hang.
+    #[test]
+    fn a_put_answer_arrives_or_its_loss_is_an_error() {
+        let (reply, answer) = Cache::reply_channel();
+        let t = std::thread::spawn(move || Cache::wait(answer));
+        reply(Err(StoreError::NoSpace("full".into())));
+        assert!(matches!(t.join().unwrap(), Err(StoreError::NoSpace(_))));
+        let (reply, answer) = Cache::reply_channel();
+        let t = std::thread::spawn(move || Cache::wait(answer));
+        reply(Ok(()));
+        assert!(t.join().unwrap().is_ok());
+        let (reply, answer) = Cache::reply_channel();
+        let t = std::thread::spawn(move || Cache::wait(answer));
+        drop(reply);
+        match t.join().unwrap() {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("committer stopped"), "{m}"),
+            other => panic!("a dropped answer gave {other:?}"),
+        }
+    }
+}

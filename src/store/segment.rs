@@ -992,6 +992,23 @@ mod tests {
     }
 
     #[test]
+    fn a_log_dropped_while_preparing_leaves_no_partial_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let prep = dir.path().join(SEG_DIR).join(PREP_NAME);
+        for _ in 0..3 {
+            let log = SegmentLog::open(dir.path(), 0, SEGMENT_BYTES).unwrap();
+            assert!(log.keep_prepared().unwrap(), "a preparation starts");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            drop(log);
+            // The thread is stopped and waited for: its file is gone, or whole and synced
+            // (it finished first); never partly written.
+            if let Ok(m) = std::fs::metadata(&prep) {
+                assert_eq!(m.len(), PREPARED_BYTES, "a partial prepared file is left");
+            }
+        }
+    }
+
+    #[test]
     fn the_scan_start_counts_every_record_of_a_batched_append() {
         // A batch whose newest record is not its first: the segment must still count as
         // holding that id, or a crash recovery would skip it.
