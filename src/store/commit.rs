@@ -20,11 +20,9 @@
 //! - every `sync_interval` the flusher fdatasyncs the segments and large-value files written
 //!   since the last flush, then commits with `synchronous=FULL` (an fdatasync of the WAL);
 //! - a batch holding a `sync` put (or any batch when `sync_interval` is 0) fdatasyncs its
-//!   records, then makes the batch visible and answers; its rows wait in `unwritten` like a
-//!   default put's and are committed (`NORMAL`; a failed commit is retried with the next
-//!   one) while a later sync batch's fdatasync runs, or by the deadline: one fdatasync per
-//!   group, shared by concurrent sync puts (group commit), and no commit between a batch's
-//!   answers and the next batch's flush. The segment is the log of truth: the rows reach
+//!   records, then makes the batch visible and answers, then commits its rows (`NORMAL`; a
+//!   failed commit is retried with the next one): one fdatasync per group, shared by
+//!   concurrent sync puts (group commit). The segment is the log of truth: the rows reach
 //!   the disk with the next full flush, and until then recovery finds the records by scanning
 //!   the segments from the scan start recorded with `verified_below`;
 //! - a batch that records a new namespace owner makes it durable before answering (records,
@@ -372,8 +370,7 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 enum Defer {
     /// Committed before the batch is answered.
     No,
-    /// A flushed sync batch: committed while a later sync batch's fdatasync runs
-    /// (`Committer::flush_data`), else as `Wait`.
+    /// A flushed sync batch: committed right after its answers.
     UntilAnswered,
     /// Default puts: committed within `DEFER_FOR` or with the next commit.
     Wait,
@@ -1158,8 +1155,8 @@ impl Committer {
         let claims = !new_ns.is_empty();
         let flush_first = sync_now || claims;
         // A sync batch whose records are durable is made visible and answered at once, and
-        // its rows wait in `unwritten` (committed while a later sync batch's fdatasync runs,
-        // see `Committer::flush_data`): the records are the truth until then. A batch of default puts is made
+        // its rows committed right after the answers (while its writers prepare their next
+        // puts): the records are the truth until then. A batch of default puts is made
         // visible and answered once its records are written, and its rows wait in
         // `unwritten` for a later commit (the module doc has the contract).
         let mut deferred = Defer::No;
@@ -1265,7 +1262,8 @@ impl Committer {
                 for (r, v) in count_replies {
                     let _ = r.send(Ok(v));
                 }
-                let due = deferred != Defer::No && self.unwritten.len() >= DEFER_ROWS;
+                let due = deferred == Defer::UntilAnswered
+                    || (deferred == Defer::Wait && self.unwritten.len() >= DEFER_ROWS);
                 if due && let Err(e) = self.commit_unwritten() {
                     // Kept in `unwritten` for the next commit; visible, answered, in the
                     // kernel (a sync batch's: durable).
@@ -1331,39 +1329,8 @@ impl Committer {
         Mark { below, scan_from }
     }
 
-    /// [`flush_data`]; the rows of answered puts waiting for their commit are committed
-    /// meanwhile once they are due soon (half of [`DEFER_FOR`] or of [`DEFER_ROWS`]): on this
-    /// thread, while another one waits for the fdatasync, so that their commit costs the
-    /// next batch nothing. They are rows of earlier batches, whose records are written (a
-    /// sync batch's: durable); this batch's rows are not among them.
     fn flush_data(&mut self) -> Result<u64, StoreError> {
-        let due_soon = !self.unwritten.is_empty()
-            && (self.unwritten.len() >= DEFER_ROWS / 2
-                || self
-                    .unwritten_since
-                    .is_some_and(|t| t.elapsed() >= DEFER_FOR / 2));
-        if !due_soon {
-            return flush_data(&self.shared);
-        }
-        let shared = Arc::clone(&self.shared);
-        std::thread::scope(|s| {
-            let flusher = std::thread::Builder::new()
-                .name("cache-flush".into())
-                .spawn_scoped(s, || flush_data(&shared));
-            let Ok(flusher) = flusher else {
-                // No thread: flush here; the rows wait for their deadline.
-                return flush_data(&shared);
-            };
-            if let Err(e) = self.commit_unwritten() {
-                // Kept in `unwritten` for the next commit (their records are written).
-                tracing::warn!("committing the rows of answered puts (retried): {e}");
-            }
-            flusher.join().unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the thread flushing the segments panicked".into(),
-                ))
-            })
-        })
+        flush_data(&self.shared)
     }
 
     /// While sync puts come, keep a prepared segment ready per shard (segment.rs,

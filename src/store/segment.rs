@@ -213,8 +213,11 @@ impl Preparer {
         }
     }
 
-    /// A NOCOW file of zeros, `PREP_STEP` bytes at a time with writeback started, synced
-    /// once whole. None: stopped on the way.
+    /// A NOCOW file of zeros, written `PREP_STEP` bytes at a time and synced once whole.
+    /// No writeback is started on the way: zeros written back while a sync batch's
+    /// fdatasync runs cost that fdatasync milliseconds (the trace of the sync figure showed
+    /// 1.5-4 ms for a 64 KiB piece, against 0.5 ms without), so they go out together, with
+    /// the one fdatasync at the end. None: stopped on the way.
     fn make(&self, stop: &AtomicBool) -> std::io::Result<Option<File>> {
         unlink_at(&self.dir, PREP_NAME)?;
         let f = openat_nofollow(
@@ -233,7 +236,6 @@ impl Preparer {
             }
             let n = (self.len - done).min(PREP_STEP);
             f.write_all_at(&ZEROS[..n as usize], done)?;
-            start_writeback(&f, done, n);
             done += n;
         }
         if stop.load(Ordering::Relaxed) {
@@ -286,8 +288,8 @@ pub const PREP_NAME: &str = "prepared.part";
 /// Largest prepared segment: segments of sync-put workloads are sealed at this size (or
 /// `seg_bytes`, when smaller).
 pub const PREPARED_BYTES: u64 = 16 << 20;
-/// Zeros written per write of a preparation (writeback is started after each).
-const PREP_STEP: u64 = 64 << 10;
+/// Zeros written per write of a preparation (the stop flag is checked between writes).
+const PREP_STEP: u64 = 512 << 10;
 /// `FS_IOC_GETFLAGS` / `FS_IOC_SETFLAGS` (`_IOR/_IOW('f', 1/2, long)`), `FS_NOCOW_FL`,
 /// `FS_NOCOMP_FL`.
 const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
@@ -318,20 +320,6 @@ fn set_nocow(f: &File) -> bool {
     flags |= FS_NOCOW_FL;
     // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`, a valid int.
     unsafe { libc::ioctl(f.as_raw_fd(), FS_IOC_SETFLAGS, &flags) == 0 }
-}
-
-/// Start writeback of `len` bytes at `off` of `f` without waiting (so that the final
-/// fdatasync of a prepared file finds little left to write).
-fn start_writeback(f: &File, off: u64, len: u64) {
-    // SAFETY: sync_file_range on an open descriptor has no memory-safety preconditions.
-    let _ = unsafe {
-        libc::sync_file_range(
-            f.as_raw_fd(),
-            off as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
 }
 
 /// `unlinkat(dir, name, 0)`; a missing file is not an error.
