@@ -64,6 +64,104 @@ pub type Reply<T> = SyncSender<Result<T, StoreError>>;
 /// committer stops, which the caller sees as its sender gone.
 pub type PutReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
+/// How blocking callers learn that their answer is in (engine.rs, `reply_channel`): each
+/// answer goes into a slot of its caller's, and the callers wait on this one futex word. The
+/// answers of a batch ring it once, at the end of [`answering`]: one wake-up call for all of
+/// a group's writers instead of one per writer. A caller woken for another's answer checks
+/// its slot and waits again. One per process: its word only says that some answer came.
+pub struct Bell {
+    epoch: std::sync::atomic::AtomicU32,
+    waiters: std::sync::atomic::AtomicU32,
+}
+
+/// The bell of every blocking put.
+pub static BELL: Bell = Bell {
+    epoch: std::sync::atomic::AtomicU32::new(0),
+    waiters: std::sync::atomic::AtomicU32::new(0),
+};
+
+thread_local! {
+    /// Inside [`answering`] on this thread: whether an answer asked for a ring.
+    static ANSWERING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+impl Bell {
+    /// Wake every caller waiting (they check their slots).
+    fn ring(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.epoch.fetch_add(1, SeqCst);
+        if self.waiters.load(SeqCst) > 0 {
+            // SAFETY: FUTEX_WAKE on a valid, aligned u32 that lives for the whole process;
+            // no other memory is read or written.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.epoch.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    i32::MAX,
+                );
+            }
+        }
+    }
+
+    /// An answer was put in its slot: ring now, or once the batch's answers are all in
+    /// (inside [`answering`] on this thread).
+    pub fn ring_soon(&self) {
+        let deferred = ANSWERING.with(|a| match a.get() {
+            Some(_) => {
+                a.set(Some(true));
+                true
+            }
+            None => false,
+        });
+        if !deferred {
+            self.ring();
+        }
+    }
+
+    /// Block until `answered()` holds (checked after every ring).
+    pub fn wait_until(&self, answered: impl Fn() -> bool) {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Registered before the check: a ring either sees the count or comes after the
+        // epoch read below, which the futex call then finds changed.
+        self.waiters.fetch_add(1, SeqCst);
+        loop {
+            let epoch = self.epoch.load(SeqCst);
+            if answered() {
+                break;
+            }
+            // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives for the whole process,
+            // no timeout; it returns at once when the word is no longer `epoch`.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.epoch.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    epoch,
+                    std::ptr::null::<libc::timespec>(),
+                );
+            }
+        }
+        self.waiters.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Run `answer` (a batch's answers) with the rings of its blocking callers held back to one
+/// at the end.
+fn answering(answer: impl FnOnce()) {
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            if ANSWERING.with(|a| a.take()) == Some(true) {
+                BELL.ring();
+            }
+        }
+    }
+    ANSWERING.with(|a| a.set(Some(false)));
+    let _done = Done;
+    answer();
+}
+
 /// Why an entry is being removed.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Why {
@@ -1298,9 +1396,11 @@ impl Committer {
                 }
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
                 self.shared.stats.evictions.fetch_add(expired, Relaxed);
-                for (r, _) in put_replies {
-                    r(Ok(()));
-                }
+                answering(|| {
+                    for (r, _) in put_replies {
+                        r(Ok(()));
+                    }
+                });
                 for (r, v) in bool_replies {
                     let _ = r.send(Ok(v));
                 }
@@ -1383,8 +1483,9 @@ impl Committer {
         flush_data(&self.shared)
     }
 
-    /// While sync puts come, keep a prepared segment ready per shard, one step per round (segment.rs, `prepare_step`); after a failure (a full disk) wait before trying
-    /// again.
+    /// While sync puts come, keep a prepared segment ready per shard (segment.rs,
+    /// `keep_prepared`: a thread of its own makes it); after a failure (a full disk) wait
+    /// before trying again.
     fn prepare_segments(&mut self, now: Instant) {
         let busy = self
             .put_flush_at
@@ -1393,7 +1494,7 @@ impl Committer {
             return;
         }
         for s in self.shared.layout().shards.values() {
-            if let Err(e) = s.segments.prepare_step() {
+            if let Err(e) = s.segments.keep_prepared() {
                 tracing::warn!("{e} (retried in {PREPARE_RETRY:?})");
                 self.prepare_after = Some(now + PREPARE_RETRY);
                 return;
@@ -2006,4 +2107,57 @@ pub fn flush_data(shared: &Shared) -> Result<u64, StoreError> {
         n += ids.len() as u64;
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    /// Writers waiting on the bell all wake from one batch's answers given inside
+    /// `answering` (one ring, at its end), and from an answer given outside it (rung at once).
+    #[test]
+    fn one_ring_wakes_every_answered_waiter() {
+        const N: usize = 8;
+        let slots: Arc<Vec<AtomicBool>> =
+            Arc::new((0..N).map(|_| AtomicBool::new(false)).collect());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let before = BELL.waiters.load(SeqCst);
+        for i in 0..N {
+            let (slots, tx) = (Arc::clone(&slots), tx.clone());
+            std::thread::spawn(move || {
+                BELL.wait_until(|| slots[i].load(SeqCst));
+                let _ = tx.send(i);
+            });
+        }
+        let t0 = Instant::now();
+        while BELL.waiters.load(SeqCst) < before + N as u32 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the waiters never waited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        answering(|| {
+            for s in &slots[..N - 1] {
+                s.store(true, SeqCst);
+                BELL.ring_soon();
+            }
+        });
+        let mut woken: Vec<usize> = (0..N - 1)
+            .map(|_| {
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a waiter answered in the batch was not woken")
+            })
+            .collect();
+        woken.sort_unstable();
+        assert_eq!(woken, (0..N - 1).collect::<Vec<_>>());
+        slots[N - 1].store(true, SeqCst);
+        BELL.ring_soon();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("a waiter answered outside a batch was not woken"),
+            N - 1
+        );
+    }
 }

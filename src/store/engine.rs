@@ -117,6 +117,64 @@ fn tier_share(cfg: &CacheConfig, nodes: usize) -> u64 {
     cfg.memory_bytes / nodes.max(1) as u64
 }
 
+/// What a blocking caller waits on: a channel, or a put's answer slot.
+trait Answered<T> {
+    fn answer(self) -> Result<T, StoreError>;
+}
+
+impl<T> Answered<T> for mpsc::Receiver<Result<T, StoreError>> {
+    fn answer(self) -> Result<T, StoreError> {
+        self.recv()
+            .map_err(|_| StoreError::Unavailable("the committer stopped before answering".into()))?
+    }
+}
+
+/// A blocking put's answer, once `done`.
+#[derive(Default)]
+struct AnswerSlot {
+    done: std::sync::atomic::AtomicBool,
+    result: Mutex<Option<Result<(), StoreError>>>,
+}
+
+/// The committer's end of an [`AnswerSlot`]: answered once, or, dropped unanswered (the
+/// committer stopped), answered with that; either way the caller's bell rings.
+struct Answering(Arc<AnswerSlot>);
+
+impl Answering {
+    fn set(&self, r: Result<(), StoreError>) {
+        *self.0.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let mut slot = self.0.result.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(Err(StoreError::Unavailable(
+                "the committer stopped before answering".into(),
+            )));
+        }
+        drop(slot);
+        self.0.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        commit::BELL.ring_soon();
+    }
+}
+
+/// The caller's end of an [`AnswerSlot`].
+struct PutAnswer(Arc<AnswerSlot>);
+
+impl Answered<()> for PutAnswer {
+    fn answer(self) -> Result<(), StoreError> {
+        let slot = &self.0;
+        commit::BELL.wait_until(|| slot.done.load(std::sync::atomic::Ordering::SeqCst));
+        slot.result
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("a put was answered twice".into())))
+    }
+}
+
 impl Cache {
     /// Open (creating or repairing) the cache in `config.dir` for `topology`. A v1 cache
     /// (one file per value) opens as it is: its files stay readable as large-value files and
@@ -330,9 +388,8 @@ impl Cache {
         self.queue.offer(op).map_err(|_| stopped())
     }
 
-    fn wait<T>(rx: mpsc::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
-        rx.recv()
-            .map_err(|_| StoreError::Unavailable("the committer stopped before answering".into()))?
+    fn wait<T>(rx: impl Answered<T>) -> Result<T, StoreError> {
+        rx.answer()
     }
 
     /// Run `f` on the committer thread and wait for its answer.
@@ -465,15 +522,12 @@ impl Cache {
         Ok(())
     }
 
-    /// A reply that a blocking caller waits for with [`Cache::wait`].
-    fn reply_channel() -> (PutReply, mpsc::Receiver<Result<(), StoreError>>) {
-        let (rtx, rrx) = mpsc::sync_channel(1);
-        (
-            Box::new(move |r| {
-                let _ = rtx.send(r);
-            }),
-            rrx,
-        )
+    /// A reply that a blocking caller waits for with [`Cache::wait`]: a slot of its own,
+    /// rung through [`commit::BELL`] (one wake-up call for a whole batch of answers).
+    fn reply_channel() -> (PutReply, PutAnswer) {
+        let slot = Arc::new(AnswerSlot::default());
+        let sender = Answering(Arc::clone(&slot));
+        (Box::new(move |r| sender.set(r)), PutAnswer(slot))
     }
 
     fn pressure(&self, stored: u64) {
@@ -1665,5 +1719,31 @@ impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    /// A blocking put gets the answer given, or an error naming the problem when its answer
+    /// is dropped unanswered (the committer stopped): never a hang.
+    #[test]
+    fn a_put_answer_arrives_or_its_loss_is_an_error() {
+        let (reply, answer) = Cache::reply_channel();
+        let t = std::thread::spawn(move || Cache::wait(answer));
+        reply(Err(StoreError::NoSpace("full".into())));
+        assert!(matches!(t.join().unwrap(), Err(StoreError::NoSpace(_))));
+        let (reply, answer) = Cache::reply_channel();
+        let t = std::thread::spawn(move || Cache::wait(answer));
+        reply(Ok(()));
+        assert!(t.join().unwrap().is_ok());
+        let (reply, answer) = Cache::reply_channel();
+        let t = std::thread::spawn(move || Cache::wait(answer));
+        drop(reply);
+        match t.join().unwrap() {
+            Err(StoreError::Unavailable(m)) => assert!(m.contains("committer stopped"), "{m}"),
+            other => panic!("a dropped answer gave {other:?}"),
+        }
     }
 }
