@@ -214,7 +214,27 @@ fn initramfs(dir: &Path, ctl: &Path, probe: &Path, kernel: &Path) -> PathBuf {
 
 /// Boot `m`, wait for it to power off (at most 400 s: the VMs boot side by side on a
 /// machine that may be busy), return its console output.
+/// How long a guest may take to print its first section. Booting under TCG takes 10-90 s
+/// here; a guest that prints nothing by then hung before its init ran (seen once in CI: the
+/// four-node guest printed nothing after the firmware for 400 s, and passed on the next
+/// run), and is booted again once, with a line saying so.
+const FIRST_SECTION_WITHIN: Duration = Duration::from_secs(240);
+
+/// Boot `m` and return its console (the first boot's, and the second's after a hang).
 fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
+    let (out, hung) = boot_once(m, kernel, initrd);
+    if !hung {
+        return out;
+    }
+    eprintln!(
+        "lab: {} printed nothing within {FIRST_SECTION_WITHIN:?} (hung before its init): booting it again",
+        m.name
+    );
+    boot_once(m, kernel, initrd).0
+}
+
+/// One boot: the console, and whether it was killed for printing no section in time.
+fn boot_once(m: &LabMachine, kernel: &Path, initrd: &Path) -> (String, bool) {
     let mut child = Command::new("qemu-system-x86_64")
         .args(m.qemu_args())
         .arg("-kernel")
@@ -233,16 +253,35 @@ fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
         .spawn()
         .expect("starting qemu-system-x86_64");
     let mut stdout = child.stdout.take().expect("piped stdout");
+    // Read as it comes, so a guest that never reaches its init is seen before the deadline.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&seen);
     let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = stdout.read_to_end(&mut buf);
-        buf
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
     });
-    let deadline = Instant::now() + Duration::from_secs(400);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(400);
+    let mut hung = false;
     loop {
         match child.try_wait() {
             Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) if Instant::now() < deadline => {
+                if started.elapsed() > FIRST_SECTION_WITHIN
+                    && !String::from_utf8_lossy(&seen.lock().unwrap()).contains("@@BEGIN")
+                {
+                    hung = true;
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -254,10 +293,11 @@ fn boot(m: &LabMachine, kernel: &Path, initrd: &Path) -> String {
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let out = String::from_utf8_lossy(&reader.join().unwrap_or_default()).replace('\r', "");
+    let _ = reader.join();
+    let out = String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
     let log = cache_dir().join(format!("{}.console.log", m.name));
     let _ = std::fs::write(&log, format!("{out}\n--- qemu stderr ---\n{err}"));
-    out
+    (out, hung)
 }
 
 /// What one `@@BEGIN name` .. `@@END name rc=N` section printed.
