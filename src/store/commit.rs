@@ -1507,7 +1507,8 @@ impl Committer {
         self.last_flush = Instant::now();
         self.dirty = false;
         let layout = self.shared.layout();
-        for (node, seg) in std::mem::take(&mut self.to_unlink) {
+        let mut going = std::mem::take(&mut self.to_unlink).into_iter();
+        while let Some((node, seg)) = going.next() {
             if self.live.get(&(node, seg)).copied().unwrap_or(0) > 0 {
                 continue; // live again? (never: segments are append-only; kept to be safe)
             }
@@ -1520,7 +1521,14 @@ impl Committer {
                         self.live.remove(&(node, seg));
                         self.tombs.remove(&(node, seg));
                     }
-                    Err(e) => tracing::warn!("removing an empty segment: {e}"),
+                    Err(e) => {
+                        // In order, oldest first: a later segment's tombstones may cover
+                        // records of this one, so the rest wait for the next flush.
+                        tracing::warn!("removing an empty segment: {e}");
+                        self.to_unlink.push((node, seg));
+                        self.to_unlink.extend(going);
+                        break;
+                    }
                 }
             }
         }
@@ -1724,6 +1732,16 @@ impl Committer {
         for s in layout.shards.values() {
             let active = s.segments.active_id();
             let ids = s.segments.ids();
+            // A segment already going holds nothing a later segment's tombstone must cover:
+            // the going ones are removed in id order after the next full flush, oldest first,
+            // and `flushed` stops at a removal that fails. So a chain of dead segments (each
+            // holding tombstones for records in the one before, as eviction leaves them) goes
+            // in one round, not one segment per round.
+            let mut remaining: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|&i| !self.to_unlink.contains(&(s.node, i)))
+                .collect();
             for &seg in &ids {
                 if Some(seg) == active {
                     continue;
@@ -1733,8 +1751,9 @@ impl Committer {
                 if live == 0 {
                     if !self.to_unlink.contains(&k) {
                         self.load_tombs(s.node, seg);
-                        if self.can_unlink(s.node, seg, &ids) {
+                        if self.can_unlink(s.node, seg, &remaining) {
                             self.to_unlink.push(k);
+                            remaining.retain(|&i| i != seg);
                             self.dirty = true;
                         } else if !self.tombs_unknown.contains(&k) {
                             // Only tombstones still needed: move them on.
@@ -1882,7 +1901,7 @@ impl Committer {
             cut = *age;
             at_cut += 1;
         }
-        let mut victims: Vec<(u64, u64, u32)> = Vec::new();
+        let mut victims: Vec<(u64, u64)> = Vec::new();
         let mut ties = at_cut;
         map.for_each(|e| {
             let age = e.last_access.load(Relaxed);
@@ -1890,30 +1909,20 @@ impl Committer {
                 if age == cut {
                     ties -= 1;
                 }
-                victims.push((e.hash, e.id, u32::from(e.node)));
+                victims.push((e.hash, e.id));
             }
         });
         let n = victims.len() as u64;
         if n == 0 {
             return 0;
         }
-        // Tombstones, as for an expiry: a rebuild from the records alone (or recovery's scan)
-        // must not bring back an evicted value, nor an older version of its key whose record
-        // outlived the evicted one's segment (a stale value).
-        let mut targets = Vec::with_capacity(victims.len());
-        for &(hash, id, node) in &victims {
-            self.recent_tombs.insert(hash, id);
-            targets.push(TombTarget {
-                id,
-                node,
-                names: None,
-            });
-        }
-        let targets = self.name_targets(targets, &HashMap::new());
-        self.write_tombstones(targets);
+        // No tombstones (as a delete or an expiry writes): a tombstone stays while any older
+        // segment exists, so under steady eviction they would pile up and be copied forward by
+        // compaction. An evicted value (or an older version of its key) can come back only in a
+        // rebuild of a lost index from the records alone (ARCHITECTURE.md).
         let changes: Vec<Change> = victims
             .into_iter()
-            .map(|(hash, id, _)| Change::Remove { hash, id })
+            .map(|(hash, id)| Change::Remove { hash, id })
             .collect();
         let mut res = self.commit(&changes, &[], false, None);
         if matches!(res, Err(StoreError::NoSpace(_))) {
