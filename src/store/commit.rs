@@ -48,8 +48,8 @@ use crate::store::segment;
 use crate::store::state::{Shared, unix_ns};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -70,14 +70,14 @@ pub type PutReply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// a group's writers instead of one per writer. A caller woken for another's answer checks
 /// its slot and waits again. One per process: its word only says that some answer came.
 pub struct Bell {
-    epoch: std::sync::atomic::AtomicU32,
-    waiters: std::sync::atomic::AtomicU32,
+    epoch: AtomicU32,
+    waiters: AtomicU32,
 }
 
 /// The bell of every blocking put.
 pub static BELL: Bell = Bell {
-    epoch: std::sync::atomic::AtomicU32::new(0),
-    waiters: std::sync::atomic::AtomicU32::new(0),
+    epoch: AtomicU32::new(0),
+    waiters: AtomicU32::new(0),
 };
 
 thread_local! {
@@ -88,7 +88,6 @@ thread_local! {
 impl Bell {
     /// Wake every caller waiting (they check their slots).
     fn ring(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
         self.epoch.fetch_add(1, SeqCst);
         if self.waiters.load(SeqCst) > 0 {
             // SAFETY: FUTEX_WAKE on a valid, aligned u32 that lives for the whole process;
@@ -121,7 +120,6 @@ impl Bell {
 
     /// Block until `answered()` holds (checked after every ring).
     pub fn wait_until(&self, answered: impl Fn() -> bool) {
-        use std::sync::atomic::Ordering::SeqCst;
         // Registered before the check: a ring either sees the count or comes after the
         // epoch read below, which the futex call then finds changed.
         self.waiters.fetch_add(1, SeqCst);
@@ -1734,9 +1732,8 @@ impl Committer {
             let ids = s.segments.ids();
             // A segment already going holds nothing a later segment's tombstone must cover:
             // the going ones are removed in id order after the next full flush, oldest first,
-            // and `flushed` stops at a removal that fails. So a chain of dead segments (each
-            // holding tombstones for records in the one before, as eviction leaves them) goes
-            // in one round, not one segment per round.
+            // and `flushed` stops at a removal that fails. So a dead segment whose tombstones
+            // cover only records of segments already going can go in the same round.
             let mut remaining: Vec<u32> = ids
                 .iter()
                 .copied()
@@ -2121,7 +2118,7 @@ pub fn flush_data(shared: &Shared) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::atomic::AtomicBool;
 
     /// Writers waiting on the bell all wake from one batch's answers given inside
     /// `answering` (one ring, at its end), and from an answer given outside it (rung at once).
