@@ -50,12 +50,7 @@ impl Table {
     }
 
     fn release(&mut self, uid: Option<u32>) {
-        if let Some(n) = self.per_uid.get_mut(&uid) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_uid.remove(&uid);
-            }
-        }
+        release(&mut self.per_uid, uid);
     }
 
     /// Drop expired leases: at most every 100 ms, or when a bound is reached (so a full
@@ -67,18 +62,23 @@ impl Table {
             return;
         }
         self.prune_after = Some(now + Duration::from_millis(100));
-        let gone: Vec<Option<u32>> = self
-            .held
-            .values()
-            .filter(|h| h.until <= now)
-            .map(|h| h.uid)
-            .collect();
-        if gone.is_empty() {
-            return;
-        }
-        self.held.retain(|_, h| h.until > now);
-        for uid in gone {
-            self.release(uid);
+        let Table { held, per_uid, .. } = self;
+        held.retain(|_, h| {
+            let live = h.until > now;
+            if !live {
+                release(per_uid, h.uid);
+            }
+            live
+        });
+    }
+}
+
+/// One lease of `uid` fewer in `per_uid`.
+fn release(per_uid: &mut HashMap<Option<u32>, usize>, uid: Option<u32>) {
+    if let Some(n) = per_uid.get_mut(&uid) {
+        *n -= 1;
+        if *n == 0 {
+            per_uid.remove(&uid);
         }
     }
 }
