@@ -38,17 +38,23 @@ fn a_bad_value_stops_start_up_naming_the_variable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("OPDBUS_CACHE_MAX_BYTES (--max-bytes)"));
 }
 
+/// A socket in the bus's folder standing in for systemd's `$NOTIFY_SOCKET` (a real datagram
+/// socket the daemon writes to), read with a 200 ms timeout; and its path for the daemon.
+fn notify_socket(bus: &Bus) -> (UnixDatagram, String) {
+    let path = bus.dir().join("notify");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    (sock, path.display().to_string())
+}
+
 #[test]
 fn systemd_hears_ready_watchdog_and_stopping() {
     if !dbus::prerequisites() {
         return;
     }
     let bus = Bus::start_with(false);
-    let sock_path = bus.dir().join("notify");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let notify = sock_path.display().to_string();
+    let (sock, notify) = notify_socket(&bus);
     let daemon = Daemon::start(
         &bus,
         &bus.dir().join("state"),
@@ -142,11 +148,7 @@ fn a_long_open_asks_systemd_for_more_time() {
         cache.close().unwrap();
     }
     std::fs::remove_file(state.join("index.db")).unwrap();
-    let sock_path = bus.dir().join("notify");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let notify = sock_path.display().to_string();
+    let (sock, notify) = notify_socket(&bus);
     let t0 = Instant::now();
     let daemon = Daemon::start(&bus, &state, &[("NOTIFY_SOCKET", &notify)]);
     let took = t0.elapsed();
