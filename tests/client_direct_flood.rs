@@ -10,7 +10,9 @@ mod support;
 use dbus::{Bus, Daemon};
 use numa_cache_client::Client;
 use numa_cache_client::names;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 async fn daemon_pid(c: &Client) -> u32 {
     let dbus = zbus::fdo::DBusProxy::new(c.connection()).await.unwrap();
@@ -109,6 +111,171 @@ async fn a_flood_of_pipelined_put_many_on_a_direct_connection_is_bounded() {
     assert!(
         grew_mib < 1024,
         "a flood on one direct connection raised the daemon's peak RSS by {grew_mib} MiB"
+    );
+    c.ping().await.expect("the daemon is up");
+}
+
+// ---- announce-and-stall: a peer that says a message is long and never sends it ----------
+
+/// The socket of a fresh direct connection (OpenDirect over the bus), with the SASL
+/// handshake done by hand as root (EXTERNAL, uid 0), ready for message bytes.
+async fn open_raw(c: &Client) -> UnixStream {
+    let reply = c
+        .connection()
+        .call_method(
+            Some(names::BUS_NAME),
+            names::ROOT_PATH,
+            Some(names::iface::CACHE),
+            "OpenDirect",
+            &(),
+        )
+        .await
+        .expect("OpenDirect");
+    let fd: zbus::OwnedFd = reply.body().deserialize().unwrap();
+    let mut s = UnixStream::from(std::os::fd::OwnedFd::from(fd));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"\0AUTH EXTERNAL 30\r\n").unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "the daemon hung up mid-handshake");
+        line.push(byte[0]);
+    }
+    assert!(line.starts_with(b"OK "), "{}", String::from_utf8_lossy(&line));
+    s.write_all(b"BEGIN\r\n").unwrap();
+    s
+}
+
+/// A little-endian method call's primary header announcing `body_len` body bytes and no
+/// header fields: the whole message is 16 + `body_len` bytes.
+fn primary_header(body_len: u32) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0] = b'l';
+    h[1] = 1; // method call
+    h[3] = 1; // protocol version
+    h[4..8].copy_from_slice(&body_len.to_le_bytes());
+    h[8..12].copy_from_slice(&1u32.to_le_bytes()); // serial
+    h
+}
+
+/// True when the daemon closed `s` (EOF or reset) within 10 s.
+fn closed_by_daemon(s: &mut UnixStream) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_direct_connections_announcing_big_messages_and_stalling_cost_one_budget() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let pid = daemon_pid(&c).await;
+    c.put("calm", "before", b"v").await.unwrap();
+    let hwm0 = status_kib(pid, "VmHWM:");
+
+    // Each of the 16 connections one uid may hold announces a message of exactly the
+    // per-message limit (32 MiB, allowed) and sends nothing more.
+    let announce = (32u32 << 20) - 16;
+    let mut stalled = Vec::new();
+    for _ in 0..16 {
+        let mut s = open_raw(&c).await;
+        s.write_all(&primary_header(announce)).unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hwm = status_kib(pid, "VmHWM:");
+    let grew_mib = hwm.saturating_sub(hwm0) >> 10;
+    eprintln!(
+        "16 x 32 MiB announced, 256 bytes sent: daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
+        hwm0 >> 10,
+        hwm >> 10
+    );
+    // Unbounded, this is 16 x 32 MiB = 512 MiB; the per-uid budget (64 MiB) admits two.
+    assert!(
+        grew_mib < 64 + 32,
+        "announce-and-stall on 16 direct connections raised the daemon's peak RSS by {grew_mib} MiB"
+    );
+    // The bus is still served, and the daemon is up.
+    tokio::time::timeout(Duration::from_secs(10), c.put("calm", "during", b"v"))
+        .await
+        .expect("a bus caller was served within 10 s")
+        .unwrap();
+
+    // Hanging up gives the budget back: a fresh direct connection stores 16 MiB at once.
+    drop(stalled);
+    let value = vec![7u8; 1 << 20];
+    let keys: Vec<String> = (0..16).map(|i| format!("after-{i}")).collect();
+    let entries: Vec<(&str, &[u8])> = keys.iter().map(|k| (k.as_str(), &value[..])).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let d = loop {
+        match c.open_direct().await {
+            Ok(d) => break d,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for the slots to come back: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no direct connection 10 s after the stalled ones hung up: {e}"),
+        }
+    };
+    let stored = tokio::time::timeout(Duration::from_secs(20), d.put_many("calm", &entries))
+        .await
+        .expect("a 16 MiB PutMany within 20 s once the stalled peers hung up")
+        .unwrap();
+    assert_eq!(stored, 16);
+    assert_eq!(c.get("calm", "after-15").await.unwrap(), Some(value));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_announced_past_the_limit_closes_its_connection_unread() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let pid = daemon_pid(&c).await;
+    let hwm0 = status_kib(pid, "VmHWM:");
+
+    // 128 MiB (the D-Bus maximum, more than any legit call) on 15 connections, and a body
+    // length of 2^32-1 on the 16th.
+    let mut peers = Vec::new();
+    for i in 0..16 {
+        let mut s = open_raw(&c).await;
+        let body = if i == 15 { u32::MAX } else { (128u32 << 20) - 16 };
+        s.write_all(&primary_header(body)).unwrap();
+        peers.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hwm = status_kib(pid, "VmHWM:");
+    let grew_mib = hwm.saturating_sub(hwm0) >> 10;
+    eprintln!(
+        "16 oversized announcements: daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
+        hwm0 >> 10,
+        hwm >> 10
+    );
+    assert!(
+        grew_mib < 32,
+        "oversized announcements raised the daemon's peak RSS by {grew_mib} MiB"
+    );
+    for (i, s) in peers.iter_mut().enumerate() {
+        assert!(closed_by_daemon(s), "connection {i} still open 10 s after its header");
+    }
+    let log = daemon.log();
+    assert!(
+        log.contains("uid 0")
+            && log.contains(&(128u64 << 20).to_string())
+            && log.contains(&(32u64 << 20).to_string()),
+        "no log line naming the uid, the announced length and the limit:\n{log}"
     );
     c.ping().await.expect("the daemon is up");
 }
