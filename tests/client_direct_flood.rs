@@ -216,7 +216,7 @@ async fn sixteen_direct_connections_announcing_big_messages_and_stalling_cost_on
         return;
     }
     let bus = Bus::start();
-    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     let c = Client::connect(&bus.address).await.unwrap();
     let pid = daemon_pid(&c).await;
     c.put("calm", "before", b"v").await.unwrap();
@@ -249,6 +249,33 @@ async fn sixteen_direct_connections_announcing_big_messages_and_stalling_cost_on
         .await
         .expect("a bus caller was served within 10 s")
         .unwrap();
+
+    // The two let in must arrive within 10 s: their connections are closed then, with a
+    // log line, and the next ones let in.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut closed = vec![false; stalled.len()];
+    while closed.iter().filter(|c| **c).count() < 2 && Instant::now() < deadline {
+        for (s, c) in stalled.iter_mut().zip(closed.iter_mut()) {
+            s.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf) {
+                Ok(0) => *c = true,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => *c = true,
+                _ => (),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let n_closed = closed.iter().filter(|c| **c).count();
+    assert!(
+        n_closed >= 2,
+        "{n_closed} stalled connections closed 15 s after their headers"
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("uid 0 sent 16 of the 33554432 bytes of a message in 10 s"),
+        "no log line for the stalled message:\n{log}"
+    );
 
     // Hanging up gives the budget back: a fresh direct connection stores 16 MiB at once.
     drop(stalled);

@@ -14,7 +14,9 @@
 //!   stalls that peer only. A method call expecting a reply holds its share until the reply
 //!   has been written (so a flood of real calls is bounded as well as a stalled one); any
 //!   other message, once it has been received in full. A closed connection gives back all
-//!   it held.
+//!   it held;
+//! - a message let in must arrive in full within [`MESSAGE_LIMIT`], else the connection
+//!   closes: a peer that announces and stalls holds its share for that long at most.
 //!
 //! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
 //! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
@@ -24,6 +26,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -45,6 +48,9 @@ pub const TOTAL_BUDGET: u64 = 8 * MAX_DIRECT_MESSAGE;
 /// The least a message is charged, for what the daemon keeps per call besides its bytes
 /// (so tiny calls cannot pile up unbounded bookkeeping either).
 pub const MIN_CHARGE: u64 = 64 << 10;
+
+/// How long a message let in may take to arrive in full (a client writes it at once).
+pub const MESSAGE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The longest SASL line accepted (zbus's client sends lines of under 100 bytes).
 const SASL_LINE_MAX: usize = 4096;
@@ -112,6 +118,7 @@ enum Phase {
         body: u64,
         framing: Framing,
         share: Option<Share>,
+        deadline: tokio::time::Instant,
     },
 }
 
@@ -164,6 +171,7 @@ pub struct Budgets {
     per_uid: Mutex<HashMap<u32, Weak<Semaphore>>>,
     total: Arc<Semaphore>,
     uid_bytes: u64,
+    message_limit: Duration,
 }
 
 impl Default for Budgets {
@@ -179,6 +187,7 @@ impl Budgets {
             per_uid: Mutex::new(HashMap::new()),
             total: Arc::new(Semaphore::new(units(total_bytes))),
             uid_bytes,
+            message_limit: MESSAGE_LIMIT,
         }
     }
 
@@ -212,6 +221,7 @@ struct Share {
 #[derive(Debug)]
 struct Ledger {
     uid: u32,
+    message_limit: Duration,
     uid_budget: Arc<Semaphore>,
     total: Arc<Semaphore>,
     unanswered: Mutex<Vec<(u32, Share)>>,
@@ -276,6 +286,7 @@ impl DirectSocket {
             stream: Arc::new(stream),
             ledger: Arc::new(Ledger {
                 uid,
+                message_limit: budgets.message_limit,
                 uid_budget: budgets.of_uid(uid),
                 total: Arc::clone(&budgets.total),
                 unanswered: Mutex::new(Vec::new()),
@@ -387,6 +398,7 @@ impl ReadHalf for Reader {
                         body: framing.total - PRIMARY_HEADER as u64,
                         framing,
                         share: Some(share),
+                        deadline: tokio::time::Instant::now() + self.ledger.message_limit,
                     };
                 }
                 Phase::Message {
@@ -395,6 +407,7 @@ impl ReadHalf for Reader {
                     body,
                     framing,
                     share,
+                    deadline,
                 } => {
                     let (n, fds) = if *given < PRIMARY_HEADER {
                         let n = (PRIMARY_HEADER - *given).min(buf.len());
@@ -403,7 +416,25 @@ impl ReadHalf for Reader {
                         (n, std::mem::take(&mut self.fds))
                     } else {
                         let want = usize::try_from(*body).unwrap_or(usize::MAX).min(buf.len());
-                        let (n, fds) = recv(&self.stream, &mut buf[..want]).await?;
+                        let read = recv(&self.stream, &mut buf[..want]);
+                        let Ok(got) = tokio::time::timeout_at(*deadline, read).await else {
+                            tracing::warn!(
+                                "a direct connection of uid {} sent {} of the {} bytes of a \
+                                 message in {} s: closing it",
+                                self.ledger.uid,
+                                framing.total - *body,
+                                framing.total,
+                                self.ledger.message_limit.as_secs_f32()
+                            );
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "a message not received in full within {} s",
+                                    self.ledger.message_limit.as_secs_f32()
+                                ),
+                            ));
+                        };
+                        let (n, fds) = got?;
                         *body -= n as u64;
                         (n, fds)
                     };
@@ -640,7 +671,9 @@ mod tests {
     fn pair(uid_bytes: u64) -> (Reader, Writer, std::os::unix::net::UnixStream, Arc<Budgets>) {
         let (mine, peer) = std::os::unix::net::UnixStream::pair().unwrap();
         mine.set_nonblocking(true).unwrap();
-        let budgets = Arc::new(Budgets::new(uid_bytes, 1 << 30));
+        let mut budgets = Budgets::new(uid_bytes, 1 << 30);
+        budgets.message_limit = Duration::from_millis(300);
+        let budgets = Arc::new(budgets);
         let s = DirectSocket::new(UnixStream::from_std(mine).unwrap(), 0, &budgets);
         let (r, w) = s.split().take();
         (r, w, peer, budgets)
@@ -750,6 +783,24 @@ mod tests {
             .expect("the read went on once the call was answered")
             .unwrap();
         assert_eq!((got, buf), (16, header(b'l', body, 42, 0)));
+    }
+
+    #[tokio::test]
+    async fn a_message_that_stalls_past_the_limit_closes_the_connection_and_frees_its_share() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, budgets) = pair(1 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let mut start = header(b'l', 200 << 10, 1, 0).to_vec();
+        start.extend_from_slice(&[0; 100]);
+        peer.write_all(&start).unwrap();
+        read_n(&mut r, start.len(), 4096).await;
+        let mut buf = [0u8; 4096];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        drop(r);
+        drop(_w);
+        assert_eq!(budgets.of_uid(0).available_permits(), 1024);
     }
 
     #[tokio::test]
