@@ -352,3 +352,43 @@ async fn a_direct_message_announced_past_the_limit_closes_its_connection_unread(
     );
     c.ping().await.expect("the daemon is up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_pipelined_small_calls_pass_the_budget_and_all_complete() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let d = c.open_direct().await.expect("OpenDirect");
+    d.put("small", "k", b"value").await.unwrap();
+    // Each call counts at least 64 KiB against the uid's 64 MiB: 3000 at once are more than
+    // twice the budget, so reads wait for answers, and every call still completes.
+    let calls: Vec<_> = (0..3000)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    d.get("small", "k")
+                        .await
+                        .map(|v| v == Some(b"value".to_vec()))
+                } else {
+                    d.ping().await.map(|_| true)
+                }
+            })
+        })
+        .collect();
+    let all = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut ok = 0;
+        for t in calls {
+            if matches!(t.await.unwrap(), Ok(true)) {
+                ok += 1;
+            }
+        }
+        ok
+    })
+    .await
+    .expect("3000 pipelined calls on one direct connection within 60 s");
+    assert_eq!(all, 3000);
+}
