@@ -16,7 +16,11 @@
 //!   other message, once it has been received in full. A closed connection gives back all
 //!   it held;
 //! - a message let in must arrive in full within [`MESSAGE_LIMIT`], else the connection
-//!   closes: a peer that announces and stalls holds its share for that long at most.
+//!   closes: a peer that announces and stalls holds its share for that long at most;
+//! - file descriptors count too (each [`FD_CHARGE`], so the descriptors a uid has in the
+//!   daemon stay far under the unit's `LimitNOFILE`); they must come with a message's first
+//!   bytes, as every D-Bus library sends them, at most [`FDS_MAX`] of them, and never
+//!   during the handshake.
 //!
 //! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
 //! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
@@ -52,10 +56,15 @@ pub const MIN_CHARGE: u64 = 64 << 10;
 /// How long a message let in may take to arrive in full (a client writes it at once).
 pub const MESSAGE_LIMIT: Duration = Duration::from_secs(10);
 
+/// What one file descriptor counts against the budgets (a direct call takes at most one:
+/// PutFd): a uid has at most 64 in the daemon at once, all uids 256.
+pub const FD_CHARGE: u64 = 1 << 20;
+
 /// The longest SASL line accepted (zbus's client sends lines of under 100 bytes).
 const SASL_LINE_MAX: usize = 4096;
-/// The most file descriptors one `recvmsg` takes (the kernel's SCM_MAX_FD).
-const FDS_MAX: usize = 253;
+/// The most file descriptors one message may carry, and one `recvmsg` takes (the kernel's
+/// SCM_MAX_FD).
+pub const FDS_MAX: usize = 253;
 /// The D-Bus primary header: endianness, type, flags, version, body length, serial,
 /// header-fields length.
 const PRIMARY_HEADER: usize = 16;
@@ -342,6 +351,18 @@ async fn recv(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<Own
     Ok(got)
 }
 
+impl Reader {
+    /// Log that the peer `did` something a direct connection refuses; the error that closes
+    /// the connection.
+    fn refuse(&self, did: &str) -> io::Error {
+        tracing::warn!(
+            "a direct connection of uid {} {did}: closing it",
+            self.ledger.uid
+        );
+        io::Error::new(io::ErrorKind::InvalidData, format!("the peer {did}"))
+    }
+}
+
 #[async_trait]
 impl ReadHalf for Reader {
     async fn recvmsg(&mut self, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
@@ -352,6 +373,9 @@ impl ReadHalf for Reader {
             match &mut self.phase {
                 Phase::Sasl { line, first } => {
                     let (n, fds) = recv(&self.stream, &mut buf[..1]).await?;
+                    if !fds.is_empty() {
+                        return Err(self.refuse("sent file descriptors during the handshake"));
+                    }
                     if sasl_byte(line, first, buf[0])? == Line::Begin {
                         self.phase = Phase::Header {
                             header: [0; PRIMARY_HEADER],
@@ -365,6 +389,11 @@ impl ReadHalf for Reader {
                     let at = *got;
                     let (n, fds) = recv(&self.stream, &mut h[at..]).await?;
                     self.fds.extend(fds);
+                    if self.fds.len() > FDS_MAX {
+                        return Err(self.refuse(&format!(
+                            "sent more than {FDS_MAX} file descriptors with one message"
+                        )));
+                    }
                     if at + n < PRIMARY_HEADER {
                         self.phase = Phase::Header {
                             header: h,
@@ -391,7 +420,11 @@ impl ReadHalf for Reader {
                     }
                     // Nothing of the message reaches zbus (which would allocate all of it)
                     // before its length fits the budgets.
-                    let share = self.ledger.reserve(framing.total).await?;
+                    let fds = self.fds.len() as u64 * FD_CHARGE;
+                    let share = self
+                        .ledger
+                        .reserve(framing.total.max(MIN_CHARGE) + fds)
+                        .await?;
                     self.phase = Phase::Message {
                         header: h,
                         given: 0,
@@ -435,6 +468,11 @@ impl ReadHalf for Reader {
                             ));
                         };
                         let (n, fds) = got?;
+                        if !fds.is_empty() {
+                            return Err(self.refuse(
+                                "sent file descriptors after the first bytes of a message",
+                            ));
+                        }
                         *body -= n as u64;
                         (n, fds)
                     };
@@ -801,6 +839,45 @@ mod tests {
         drop(r);
         drop(_w);
         assert_eq!(budgets.of_uid(0).available_permits(), 1024);
+    }
+
+    /// Send `bytes` on `peer` with `n` descriptors (of /dev/null) attached.
+    fn send_with_fds(peer: &std::os::unix::net::UnixStream, bytes: &[u8], n: usize) {
+        let fd = std::fs::File::open("/dev/null").unwrap();
+        let fds: Vec<BorrowedFd<'_>> = (0..n).map(|_| fd.as_fd()).collect();
+        assert_eq!(fd_sendmsg(peer.as_fd(), bytes, &fds).unwrap(), bytes.len());
+    }
+
+    #[tokio::test]
+    async fn descriptors_count_against_the_budget_and_come_with_the_first_bytes_only() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, budgets) = pair(8 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        // Two descriptors with the header: handed on with its first bytes, counted 1 MiB each.
+        let mut call = header(b'l', 8, 1, 0).to_vec();
+        call.extend_from_slice(&[0; 8]);
+        send_with_fds(&peer, &call, 2);
+        let mut buf = [0u8; 64];
+        let (n, fds) = r.recvmsg(&mut buf).await.unwrap();
+        assert_eq!((n, fds.len()), (16, 2));
+        assert_eq!(budgets.of_uid(0).available_permits(), 8192 - 2048 - 64);
+        read_n(&mut r, 8, 64).await;
+        // A descriptor with a later byte of a message closes the connection.
+        peer.write_all(&header(b'l', 8, 2, 0)).unwrap();
+        read_n(&mut r, 16, 64).await;
+        send_with_fds(&peer, &[0; 8], 1);
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("after the first bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn descriptors_during_the_handshake_close_the_connection() {
+        let (mut r, _w, peer, _b) = pair(1 << 20);
+        send_with_fds(&peer, b"\0AUTH EXTERNAL 30\r\n", 1);
+        let mut buf = [0u8; 64];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("during the handshake"), "{e}");
     }
 
     #[tokio::test]
