@@ -149,8 +149,9 @@ async fn a_flood_of_pipelined_put_many_on_four_direct_connections_is_bounded() {
 // ---- announce-and-stall: a peer that says a message is long and never sends it ----------
 
 /// The socket of a fresh direct connection (OpenDirect over the bus), with the SASL
-/// handshake done by hand as root (EXTERNAL, uid 0), ready for message bytes.
-async fn open_raw(c: &Client) -> UnixStream {
+/// handshake done by hand as root (EXTERNAL, uid 0); `after_begin` goes out in the same
+/// write as the final BEGIN.
+async fn open_raw(c: &Client, after_begin: &[u8]) -> UnixStream {
     let reply = c
         .connection()
         .call_method(
@@ -181,7 +182,8 @@ async fn open_raw(c: &Client) -> UnixStream {
         "{}",
         String::from_utf8_lossy(&line)
     );
-    s.write_all(b"BEGIN\r\n").unwrap();
+    s.write_all(&[&b"BEGIN\r\n"[..], after_begin].concat())
+        .unwrap();
     s
 }
 
@@ -227,9 +229,7 @@ async fn sixteen_direct_connections_announcing_big_messages_and_stalling_cost_on
     let announce = (32u32 << 20) - 16;
     let mut stalled = Vec::new();
     for _ in 0..16 {
-        let mut s = open_raw(&c).await;
-        s.write_all(&primary_header(announce)).unwrap();
-        stalled.push(s);
+        stalled.push(open_raw(&c, &primary_header(announce)).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hwm = status_kib(pid, "VmHWM:");
@@ -313,17 +313,22 @@ async fn a_direct_message_announced_past_the_limit_closes_its_connection_unread(
     let hwm0 = status_kib(pid, "VmHWM:");
 
     // 128 MiB (the D-Bus maximum, more than any legit call) on 15 connections, and a body
-    // length of 2^32-1 on the 16th.
+    // length of 2^32-1 on the 16th; half of them send the header in the write that ends
+    // the handshake, half after it.
     let mut peers = Vec::new();
     for i in 0..16 {
-        let mut s = open_raw(&c).await;
         let body = if i == 15 {
             u32::MAX
         } else {
             (128u32 << 20) - 16
         };
-        s.write_all(&primary_header(body)).unwrap();
-        peers.push(s);
+        if i % 2 == 0 {
+            peers.push(open_raw(&c, &primary_header(body)).await);
+        } else {
+            let mut s = open_raw(&c, &[]).await;
+            s.write_all(&primary_header(body)).unwrap();
+            peers.push(s);
+        }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let hwm = status_kib(pid, "VmHWM:");
