@@ -14,12 +14,19 @@
 //!   member must not exhaust the daemon's descriptors); past either, `Unavailable` naming the
 //!   limit. A connection closes when its peer hangs up; [`DirectServer::close_all`] (the
 //!   daemon's stop) closes every one and refuses new ones.
+//! - Bounded in memory: no bus daemon checks what the peer sends, so the socket is read
+//!   through [`DirectSocket`]: a message over
+//!   [`MAX_DIRECT_MESSAGE`](crate::service::direct_socket::MAX_DIRECT_MESSAGE) closes the connection,
+//!   and one is read only once it fits its uid's budget and the total
+//!   ([`crate::service::direct_socket`]).
 
 use crate::app::authz::last_cpu;
 use crate::app::{AppError, Refusal, Requester};
 use crate::service::ROOT_PATH;
+use crate::service::direct_socket::{Budgets, DirectSocket};
 use crate::service::errors::ServiceError;
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -33,6 +40,10 @@ pub const MAX_PER_UID: usize = 16;
 pub const MAX_TOTAL: usize = 256;
 /// How long a caller has to finish the D-Bus handshake on its end.
 pub const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Messages zbus queues for a direct connection's unfiltered stream (which nothing reads:
+/// method calls reach the object server through its own stream, bounded by the budgets).
+const MAX_QUEUED: NonZeroUsize = NonZeroUsize::new(4).unwrap();
 
 /// How long a caller's last CPU is reused before /proc is read again (as over the bus).
 const CPU_FRESH: Duration = Duration::from_millis(50);
@@ -83,6 +94,8 @@ struct Table {
 #[derive(Debug, Default)]
 pub struct DirectServer {
     table: Mutex<Table>,
+    /// What the direct connections may hold of messages, per uid and in all.
+    budgets: Budgets,
 }
 
 /// A place counted against the caps until dropped.
@@ -137,11 +150,15 @@ impl DirectServer {
             ))
         })?;
         let slot = self.reserve(uid)?;
-        let (mine, theirs) = UnixStream::pair().map_err(|e| {
+        let unavailable = |e: std::io::Error| {
             ServiceError(AppError::Unavailable(format!(
                 "could not make a socket pair for a direct connection: {e}"
             )))
-        })?;
+        };
+        let (mine, theirs) = UnixStream::pair().map_err(unavailable)?;
+        mine.set_nonblocking(true).map_err(unavailable)?;
+        let mine = tokio::net::UnixStream::from_std(mine).map_err(unavailable)?;
+        let mine = DirectSocket::new(mine, uid, &self.budgets);
         let caller = Arc::new(DirectCaller::new(who));
         let iface = iface(Arc::clone(&caller));
         tokio::spawn(serve(mine, uid, iface, slot));
@@ -198,11 +215,12 @@ impl DirectServer {
 
 /// Serve `iface` at the root path on `stream` until the peer hangs up or the daemon stops;
 /// the slot is given back when this ends.
-async fn serve<I: Interface>(stream: UnixStream, uid: u32, iface: I, slot: Slot) {
+async fn serve<I: Interface>(socket: DirectSocket, uid: u32, iface: I, slot: Slot) {
     let guid = zbus::Guid::generate();
-    let built = zbus::connection::Builder::unix_stream(stream)
+    let built = zbus::connection::Builder::socket(socket)
         .server(guid)
         .p2p()
+        .max_queued(MAX_QUEUED)
         // SASL EXTERNAL must name the uid the bus reported for the OpenDirect caller.
         .user_id(uid)
         .serve_at(ROOT_PATH, iface)

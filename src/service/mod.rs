@@ -9,6 +9,7 @@ pub mod caller;
 pub mod config;
 pub mod daemon;
 pub mod direct;
+pub mod direct_socket;
 pub mod errors;
 pub mod logging;
 pub mod node;

@@ -1,0 +1,901 @@
+//! The socket a direct connection (OpenDirect) is served over. No bus daemon stands between
+//! the peer and numa-cached there, and zbus, given a primary header, allocates and zeroes the
+//! whole length it announces (up to 128 MiB) before a body byte has arrived. So the read half
+//! follows the stream itself and hands zbus a message's first byte only once that message may
+//! be received:
+//!
+//! - the SASL lines pass through one byte at a time up to the client's `BEGIN`, so no byte
+//!   of a message is read before its header can be checked;
+//! - a message announcing more than [`MAX_DIRECT_MESSAGE`] bytes closes the connection, with
+//!   one log line naming the uid, the length and the limit (larger values go by PutFd);
+//! - a message is handed on only once its announced length (at least [`MIN_CHARGE`]) fits
+//!   the budget of its uid ([`UID_BUDGET`], shared by that uid's direct connections) and the
+//!   budget of all direct connections ([`TOTAL_BUDGET`]); until then the read waits, which
+//!   stalls that peer only. A method call expecting a reply holds its share until the reply
+//!   has been written (so a flood of real calls is bounded as well as a stalled one); any
+//!   other message, once it has been received in full. A closed connection gives back all
+//!   it held;
+//! - a message let in must arrive in full within [`MESSAGE_LIMIT`], else the connection
+//!   closes: a peer that announces and stalls holds its share for that long at most;
+//! - file descriptors count too (each [`FD_CHARGE`], so the descriptors a uid has in the
+//!   daemon stay far under the unit's `LimitNOFILE`); they must come with a message's first
+//!   bytes, as every D-Bus library sends them, at most [`FDS_MAX`] of them, and never
+//!   during the handshake.
+//!
+//! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
+//! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use zbus::Message;
+use zbus::connection::socket::{ReadHalf, Socket, Split, WriteHalf};
+use zbus::export::async_trait::async_trait;
+use zbus::message::Type;
+
+/// The largest message a direct connection accepts: what the system bus accepts by default
+/// (dbus-daemon's `max_message_size`), so every call that fits the bus fits here. The
+/// largest legit call is a PutMany of 16 MiB of values and 1024 keys (about 17 MiB); Put
+/// sends values of 1 MiB and more by PutFd unless its caller says otherwise.
+pub const MAX_DIRECT_MESSAGE: u64 = 32 << 20;
+/// Bytes of messages one uid's direct connections may have in the daemon at once (being
+/// received, or calls not yet answered): two of the largest.
+pub const UID_BUDGET: u64 = 2 * MAX_DIRECT_MESSAGE;
+/// Bytes of messages all direct connections together may have in the daemon at once.
+pub const TOTAL_BUDGET: u64 = 8 * MAX_DIRECT_MESSAGE;
+/// The least a message is charged, for what the daemon keeps per call besides its bytes
+/// (so tiny calls cannot pile up unbounded bookkeeping either).
+pub const MIN_CHARGE: u64 = 64 << 10;
+
+/// How long a message let in may take to arrive in full (a client writes it at once).
+pub const MESSAGE_LIMIT: Duration = Duration::from_secs(10);
+
+/// What one file descriptor counts against the budgets (a direct call takes at most one:
+/// PutFd): a uid has at most 64 in the daemon at once, all uids 256.
+pub const FD_CHARGE: u64 = 1 << 20;
+
+/// The longest SASL line accepted (zbus's client sends lines of under 100 bytes).
+const SASL_LINE_MAX: usize = 4096;
+/// The most file descriptors one message may carry, and one `recvmsg` takes (the kernel's
+/// SCM_MAX_FD).
+pub const FDS_MAX: usize = 253;
+/// The D-Bus primary header: endianness, type, flags, version, body length, serial,
+/// header-fields length.
+const PRIMARY_HEADER: usize = 16;
+/// The flag of a method call that wants no reply.
+const NO_REPLY_EXPECTED: u8 = 0x1;
+/// The type byte of a method call.
+const METHOD_CALL: u8 = 1;
+
+/// A primary header, as far as the budget needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    /// The whole message's length: 16 + header fields rounded up to 8 + body.
+    pub total: u64,
+    /// Its serial.
+    pub serial: u32,
+    /// A method call that expects a reply.
+    pub wants_reply: bool,
+}
+
+/// The framing of the message `h` opens, or what is wrong with it.
+pub fn parse_primary_header(h: &[u8; PRIMARY_HEADER]) -> io::Result<Framing> {
+    let word = |at: usize| {
+        let b = [h[at], h[at + 1], h[at + 2], h[at + 3]];
+        match h[0] {
+            b'l' => Ok(u32::from_le_bytes(b)),
+            b'B' => Ok(u32::from_be_bytes(b)),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a message starts with endianness byte {other:#04x}, not 'l' or 'B'"),
+            )),
+        }
+    };
+    let body = u64::from(word(4)?);
+    let serial = word(8)?;
+    let fields = u64::from(word(12)?);
+    let header = PRIMARY_HEADER as u64 + fields;
+    Ok(Framing {
+        total: header.next_multiple_of(8) + body,
+        serial,
+        wants_reply: h[1] == METHOD_CALL && h[2] & NO_REPLY_EXPECTED == 0,
+    })
+}
+
+/// Where the read half is in the stream.
+#[derive(Debug)]
+enum Phase {
+    /// In the SASL handshake, in the middle of a line (`line`, bounded), the first line
+    /// being the one that starts with the NUL byte.
+    Sasl { line: Vec<u8>, first: bool },
+    /// At a message boundary, `got` bytes of the next primary header read into `header`.
+    Header {
+        header: [u8; PRIMARY_HEADER],
+        got: usize,
+    },
+    /// A message admitted: its header, `given` bytes of it handed on so far, `body` bytes
+    /// still to read after it, and its share of the budgets.
+    Message {
+        header: [u8; PRIMARY_HEADER],
+        given: usize,
+        body: u64,
+        framing: Framing,
+        share: Option<Share>,
+        deadline: tokio::time::Instant,
+    },
+}
+
+/// What a SASL line the client sent means for the stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// Not finished yet.
+    Partial,
+    /// A whole line other than BEGIN.
+    Other,
+    /// BEGIN: messages follow.
+    Begin,
+}
+
+/// Add `b` to the SASL line being read: whether it ends the line, and whether that line is
+/// BEGIN as zbus reads it (first word, after the NUL that opens the first line).
+fn sasl_byte(line: &mut Vec<u8>, first: &mut bool, b: u8) -> io::Result<Line> {
+    if line.len() >= SASL_LINE_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a handshake line is longer than {SASL_LINE_MAX} bytes"),
+        ));
+    }
+    line.push(b);
+    if b != b'\n' {
+        return Ok(Line::Partial);
+    }
+    let Some(text) = line.strip_suffix(b"\r\n") else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a handshake line ends in LF without CR",
+        ));
+    };
+    let text = match (*first, text.split_first()) {
+        (true, Some((0, rest))) => rest,
+        _ => text,
+    };
+    let begin = text
+        .split(|c| c.is_ascii_whitespace())
+        .find(|w| !w.is_empty())
+        == Some(b"BEGIN".as_slice());
+    line.clear();
+    *first = false;
+    Ok(if begin { Line::Begin } else { Line::Other })
+}
+
+/// The budgets of direct connections: one per uid, and one for all.
+#[derive(Debug)]
+pub struct Budgets {
+    per_uid: Mutex<HashMap<u32, Weak<Semaphore>>>,
+    total: Arc<Semaphore>,
+    uid_bytes: u64,
+    message_limit: Duration,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Budgets::new(UID_BUDGET, TOTAL_BUDGET)
+    }
+}
+
+impl Budgets {
+    /// Budgets of `uid_bytes` per uid and `total_bytes` in all.
+    pub fn new(uid_bytes: u64, total_bytes: u64) -> Budgets {
+        Budgets {
+            per_uid: Mutex::new(HashMap::new()),
+            total: Arc::new(Semaphore::new(units(total_bytes))),
+            uid_bytes,
+            message_limit: MESSAGE_LIMIT,
+        }
+    }
+
+    /// The budget of `uid`, shared by its connections while any holds it.
+    fn of_uid(&self, uid: u32) -> Arc<Semaphore> {
+        let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&uid).and_then(Weak::upgrade) {
+            return s;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let s = Arc::new(Semaphore::new(units(self.uid_bytes)));
+        map.insert(uid, Arc::downgrade(&s));
+        s
+    }
+}
+
+/// Semaphore permits count KiB, so that any budget fits a u32 request.
+fn units(bytes: u64) -> usize {
+    usize::try_from(bytes.div_ceil(1024)).unwrap_or(usize::MAX >> 4)
+}
+
+/// A message's share of its uid's budget and of the total, given back when dropped.
+#[derive(Debug)]
+struct Share {
+    _uid: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+/// What one direct connection holds: its uid's budget, and the shares of the method calls
+/// it has not answered yet (by serial). Shared by both halves; dropped with them.
+#[derive(Debug)]
+struct Ledger {
+    uid: u32,
+    message_limit: Duration,
+    uid_budget: Arc<Semaphore>,
+    total: Arc<Semaphore>,
+    unanswered: Mutex<Vec<(u32, Share)>>,
+}
+
+impl Ledger {
+    /// Wait until `bytes` fit both budgets, and take them.
+    async fn reserve(&self, bytes: u64) -> io::Result<Share> {
+        let n = u32::try_from(units(bytes.max(MIN_CHARGE))).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "a message too large to count")
+        })?;
+        let closed = |_| io::Error::other("the direct-connection budget is closed");
+        let uid = Arc::clone(&self.uid_budget)
+            .acquire_many_owned(n)
+            .await
+            .map_err(closed)?;
+        let total = Arc::clone(&self.total)
+            .acquire_many_owned(n)
+            .await
+            .map_err(closed)?;
+        Ok(Share {
+            _uid: uid,
+            _total: total,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Share)>> {
+        self.unanswered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message has been received in full: a call keeps its share until answered.
+    fn received(&self, framing: Framing, share: Share) {
+        if framing.wants_reply {
+            self.lock().push((framing.serial, share));
+        }
+    }
+
+    /// A reply to `serial` has been written: give back that call's share.
+    fn answered(&self, serial: u32) {
+        let share = {
+            let mut v = self.lock();
+            v.iter()
+                .position(|(s, _)| *s == serial)
+                .map(|i| v.swap_remove(i))
+        };
+        drop(share);
+    }
+}
+
+/// One end of a direct connection's socket pair, served with the framing above.
+#[derive(Debug)]
+pub struct DirectSocket {
+    stream: Arc<UnixStream>,
+    ledger: Arc<Ledger>,
+}
+
+impl DirectSocket {
+    /// `stream` (the daemon's end, non-blocking, in this tokio runtime) for `uid`, drawing
+    /// on `budgets`.
+    pub fn new(stream: UnixStream, uid: u32, budgets: &Budgets) -> DirectSocket {
+        DirectSocket {
+            stream: Arc::new(stream),
+            ledger: Arc::new(Ledger {
+                uid,
+                message_limit: budgets.message_limit,
+                uid_budget: budgets.of_uid(uid),
+                total: Arc::clone(&budgets.total),
+                unanswered: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+}
+
+impl Socket for DirectSocket {
+    type ReadHalf = Reader;
+    type WriteHalf = Writer;
+
+    fn split(self) -> Split<Reader, Writer> {
+        let reader = Reader {
+            stream: Arc::clone(&self.stream),
+            ledger: Arc::clone(&self.ledger),
+            phase: Phase::Sasl {
+                line: Vec::new(),
+                first: true,
+            },
+            fds: Vec::new(),
+        };
+        let writer = Writer {
+            stream: self.stream,
+            ledger: self.ledger,
+        };
+        Split::new(reader, writer)
+    }
+}
+
+/// The read half: follows the stream (see the module).
+#[derive(Debug)]
+pub struct Reader {
+    stream: Arc<UnixStream>,
+    ledger: Arc<Ledger>,
+    phase: Phase,
+    /// Descriptors read with header bytes not yet handed on.
+    fds: Vec<OwnedFd>,
+}
+
+/// Read up to `buf.len()` bytes (at least one) from `stream` and the descriptors sent with
+/// them; the peer hanging up is an error, as zbus's own sockets have it.
+async fn recv(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let got = stream
+        .async_io(Interest::READABLE, || fd_recvmsg(stream.as_fd(), buf))
+        .await?;
+    if got.0 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the peer of a direct connection hung up",
+        ));
+    }
+    Ok(got)
+}
+
+impl Reader {
+    /// Log that the peer `did` something a direct connection refuses; the error that closes
+    /// the connection.
+    fn refuse(&self, did: &str) -> io::Error {
+        tracing::warn!(
+            "a direct connection of uid {} {did}: closing it",
+            self.ledger.uid
+        );
+        io::Error::new(io::ErrorKind::InvalidData, format!("the peer {did}"))
+    }
+}
+
+#[async_trait]
+impl ReadHalf for Reader {
+    async fn recvmsg(&mut self, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+        if buf.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        loop {
+            match &mut self.phase {
+                Phase::Sasl { line, first } => {
+                    let (n, fds) = recv(&self.stream, &mut buf[..1]).await?;
+                    if !fds.is_empty() {
+                        return Err(self.refuse("sent file descriptors during the handshake"));
+                    }
+                    if sasl_byte(line, first, buf[0])? == Line::Begin {
+                        self.phase = Phase::Header {
+                            header: [0; PRIMARY_HEADER],
+                            got: 0,
+                        };
+                    }
+                    return Ok((n, fds));
+                }
+                Phase::Header { header, got } => {
+                    let mut h = *header;
+                    let at = *got;
+                    let (n, fds) = recv(&self.stream, &mut h[at..]).await?;
+                    self.fds.extend(fds);
+                    if self.fds.len() > FDS_MAX {
+                        return Err(self.refuse(&format!(
+                            "sent more than {FDS_MAX} file descriptors with one message"
+                        )));
+                    }
+                    if at + n < PRIMARY_HEADER {
+                        self.phase = Phase::Header {
+                            header: h,
+                            got: at + n,
+                        };
+                        continue;
+                    }
+                    let framing = parse_primary_header(&h)?;
+                    if framing.total > MAX_DIRECT_MESSAGE {
+                        tracing::warn!(
+                            "a direct connection of uid {} announced a message of {} bytes, more \
+                             than the {MAX_DIRECT_MESSAGE} a direct connection accepts (larger \
+                             values go by PutFd): closing it",
+                            self.ledger.uid,
+                            framing.total
+                        );
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "a message of {} bytes, more than {MAX_DIRECT_MESSAGE}",
+                                framing.total
+                            ),
+                        ));
+                    }
+                    // Nothing of the message reaches zbus (which would allocate all of it)
+                    // before its length fits the budgets.
+                    let fds = self.fds.len() as u64 * FD_CHARGE;
+                    let share = self
+                        .ledger
+                        .reserve(framing.total.max(MIN_CHARGE) + fds)
+                        .await?;
+                    self.phase = Phase::Message {
+                        header: h,
+                        given: 0,
+                        body: framing.total - PRIMARY_HEADER as u64,
+                        framing,
+                        share: Some(share),
+                        deadline: tokio::time::Instant::now() + self.ledger.message_limit,
+                    };
+                }
+                Phase::Message {
+                    header,
+                    given,
+                    body,
+                    framing,
+                    share,
+                    deadline,
+                } => {
+                    let (n, fds) = if *given < PRIMARY_HEADER {
+                        let n = (PRIMARY_HEADER - *given).min(buf.len());
+                        buf[..n].copy_from_slice(&header[*given..*given + n]);
+                        *given += n;
+                        (n, std::mem::take(&mut self.fds))
+                    } else {
+                        let want = usize::try_from(*body).unwrap_or(usize::MAX).min(buf.len());
+                        let read = recv(&self.stream, &mut buf[..want]);
+                        let Ok(got) = tokio::time::timeout_at(*deadline, read).await else {
+                            tracing::warn!(
+                                "a direct connection of uid {} sent {} of the {} bytes of a \
+                                 message in {} s: closing it",
+                                self.ledger.uid,
+                                framing.total - *body,
+                                framing.total,
+                                self.ledger.message_limit.as_secs_f32()
+                            );
+                            return Err(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!(
+                                    "a message not received in full within {} s",
+                                    self.ledger.message_limit.as_secs_f32()
+                                ),
+                            ));
+                        };
+                        let (n, fds) = got?;
+                        if !fds.is_empty() {
+                            return Err(self.refuse(
+                                "sent file descriptors after the first bytes of a message",
+                            ));
+                        }
+                        *body -= n as u64;
+                        (n, fds)
+                    };
+                    if *given == PRIMARY_HEADER && *body == 0 {
+                        if let Some(share) = share.take() {
+                            self.ledger.received(*framing, share);
+                        }
+                        self.phase = Phase::Header {
+                            header: [0; PRIMARY_HEADER],
+                            got: 0,
+                        };
+                    }
+                    return Ok((n, fds));
+                }
+            }
+        }
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        true
+    }
+
+    async fn peer_credentials(&mut self) -> io::Result<zbus::fdo::ConnectionCredentials> {
+        peer_credentials(&self.stream)
+    }
+}
+
+/// The write half: sends, and gives back the share of each call it answers.
+#[derive(Debug)]
+pub struct Writer {
+    stream: Arc<UnixStream>,
+    ledger: Arc<Ledger>,
+}
+
+#[async_trait]
+impl WriteHalf for Writer {
+    async fn send_message(&mut self, msg: &Message) -> zbus::Result<()> {
+        let data = msg.data();
+        let mut pos = 0;
+        let mut sent = Ok(());
+        while pos < data.len() {
+            let fds: Vec<BorrowedFd<'_>> = if pos == 0 {
+                data.fds().iter().map(|f| f.as_fd()).collect()
+            } else {
+                Vec::new()
+            };
+            match self.sendmsg(&data[pos..], &fds).await {
+                Ok(n) => pos += n,
+                Err(e) => {
+                    sent = Err(e.into());
+                    break;
+                }
+            }
+        }
+        // Given back once written (or failed): a peer that does not read its replies keeps
+        // its own budget taken, no one else's.
+        if matches!(msg.message_type(), Type::MethodReturn | Type::Error)
+            && let Some(serial) = msg.header().reply_serial()
+        {
+            self.ledger.answered(serial.get());
+        }
+        sent
+    }
+
+    async fn sendmsg(&mut self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        let stream = &self.stream;
+        stream
+            .async_io(Interest::WRITABLE, || fd_sendmsg(stream.as_fd(), buf, fds))
+            .await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        match rustix::net::shutdown(self.stream.as_fd(), rustix::net::Shutdown::Both) {
+            Err(rustix::io::Errno::NOTCONN) => Ok(()),
+            r => Ok(r?),
+        }
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        true
+    }
+
+    async fn peer_credentials(&mut self) -> io::Result<zbus::fdo::ConnectionCredentials> {
+        peer_credentials(&self.stream)
+    }
+}
+
+/// The uid and pid of the process at the other end (SO_PEERCRED).
+fn peer_credentials(stream: &UnixStream) -> io::Result<zbus::fdo::ConnectionCredentials> {
+    let cred = rustix::net::sockopt::socket_peercred(stream.as_fd())?;
+    let creds = zbus::fdo::ConnectionCredentials::default().set_unix_user_id(cred.uid.as_raw());
+    Ok(match u32::try_from(cred.pid.as_raw_nonzero().get()) {
+        Ok(pid) => creds.set_process_id(pid),
+        Err(_) => creds,
+    })
+}
+
+/// recvmsg(2) of bytes into `buf` and of the descriptors sent with them.
+fn fd_recvmsg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_MAX))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(got) = m {
+            fds.extend(got);
+        }
+    }
+    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {FDS_MAX} file descriptors in one read"),
+        ));
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// sendmsg(2) of `buf`, with `fds` attached.
+fn fd_sendmsg(fd: BorrowedFd<'_>, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_MAX))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("more than {FDS_MAX} file descriptors in one message"),
+        ));
+    }
+    Ok(rustix::net::sendmsg(
+        fd,
+        &[IoSlice::new(buf)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(endian: u8, body: u32, serial: u32, fields: u32) -> [u8; 16] {
+        let mut h = [0u8; 16];
+        h[0] = endian;
+        h[1] = METHOD_CALL;
+        h[3] = 1;
+        let w = |v: u32| {
+            if endian == b'B' {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        h[4..8].copy_from_slice(&w(body));
+        h[8..12].copy_from_slice(&w(serial));
+        h[12..16].copy_from_slice(&w(fields));
+        h
+    }
+
+    #[test]
+    fn the_total_length_is_the_header_fields_padded_to_8_plus_the_body() {
+        let f = parse_primary_header(&header(b'l', 100, 7, 5)).unwrap();
+        assert_eq!((f.total, f.serial, f.wants_reply), (24 + 100, 7, true));
+        let f = parse_primary_header(&header(b'l', 0, 1, 8)).unwrap();
+        assert_eq!(f.total, 24);
+        let f = parse_primary_header(&header(b'l', 3, 1, 0)).unwrap();
+        assert_eq!(f.total, 19);
+    }
+
+    #[test]
+    fn big_endian_headers_are_read_big_endian() {
+        let f = parse_primary_header(&header(b'B', 0x0100_0000, 0x0200_0000, 0)).unwrap();
+        assert_eq!((f.total, f.serial), (16 + (1 << 24), 1 << 25));
+    }
+
+    #[test]
+    fn a_length_field_of_2_pow_32_minus_1_does_not_overflow_and_is_over_the_limit() {
+        let f = parse_primary_header(&header(b'l', u32::MAX, 1, u32::MAX)).unwrap();
+        assert_eq!(
+            f.total,
+            (16 + u64::from(u32::MAX)).next_multiple_of(8) + 0xffff_ffff
+        );
+        assert!(f.total > MAX_DIRECT_MESSAGE);
+    }
+
+    #[test]
+    fn a_bad_endianness_byte_is_refused_and_flags_decide_the_reply() {
+        assert!(parse_primary_header(&header(b'x', 1, 1, 0)).is_err());
+        let mut h = header(b'l', 1, 1, 0);
+        h[2] = NO_REPLY_EXPECTED;
+        assert!(!parse_primary_header(&h).unwrap().wants_reply);
+        h[2] = 0;
+        h[1] = 4; // a signal
+        assert!(!parse_primary_header(&h).unwrap().wants_reply);
+    }
+
+    fn feed(bytes: &[u8]) -> io::Result<Vec<Line>> {
+        let (mut line, mut first) = (Vec::new(), true);
+        bytes
+            .iter()
+            .map(|b| sasl_byte(&mut line, &mut first, *b))
+            .filter(|l| !matches!(l, Ok(Line::Partial)))
+            .collect()
+    }
+
+    #[test]
+    fn the_sasl_lines_end_at_begin_as_zbus_reads_it() {
+        assert_eq!(
+            feed(b"\0AUTH EXTERNAL 30\r\nNEGOTIATE_UNIX_FD\r\nBEGIN\r\n").unwrap(),
+            [Line::Other, Line::Other, Line::Begin]
+        );
+        assert_eq!(
+            feed(b"\0AUTH EXTERNAL 30\r\n  BEGIN  extra\r\n").unwrap(),
+            [Line::Other, Line::Begin]
+        );
+        // BEGIN as the first line, after the NUL byte: zbus parses it as BEGIN too.
+        assert_eq!(feed(b"\0BEGIN\r\n").unwrap(), [Line::Begin]);
+        assert_eq!(
+            feed(b"\0AUTH\r\nBEGINX\r\n").unwrap(),
+            [Line::Other, Line::Other]
+        );
+    }
+
+    #[test]
+    fn a_sasl_line_without_cr_or_too_long_is_refused() {
+        assert!(feed(b"\0AUTH\n").is_err());
+        assert!(feed(b"\n").is_err());
+        assert!(feed(&vec![b'A'; SASL_LINE_MAX + 1]).is_err());
+    }
+
+    /// Both ends of a direct socket for uid 0 with small budgets; the peer end is a plain
+    /// socket written to by hand.
+    fn pair(uid_bytes: u64) -> (Reader, Writer, std::os::unix::net::UnixStream, Arc<Budgets>) {
+        let (mine, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let mut budgets = Budgets::new(uid_bytes, 1 << 30);
+        budgets.message_limit = Duration::from_millis(300);
+        let budgets = Arc::new(budgets);
+        let s = DirectSocket::new(UnixStream::from_std(mine).unwrap(), 0, &budgets);
+        let (r, w) = s.split().take();
+        (r, w, peer, budgets)
+    }
+
+    async fn read_n(r: &mut Reader, n: usize, chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut buf = vec![0u8; chunk];
+            let (got, _) = r.recvmsg(&mut buf).await.unwrap();
+            out.extend_from_slice(&buf[..got]);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_through_unchanged_and_nothing_past_begin_is_read_with_the_handshake() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, _b) = pair(1 << 20);
+        let sasl = b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n";
+        let mut msg = header(b'l', 8, 1, 0).to_vec();
+        msg.extend_from_slice(b"abcdefgh");
+        let mut all = sasl.to_vec();
+        all.extend_from_slice(&msg);
+        all.extend_from_slice(&msg);
+        peer.write_all(&all).unwrap();
+        // The handshake comes back a byte at a time, even into a large buffer.
+        let got = read_n(&mut r, sasl.len(), 1024).await;
+        assert_eq!(got, sasl);
+        assert!(matches!(r.phase, Phase::Header { got: 0, .. }));
+        // A message never comes back with the next one's bytes.
+        let got = read_n(&mut r, msg.len(), 1024).await;
+        assert_eq!(got, msg);
+        // Headers handed on across calls of a few bytes each.
+        let got = read_n(&mut r, msg.len(), 5).await;
+        assert_eq!(got, msg);
+    }
+
+    #[tokio::test]
+    async fn a_header_arriving_in_pieces_is_put_together() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, _b) = pair(1 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let mut msg = header(b'B', 4, 9, 0).to_vec();
+        msg.extend_from_slice(b"wxyz");
+        let reading = tokio::spawn(async move {
+            let got = read_n(&mut r, 20, 64).await;
+            (got, r)
+        });
+        for piece in msg.chunks(3) {
+            peer.write_all(piece).unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (got, _r) = reading.await.unwrap();
+        assert_eq!(got, msg);
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_is_refused_before_any_of_it_is_handed_on() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, _b) = pair(1 << 30);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let body = u32::try_from(MAX_DIRECT_MESSAGE).unwrap() - 16 + 1;
+        peer.write_all(&header(b'l', body, 1, 0)).unwrap();
+        let mut buf = [0u8; 64];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    }
+
+    #[tokio::test]
+    async fn past_the_budget_the_read_waits_until_the_call_is_answered() {
+        use std::io::Write;
+        // Room for one message of 100 KiB (charged whole) but not two.
+        let (mut r, mut w, mut peer, budgets) = pair(150 << 10);
+        let body = (100u32 << 10) - 16;
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let mut first = header(b'l', body, 41, 0).to_vec();
+        first.resize(16 + body as usize, 1);
+        peer.write_all(&first).unwrap();
+        assert_eq!(read_n(&mut r, first.len(), 1 << 20).await, first);
+        // The call is received but not answered: its share is still held.
+        let uid = budgets.of_uid(0);
+        assert_eq!(uid.available_permits(), 50);
+        // A second header: the read waits, handing on nothing.
+        peer.write_all(&header(b'l', body, 42, 0)).unwrap();
+        let reading = tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            let got = r.recvmsg(&mut buf).await.unwrap().0;
+            (got, buf)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!reading.is_finished(), "a header handed on past the budget");
+        // Answering serial 41 lets it through.
+        let call = zbus::message::Message::method_call("/", "Ping")
+            .serial(std::num::NonZeroU32::new(41).unwrap())
+            .build(&())
+            .unwrap();
+        let reply = zbus::message::Message::method_return(&call.header())
+            .build(&())
+            .unwrap();
+        w.send_message(&reply).await.unwrap();
+        let (got, buf) = tokio::time::timeout(std::time::Duration::from_secs(5), reading)
+            .await
+            .expect("the read went on once the call was answered")
+            .unwrap();
+        assert_eq!((got, buf), (16, header(b'l', body, 42, 0)));
+    }
+
+    #[tokio::test]
+    async fn a_message_that_stalls_past_the_limit_closes_the_connection_and_frees_its_share() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, budgets) = pair(1 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let mut start = header(b'l', 200 << 10, 1, 0).to_vec();
+        start.extend_from_slice(&[0; 100]);
+        peer.write_all(&start).unwrap();
+        read_n(&mut r, start.len(), 4096).await;
+        let mut buf = [0u8; 4096];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        drop(r);
+        drop(_w);
+        assert_eq!(budgets.of_uid(0).available_permits(), 1024);
+    }
+
+    /// Send `bytes` on `peer` with `n` descriptors (of /dev/null) attached.
+    fn send_with_fds(peer: &std::os::unix::net::UnixStream, bytes: &[u8], n: usize) {
+        let fd = std::fs::File::open("/dev/null").unwrap();
+        let fds: Vec<BorrowedFd<'_>> = (0..n).map(|_| fd.as_fd()).collect();
+        assert_eq!(fd_sendmsg(peer.as_fd(), bytes, &fds).unwrap(), bytes.len());
+    }
+
+    #[tokio::test]
+    async fn descriptors_count_against_the_budget_and_come_with_the_first_bytes_only() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, budgets) = pair(8 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        // Two descriptors with the header: handed on with its first bytes, counted 1 MiB each.
+        let mut call = header(b'l', 8, 1, 0).to_vec();
+        call.extend_from_slice(&[0; 8]);
+        send_with_fds(&peer, &call, 2);
+        let mut buf = [0u8; 64];
+        let (n, fds) = r.recvmsg(&mut buf).await.unwrap();
+        assert_eq!((n, fds.len()), (16, 2));
+        assert_eq!(budgets.of_uid(0).available_permits(), 8192 - 2048 - 64);
+        read_n(&mut r, 8, 64).await;
+        // A descriptor with a later byte of a message closes the connection.
+        peer.write_all(&header(b'l', 8, 2, 0)).unwrap();
+        read_n(&mut r, 16, 64).await;
+        send_with_fds(&peer, &[0; 8], 1);
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("after the first bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn descriptors_during_the_handshake_close_the_connection() {
+        let (mut r, _w, peer, _b) = pair(1 << 20);
+        send_with_fds(&peer, b"\0AUTH EXTERNAL 30\r\n", 1);
+        let mut buf = [0u8; 64];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("during the handshake"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_gives_back_what_it_held() {
+        use std::io::Write;
+        let (mut r, w, mut peer, budgets) = pair(1 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        // One call received in full (held until answered), one header admitted mid-message.
+        let mut call = header(b'l', 8, 1, 0).to_vec();
+        call.extend_from_slice(&[0; 8]);
+        peer.write_all(&call).unwrap();
+        read_n(&mut r, call.len(), 64).await;
+        peer.write_all(&header(b'l', 200 << 10, 2, 0)).unwrap();
+        read_n(&mut r, 16, 64).await;
+        let uid = budgets.of_uid(0);
+        assert_eq!(uid.available_permits(), 1024 - 64 - 201);
+        drop((r, w));
+        assert_eq!(uid.available_permits(), 1024);
+    }
+}
