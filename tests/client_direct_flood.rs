@@ -2,13 +2,14 @@
 //! numa-cached to bound what they send. The daemon's memory must stay bounded (its peak RSS
 //! from /proc/PID/status, the kernel's figure) against a flood of real pipelined PutMany
 //! calls over several connections, against 16 connections that each announce a large
-//! message and stall, and against messages announced past the per-message limit; other
+//! message and stall, against messages announced past the per-message limit, and against a
+//! peer that pipelines calls returning large values and never reads its replies; other
 //! callers must still be served, and the daemon stays up.
 
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon};
+use dbus::{Bus, Daemon, TEST_USER};
 use numa_cache_client::Client;
 use numa_cache_client::names;
 use std::io::{Read, Write};
@@ -396,4 +397,252 @@ async fn thousands_of_pipelined_small_calls_pass_the_budget_and_all_complete() {
     .await
     .expect("3000 pipelined calls on one direct connection within 60 s");
     assert_eq!(all, 3000);
+}
+
+// ---- replies never read: a peer that pipelines value-returning calls ---------------------
+
+/// A call of the Cache interface as the bytes a client would send, with `serial`.
+fn raw_call<B>(member: &str, serial: u32, body: &B) -> Vec<u8>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+{
+    let msg = zbus::Message::method_call(names::ROOT_PATH, member)
+        .interface(names::iface::CACHE)
+        .serial(std::num::NonZeroU32::new(serial).unwrap())
+        .build(body)
+        .unwrap();
+    msg.data().to_vec()
+}
+
+/// A value of `len` bytes that does not compress, from `seed`.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// The env var that makes the test binary the other user's process ([`other_user_calls`]).
+const OTHER_ROLE: &str = "NUMA_CACHE_FLOOD_OTHER_USER";
+
+/// What another user (numacache-test) does while root's peer floods: a Put and Get on the
+/// bus and on a direct connection of its own, one value of 4 MiB; each printed as a
+/// `RESULT` line.
+async fn other_user_calls() {
+    let c = Client::connect(&std::env::var("DBUS_SYSTEM_BUS_ADDRESS").unwrap())
+        .await
+        .expect("connect");
+    let v = noise(4 << 20, 99);
+    let bus = async {
+        c.put("flood-other", "bus", &v).await?;
+        c.get("flood-other", "bus").await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(20), bus).await;
+    println!("RESULT bus {}", matches!(&r, Ok(Ok(Some(got))) if *got == v));
+    let direct = async {
+        let d = c.open_direct().await?;
+        d.put("flood-other", "direct", &v).await?;
+        d.get("flood-other", "direct").await
+    };
+    let r = tokio::time::timeout(Duration::from_secs(20), direct).await;
+    println!("RESULT direct {}", matches!(&r, Ok(Ok(Some(got))) if *got == v));
+}
+
+/// Run this test binary's `..._never_read_are_bounded` as numacache-test, which then makes
+/// [`other_user_calls`]; its `RESULT` lines.
+fn run_other_user(bus_address: &str) -> Vec<String> {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("runuser")
+        .args(["-u", TEST_USER, "--", "env"])
+        .arg(format!("DBUS_SYSTEM_BUS_ADDRESS={bus_address}"))
+        .arg(format!("{OTHER_ROLE}=1"))
+        .arg(exe)
+        .args([
+            "replies_a_direct_peer_never_reads_are_bounded",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .expect("runuser");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "the other user's process failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| l.find("RESULT ").map(|at| l[at + 7..].to_string()))
+        .collect()
+}
+
+#[test]
+fn replies_a_direct_peer_never_reads_are_bounded() {
+    if std::env::var(OTHER_ROLE).is_ok() {
+        // The re-run as the other user (run_other_user).
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(other_user_calls());
+        return;
+    }
+    if !dbus::prerequisites() {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(replies_never_read());
+}
+
+async fn replies_never_read() {
+    dbus::ensure_test_user();
+    let bus = Bus::start();
+    // A memory tier of 1 MiB, so that the peak RSS shows what the calls hold, not the
+    // values the cache keeps in memory.
+    let memory = [("OPDBUS_CACHE_MEMORY_BYTES", "1M")];
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &memory);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let pid = daemon_pid(&c).await;
+    // Four values of 16 MiB (the most a Get returns) and two of 8 MiB (a GetMany of both is
+    // 16 MiB, the most it returns).
+    let big: Vec<Vec<u8>> = (0..4).map(|i| noise(16 << 20, i)).collect();
+    let half: Vec<Vec<u8>> = (0..2).map(|i| noise(8 << 20, 10 + i)).collect();
+    for (i, v) in big.iter().enumerate() {
+        c.put("replies", &format!("big{i}"), v).await.unwrap();
+    }
+    for (i, v) in half.iter().enumerate() {
+        c.put("replies", &format!("half{i}"), v).await.unwrap();
+    }
+    c.put("calm", "before", b"v").await.unwrap();
+    // The peak so far (the puts above) is forgotten: VmHWM starts again from the RSS now.
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let hwm0 = status_kib(pid, "VmHWM:");
+
+    // 64 calls on one direct connection, each returning 16 MiB (1 GiB in all): 48 Get and
+    // 16 GetMany, all sent at once (a few KiB), and no reply ever read.
+    let mut calls = Vec::new();
+    for serial in 1..=64u32 {
+        if serial % 4 == 0 {
+            calls.extend(raw_call(
+                "GetMany",
+                serial,
+                &("replies", vec!["half0", "half1"]),
+            ));
+        } else {
+            let key = format!("big{}", serial % 4);
+            calls.extend(raw_call("Get", serial, &("replies", key.as_str())));
+        }
+    }
+    let hostile = open_raw(&c, &calls).await;
+    // Let the daemon do what it will with them (reading 1 GiB from the shards takes a
+    // second or two on its own).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    // Meanwhile root's calm bus caller and another user (bus and direct) are served.
+    let calm = tokio::time::timeout(Duration::from_secs(10), c.get("calm", "before")).await;
+    assert!(
+        matches!(&calm, Ok(Ok(Some(v))) if v == b"v"),
+        "the calm caller was not served: {calm:?}"
+    );
+    let address = bus.address.clone();
+    let other = tokio::task::spawn_blocking(move || run_other_user(&address))
+        .await
+        .unwrap();
+    assert_eq!(other, ["bus true", "direct true"], "the other user's calls");
+
+    let hwm = status_kib(pid, "VmHWM:");
+    let grew_mib = hwm.saturating_sub(hwm0) >> 10;
+    eprintln!(
+        "64 pipelined Get/GetMany of 16 MiB never read: daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
+        hwm0 >> 10,
+        hwm >> 10
+    );
+    // The uid's reply budget (64 MiB) lets four replies of 16 MiB be read at a time until
+    // they are written; each is copied once into its message (so twice 64 MiB), plus the
+    // other user's 4 MiB calls and the shards' read buffers.
+    assert!(
+        grew_mib < 192,
+        "64 unread replies of 16 MiB raised the daemon's peak RSS by {grew_mib} MiB"
+    );
+
+    // The peer hangs up: what its calls held is given back, so a fresh direct connection of
+    // the same uid gets 8 values of 16 MiB at once and a GetMany of 16 MiB.
+    drop(hostile);
+    let d = c.open_direct().await.expect("OpenDirect");
+    let gets: Vec<_> = (0..8)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move { d.get("replies", &format!("big{}", i % 4)).await })
+        })
+        .collect();
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = Vec::new();
+        for g in gets {
+            got.push(g.await.unwrap().unwrap());
+        }
+        let many = d.get_many("replies", &["half0", "half1"]).await.unwrap();
+        (got, many)
+    })
+    .await
+    .expect("8 Gets and a GetMany of 16 MiB within 30 s once the peer hung up");
+    for (i, v) in all.0.iter().enumerate() {
+        assert!(v.as_ref() == Some(&big[i % 4]), "Get {i} read back wrong");
+    }
+    assert_eq!(all.1.get("half1"), Some(&half[1]));
+    c.ping().await.expect("the daemon is up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_callers_on_direct_connections_fill_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    // 16 waiters of one uid, on 4 direct connections: each GetOrLease takes room for a
+    // 16 MiB reply while it waits, so only four fit the uid's reply budget at once; the
+    // others wait for room, and every one still gets the value.
+    let mut direct = Vec::new();
+    for _ in 0..4 {
+        direct.push(c.open_direct().await.expect("OpenDirect"));
+    }
+    let fills = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let d = direct[i % 4].clone();
+            let fills = Arc::clone(&fills);
+            tokio::spawn(async move {
+                d.get_or_insert_with("flight", "k", Duration::from_secs(10), || async move {
+                    fills.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, numa_cache_client::Error>(b"filled once".to_vec())
+                })
+                .await
+            })
+        })
+        .collect();
+    let all = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap().unwrap());
+        }
+        out
+    })
+    .await
+    .expect("16 callers served within 20 s");
+    assert!(all.iter().all(|v| v == b"filled once"), "{all:?}");
+    assert_eq!(fills.load(Ordering::SeqCst), 1, "the fill must run once");
 }
