@@ -10,6 +10,7 @@ pub use crate::policy::memfd;
 use crate::app::{AppError, PutArgs, Refusal, Requester};
 use crate::service::Service;
 use crate::service::direct::{DirectCaller, DirectServer};
+use crate::service::direct_socket::Reply;
 use crate::service::errors::{ServiceError, ServiceResult};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -57,6 +58,24 @@ impl CacheIface {
         }
     }
 
+    /// On a direct connection, room for the largest reply a value-returning call can have
+    /// (`max_inline_bytes`), taken from the connection's reply budget before the value is
+    /// read, so that values read for a peer that does not read its replies stay bounded;
+    /// [`keep_reply`] then keeps what the reply needs. None on the bus (the bus daemon
+    /// reads the replies).
+    async fn reserve_reply(&self) -> ServiceResult<Option<Reply>> {
+        let Via::Direct(caller) = &self.via else {
+            return Ok(None);
+        };
+        let most = self.svc.app.limits().max_inline_bytes;
+        let reply = caller.replies().reserve(most).await.map_err(|e| {
+            ServiceError(AppError::Unavailable(format!(
+                "no room for the reply on this direct connection: {e}"
+            )))
+        })?;
+        Ok(Some(reply))
+    }
+
     /// AccessDenied for an administrative method on a direct connection: polkit's subject
     /// is the bus caller, so these are served on the bus only.
     fn bus_only(&self, member: &str) -> ServiceResult<()> {
@@ -70,6 +89,14 @@ impl CacheIface {
                 ),
             ))),
         }
+    }
+}
+
+/// The reply to the call of `header` carries `bytes` of values: keep that much of `reply`
+/// until it is written (given back now by a call on the bus, which reserved none).
+fn keep_reply(reply: Option<Reply>, header: &Header<'_>, bytes: u64) {
+    if let Some(reply) = reply {
+        reply.keep(header.primary().serial_num().get(), bytes);
     }
 }
 
@@ -169,11 +196,14 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(bool, ByteBuf), ServiceError> {
         let who = self.requester(&header).await?;
+        // Charged up front on a direct connection: the value may arrive while it waits.
+        let reply = self.reserve_reply().await?;
         let (hit, value) = self
             .svc
             .app
             .get_or_lease(&who, namespace, key, lease_ms)
             .await?;
+        keep_reply(reply, &header, value.len() as u64);
         Ok((hit, ByteBuf::from(value)))
     }
 
@@ -187,7 +217,10 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, ByteBuf>, ServiceError> {
         let who = self.requester(&header).await?;
+        let reply = self.reserve_reply().await?;
         let found = self.svc.app.get_many(&who, namespace, keys).await?;
+        let bytes = found.values().map(|v| v.len() as u64).sum();
+        keep_reply(reply, &header, bytes);
         Ok(found
             .into_iter()
             .map(|(k, v)| (k, ByteBuf::from(v)))
@@ -262,7 +295,10 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<ByteBuf, ServiceError> {
         let who = self.requester(&header).await?;
-        Ok(ByteBuf::from(self.svc.app.get(&who, namespace, key).await?))
+        let reply = self.reserve_reply().await?;
+        let value = self.svc.app.get(&who, namespace, key).await?;
+        keep_reply(reply, &header, value.len() as u64);
+        Ok(ByteBuf::from(value))
     }
 
     /// The value as a sealed memfd (read-only, fixed size) and its size in bytes: for values

@@ -18,12 +18,14 @@
 //!   through [`DirectSocket`]: a message over
 //!   [`MAX_DIRECT_MESSAGE`](crate::service::direct_socket::MAX_DIRECT_MESSAGE) closes the connection,
 //!   and one is read only once it fits its uid's budget and the total
-//!   ([`crate::service::direct_socket`]).
+//!   ([`crate::service::direct_socket`]). Replies that carry values count against the
+//!   connection's reply budget ([`DirectCaller::replies`]), so a peer that never reads its
+//!   socket cannot make the daemon hold its replies without bound either.
 
 use crate::app::authz::last_cpu;
 use crate::app::{AppError, Refusal, Requester};
 use crate::service::ROOT_PATH;
-use crate::service::direct_socket::{Budgets, DirectSocket};
+use crate::service::direct_socket::{Budgets, DirectSocket, Replies};
 use crate::service::errors::ServiceError;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -54,12 +56,18 @@ const CPU_FRESH: Duration = Duration::from_millis(50);
 pub struct DirectCaller {
     who: Requester,
     cpu: Mutex<(Option<u32>, Instant)>,
+    replies: Replies,
 }
 
 impl DirectCaller {
-    fn new(who: Requester) -> DirectCaller {
+    fn new(who: Requester, replies: Replies) -> DirectCaller {
         let cpu = Mutex::new((who.cpu, Instant::now()));
-        DirectCaller { who, cpu }
+        DirectCaller { who, cpu, replies }
+    }
+
+    /// The reply budget of its connection, which value-returning calls reserve from.
+    pub fn replies(&self) -> &Replies {
+        &self.replies
     }
 
     /// The caller as the application needs it for one call.
@@ -159,7 +167,7 @@ impl DirectServer {
         mine.set_nonblocking(true).map_err(unavailable)?;
         let mine = tokio::net::UnixStream::from_std(mine).map_err(unavailable)?;
         let mine = DirectSocket::new(mine, uid, &self.budgets);
-        let caller = Arc::new(DirectCaller::new(who));
+        let caller = Arc::new(DirectCaller::new(who, mine.replies()));
         let iface = iface(Arc::clone(&caller));
         tokio::spawn(serve(mine, uid, iface, slot));
         Ok(OwnedFd::from(theirs))

@@ -20,7 +20,17 @@
 //! - file descriptors count too (each [`FD_CHARGE`], so the descriptors a uid has in the
 //!   daemon stay far under the unit's `LimitNOFILE`); they must come with a message's first
 //!   bytes, as every D-Bus library sends them, at most [`FDS_MAX`] of them, and never
-//!   during the handshake.
+//!   during the handshake;
+//! - a call's serial must not repeat one still unanswered on that connection (the budget
+//!   gives a call's share back by the serial of its reply);
+//! - replies that carry values (Get, GetMany, GetOrLease) count against a second pair of
+//!   budgets, [`REPLY_UID_BUDGET`] per uid and [`REPLY_TOTAL_BUDGET`] in all: the handler
+//!   takes room for the largest reply before it reads the value ([`Replies::reserve`]),
+//!   keeps what the reply needs with its call, and gives it back once the reply has been
+//!   written. A peer that never reads its socket so makes the daemon hold at most that
+//!   many bytes of replies, however many calls it pipelines. They are separate from the
+//!   message budgets so that calls holding the whole message budget, each waiting for room
+//!   for its reply, cannot wait on each other forever.
 //!
 //! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
 //! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
@@ -33,7 +43,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use zbus::Message;
 use zbus::connection::socket::{ReadHalf, Socket, Split, WriteHalf};
 use zbus::export::async_trait::async_trait;
@@ -49,6 +59,12 @@ pub const MAX_DIRECT_MESSAGE: u64 = 32 << 20;
 pub const UID_BUDGET: u64 = 2 * MAX_DIRECT_MESSAGE;
 /// Bytes of messages all direct connections together may have in the daemon at once.
 pub const TOTAL_BUDGET: u64 = 8 * MAX_DIRECT_MESSAGE;
+/// Bytes of replies one uid's direct connections may hold in the daemon at once (values
+/// read for a Get, GetMany or GetOrLease and not yet written): four of the largest (16 MiB,
+/// `max_inline_bytes`).
+pub const REPLY_UID_BUDGET: u64 = 64 << 20;
+/// Bytes of replies all direct connections together may hold at once.
+pub const REPLY_TOTAL_BUDGET: u64 = 256 << 20;
 /// The least a message is charged, for what the daemon keeps per call besides its bytes
 /// (so tiny calls cannot pile up unbounded bookkeeping either).
 pub const MIN_CHARGE: u64 = 64 << 10;
@@ -181,6 +197,10 @@ pub struct Budgets {
     total: Arc<Semaphore>,
     uid_bytes: u64,
     message_limit: Duration,
+    /// Of replies: per uid, and for all.
+    replies_per_uid: Mutex<HashMap<u32, Weak<Semaphore>>>,
+    replies_total: Arc<Semaphore>,
+    reply_uid_bytes: u64,
 }
 
 impl Default for Budgets {
@@ -192,25 +212,49 @@ impl Default for Budgets {
 impl Budgets {
     /// Budgets of `uid_bytes` per uid and `total_bytes` in all.
     pub fn new(uid_bytes: u64, total_bytes: u64) -> Budgets {
+        Budgets::with_replies(uid_bytes, total_bytes, REPLY_UID_BUDGET, REPLY_TOTAL_BUDGET)
+    }
+
+    /// Budgets of `uid_bytes` per uid and `total_bytes` in all for messages, and of
+    /// `reply_uid_bytes` and `reply_total_bytes` for replies.
+    pub fn with_replies(
+        uid_bytes: u64,
+        total_bytes: u64,
+        reply_uid_bytes: u64,
+        reply_total_bytes: u64,
+    ) -> Budgets {
         Budgets {
             per_uid: Mutex::new(HashMap::new()),
             total: Arc::new(Semaphore::new(units(total_bytes))),
             uid_bytes,
             message_limit: MESSAGE_LIMIT,
+            replies_per_uid: Mutex::new(HashMap::new()),
+            replies_total: Arc::new(Semaphore::new(units(reply_total_bytes))),
+            reply_uid_bytes: reply_uid_bytes.min(reply_total_bytes),
         }
     }
 
-    /// The budget of `uid`, shared by its connections while any holds it.
+    /// The message budget of `uid`, shared by its connections while any holds it.
     fn of_uid(&self, uid: u32) -> Arc<Semaphore> {
-        let mut map = self.per_uid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get(&uid).and_then(Weak::upgrade) {
-            return s;
-        }
-        map.retain(|_, w| w.strong_count() > 0);
-        let s = Arc::new(Semaphore::new(units(self.uid_bytes)));
-        map.insert(uid, Arc::downgrade(&s));
-        s
+        shared_of(&self.per_uid, uid, self.uid_bytes)
     }
+
+    /// The reply budget of `uid`, shared likewise.
+    fn replies_of_uid(&self, uid: u32) -> Arc<Semaphore> {
+        shared_of(&self.replies_per_uid, uid, self.reply_uid_bytes)
+    }
+}
+
+/// The semaphore of `uid` in `map` (made with `bytes` if no connection holds one).
+fn shared_of(map: &Mutex<HashMap<u32, Weak<Semaphore>>>, uid: u32, bytes: u64) -> Arc<Semaphore> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = map.get(&uid).and_then(Weak::upgrade) {
+        return s;
+    }
+    map.retain(|_, w| w.strong_count() > 0);
+    let s = Arc::new(Semaphore::new(units(bytes)));
+    map.insert(uid, Arc::downgrade(&s));
+    s
 }
 
 /// Semaphore permits count KiB, so that any budget fits a u32 request.
@@ -225,58 +269,169 @@ struct Share {
     _total: OwnedSemaphorePermit,
 }
 
-/// What one direct connection holds: its uid's budget, and the shares of the method calls
-/// it has not answered yet (by serial). Shared by both halves; dropped with them.
+impl Share {
+    /// The KiB it holds.
+    fn units(&self) -> usize {
+        self._uid.num_permits()
+    }
+
+    /// Give back all but `keep` KiB of it.
+    fn shrink_to(&mut self, keep: usize) {
+        let extra = self.units().saturating_sub(keep);
+        if extra > 0 {
+            drop((self._uid.split(extra), self._total.split(extra)));
+        }
+    }
+}
+
+/// Take `bytes` (rounded up to KiB) of `uid` and then of `total`, waiting until they fit.
+async fn acquire(uid: &Arc<Semaphore>, total: &Arc<Semaphore>, bytes: u64) -> io::Result<Share> {
+    let n = u32::try_from(units(bytes))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a message too large to count"))?;
+    let closed = |_| io::Error::other("the direct-connection budget is closed");
+    let uid = Arc::clone(uid)
+        .acquire_many_owned(n)
+        .await
+        .map_err(closed)?;
+    let total = Arc::clone(total)
+        .acquire_many_owned(n)
+        .await
+        .map_err(closed)?;
+    Ok(Share {
+        _uid: uid,
+        _total: total,
+    })
+}
+
+/// A method call received and not answered yet: its share, and the room kept for its reply.
+#[derive(Debug)]
+struct Pending {
+    serial: u32,
+    _call: Share,
+    reply: Option<Share>,
+}
+
+/// What one direct connection holds: its uid's budgets, and the shares of the method calls
+/// it has not answered yet (by serial). Shared by both halves; dropped with them, and
+/// emptied (`closed`) once the read half is gone.
 #[derive(Debug)]
 struct Ledger {
     uid: u32,
     message_limit: Duration,
     uid_budget: Arc<Semaphore>,
     total: Arc<Semaphore>,
-    unanswered: Mutex<Vec<(u32, Share)>>,
+    reply_uid: Arc<Semaphore>,
+    reply_total: Arc<Semaphore>,
+    reply_uid_bytes: u64,
+    unanswered: Mutex<Vec<Pending>>,
+    /// True once the read half is gone (the connection is over): reply reservations still
+    /// waiting give up.
+    closed: watch::Sender<bool>,
 }
 
 impl Ledger {
-    /// Wait until `bytes` fit both budgets, and take them.
+    /// Wait until `bytes` (at least [`MIN_CHARGE`]) fit both message budgets, and take them.
     async fn reserve(&self, bytes: u64) -> io::Result<Share> {
-        let n = u32::try_from(units(bytes.max(MIN_CHARGE))).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidData, "a message too large to count")
-        })?;
-        let closed = |_| io::Error::other("the direct-connection budget is closed");
-        let uid = Arc::clone(&self.uid_budget)
-            .acquire_many_owned(n)
-            .await
-            .map_err(closed)?;
-        let total = Arc::clone(&self.total)
-            .acquire_many_owned(n)
-            .await
-            .map_err(closed)?;
-        Ok(Share {
-            _uid: uid,
-            _total: total,
-        })
+        acquire(&self.uid_budget, &self.total, bytes.max(MIN_CHARGE)).await
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u32, Share)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
         self.unanswered.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a call with `serial` is still unanswered.
+    fn unanswered(&self, serial: u32) -> bool {
+        self.lock().iter().any(|p| p.serial == serial)
     }
 
     /// A message has been received in full: a call keeps its share until answered.
     fn received(&self, framing: Framing, share: Share) {
         if framing.wants_reply {
-            self.lock().push((framing.serial, share));
+            self.lock().push(Pending {
+                serial: framing.serial,
+                _call: share,
+                reply: None,
+            });
         }
     }
 
-    /// A reply to `serial` has been written: give back that call's share.
+    /// The reply to `serial` will need `share`: held with the call until it is written
+    /// (given back now if the call expects no reply or the connection is over).
+    fn keep_reply(&self, serial: u32, share: Share) {
+        let mut v = self.lock();
+        if let Some(p) = v.iter_mut().find(|p| p.serial == serial) {
+            p.reply = Some(share);
+        }
+    }
+
+    /// A reply to `serial` has been written: give back that call's share and its reply's.
     fn answered(&self, serial: u32) {
-        let share = {
+        let pending = {
             let mut v = self.lock();
             v.iter()
-                .position(|(s, _)| *s == serial)
+                .position(|p| p.serial == serial)
                 .map(|i| v.swap_remove(i))
         };
-        drop(share);
+        drop(pending);
+    }
+
+    /// The read half is gone: give back every share, and stop reply reservations waiting.
+    fn close(&self) {
+        let all = std::mem::take(&mut *self.lock());
+        self.closed.send_replace(true);
+        drop(all);
+    }
+}
+
+/// A handle on a direct connection's reply budget, for the handlers that return values
+/// (see the module). Holds no budget itself, and does not keep the connection's ledger.
+#[derive(Debug, Clone)]
+pub struct Replies {
+    ledger: Weak<Ledger>,
+    uid: Arc<Semaphore>,
+    total: Arc<Semaphore>,
+    most: u64,
+    closed: watch::Receiver<bool>,
+}
+
+impl Replies {
+    /// Wait until `bytes` of reply fit the uid's and the total reply budget, and take them;
+    /// a call needing more than the uid's whole reply budget is charged that budget. An
+    /// error when the connection closes meanwhile.
+    pub async fn reserve(&self, bytes: u64) -> io::Result<Reply> {
+        let mut closed = self.closed.clone();
+        tokio::select! {
+            share = acquire(&self.uid, &self.total, bytes.min(self.most)) => Ok(Reply {
+                share: share?,
+                ledger: Weak::clone(&self.ledger),
+            }),
+            _ = closed.wait_for(|c| *c) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the direct connection closed while its reply waited for room",
+            )),
+        }
+    }
+}
+
+/// Room taken for one reply ([`Replies::reserve`]); given back when dropped, unless kept
+/// for its call.
+#[derive(Debug)]
+pub struct Reply {
+    share: Share,
+    ledger: Weak<Ledger>,
+}
+
+impl Reply {
+    /// The reply to the call `serial` will be `bytes` long: keep that much (at most what
+    /// was taken) until the reply is written, and give back the rest now.
+    pub fn keep(mut self, serial: u32, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        self.share.shrink_to(units(bytes));
+        if let Some(ledger) = self.ledger.upgrade() {
+            ledger.keep_reply(serial, self.share);
+        }
     }
 }
 
@@ -298,8 +453,23 @@ impl DirectSocket {
                 message_limit: budgets.message_limit,
                 uid_budget: budgets.of_uid(uid),
                 total: Arc::clone(&budgets.total),
+                reply_uid: budgets.replies_of_uid(uid),
+                reply_total: Arc::clone(&budgets.replies_total),
+                reply_uid_bytes: budgets.reply_uid_bytes,
                 unanswered: Mutex::new(Vec::new()),
+                closed: watch::Sender::new(false),
             }),
+        }
+    }
+
+    /// The handle on this connection's reply budget its handlers reserve from.
+    pub fn replies(&self) -> Replies {
+        Replies {
+            ledger: Arc::downgrade(&self.ledger),
+            uid: Arc::clone(&self.ledger.reply_uid),
+            total: Arc::clone(&self.ledger.reply_total),
+            most: self.ledger.reply_uid_bytes,
+            closed: self.ledger.closed.subscribe(),
         }
     }
 }
@@ -349,6 +519,14 @@ async fn recv(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<Own
         ));
     }
     Ok(got)
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // zbus drops the read half when the connection ends (the peer hung up, or was
+        // refused): nothing it holds can be answered usefully any more.
+        self.ledger.close();
+    }
 }
 
 impl Reader {
@@ -417,6 +595,12 @@ impl ReadHalf for Reader {
                                 framing.total
                             ),
                         ));
+                    }
+                    if framing.wants_reply && self.ledger.unanswered(framing.serial) {
+                        return Err(self.refuse(&format!(
+                            "sent a call with serial {}, which an unanswered call has",
+                            framing.serial
+                        )));
                     }
                     // Nothing of the message reaches zbus (which would allocate all of it)
                     // before its length fits the budgets.
