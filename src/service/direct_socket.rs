@@ -401,14 +401,16 @@ impl Replies {
     pub async fn reserve(&self, bytes: u64) -> io::Result<Reply> {
         let mut closed = self.closed.clone();
         tokio::select! {
-            share = acquire(&self.uid, &self.total, bytes.min(self.most)) => Ok(Reply {
-                share: share?,
-                ledger: Weak::clone(&self.ledger),
-            }),
+            // A connection that ended gets nothing, even when its end freed the room.
+            biased;
             _ = closed.wait_for(|c| *c) => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the direct connection closed while its reply waited for room",
             )),
+            share = acquire(&self.uid, &self.total, bytes.min(self.most)) => Ok(Reply {
+                share: share?,
+                ledger: Weak::clone(&self.ledger),
+            }),
         }
     }
 }
@@ -891,14 +893,129 @@ mod tests {
     /// Both ends of a direct socket for uid 0 with small budgets; the peer end is a plain
     /// socket written to by hand.
     fn pair(uid_bytes: u64) -> (Reader, Writer, std::os::unix::net::UnixStream, Arc<Budgets>) {
+        let (r, w, peer, budgets, _) = pair_with_replies(uid_bytes, 1 << 20);
+        (r, w, peer, budgets)
+    }
+
+    /// As [`pair`], with a reply budget of `reply_bytes` for the uid, and its handle.
+    fn pair_with_replies(
+        uid_bytes: u64,
+        reply_bytes: u64,
+    ) -> (
+        Reader,
+        Writer,
+        std::os::unix::net::UnixStream,
+        Arc<Budgets>,
+        Replies,
+    ) {
         let (mine, peer) = std::os::unix::net::UnixStream::pair().unwrap();
         mine.set_nonblocking(true).unwrap();
-        let mut budgets = Budgets::new(uid_bytes, 1 << 30);
+        let mut budgets = Budgets::with_replies(uid_bytes, 1 << 30, reply_bytes, 1 << 30);
         budgets.message_limit = Duration::from_millis(300);
         let budgets = Arc::new(budgets);
         let s = DirectSocket::new(UnixStream::from_std(mine).unwrap(), 0, &budgets);
+        let replies = s.replies();
         let (r, w) = s.split().take();
-        (r, w, peer, budgets)
+        (r, w, peer, budgets, replies)
+    }
+
+    /// The reply zbus would write to the call `serial`.
+    fn reply_to(serial: u32) -> Message {
+        let call = zbus::message::Message::method_call("/", "Get")
+            .serial(std::num::NonZeroU32::new(serial).unwrap())
+            .build(&())
+            .unwrap();
+        zbus::message::Message::method_return(&call.header())
+            .build(&())
+            .unwrap()
+    }
+
+    /// The handshake, then a whole call with `serial` and an 8-byte body, handed on.
+    async fn one_call(r: &mut Reader, peer: &mut std::os::unix::net::UnixStream, serial: u32) {
+        use std::io::Write;
+        if matches!(r.phase, Phase::Sasl { .. }) {
+            peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+            read_n(r, 26, 64).await;
+        }
+        let mut call = header(b'l', 8, serial, 0).to_vec();
+        call.extend_from_slice(&[0; 8]);
+        peer.write_all(&call).unwrap();
+        read_n(r, call.len(), 64).await;
+    }
+
+    #[tokio::test]
+    async fn a_reply_keeps_what_it_needs_until_written_and_gives_back_the_rest_at_once() {
+        let (mut r, mut w, mut peer, budgets, replies) = pair_with_replies(1 << 20, 1 << 20);
+        one_call(&mut r, &mut peer, 7).await;
+        let room = budgets.replies_of_uid(0);
+        let first = replies.reserve(600 << 10).await.unwrap();
+        assert_eq!(room.available_permits(), 1024 - 600);
+        // A second reservation does not fit: it waits.
+        let second = tokio::spawn({
+            let replies = replies.clone();
+            async move { replies.reserve(600 << 10).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "a reservation past the reply budget");
+        // The first reply turns out to need 100 KiB: the rest comes back, the second fits.
+        first.keep(7, 100 << 10);
+        let second = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the second reservation once the first shrank")
+            .unwrap();
+        assert_eq!(room.available_permits(), 1024 - 100 - 600);
+        drop(second);
+        assert_eq!(room.available_permits(), 1024 - 100);
+        // Written: the 100 KiB kept for it come back too.
+        w.send_message(&reply_to(7)).await.unwrap();
+        assert_eq!(room.available_permits(), 1024);
+        // A reply larger than the whole budget is charged the budget, and does not wait.
+        let all = tokio::time::timeout(Duration::from_secs(5), replies.reserve(10 << 20))
+            .await
+            .expect("a reservation past the whole budget is capped")
+            .unwrap();
+        assert_eq!(room.available_permits(), 0);
+        drop(all);
+    }
+
+    #[tokio::test]
+    async fn reservations_waiting_give_up_and_kept_replies_come_back_when_the_connection_ends() {
+        let (mut r, w, mut peer, budgets, replies) = pair_with_replies(1 << 20, 1 << 20);
+        one_call(&mut r, &mut peer, 3).await;
+        let room = budgets.replies_of_uid(0);
+        replies.reserve(1 << 20).await.unwrap().keep(3, 1 << 20);
+        assert_eq!(room.available_permits(), 0);
+        let waiting = tokio::spawn({
+            let replies = replies.clone();
+            async move { replies.reserve(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished());
+        // zbus drops the read half when the peer hangs up; the write half may live on.
+        drop(r);
+        let e = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a waiting reservation gives up when the connection ends")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+        assert_eq!(room.available_permits(), 1024);
+        drop(w);
+    }
+
+    #[tokio::test]
+    async fn a_call_repeating_an_unanswered_serial_closes_the_connection() {
+        use std::io::Write;
+        let (mut r, mut w, mut peer, _b, _replies) = pair_with_replies(1 << 20, 1 << 20);
+        one_call(&mut r, &mut peer, 5).await;
+        // Answered, serial 5 may come again.
+        w.send_message(&reply_to(5)).await.unwrap();
+        one_call(&mut r, &mut peer, 5).await;
+        // Unanswered, it may not: a reply to 5 would give back the wrong call's share.
+        peer.write_all(&header(b'l', 8, 5, 0)).unwrap();
+        let mut buf = [0u8; 64];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("serial 5"), "{e}");
     }
 
     async fn read_n(r: &mut Reader, n: usize, chunk: usize) -> Vec<u8> {
@@ -916,22 +1033,25 @@ mod tests {
         use std::io::Write;
         let (mut r, _w, mut peer, _b) = pair(1 << 20);
         let sasl = b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n";
-        let mut msg = header(b'l', 8, 1, 0).to_vec();
-        msg.extend_from_slice(b"abcdefgh");
+        let msg = |serial| {
+            let mut m = header(b'l', 8, serial, 0).to_vec();
+            m.extend_from_slice(b"abcdefgh");
+            m
+        };
         let mut all = sasl.to_vec();
-        all.extend_from_slice(&msg);
-        all.extend_from_slice(&msg);
+        all.extend_from_slice(&msg(1));
+        all.extend_from_slice(&msg(2));
         peer.write_all(&all).unwrap();
         // The handshake comes back a byte at a time, even into a large buffer.
         let got = read_n(&mut r, sasl.len(), 1024).await;
         assert_eq!(got, sasl);
         assert!(matches!(r.phase, Phase::Header { got: 0, .. }));
         // A message never comes back with the next one's bytes.
-        let got = read_n(&mut r, msg.len(), 1024).await;
-        assert_eq!(got, msg);
+        let got = read_n(&mut r, 24, 1024).await;
+        assert_eq!(got, msg(1));
         // Headers handed on across calls of a few bytes each.
-        let got = read_n(&mut r, msg.len(), 5).await;
-        assert_eq!(got, msg);
+        let got = read_n(&mut r, 24, 5).await;
+        assert_eq!(got, msg(2));
     }
 
     #[tokio::test]
