@@ -565,7 +565,7 @@ async fn replies_never_read() {
     // held until written. While one is read it exists up to four times over (the shard's
     // read buffer, the decoded value, the copy offered to the memory tier, the message
     // zbus serializes it into): 64 + 4 x 3 x 16 = 256 MiB at most. Measured: +2465 MiB
-    // without the reply budget (every finished reply held), +184-199 MiB with it.
+    // without the reply budget (every finished reply held), +184-232 MiB with it.
     assert!(
         grew_mib < 256 + 32,
         "64 unread replies of 16 MiB raised the daemon's peak RSS by {grew_mib} MiB"
@@ -583,9 +583,25 @@ async fn replies_never_read() {
         .unwrap();
     assert_eq!(other, ["bus true", "direct true"], "the other user's calls");
 
-    // The peer hangs up: what its calls held is given back, so a fresh direct connection of
-    // the same uid gets 8 values of 16 MiB at once and a GetMany of 16 MiB.
+    // The peer hangs up: its calls still waiting for room give up without reading their
+    // values (the cache counts a hit per value read), and what its calls held is given
+    // back, so a fresh direct connection of the same uid gets 8 values of 16 MiB at once
+    // and a GetMany of 16 MiB.
+    let hits = async || {
+        let s = c.get_stats().await.unwrap();
+        s["totals"]["hits"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no totals.hits in GetStats: {s}"))
+    };
+    let hits0 = hits().await;
     drop(hostile);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let read_after = hits().await - hits0;
+    eprintln!("values read after the peer hung up: {read_after}");
+    assert!(
+        read_after <= 8,
+        "{read_after} values read for a peer that had hung up"
+    );
     let d = c.open_direct().await.expect("OpenDirect");
     let gets: Vec<_> = (0..8)
         .map(|i| {
