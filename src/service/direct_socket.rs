@@ -28,7 +28,8 @@
 //!   takes room for the largest reply before it reads the value ([`Replies::reserve`]),
 //!   keeps what the reply needs with its call, and gives it back once the reply has been
 //!   written. A peer that never reads its socket so makes the daemon hold at most that
-//!   many bytes of replies, however many calls it pipelines. They are separate from the
+//!   many bytes of replies, however many calls it pipelines; once it hangs up, its calls
+//!   still waiting for room give up without reading their values. They are separate from the
 //!   message budgets so that calls holding the whole message budget, each waiting for room
 //!   for its reply, cannot wait on each other forever.
 //!
