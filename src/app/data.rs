@@ -211,7 +211,15 @@ impl App {
         self.store(who, namespace, key, Value::Fd(fd), args).await
     }
 
-    async fn fetch(&self, who: &Requester, ns: String, key: String) -> AppResult<Vec<u8>> {
+    /// The value, when it has at most `max` bytes: a larger one is the store's TooLarge,
+    /// found before any of it is read.
+    async fn fetch(
+        &self,
+        who: &Requester,
+        ns: String,
+        key: String,
+        max: u64,
+    ) -> AppResult<Vec<u8>> {
         check_entry(&ns, &key)?;
         let cache = self.cache()?;
         let caller = who.caller();
@@ -225,7 +233,16 @@ impl App {
             self.stats_touched();
             return Ok(v);
         }
-        let value = blocking(move || Ok(latency.get.time(|| cache.get(&ns, &key, &caller))?)).await;
+        let value = blocking(move || {
+            match latency
+                .get
+                .time(|| cache.get_within(&ns, &key, &caller, max))
+            {
+                Err(StoreError::TooLarge { size, limit }) => Err(inline_too_large(size, limit)),
+                r => Ok(r?),
+            }
+        })
+        .await;
         // Hits and misses both move the counters.
         self.stats_touched();
         value
@@ -234,13 +251,11 @@ impl App {
     /// Get: the value under (namespace, key), when it fits in a message.
     pub async fn get(&self, who: &Requester, namespace: String, key: String) -> AppResult<Vec<u8>> {
         let _call = self.enter()?;
-        let value = self.fetch(who, namespace, key).await?;
         let inline = self.limits.max_inline_bytes;
+        // A value over the limit is refused before it is read (the client then asks GetFd).
+        let value = self.fetch(who, namespace, key, inline).await?;
         if value.len() as u64 > inline {
-            return Err(AppError::TooLarge(format!(
-                "the value is {} bytes, more than {inline} fit in a message: read it with GetFd",
-                value.len()
-            )));
+            return Err(inline_too_large(value.len() as u64, inline));
         }
         Ok(value)
     }
@@ -253,7 +268,7 @@ impl App {
         key: String,
     ) -> AppResult<(OwnedFd, u64)> {
         let _call = self.enter()?;
-        let value = self.fetch(who, namespace, key).await?;
+        let value = self.fetch(who, namespace, key, u64::MAX).await?;
         let size = value.len() as u64;
         let fd = blocking(move || {
             memfd::sealed_memfd(&value).map_err(|e| AppError::from(memfd::MemfdError::Create(e)))
@@ -438,6 +453,13 @@ enum Value {
 /// The most keys one `GetMany` may ask for.
 pub const MAX_BATCH_KEYS: usize = 1024;
 
+/// TooLarge for a Get of a value of `size` bytes, more than the `inline` that fit a reply.
+fn inline_too_large(size: u64, inline: u64) -> AppError {
+    AppError::TooLarge(format!(
+        "the value is {size} bytes, more than {inline} fit in a message: read it with GetFd"
+    ))
+}
+
 /// TooLarge for a GetMany whose values found pass `inline` bytes.
 fn found_too_large(inline: u64) -> AppError {
     AppError::TooLarge(format!(
@@ -515,7 +537,15 @@ impl App {
         let found = blocking(move || {
             let mut bytes = bytes;
             for key in rest {
-                match latency.get.time(|| cache.get(&namespace, &key, &caller)) {
+                // A value that cannot fit what is left is refused before it is read.
+                let left = inline.saturating_sub(bytes);
+                match latency
+                    .get
+                    .time(|| cache.get_within(&namespace, &key, &caller, left))
+                {
+                    Err(crate::store::StoreError::TooLarge { .. }) => {
+                        return Err(found_too_large(inline));
+                    }
                     Ok(v) => {
                         bytes += v.len() as u64;
                         if bytes > inline {

@@ -1145,6 +1145,19 @@ impl Cache {
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:
     /// the entry is dropped and the error is Corrupted.
     pub fn get(&self, ns: &str, key: &str, caller: &Caller) -> Result<Vec<u8>, StoreError> {
+        self.get_within(ns, key, caller, u64::MAX)
+    }
+
+    /// [`Cache::get`] of a value of at most `max` bytes: a larger one is TooLarge (with its
+    /// size) before any of it is read, so a caller that cannot use it (a Get whose reply
+    /// must fit a message) costs neither the read nor the memory.
+    pub fn get_within(
+        &self,
+        ns: &str,
+        key: &str,
+        caller: &Caller,
+        max: u64,
+    ) -> Result<Vec<u8>, StoreError> {
         validate_namespace(ns)?;
         validate_key(key)?;
         let t0 = Instant::now();
@@ -1167,10 +1180,14 @@ impl Cache {
                 u32::from(e.node),
                 u64::from(e.stored),
                 e.loc.load(Relaxed),
+                u64::from(e.size),
             ))
         });
         let (id, node, stored, loc) = match found {
-            Some(Ok(f)) => f,
+            Some(Ok((_, _, _, _, size))) if size > max => {
+                return Err(StoreError::TooLarge { size, limit: max });
+            }
+            Some(Ok((id, node, stored, loc, _))) => (id, node, stored, loc),
             Some(Err(expired)) => {
                 let _ = self.send(Op::Delete {
                     ns: ns.into(),

@@ -1,0 +1,100 @@
+//! A Get (or GetMany) of a value too large for a reply is refused before the daemon reads
+//! the value. It used to read the whole value (up to 256 MiB) and then refuse it, so a
+//! caller that repeats such Gets made the daemon read and hold what it would never send, and
+//! every client Get of a large value read it twice (the refused Get, then GetFd).
+//!
+//! The oracle is the kernel's count of the bytes the daemon read (`rchar` in
+//! /proc/PID/io), with the value's bytes checked where one is returned.
+
+mod dbus;
+mod support;
+
+use dbus::{Bus, Daemon};
+use numa_cache_client::{Client, names};
+
+async fn daemon_pid(c: &Client) -> u32 {
+    let dbus = zbus::fdo::DBusProxy::new(c.connection()).await.unwrap();
+    let name = zbus::names::BusName::try_from(names::BUS_NAME).unwrap();
+    dbus.get_connection_unix_process_id(name).await.unwrap()
+}
+
+/// Bytes the process has read through read-like system calls (`rchar`), in MiB.
+fn read_mib(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let rchar: u64 = io
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rchar in /proc/PID/io");
+    rchar >> 20
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_too_large_for_a_reply_is_refused_unread() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    // A memory tier of 1 MiB: every read of the value goes to its file.
+    let _daemon = Daemon::start(
+        &bus,
+        &bus.dir().join("state"),
+        &[("OPDBUS_CACHE_MEMORY_BYTES", "1048576")],
+    );
+    let c = Client::connect(&bus.address).await.unwrap();
+    let pid = daemon_pid(&c).await;
+    // Incompressible (zstd would store a pattern in a few KiB, and the reads would not show).
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let value: Vec<u8> = (0..64u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    c.put("big", "v", &value)
+        .await
+        .expect("put of 64 MiB (PutFd)");
+    c.put("big", "small", b"s").await.unwrap();
+
+    // Eight Gets of it at once, through the bus: each refused by name, none read.
+    let before = read_mib(pid);
+    let gets = (0..8).map(|_| {
+        let p = c.cache_proxy().clone();
+        async move { p.get("big", "v").await }
+    });
+    for r in futures_util::future::join_all(gets).await {
+        let e = r.expect_err("a Get of 64 MiB must be refused").to_string();
+        assert!(
+            e.contains("TooLarge") && e.contains("read it with GetFd"),
+            "{e}"
+        );
+    }
+    // GetMany with it among small keys: refused, unread.
+    let many = c
+        .cache_proxy()
+        .get_many("big", &["small", "v"])
+        .await
+        .expect_err("a GetMany past 16 MiB must be refused")
+        .to_string();
+    assert!(many.contains("TooLarge"), "{many}");
+    let refused = read_mib(pid) - before;
+    eprintln!("8 refused Gets and a refused GetMany of a 64 MiB value: daemon read {refused} MiB");
+    assert!(
+        refused < 16,
+        "the daemon read {refused} MiB to refuse Gets of a value it cannot send"
+    );
+
+    // The client's get falls back to GetFd: the value comes back whole, read once.
+    let before = read_mib(pid);
+    let got = c.get("big", "v").await.unwrap().expect("the value");
+    let once = read_mib(pid) - before;
+    eprintln!("client get of 64 MiB (Get refused, then GetFd): daemon read {once} MiB");
+    assert!(got == value, "the bytes read back differ");
+    assert!(
+        (64..100).contains(&once),
+        "the daemon read {once} MiB for one client get of 64 MiB (once is 64)"
+    );
+    c.ping().await.expect("the daemon is up");
+}
