@@ -25,8 +25,9 @@
 //!   gives a call's share back by the serial of its reply);
 //! - replies that carry values (Get, GetMany, GetOrLease) count against a second pair of
 //!   budgets, [`REPLY_UID_BUDGET`] per uid and [`REPLY_TOTAL_BUDGET`] in all: the handler
-//!   takes room for the largest reply before it reads the value ([`Replies::reserve`]),
-//!   keeps what the reply needs with its call, and gives it back once the reply has been
+//!   takes room for the reply before it reads the value ([`Replies::reserve`]; what the
+//!   values take by the entry map, read again with the new size if a Put grew them), keeps
+//!   what the reply needs with its call, and gives it back once the reply has been
 //!   written. A peer that never reads its socket so makes the daemon hold at most that
 //!   many bytes of replies, however many calls it pipelines; once it hangs up, its calls
 //!   still waiting for room give up without reading their values. They are separate from the
@@ -62,7 +63,7 @@ pub const UID_BUDGET: u64 = 2 * MAX_DIRECT_MESSAGE;
 pub const TOTAL_BUDGET: u64 = 8 * MAX_DIRECT_MESSAGE;
 /// Bytes of replies one uid's direct connections may hold in the daemon at once (values
 /// read for a Get, GetMany or GetOrLease and not yet written): four of the largest (16 MiB,
-/// `max_inline_bytes`).
+/// `max_inline_bytes`), thousands of small ones.
 pub const REPLY_UID_BUDGET: u64 = 64 << 20;
 /// Bytes of replies all direct connections together may hold at once.
 pub const REPLY_TOTAL_BUDGET: u64 = 256 << 20;
@@ -425,6 +426,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The bytes of reply it holds (what was asked, rounded up to KiB, at most the uid's
+    /// reply budget).
+    pub fn bytes(&self) -> u64 {
+        self.share.units() as u64 * 1024
+    }
+
     /// The reply to the call `serial` will be `bytes` long: keep that much (at most what
     /// was taken) until the reply is written, and give back the rest now.
     pub fn keep(mut self, serial: u32, bytes: u64) {
