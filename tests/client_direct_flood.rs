@@ -670,3 +670,189 @@ async fn sixteen_callers_on_direct_connections_fill_once() {
     assert!(all.iter().all(|v| v == b"filled once"), "{all:?}");
     assert_eq!(fills.load(Ordering::SeqCst), 1, "the fill must run once");
 }
+
+// ---- reads in flight: small values on direct connections are read at once ---------------
+
+/// Run `cmd` (a shell line); its stdout, or a panic naming the command and its stderr.
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ext4 file system on a loop device over a file, mounted at `mount`, whose reads by the
+/// processes put in its blkio cgroup can be held back (a throttle of a few bytes a second,
+/// cgroup v1's blkio.throttle): every read they make that misses the page cache then waits
+/// until the throttle is lifted. Lifted, unmounted and removed when dropped.
+struct Throttled {
+    mount: std::path::PathBuf,
+    loopdev: String,
+    image: std::path::PathBuf,
+    /// The device's major:minor.
+    dev: String,
+    cgroup: std::path::PathBuf,
+}
+
+impl Throttled {
+    fn new(dir: &std::path::Path) -> Throttled {
+        let image = dir.join("disk.img");
+        let mount = dir.join("state");
+        std::fs::create_dir_all(&mount).unwrap();
+        sh(&format!("truncate -s 256M {}", image.display()));
+        let loopdev = sh(&format!("losetup -f --show {}", image.display()));
+        let name = loopdev.trim_start_matches("/dev/");
+        let dev = std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let cgroup = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/blkio/numa-cache-test-{}",
+            std::process::id()
+        ));
+        let d = Throttled {
+            mount,
+            loopdev,
+            image,
+            dev,
+            cgroup,
+        };
+        sh(&format!("mkfs.ext4 -q {}", d.loopdev));
+        sh(&format!("mount {} {}", d.loopdev, d.mount.display()));
+        std::fs::create_dir_all(&d.cgroup).unwrap();
+        d
+    }
+
+    /// Put process `pid` (all its threads) in the cgroup.
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// Write everything back and drop the clean page cache, so that reads go to the device.
+    fn drop_caches(&self) {
+        sh(&format!("sync -f {}", self.mount.display()));
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    }
+
+    /// Reads of the cgroup's processes from the device go at `bps` bytes a second (0: as
+    /// fast as it can).
+    fn throttle(&self, bps: u64) {
+        std::fs::write(
+            self.cgroup.join("blkio.throttle.read_bps_device"),
+            format!("{} {bps}", self.dev),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for Throttled {
+    fn drop(&mut self) {
+        let _ = std::fs::write(
+            self.cgroup.join("blkio.throttle.read_bps_device"),
+            format!("{} 0", self.dev),
+        );
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.loopdev])
+            .status();
+        let _ = std::fs::remove_file(&self.image);
+        // Empty once the daemon is gone (it is dropped before this).
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// How many threads of `pid` sleep uninterruptibly (state D: here, reads waiting for the
+/// throttled device).
+fn threads_in_d(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // "tid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('D'))
+        })
+        .count()
+}
+
+/// 64 Gets of 4 KiB values on four direct connections of one uid, whose values are on a
+/// disk that does not answer (reads throttled to 512 bytes a second; the memory tier is off):
+/// every one is reading at once (the daemon's threads waiting for the device, counted from
+/// /proc), because each takes room for 4 KiB of reply. Room for 16 MiB each (the largest
+/// reply) would let four read at a time, the uid's 64 MiB, and the others wait. Once the
+/// device answers, each gets its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_gets_of_small_values_on_direct_connections_read_at_once() {
+    if !dbus::prerequisites()
+        || !support::require_tool("losetup", "mount")
+        || !support::require_tool("mkfs.ext4", "e2fsprogs")
+    {
+        return;
+    }
+    let bus = Bus::start();
+    let disk = Throttled::new(bus.dir());
+    let off = [("OPDBUS_CACHE_MEMORY_BYTES", "0")];
+    let daemon = Daemon::start(&bus, &disk.mount, &off);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let pid = daemon_pid(&c).await;
+    disk.enter(pid);
+    let values: Vec<Vec<u8>> = (0..64).map(|i| noise(4 << 10, 200 + i)).collect();
+    for (i, v) in values.iter().enumerate() {
+        c.put("inflight", &format!("k{i}"), v).await.unwrap();
+    }
+    let mut direct = Vec::new();
+    for _ in 0..4 {
+        direct.push(c.open_direct().await.expect("OpenDirect"));
+    }
+    // Served once before the device stops, so that nothing but the values' reads waits.
+    assert_eq!(
+        direct[0].get("inflight", "k0").await.unwrap().as_deref(),
+        Some(&values[0][..])
+    );
+    disk.drop_caches();
+    let before = threads_in_d(pid);
+    disk.throttle(512);
+    let gets: Vec<_> = (0..64)
+        .map(|i| {
+            let d = direct[i % 4].clone();
+            tokio::spawn(async move { d.get("inflight", &format!("k{i}")).await })
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut most = 0;
+    while Instant::now() < until && most < before + 64 {
+        most = most.max(threads_in_d(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    disk.throttle(0);
+    let reading = most.saturating_sub(before);
+    eprintln!("Gets of 4 KiB reading at once from a disk that does not answer: {reading} of 64");
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = Vec::new();
+        for g in gets {
+            got.push(g.await.unwrap().unwrap());
+        }
+        got
+    })
+    .await
+    .expect("the 64 Gets answered once the device answers");
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(&values[i][..]), "Get k{i}");
+    }
+    assert!(
+        reading >= 64,
+        "{reading} of 64 Gets of 4 KiB were reading at once on direct connections of one uid"
+    );
+    drop((direct, c));
+    drop(daemon);
+}
