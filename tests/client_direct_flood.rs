@@ -637,8 +637,8 @@ async fn sixteen_callers_on_direct_connections_fill_once() {
     let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     let c = Client::connect(&bus.address).await.unwrap();
     // 16 waiters of one uid, on 4 direct connections: each GetOrLease takes room for a
-    // 16 MiB reply while it waits, so only four fit the uid's reply budget at once; the
-    // others wait for room, and every one still gets the value.
+    // missing key's reply (4 KiB) while it waits, and a filled value larger than that is
+    // read again with room for its size; every one gets the value, filled once.
     let mut direct = Vec::new();
     for _ in 0..4 {
         direct.push(c.open_direct().await.expect("OpenDirect"));
