@@ -10,7 +10,7 @@ pub use crate::policy::memfd;
 use crate::app::{AppError, PutArgs, Refusal, Requester};
 use crate::service::Service;
 use crate::service::direct::{DirectCaller, DirectServer};
-use crate::service::direct_socket::Reply;
+use crate::service::direct_socket::{FD_CHARGE, Reply};
 use crate::service::errors::{ServiceError, ServiceResult};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -73,13 +73,15 @@ impl CacheIface {
     /// by the engine's entry map (no I/O; at least [`REPLY_FLOOR`]), taken before the read;
     /// if a Put grew a value meanwhile, the room is given back with the value read and the
     /// call goes around with the new size, [`RESIZE_TRIES`] times, then with room for the
-    /// largest reply (`max_inline_bytes`). So no value is held while its call waits for
-    /// room, and calls of small values do not take room for 16 MiB each. None on the bus
-    /// (the bus daemon reads the replies).
+    /// largest reply (`room.most`). So no value is held while its call waits for room, and
+    /// calls of small values do not take room for 16 MiB each. A value larger than the
+    /// uid's whole reply budget is read once, with all of it. None on the bus (the bus
+    /// daemon reads the replies).
     async fn reserved_read<T, F, Fut>(
         &self,
         namespace: &str,
         keys: &[&str],
+        room: Room,
         mut read: F,
         len: impl Fn(&T) -> u64,
     ) -> ServiceResult<(T, Option<Reply>)>
@@ -90,7 +92,7 @@ impl CacheIface {
         let Via::Direct(caller) = &self.via else {
             return Ok((read().await?, None));
         };
-        let most = self.svc.app.limits().max_inline_bytes;
+        let Room { least, most } = room;
         let hint = || self.svc.app.reply_size_hint(namespace, keys);
         let mut need = hint();
         let mut tries = 0;
@@ -100,19 +102,21 @@ impl CacheIface {
             let want = if last {
                 most
             } else {
-                need.clamp(REPLY_FLOOR, most.max(REPLY_FLOOR))
+                need.clamp(least, most.max(least))
             };
             let reply = Self::reserve_reply(caller, want).await?;
             let held = reply.bytes();
+            // Less than asked: the uid's whole budget, all there is to take.
+            let all = held < want;
             // Grown while this call waited for room: go around before reading it.
             let now = hint();
-            if !last && now > held {
+            if !last && !all && now > held {
                 need = now;
                 continue;
             }
             let value = read().await?;
             let got = len(&value);
-            if got <= held || last {
+            if got <= held || last || all {
                 return Ok((value, Some(reply)));
             }
             // Grown between the look and the read: give back the value and the room.
@@ -133,6 +137,34 @@ impl CacheIface {
                      call it on the system bus, not on a direct connection"
                 ),
             ))),
+        }
+    }
+}
+
+/// The room a value-returning call on a direct connection takes for its reply: at least
+/// `least`, at most `most` (what the call can return).
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    least: u64,
+    most: u64,
+}
+
+impl Room {
+    /// A reply carrying values (Get, GetMany, GetOrLease): at least [`REPLY_FLOOR`], at
+    /// most `max_inline_bytes`.
+    fn inline(svc: &Service) -> Room {
+        Room {
+            least: REPLY_FLOOR,
+            most: svc.app.limits().max_inline_bytes,
+        }
+    }
+
+    /// A reply carrying a memfd (GetFd): at least a descriptor's charge ([`FD_CHARGE`]), at
+    /// most the uid's whole reply budget.
+    fn memfd() -> Room {
+        Room {
+            least: FD_CHARGE,
+            most: u64::MAX,
         }
     }
 }
@@ -256,6 +288,7 @@ impl CacheIface {
             .reserved_read(
                 &namespace,
                 &[key.as_str()],
+                Room::inline(&self.svc),
                 || {
                     let left = deadline.saturating_duration_since(std::time::Instant::now());
                     // 0 (refused by name) stays 0; otherwise at least 1 ms.
@@ -291,6 +324,7 @@ impl CacheIface {
             .reserved_read(
                 &namespace,
                 &names,
+                Room::inline(&self.svc),
                 || self.svc.app.get_many(&who, namespace.clone(), keys.clone()),
                 values,
             )
@@ -374,6 +408,7 @@ impl CacheIface {
             .reserved_read(
                 &namespace,
                 &[key.as_str()],
+                Room::inline(&self.svc),
                 || self.svc.app.get(&who, namespace.clone(), key.clone()),
                 |v: &Vec<u8>| v.len() as u64,
             )
@@ -392,7 +427,21 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(OwnedFd, u64), ServiceError> {
         let who = self.requester(&header).await?;
-        let (fd, size) = self.svc.app.get_fd(&who, namespace, key).await?;
+        // On a direct connection the memfd's size counts against the reply budget until
+        // the peer has read the reply (its socket's unread bytes reach 0), not only until
+        // it is written: memfds a peer leaves unread cannot pile up.
+        let ((fd, size), reply) = self
+            .reserved_read(
+                &namespace,
+                &[key.as_str()],
+                Room::memfd(),
+                || self.svc.app.get_fd(&who, namespace.clone(), key.clone()),
+                |(_, size)| *size,
+            )
+            .await?;
+        if let Some(reply) = reply {
+            reply.keep_until_read(header.primary().serial_num().get(), size);
+        }
         Ok((OwnedFd::from(fd), size))
     }
 

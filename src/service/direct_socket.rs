@@ -37,6 +37,7 @@
 //! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
 //! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
 
+use crate::policy::sockq;
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -311,6 +312,24 @@ struct Pending {
     serial: u32,
     _call: Share,
     reply: Option<Share>,
+    /// The reply carries a memfd: its share is held until the peer has read it.
+    until_read: bool,
+}
+
+/// How often a connection with memfd replies its peer has not read yet looks whether it
+/// has, at first; the wait doubles up to [`UNREAD_POLL_MAX`].
+const UNREAD_POLL: Duration = Duration::from_millis(10);
+/// The longest wait between two looks.
+const UNREAD_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// Shares of replies written that carried memfds the peer has not read yet, and whether a
+/// task is watching for the peer to read them. Outlives the connection: a peer's unread
+/// messages (and the memfds they carry) stay in its socket after the daemon's end is
+/// closed, until the peer reads them or closes its end.
+#[derive(Debug, Default)]
+struct Unread {
+    shares: Vec<Share>,
+    watching: bool,
 }
 
 /// What one direct connection holds: its uid's budgets, and the shares of the method calls
@@ -353,28 +372,32 @@ impl Ledger {
                 serial: framing.serial,
                 _call: share,
                 reply: None,
+                until_read: false,
             });
         }
     }
 
-    /// The reply to `serial` will need `share`: held with the call until it is written
-    /// (given back now if the call expects no reply or the connection is over).
-    fn keep_reply(&self, serial: u32, share: Share) {
+    /// The reply to `serial` will need `share`: held with the call until it is written, or
+    /// (`until_read`) until the peer has read it (given back now if the call expects no
+    /// reply or the connection is over).
+    fn keep_reply(&self, serial: u32, share: Share, until_read: bool) {
         let mut v = self.lock();
         if let Some(p) = v.iter_mut().find(|p| p.serial == serial) {
             p.reply = Some(share);
+            p.until_read = until_read;
         }
     }
 
-    /// A reply to `serial` has been written: give back that call's share and its reply's.
-    fn answered(&self, serial: u32) {
+    /// A reply to `serial` has been written: give back that call's share and its reply's,
+    /// but for a reply held until read, whose share is returned.
+    fn answered(&self, serial: u32) -> Option<Share> {
         let pending = {
             let mut v = self.lock();
             v.iter()
                 .position(|p| p.serial == serial)
                 .map(|i| v.swap_remove(i))
         };
-        drop(pending);
+        pending.and_then(|p| if p.until_read { p.reply } else { None })
     }
 
     /// The read half is gone: give back every share, and stop reply reservations waiting.
@@ -440,7 +463,18 @@ impl Reply {
         }
         self.share.shrink_to(units(bytes));
         if let Some(ledger) = self.ledger.upgrade() {
-            ledger.keep_reply(serial, self.share);
+            ledger.keep_reply(serial, self.share, false);
+        }
+    }
+
+    /// The reply to the call `serial` carries a memfd of `bytes` (counted at least
+    /// [`FD_CHARGE`], as a descriptor received is): keep that much (at most what was
+    /// taken) until the peer has read the reply, even past the connection's end, so that
+    /// memfds a peer leaves unread in its socket stay within the reply budget.
+    pub fn keep_until_read(mut self, serial: u32, bytes: u64) {
+        self.share.shrink_to(units(bytes.max(FD_CHARGE)));
+        if let Some(ledger) = self.ledger.upgrade() {
+            ledger.keep_reply(serial, self.share, true);
         }
     }
 }
@@ -501,6 +535,7 @@ impl Socket for DirectSocket {
         let writer = Writer {
             stream: self.stream,
             ledger: self.ledger,
+            unread: Arc::default(),
         };
         Split::new(reader, writer)
     }
@@ -699,11 +734,58 @@ impl ReadHalf for Reader {
 pub struct Writer {
     stream: Arc<UnixStream>,
     ledger: Arc<Ledger>,
+    unread: Arc<Mutex<Unread>>,
+}
+
+impl Writer {
+    /// The share of a reply just written that the peer must read before it is given back:
+    /// held with the others until the socket's unread bytes reach 0, which a task watches
+    /// for (started if none is).
+    fn hold_until_read(&self, share: Share) {
+        let mut u = self.unread.lock().unwrap_or_else(|p| p.into_inner());
+        u.shares.push(share);
+        if u.watching {
+            return;
+        }
+        u.watching = true;
+        let (stream, unread) = (Arc::clone(&self.stream), Arc::clone(&self.unread));
+        tokio::spawn(async move {
+            let mut wait = UNREAD_POLL;
+            loop {
+                tokio::time::sleep(wait).await;
+                if give_back_if_read(&stream, &unread, true) {
+                    return;
+                }
+                wait = (wait * 2).min(UNREAD_POLL_MAX);
+            }
+        });
+    }
+}
+
+/// Give back the shares in `unread` once the peer has read all `stream` sent (or the
+/// count cannot be had: nothing to hold then); true when it did. `last`: the watching task
+/// asks, and stops when true.
+fn give_back_if_read(stream: &UnixStream, unread: &Mutex<Unread>, last: bool) -> bool {
+    let mut u = unread.lock().unwrap_or_else(|p| p.into_inner());
+    if u.shares.is_empty() && !last {
+        return false;
+    }
+    // Under the lock: a share pushed before this look is of a reply written before it.
+    let read = sockq::unread_by_peer(stream.as_fd()).map_or(true, |n| n == 0);
+    if read {
+        u.shares.clear();
+        if last {
+            u.watching = false;
+        }
+    }
+    read
 }
 
 #[async_trait]
 impl WriteHalf for Writer {
     async fn send_message(&mut self, msg: &Message) -> zbus::Result<()> {
+        // Before this message goes out: memfds of earlier replies the peer has read by now.
+        give_back_if_read(&self.stream, &self.unread, false);
         let data = msg.data();
         let mut pos = 0;
         let mut sent = Ok(());
@@ -725,8 +807,10 @@ impl WriteHalf for Writer {
         // its own budget taken, no one else's.
         if matches!(msg.message_type(), Type::MethodReturn | Type::Error)
             && let Some(serial) = msg.header().reply_serial()
+            && let Some(share) = self.ledger.answered(serial.get())
+            && sent.is_ok()
         {
-            self.ledger.answered(serial.get());
+            self.hold_until_read(share);
         }
         sent
     }
