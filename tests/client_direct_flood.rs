@@ -153,6 +153,11 @@ async fn a_flood_of_pipelined_put_many_on_four_direct_connections_is_bounded() {
 /// handshake done by hand as root (EXTERNAL, uid 0); `after_begin` goes out in the same
 /// write as the final BEGIN.
 async fn open_raw(c: &Client, after_begin: &[u8]) -> UnixStream {
+    open_raw_with(c, after_begin, false).await
+}
+
+/// As [`open_raw`]; with `fds`, the handshake also agrees on passing file descriptors.
+async fn open_raw_with(c: &Client, after_begin: &[u8], fds: bool) -> UnixStream {
     let reply = c
         .connection()
         .call_method(
@@ -183,6 +188,24 @@ async fn open_raw(c: &Client, after_begin: &[u8]) -> UnixStream {
         "{}",
         String::from_utf8_lossy(&line)
     );
+    if fds {
+        s.write_all(b"NEGOTIATE_UNIX_FD\r\n").unwrap();
+        line.clear();
+        while !line.ends_with(b"\r\n") {
+            assert_eq!(
+                s.read(&mut byte).unwrap(),
+                1,
+                "the daemon hung up mid-handshake"
+            );
+            line.push(byte[0]);
+        }
+        assert_eq!(
+            line,
+            b"AGREE_UNIX_FD\r\n",
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+    }
     s.write_all(&[&b"BEGIN\r\n"[..], after_begin].concat())
         .unwrap();
     s
@@ -855,4 +878,69 @@ async fn sixty_four_gets_of_small_values_on_direct_connections_read_at_once() {
     );
     drop((direct, c));
     drop(daemon);
+}
+
+// ---- memfds never read: a peer that pipelines GetFd and never reads -----------------------
+
+/// Shmem of /proc/meminfo in MiB: memfds (here, the daemon's GetFd replies) live there.
+fn shmem_mib() -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Shmem:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("Shmem in /proc/meminfo")
+        >> 10
+}
+
+/// 32 GetFd calls for a 16 MiB value on a direct connection whose peer never reads: each
+/// reply's memfd counts against the uid's reply budget (64 MiB) until the peer has read
+/// it, so the memfds queued in its socket stay at four (Shmem, the kernel's count of them,
+/// grows by about 64 MiB; 512 MiB when a reply's room is given back once written). Once
+/// the peer hangs up, its memfds are freed and the room comes back: a fresh connection of
+/// the same uid reads the value by GetFd at once, and GetFds on it whose replies are read
+/// do not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memfds_a_direct_peer_never_reads_are_bounded() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let value = noise(16 << 20, 5);
+    c.put("memfds", "v", &value).await.unwrap();
+    assert!(c.get_fd("memfds", "v").await.unwrap() == Some(value.clone()));
+    let shmem0 = shmem_mib();
+
+    let mut calls = Vec::new();
+    for serial in 1..=32u32 {
+        calls.extend(raw_call("GetFd", serial, &("memfds", "v")));
+    }
+    let hostile = open_raw_with(&c, &calls, true).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let grew = shmem_mib().saturating_sub(shmem0);
+    eprintln!("32 pipelined GetFd of 16 MiB never read: Shmem +{grew} MiB");
+    // Four queued (64 MiB); a memfd is made only once it has room. The slack is for other
+    // processes' shared memory meanwhile.
+    assert!(
+        grew < 64 + 32,
+        "32 unread GetFd replies of 16 MiB raised Shmem by {grew} MiB"
+    );
+
+    drop(hostile);
+    let d = c.open_direct().await.expect("OpenDirect");
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            got.push(d.get_fd("memfds", "v").await.unwrap());
+        }
+        got
+    })
+    .await
+    .expect("8 GetFd of 16 MiB on a fresh connection once the peer hung up");
+    assert!(got.iter().all(|v| v.as_ref() == Some(&value)));
+    let left = shmem_mib().saturating_sub(shmem0);
+    eprintln!("Shmem after the peer hung up and 8 GetFd read: +{left} MiB");
+    assert!(left < 32, "memfds left behind: Shmem +{left} MiB");
+    c.ping().await.expect("the daemon is up");
 }
