@@ -1096,6 +1096,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_memfd_reply_keeps_its_room_until_the_peer_has_read_it_even_past_the_end() {
+        use std::io::Read;
+        let (mut r, mut w, mut peer, budgets, replies) = pair_with_replies(4 << 20, 4 << 20);
+        one_call(&mut r, &mut peer, 7).await;
+        let room = budgets.replies_of_uid(0);
+        // A memfd of 100 KiB counts as a descriptor does, 1 MiB.
+        replies
+            .reserve(2 << 20)
+            .await
+            .unwrap()
+            .keep_until_read(7, 100 << 10);
+        assert_eq!(room.available_permits(), 4096 - 1024);
+        // Written but not read: still held, past the end of the connection too.
+        w.send_message(&reply_to(7)).await.unwrap();
+        drop((r, w));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(room.available_permits(), 4096 - 1024);
+        // Read: given back within a look or two.
+        let mut buf = [0u8; 4096];
+        assert!(peer.read(&mut buf).unwrap() > 0);
+        let back = async {
+            while room.available_permits() != 4096 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), back)
+            .await
+            .expect("the room of a memfd reply the peer read comes back");
+    }
+
+    #[tokio::test]
     async fn a_call_repeating_an_unanswered_serial_closes_the_connection() {
         use std::io::Write;
         let (mut r, mut w, mut peer, _b, _replies) = pair_with_replies(1 << 20, 1 << 20);
