@@ -28,8 +28,13 @@
 //!   takes room for the reply before it reads the value ([`Replies::reserve`]; what the
 //!   values take by the entry map, read again with the new size if a Put grew them), keeps
 //!   what the reply needs with its call, and gives it back once the reply has been
-//!   written. A peer that never reads its socket so makes the daemon hold at most that
-//!   many bytes of replies, however many calls it pipelines; once it hangs up, its calls
+//!   written. A GetFd reply's memfd (its size, at least [`FD_CHARGE`]) is held until the
+//!   peer has *read* it ([`Reply::keep_until_read`]): until the socket's unread bytes
+//!   (`SIOCOUTQ`, [`crate::policy::sockq`]) reach 0, looked at before each message sent and
+//!   by a task backing off from 10 ms to 1 s, even after the connection ended (the unread
+//!   messages stay in the peer's socket until it reads them or closes it). A peer that never
+//!   reads its socket so makes the daemon hold at most that many bytes of replies and
+//!   memfds, however many calls it pipelines; once it hangs up, its calls
 //!   still waiting for room give up without reading their values. They are separate from the
 //!   message budgets so that calls holding the whole message budget, each waiting for room
 //!   for its reply, cannot wait on each other forever.
