@@ -711,9 +711,9 @@ fn sh(cmd: &str) -> String {
 }
 
 /// An ext4 file system on a loop device over a file, mounted at `mount`, whose reads by the
-/// processes put in its blkio cgroup can be held back (a throttle of a few bytes a second,
-/// cgroup v1's blkio.throttle): every read they make that misses the page cache then waits
-/// until the throttle is lifted. Lifted, unmounted and removed when dropped.
+/// processes put in its cgroup can be held back (a throttle of a few bytes a second: cgroup
+/// v1's blkio.throttle, or v2's io.max): every read they make that misses the page cache
+/// then waits until the throttle is lifted. Lifted, unmounted and removed when dropped.
 struct Throttled {
     mount: std::path::PathBuf,
     loopdev: String,
@@ -721,6 +721,8 @@ struct Throttled {
     /// The device's major:minor.
     dev: String,
     cgroup: std::path::PathBuf,
+    /// cgroup v2 (io.max) rather than v1 (blkio.throttle.read_bps_device).
+    v2: bool,
 }
 
 impl Throttled {
@@ -735,16 +737,28 @@ impl Throttled {
             .unwrap()
             .trim()
             .to_string();
-        let cgroup = std::path::PathBuf::from(format!(
-            "/sys/fs/cgroup/blkio/numa-cache-test-{}",
-            std::process::id()
-        ));
+        let v1 = std::path::Path::new("/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device");
+        let v2 = !v1.exists();
+        if v2 {
+            // The root cgroup may hand the io controller to its children.
+            std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+io").unwrap_or_else(|e| {
+                panic!("neither cgroup v1 blkio nor the v2 io controller is usable: {e}")
+            });
+        }
+        let base = if v2 {
+            "/sys/fs/cgroup"
+        } else {
+            "/sys/fs/cgroup/blkio"
+        };
+        let cgroup =
+            std::path::PathBuf::from(format!("{base}/numa-cache-test-{}", std::process::id()));
         let d = Throttled {
             mount,
             loopdev,
             image,
             dev,
             cgroup,
+            v2,
         };
         sh(&format!("mkfs.ext4 -q {}", d.loopdev));
         sh(&format!("mount {} {}", d.loopdev, d.mount.display()));
@@ -766,20 +780,27 @@ impl Throttled {
     /// Reads of the cgroup's processes from the device go at `bps` bytes a second (0: as
     /// fast as it can).
     fn throttle(&self, bps: u64) {
-        std::fs::write(
-            self.cgroup.join("blkio.throttle.read_bps_device"),
-            format!("{} {bps}", self.dev),
-        )
-        .unwrap();
+        let (file, line) = self.limit(bps);
+        std::fs::write(self.cgroup.join(file), line).unwrap();
+    }
+
+    /// The cgroup file and line that set the read limit to `bps` (0: none).
+    fn limit(&self, bps: u64) -> (&'static str, String) {
+        match (self.v2, bps) {
+            (true, 0) => ("io.max", format!("{} rbps=max", self.dev)),
+            (true, bps) => ("io.max", format!("{} rbps={bps}", self.dev)),
+            (false, bps) => (
+                "blkio.throttle.read_bps_device",
+                format!("{} {bps}", self.dev),
+            ),
+        }
     }
 }
 
 impl Drop for Throttled {
     fn drop(&mut self) {
-        let _ = std::fs::write(
-            self.cgroup.join("blkio.throttle.read_bps_device"),
-            format!("{} 0", self.dev),
-        );
+        let (file, line) = self.limit(0);
+        let _ = std::fs::write(self.cgroup.join(file), line);
         let _ = std::process::Command::new("umount")
             .arg(&self.mount)
             .status();
