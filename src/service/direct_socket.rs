@@ -768,18 +768,22 @@ impl Writer {
 }
 
 /// Give back the shares in `unread` once the peer has read all `stream` sent (or the
-/// count cannot be had: nothing to hold then); true when it did. `last`: the watching task
+/// count cannot be had: nothing to hold then); true when it did. `task`: the watching task
 /// asks, and stops when true.
-fn give_back_if_read(stream: &UnixStream, unread: &Mutex<Unread>, last: bool) -> bool {
+fn give_back_if_read(stream: &UnixStream, unread: &Mutex<Unread>, task: bool) -> bool {
     let mut u = unread.lock().unwrap_or_else(|p| p.into_inner());
-    if u.shares.is_empty() && !last {
-        return false;
+    if u.shares.is_empty() {
+        // Given back by a look before a send: the task has nothing left to watch.
+        if task {
+            u.watching = false;
+        }
+        return task;
     }
     // Under the lock: a share pushed before this look is of a reply written before it.
     let read = sockq::unread_by_peer(stream.as_fd()).map_or(true, |n| n == 0);
     if read {
         u.shares.clear();
-        if last {
+        if task {
             u.watching = false;
         }
     }
