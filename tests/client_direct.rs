@@ -332,3 +332,57 @@ async fn direct_connections_are_capped_and_closed_on_hang_up_and_at_stop() {
         .expect("a call on a closed direct connection must fail, not hang");
     assert!(r.is_err(), "{r:?}");
 }
+
+/// GetOrLease waiters on direct connections take room for a missing key's reply (4 KiB)
+/// while they wait; the value the lease holder puts is 3 MiB, so each reads it, finds it
+/// larger than its room, gives both back and reads it again with room for 3 MiB: every
+/// waiter still gets the value put, whole. A Get of a value that grew after it was stored
+/// small reads the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_on_direct_connections_get_a_fill_larger_than_their_room() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let value: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    // The bus caller takes the lease.
+    assert!(matches!(
+        c.get_or_lease("grow", "k", Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Lease::Fill
+    ));
+    let mut direct = Vec::new();
+    for _ in 0..2 {
+        direct.push(c.open_direct().await.expect("OpenDirect"));
+    }
+    let waiters: Vec<_> = (0..8)
+        .map(|i| {
+            let d = direct[i % 2].clone();
+            tokio::spawn(async move { d.get_or_lease("grow", "k", Duration::from_secs(10)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.put("grow", "k", &value).await.unwrap();
+    for w in waiters {
+        match tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .expect("a waiter answered")
+            .unwrap()
+            .unwrap()
+        {
+            Lease::Hit(v) => assert!(v == value, "a waiter read {} bytes back", v.len()),
+            Lease::Fill => panic!("a waiter got the lease the bus caller held and ended"),
+        }
+    }
+    // Small, then large: a Get on the direct connection reads each whole.
+    direct[0].put("grow", "g", b"small").await.unwrap();
+    assert_eq!(
+        direct[0].get("grow", "g").await.unwrap().as_deref(),
+        Some(&b"small"[..])
+    );
+    c.put("grow", "g", &value).await.unwrap();
+    assert!(direct[0].get("grow", "g").await.unwrap() == Some(value));
+}

@@ -153,6 +153,11 @@ async fn a_flood_of_pipelined_put_many_on_four_direct_connections_is_bounded() {
 /// handshake done by hand as root (EXTERNAL, uid 0); `after_begin` goes out in the same
 /// write as the final BEGIN.
 async fn open_raw(c: &Client, after_begin: &[u8]) -> UnixStream {
+    open_raw_with(c, after_begin, false).await
+}
+
+/// As [`open_raw`]; with `fds`, the handshake also agrees on passing file descriptors.
+async fn open_raw_with(c: &Client, after_begin: &[u8], fds: bool) -> UnixStream {
     let reply = c
         .connection()
         .call_method(
@@ -183,6 +188,24 @@ async fn open_raw(c: &Client, after_begin: &[u8]) -> UnixStream {
         "{}",
         String::from_utf8_lossy(&line)
     );
+    if fds {
+        s.write_all(b"NEGOTIATE_UNIX_FD\r\n").unwrap();
+        line.clear();
+        while !line.ends_with(b"\r\n") {
+            assert_eq!(
+                s.read(&mut byte).unwrap(),
+                1,
+                "the daemon hung up mid-handshake"
+            );
+            line.push(byte[0]);
+        }
+        assert_eq!(
+            line,
+            b"AGREE_UNIX_FD\r\n",
+            "{}",
+            String::from_utf8_lossy(&line)
+        );
+    }
     s.write_all(&[&b"BEGIN\r\n"[..], after_begin].concat())
         .unwrap();
     s
@@ -637,8 +660,8 @@ async fn sixteen_callers_on_direct_connections_fill_once() {
     let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     let c = Client::connect(&bus.address).await.unwrap();
     // 16 waiters of one uid, on 4 direct connections: each GetOrLease takes room for a
-    // 16 MiB reply while it waits, so only four fit the uid's reply budget at once; the
-    // others wait for room, and every one still gets the value.
+    // missing key's reply (4 KiB) while it waits, and a filled value larger than that is
+    // read again with room for its size; every one gets the value, filled once.
     let mut direct = Vec::new();
     for _ in 0..4 {
         direct.push(c.open_direct().await.expect("OpenDirect"));
@@ -669,4 +692,281 @@ async fn sixteen_callers_on_direct_connections_fill_once() {
     .expect("16 callers served within 20 s");
     assert!(all.iter().all(|v| v == b"filled once"), "{all:?}");
     assert_eq!(fills.load(Ordering::SeqCst), 1, "the fill must run once");
+}
+
+// ---- reads in flight: small values on direct connections are read at once ---------------
+
+/// Run `cmd` (a shell line); its stdout, or a panic naming the command and its stderr.
+fn sh(cmd: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ext4 file system on a loop device over a file, mounted at `mount`, whose reads by the
+/// processes put in its cgroup can be held back (a throttle of a few bytes a second: cgroup
+/// v1's blkio.throttle, or v2's io.max): every read they make that misses the page cache
+/// then waits until the throttle is lifted. Lifted, unmounted and removed when dropped.
+struct Throttled {
+    mount: std::path::PathBuf,
+    loopdev: String,
+    image: std::path::PathBuf,
+    /// The device's major:minor.
+    dev: String,
+    cgroup: std::path::PathBuf,
+    /// cgroup v2 (io.max) rather than v1 (blkio.throttle.read_bps_device).
+    v2: bool,
+}
+
+impl Throttled {
+    fn new(dir: &std::path::Path) -> Throttled {
+        let image = dir.join("disk.img");
+        let mount = dir.join("state");
+        std::fs::create_dir_all(&mount).unwrap();
+        sh(&format!("truncate -s 256M {}", image.display()));
+        let loopdev = sh(&format!("losetup -f --show {}", image.display()));
+        let name = loopdev.trim_start_matches("/dev/");
+        let dev = std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))
+            .unwrap()
+            .trim()
+            .to_string();
+        let v1 = std::path::Path::new("/sys/fs/cgroup/blkio/blkio.throttle.read_bps_device");
+        let v2 = !v1.exists();
+        if v2 {
+            // The root cgroup may hand the io controller to its children.
+            std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+io").unwrap_or_else(|e| {
+                panic!("neither cgroup v1 blkio nor the v2 io controller is usable: {e}")
+            });
+        }
+        let base = if v2 {
+            "/sys/fs/cgroup"
+        } else {
+            "/sys/fs/cgroup/blkio"
+        };
+        let cgroup =
+            std::path::PathBuf::from(format!("{base}/numa-cache-test-{}", std::process::id()));
+        let d = Throttled {
+            mount,
+            loopdev,
+            image,
+            dev,
+            cgroup,
+            v2,
+        };
+        sh(&format!("mkfs.ext4 -q {}", d.loopdev));
+        sh(&format!("mount {} {}", d.loopdev, d.mount.display()));
+        std::fs::create_dir_all(&d.cgroup).unwrap();
+        d
+    }
+
+    /// Put process `pid` (all its threads) in the cgroup.
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.cgroup.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+
+    /// Write everything back and drop the clean page cache, so that reads go to the device.
+    fn drop_caches(&self) {
+        sh(&format!("sync -f {}", self.mount.display()));
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    }
+
+    /// Reads of the cgroup's processes from the device go at `bps` bytes a second (0: as
+    /// fast as it can).
+    fn throttle(&self, bps: u64) {
+        let (file, line) = self.limit(bps);
+        std::fs::write(self.cgroup.join(file), line).unwrap();
+    }
+
+    /// The cgroup file and line that set the read limit to `bps` (0: none).
+    fn limit(&self, bps: u64) -> (&'static str, String) {
+        match (self.v2, bps) {
+            (true, 0) => ("io.max", format!("{} rbps=max", self.dev)),
+            (true, bps) => ("io.max", format!("{} rbps={bps}", self.dev)),
+            (false, bps) => (
+                "blkio.throttle.read_bps_device",
+                format!("{} {bps}", self.dev),
+            ),
+        }
+    }
+}
+
+impl Drop for Throttled {
+    fn drop(&mut self) {
+        let (file, line) = self.limit(0);
+        let _ = std::fs::write(self.cgroup.join(file), line);
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.loopdev])
+            .status();
+        let _ = std::fs::remove_file(&self.image);
+        // Empty once the daemon is gone (it is dropped before this).
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// How many threads of `pid` sleep uninterruptibly (state D: here, reads waiting for the
+/// throttled device).
+fn threads_in_d(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // "tid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('D'))
+        })
+        .count()
+}
+
+/// 64 Gets of 4 KiB values on four direct connections of one uid, whose values are on a
+/// disk that does not answer (reads throttled to 512 bytes a second; the memory tier is off):
+/// every one is reading at once (the daemon's threads waiting for the device, counted from
+/// /proc), because each takes room for 4 KiB of reply. Room for 16 MiB each (the largest
+/// reply) would let four read at a time, the uid's 64 MiB, and the others wait. Once the
+/// device answers, each gets its value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_gets_of_small_values_on_direct_connections_read_at_once() {
+    if !dbus::prerequisites()
+        || !support::require_tool("losetup", "mount")
+        || !support::require_tool("mkfs.ext4", "e2fsprogs")
+    {
+        return;
+    }
+    let bus = Bus::start();
+    let disk = Throttled::new(bus.dir());
+    let off = [("OPDBUS_CACHE_MEMORY_BYTES", "0")];
+    let daemon = Daemon::start(&bus, &disk.mount, &off);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let pid = daemon_pid(&c).await;
+    disk.enter(pid);
+    let values: Vec<Vec<u8>> = (0..64).map(|i| noise(4 << 10, 200 + i)).collect();
+    for (i, v) in values.iter().enumerate() {
+        c.put("inflight", &format!("k{i}"), v).await.unwrap();
+    }
+    let mut direct = Vec::new();
+    for _ in 0..4 {
+        direct.push(c.open_direct().await.expect("OpenDirect"));
+    }
+    // Served once before the device stops, so that nothing but the values' reads waits.
+    assert_eq!(
+        direct[0].get("inflight", "k0").await.unwrap().as_deref(),
+        Some(&values[0][..])
+    );
+    disk.drop_caches();
+    let before = threads_in_d(pid);
+    disk.throttle(512);
+    let gets: Vec<_> = (0..64)
+        .map(|i| {
+            let d = direct[i % 4].clone();
+            tokio::spawn(async move { d.get("inflight", &format!("k{i}")).await })
+        })
+        .collect();
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut most = 0;
+    while Instant::now() < until && most < before + 64 {
+        most = most.max(threads_in_d(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    disk.throttle(0);
+    let reading = most.saturating_sub(before);
+    eprintln!("Gets of 4 KiB reading at once from a disk that does not answer: {reading} of 64");
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = Vec::new();
+        for g in gets {
+            got.push(g.await.unwrap().unwrap());
+        }
+        got
+    })
+    .await
+    .expect("the 64 Gets answered once the device answers");
+    for (i, v) in got.iter().enumerate() {
+        assert_eq!(v.as_deref(), Some(&values[i][..]), "Get k{i}");
+    }
+    assert!(
+        reading >= 64,
+        "{reading} of 64 Gets of 4 KiB were reading at once on direct connections of one uid"
+    );
+    drop((direct, c));
+    drop(daemon);
+}
+
+// ---- memfds never read: a peer that pipelines GetFd and never reads -----------------------
+
+/// Shmem of /proc/meminfo in MiB: memfds (here, the daemon's GetFd replies) live there.
+fn shmem_mib() -> u64 {
+    let s = std::fs::read_to_string("/proc/meminfo").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Shmem:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("Shmem in /proc/meminfo")
+        >> 10
+}
+
+/// 32 GetFd calls for a 16 MiB value on a direct connection whose peer never reads: each
+/// reply's memfd counts against the uid's reply budget (64 MiB) until the peer has read
+/// it, so the daemon makes four memfds (the cache counts a hit per value read) and the
+/// other calls wait; 32 when a reply's room is given back once written. Shmem (the kernel's
+/// count of memfds, machine-wide, so other tests running meanwhile add to it) is printed:
+/// +64 MiB measured, +512 MiB without the hold. Once the peer hangs up, its memfds are
+/// freed and the room comes back: a fresh connection of the same uid reads the value by
+/// GetFd 8 times in a row (twice its budget, so each read reply's room came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memfds_a_direct_peer_never_reads_are_bounded() {
+    if !dbus::prerequisites() {
+        return;
+    }
+    let bus = Bus::start();
+    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
+    let c = Client::connect(&bus.address).await.unwrap();
+    let value = noise(16 << 20, 5);
+    c.put("memfds", "v", &value).await.unwrap();
+    assert!(c.get_fd("memfds", "v").await.unwrap() == Some(value.clone()));
+    let hits = async || {
+        let s = c.get_stats().await.unwrap();
+        s["totals"]["hits"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no totals.hits in GetStats: {s}"))
+    };
+    let hits0 = hits().await;
+    let shmem0 = shmem_mib();
+
+    let mut calls = Vec::new();
+    for serial in 1..=32u32 {
+        calls.extend(raw_call("GetFd", serial, &("memfds", "v")));
+    }
+    let hostile = open_raw_with(&c, &calls, true).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let made = hits().await - hits0;
+    let grew = shmem_mib().saturating_sub(shmem0);
+    eprintln!("32 pipelined GetFd of 16 MiB never read: {made} memfds made, Shmem +{grew} MiB");
+    assert_eq!(made, 4, "memfds of 16 MiB made for a peer that reads none");
+
+    drop(hostile);
+    let d = c.open_direct().await.expect("OpenDirect");
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut got = Vec::new();
+        for _ in 0..8 {
+            got.push(d.get_fd("memfds", "v").await.unwrap());
+        }
+        got
+    })
+    .await
+    .expect("8 GetFd of 16 MiB on a fresh connection once the peer hung up");
+    assert!(got.iter().all(|v| v.as_ref() == Some(&value)));
+    eprintln!(
+        "Shmem after the peer hung up and 8 GetFd read: +{} MiB",
+        shmem_mib().saturating_sub(shmem0)
+    );
+    c.ping().await.expect("the daemon is up");
 }

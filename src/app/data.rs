@@ -260,6 +260,20 @@ impl App {
         Ok(value)
     }
 
+    /// The bytes the values of `keys` in `namespace` take now, by the engine's in-memory
+    /// entry map (no I/O, no wait): what a direct connection reserves for a Get, GetMany or
+    /// GetOrLease reply before it reads. An estimate only (a Put may change a value before
+    /// the read), never returned to a caller; missing keys, bad names and a closed cache
+    /// count 0.
+    pub fn reply_size_hint(&self, namespace: &str, keys: &[&str]) -> u64 {
+        let Ok(cache) = self.cache() else {
+            return 0;
+        };
+        keys.iter()
+            .filter_map(|k| cache.size_hint(namespace, k))
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// GetFd: the value as a sealed memfd, and its size.
     pub async fn get_fd(
         &self,

@@ -10,6 +10,7 @@ pub mod memfd;
 mod mempolicy;
 mod pages;
 mod privilege;
+pub mod sockq;
 mod uevent;
 
 pub use affinity::{

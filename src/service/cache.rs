@@ -10,7 +10,7 @@ pub use crate::policy::memfd;
 use crate::app::{AppError, PutArgs, Refusal, Requester};
 use crate::service::Service;
 use crate::service::direct::{DirectCaller, DirectServer};
-use crate::service::direct_socket::Reply;
+use crate::service::direct_socket::{FD_CHARGE, Reply};
 use crate::service::errors::{ServiceError, ServiceResult};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
@@ -58,22 +58,71 @@ impl CacheIface {
         }
     }
 
-    /// On a direct connection, room for the largest reply a value-returning call can have
-    /// (`max_inline_bytes`), taken from the connection's reply budget before the value is
-    /// read, so that values read for a peer that does not read its replies stay bounded;
-    /// [`keep_reply`] then keeps what the reply needs. None on the bus (the bus daemon
-    /// reads the replies).
-    async fn reserve_reply(&self) -> ServiceResult<Option<Reply>> {
-        let Via::Direct(caller) = &self.via else {
-            return Ok(None);
-        };
-        let most = self.svc.app.limits().max_inline_bytes;
-        let reply = caller.replies().reserve(most).await.map_err(|e| {
+    /// Room for a reply on this direct connection's reply budget (see [`Self::reserved_read`]).
+    async fn reserve_reply(caller: &DirectCaller, bytes: u64) -> ServiceResult<Reply> {
+        caller.replies().reserve(bytes).await.map_err(|e| {
             ServiceError(AppError::Unavailable(format!(
                 "no room for the reply on this direct connection: {e}"
             )))
-        })?;
-        Ok(Some(reply))
+        })
+    }
+
+    /// `read` (a Get, GetMany or GetOrLease of `keys` in `namespace`), and on a direct
+    /// connection the room its reply holds until written, so that values read for a peer
+    /// that does not read its replies stay bounded. The room is what the values take now
+    /// by the engine's entry map (no I/O; at least [`REPLY_FLOOR`]), taken before the read;
+    /// if a Put grew a value meanwhile, the room is given back with the value read and the
+    /// call goes around with the new size, [`RESIZE_TRIES`] times, then with room for the
+    /// largest reply (`room.most`). So no value is held while its call waits for room, and
+    /// calls of small values do not take room for 16 MiB each. A value larger than the
+    /// uid's whole reply budget is read once, with all of it. None on the bus (the bus
+    /// daemon reads the replies).
+    async fn reserved_read<T, F, Fut>(
+        &self,
+        namespace: &str,
+        keys: &[&str],
+        room: Room,
+        mut read: F,
+        len: impl Fn(&T) -> u64,
+    ) -> ServiceResult<(T, Option<Reply>)>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AppError>>,
+    {
+        let Via::Direct(caller) = &self.via else {
+            return Ok((read().await?, None));
+        };
+        let Room { least, most } = room;
+        let hint = || self.svc.app.reply_size_hint(namespace, keys);
+        let mut need = hint();
+        let mut tries = 0;
+        loop {
+            let last = tries == RESIZE_TRIES;
+            tries += 1;
+            let want = if last {
+                most
+            } else {
+                need.clamp(least, most.max(least))
+            };
+            let reply = Self::reserve_reply(caller, want).await?;
+            let held = reply.bytes();
+            // Less than asked: the uid's whole budget, all there is to take.
+            let all = held < want;
+            // Grown while this call waited for room: go around before reading it.
+            let now = hint();
+            if !last && !all && now > held {
+                need = now;
+                continue;
+            }
+            let value = read().await?;
+            let got = len(&value);
+            if got <= held || last || all {
+                return Ok((value, Some(reply)));
+            }
+            // Grown between the look and the read: give back the value and the room.
+            drop((value, reply));
+            need = got;
+        }
     }
 
     /// AccessDenied for an administrative method on a direct connection: polkit's subject
@@ -91,6 +140,41 @@ impl CacheIface {
         }
     }
 }
+
+/// The room a value-returning call on a direct connection takes for its reply: at least
+/// `least`, at most `most` (what the call can return).
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    least: u64,
+    most: u64,
+}
+
+impl Room {
+    /// A reply carrying values (Get, GetMany, GetOrLease): at least [`REPLY_FLOOR`], at
+    /// most `max_inline_bytes`.
+    fn inline(svc: &Service) -> Room {
+        Room {
+            least: REPLY_FLOOR,
+            most: svc.app.limits().max_inline_bytes,
+        }
+    }
+
+    /// A reply carrying a memfd (GetFd): at least a descriptor's charge ([`FD_CHARGE`]), at
+    /// most the uid's whole reply budget.
+    fn memfd() -> Room {
+        Room {
+            least: FD_CHARGE,
+            most: u64::MAX,
+        }
+    }
+}
+
+/// The least room a value-returning call on a direct connection takes for its reply (a
+/// missing key's empty reply, a reply's own header and keys).
+pub const REPLY_FLOOR: u64 = 4 << 10;
+/// How often such a call goes around when a Put grew its values after it looked, before it
+/// takes room for the largest reply.
+pub const RESIZE_TRIES: usize = 2;
 
 /// The reply to the call of `header` carries `bytes` of values: keep that much of `reply`
 /// until it is written (given back now by a call on the bus, which reserved none).
@@ -196,12 +280,27 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(bool, ByteBuf), ServiceError> {
         let who = self.requester(&header).await?;
-        // Charged up front on a direct connection: the value may arrive while it waits.
-        let reply = self.reserve_reply().await?;
-        let (hit, value) = self
-            .svc
-            .app
-            .get_or_lease(&who, namespace, key, lease_ms)
+        // On a direct connection the room is taken before the call (a fill may bring the
+        // value while it waits); going around again asks only for what is left of lease_ms.
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(lease_ms.into());
+        let ((hit, value), reply) = self
+            .reserved_read(
+                &namespace,
+                &[key.as_str()],
+                Room::inline(&self.svc),
+                || {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    // 0 (refused by name) stays 0; otherwise at least 1 ms.
+                    let ms = u32::try_from(left.as_millis())
+                        .unwrap_or(lease_ms)
+                        .clamp(lease_ms.min(1), lease_ms);
+                    self.svc
+                        .app
+                        .get_or_lease(&who, namespace.clone(), key.clone(), ms)
+                },
+                |(_, v)| v.len() as u64,
+            )
             .await?;
         keep_reply(reply, &header, value.len() as u64);
         Ok((hit, ByteBuf::from(value)))
@@ -217,10 +316,20 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, ByteBuf>, ServiceError> {
         let who = self.requester(&header).await?;
-        let reply = self.reserve_reply().await?;
-        let found = self.svc.app.get_many(&who, namespace, keys).await?;
-        let bytes = found.values().map(|v| v.len() as u64).sum();
-        keep_reply(reply, &header, bytes);
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let values = |found: &HashMap<String, Vec<u8>>| -> u64 {
+            found.values().map(|v| v.len() as u64).sum()
+        };
+        let (found, reply) = self
+            .reserved_read(
+                &namespace,
+                &names,
+                Room::inline(&self.svc),
+                || self.svc.app.get_many(&who, namespace.clone(), keys.clone()),
+                values,
+            )
+            .await?;
+        keep_reply(reply, &header, values(&found));
         Ok(found
             .into_iter()
             .map(|(k, v)| (k, ByteBuf::from(v)))
@@ -295,8 +404,15 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<ByteBuf, ServiceError> {
         let who = self.requester(&header).await?;
-        let reply = self.reserve_reply().await?;
-        let value = self.svc.app.get(&who, namespace, key).await?;
+        let (value, reply) = self
+            .reserved_read(
+                &namespace,
+                &[key.as_str()],
+                Room::inline(&self.svc),
+                || self.svc.app.get(&who, namespace.clone(), key.clone()),
+                |v: &Vec<u8>| v.len() as u64,
+            )
+            .await?;
         keep_reply(reply, &header, value.len() as u64);
         Ok(ByteBuf::from(value))
     }
@@ -311,7 +427,21 @@ impl CacheIface {
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(OwnedFd, u64), ServiceError> {
         let who = self.requester(&header).await?;
-        let (fd, size) = self.svc.app.get_fd(&who, namespace, key).await?;
+        // On a direct connection the memfd's size counts against the reply budget until
+        // the peer has read the reply (its socket's unread bytes reach 0), not only until
+        // it is written: memfds a peer leaves unread cannot pile up.
+        let ((fd, size), reply) = self
+            .reserved_read(
+                &namespace,
+                &[key.as_str()],
+                Room::memfd(),
+                || self.svc.app.get_fd(&who, namespace.clone(), key.clone()),
+                |(_, size)| *size,
+            )
+            .await?;
+        if let Some(reply) = reply {
+            reply.keep_until_read(header.primary().serial_num().get(), size);
+        }
         Ok((OwnedFd::from(fd), size))
     }
 

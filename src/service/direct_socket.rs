@@ -25,10 +25,16 @@
 //!   gives a call's share back by the serial of its reply);
 //! - replies that carry values (Get, GetMany, GetOrLease) count against a second pair of
 //!   budgets, [`REPLY_UID_BUDGET`] per uid and [`REPLY_TOTAL_BUDGET`] in all: the handler
-//!   takes room for the largest reply before it reads the value ([`Replies::reserve`]),
-//!   keeps what the reply needs with its call, and gives it back once the reply has been
-//!   written. A peer that never reads its socket so makes the daemon hold at most that
-//!   many bytes of replies, however many calls it pipelines; once it hangs up, its calls
+//!   takes room for the reply before it reads the value ([`Replies::reserve`]; what the
+//!   values take by the entry map, read again with the new size if a Put grew them), keeps
+//!   what the reply needs with its call, and gives it back once the reply has been
+//!   written. A GetFd reply's memfd (its size, at least [`FD_CHARGE`]) is held until the
+//!   peer has *read* it ([`Reply::keep_until_read`]): until the socket's unread bytes
+//!   (`SIOCOUTQ`, [`crate::policy::sockq`]) reach 0, looked at before each message sent and
+//!   by a task backing off from 10 ms to 1 s, even after the connection ended (the unread
+//!   messages stay in the peer's socket until it reads them or closes it). A peer that never
+//!   reads its socket so makes the daemon hold at most that many bytes of replies and
+//!   memfds, however many calls it pipelines; once it hangs up, its calls
 //!   still waiting for room give up without reading their values. They are separate from the
 //!   message budgets so that calls holding the whole message budget, each waiting for room
 //!   for its reply, cannot wait on each other forever.
@@ -36,6 +42,7 @@
 //! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
 //! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
 
+use crate::policy::sockq;
 use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -62,7 +69,7 @@ pub const UID_BUDGET: u64 = 2 * MAX_DIRECT_MESSAGE;
 pub const TOTAL_BUDGET: u64 = 8 * MAX_DIRECT_MESSAGE;
 /// Bytes of replies one uid's direct connections may hold in the daemon at once (values
 /// read for a Get, GetMany or GetOrLease and not yet written): four of the largest (16 MiB,
-/// `max_inline_bytes`).
+/// `max_inline_bytes`), thousands of small ones.
 pub const REPLY_UID_BUDGET: u64 = 64 << 20;
 /// Bytes of replies all direct connections together may hold at once.
 pub const REPLY_TOTAL_BUDGET: u64 = 256 << 20;
@@ -310,6 +317,24 @@ struct Pending {
     serial: u32,
     _call: Share,
     reply: Option<Share>,
+    /// The reply carries a memfd: its share is held until the peer has read it.
+    until_read: bool,
+}
+
+/// How often a connection with memfd replies its peer has not read yet looks whether it
+/// has, at first; the wait doubles up to [`UNREAD_POLL_MAX`].
+const UNREAD_POLL: Duration = Duration::from_millis(10);
+/// The longest wait between two looks.
+const UNREAD_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// Shares of replies written that carried memfds the peer has not read yet, and whether a
+/// task is watching for the peer to read them. Outlives the connection: a peer's unread
+/// messages (and the memfds they carry) stay in its socket after the daemon's end is
+/// closed, until the peer reads them or closes its end.
+#[derive(Debug, Default)]
+struct Unread {
+    shares: Vec<Share>,
+    watching: bool,
 }
 
 /// What one direct connection holds: its uid's budgets, and the shares of the method calls
@@ -352,28 +377,32 @@ impl Ledger {
                 serial: framing.serial,
                 _call: share,
                 reply: None,
+                until_read: false,
             });
         }
     }
 
-    /// The reply to `serial` will need `share`: held with the call until it is written
-    /// (given back now if the call expects no reply or the connection is over).
-    fn keep_reply(&self, serial: u32, share: Share) {
+    /// The reply to `serial` will need `share`: held with the call until it is written, or
+    /// (`until_read`) until the peer has read it (given back now if the call expects no
+    /// reply or the connection is over).
+    fn keep_reply(&self, serial: u32, share: Share, until_read: bool) {
         let mut v = self.lock();
         if let Some(p) = v.iter_mut().find(|p| p.serial == serial) {
             p.reply = Some(share);
+            p.until_read = until_read;
         }
     }
 
-    /// A reply to `serial` has been written: give back that call's share and its reply's.
-    fn answered(&self, serial: u32) {
+    /// A reply to `serial` has been written: give back that call's share and its reply's,
+    /// but for a reply held until read, whose share is returned.
+    fn answered(&self, serial: u32) -> Option<Share> {
         let pending = {
             let mut v = self.lock();
             v.iter()
                 .position(|p| p.serial == serial)
                 .map(|i| v.swap_remove(i))
         };
-        drop(pending);
+        pending.and_then(|p| if p.until_read { p.reply } else { None })
     }
 
     /// The read half is gone: give back every share, and stop reply reservations waiting.
@@ -425,6 +454,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The bytes of reply it holds (what was asked, rounded up to KiB, at most the uid's
+    /// reply budget).
+    pub fn bytes(&self) -> u64 {
+        self.share.units() as u64 * 1024
+    }
+
     /// The reply to the call `serial` will be `bytes` long: keep that much (at most what
     /// was taken) until the reply is written, and give back the rest now.
     pub fn keep(mut self, serial: u32, bytes: u64) {
@@ -433,7 +468,18 @@ impl Reply {
         }
         self.share.shrink_to(units(bytes));
         if let Some(ledger) = self.ledger.upgrade() {
-            ledger.keep_reply(serial, self.share);
+            ledger.keep_reply(serial, self.share, false);
+        }
+    }
+
+    /// The reply to the call `serial` carries a memfd of `bytes` (counted at least
+    /// [`FD_CHARGE`], as a descriptor received is): keep that much (at most what was
+    /// taken) until the peer has read the reply, even past the connection's end, so that
+    /// memfds a peer leaves unread in its socket stay within the reply budget.
+    pub fn keep_until_read(mut self, serial: u32, bytes: u64) {
+        self.share.shrink_to(units(bytes.max(FD_CHARGE)));
+        if let Some(ledger) = self.ledger.upgrade() {
+            ledger.keep_reply(serial, self.share, true);
         }
     }
 }
@@ -494,6 +540,7 @@ impl Socket for DirectSocket {
         let writer = Writer {
             stream: self.stream,
             ledger: self.ledger,
+            unread: Arc::default(),
         };
         Split::new(reader, writer)
     }
@@ -692,11 +739,62 @@ impl ReadHalf for Reader {
 pub struct Writer {
     stream: Arc<UnixStream>,
     ledger: Arc<Ledger>,
+    unread: Arc<Mutex<Unread>>,
+}
+
+impl Writer {
+    /// The share of a reply just written that the peer must read before it is given back:
+    /// held with the others until the socket's unread bytes reach 0, which a task watches
+    /// for (started if none is).
+    fn hold_until_read(&self, share: Share) {
+        let mut u = self.unread.lock().unwrap_or_else(|p| p.into_inner());
+        u.shares.push(share);
+        if u.watching {
+            return;
+        }
+        u.watching = true;
+        let (stream, unread) = (Arc::clone(&self.stream), Arc::clone(&self.unread));
+        tokio::spawn(async move {
+            let mut wait = UNREAD_POLL;
+            loop {
+                tokio::time::sleep(wait).await;
+                if give_back_if_read(&stream, &unread, true) {
+                    return;
+                }
+                wait = (wait * 2).min(UNREAD_POLL_MAX);
+            }
+        });
+    }
+}
+
+/// Give back the shares in `unread` once the peer has read all `stream` sent (or the
+/// count cannot be had: nothing to hold then); true when it did. `task`: the watching task
+/// asks, and stops when true.
+fn give_back_if_read(stream: &UnixStream, unread: &Mutex<Unread>, task: bool) -> bool {
+    let mut u = unread.lock().unwrap_or_else(|p| p.into_inner());
+    if u.shares.is_empty() {
+        // Given back by a look before a send: the task has nothing left to watch.
+        if task {
+            u.watching = false;
+        }
+        return task;
+    }
+    // Under the lock: a share pushed before this look is of a reply written before it.
+    let read = sockq::unread_by_peer(stream.as_fd()).map_or(true, |n| n == 0);
+    if read {
+        u.shares.clear();
+        if task {
+            u.watching = false;
+        }
+    }
+    read
 }
 
 #[async_trait]
 impl WriteHalf for Writer {
     async fn send_message(&mut self, msg: &Message) -> zbus::Result<()> {
+        // Before this message goes out: memfds of earlier replies the peer has read by now.
+        give_back_if_read(&self.stream, &self.unread, false);
         let data = msg.data();
         let mut pos = 0;
         let mut sent = Ok(());
@@ -718,8 +816,10 @@ impl WriteHalf for Writer {
         // its own budget taken, no one else's.
         if matches!(msg.message_type(), Type::MethodReturn | Type::Error)
             && let Some(serial) = msg.header().reply_serial()
+            && let Some(share) = self.ledger.answered(serial.get())
+            && sent.is_ok()
         {
-            self.ledger.answered(serial.get());
+            self.hold_until_read(share);
         }
         sent
     }
@@ -1002,6 +1102,37 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
         assert_eq!(room.available_permits(), 1024);
         drop(w);
+    }
+
+    #[tokio::test]
+    async fn a_memfd_reply_keeps_its_room_until_the_peer_has_read_it_even_past_the_end() {
+        use std::io::Read;
+        let (mut r, mut w, mut peer, budgets, replies) = pair_with_replies(4 << 20, 4 << 20);
+        one_call(&mut r, &mut peer, 7).await;
+        let room = budgets.replies_of_uid(0);
+        // A memfd of 100 KiB counts as a descriptor does, 1 MiB.
+        replies
+            .reserve(2 << 20)
+            .await
+            .unwrap()
+            .keep_until_read(7, 100 << 10);
+        assert_eq!(room.available_permits(), 4096 - 1024);
+        // Written but not read: still held, past the end of the connection too.
+        w.send_message(&reply_to(7)).await.unwrap();
+        drop((r, w));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(room.available_permits(), 4096 - 1024);
+        // Read: given back within a look or two.
+        let mut buf = [0u8; 4096];
+        assert!(peer.read(&mut buf).unwrap() > 0);
+        let back = async {
+            while room.available_permits() != 4096 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), back)
+            .await
+            .expect("the room of a memfd reply the peer read comes back");
     }
 
     #[tokio::test]

@@ -1142,6 +1142,21 @@ impl Cache {
         Some(value)
     }
 
+    /// The logical size of the value under `ns`/`key` as the in-memory entry map has it: no
+    /// I/O, no commit, no wait. None when the key is missing or expired, or a name is bad.
+    /// An estimate for budgeting only (a put may change it at any moment, and it is not
+    /// checked against the caller): never hand it out as an answer.
+    pub fn size_hint(&self, ns: &str, key: &str) -> Option<u64> {
+        if validate_namespace(ns).is_err() || validate_key(key).is_err() {
+            return None;
+        }
+        let now_s = unix_ns() / 1_000_000_000;
+        self.shared
+            .map
+            .with(ns, key, |e| (!e.expired(now_s)).then(|| u64::from(e.size)))
+            .flatten()
+    }
+
     /// The value under `ns`/`key`. A value whose bytes fail their checksum is never returned:
     /// the entry is dropped and the error is Corrupted.
     pub fn get(&self, ns: &str, key: &str, caller: &Caller) -> Result<Vec<u8>, StoreError> {
