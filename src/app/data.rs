@@ -8,6 +8,7 @@
 
 use crate::app::authz::{Action, Requester};
 use crate::app::error::{AppError, AppResult, Invalid};
+use crate::app::reads::ReadRoom;
 use crate::app::stats::StatsReport;
 use crate::app::topology::node_arg;
 use crate::app::{App, blocking};
@@ -211,15 +212,16 @@ impl App {
         self.store(who, namespace, key, Value::Fd(fd), args).await
     }
 
-    /// The value, when it has at most `max` bytes: a larger one is the store's TooLarge,
-    /// found before any of it is read.
+    /// The value, when it has at most `max` bytes (a larger one is TooLarge, found before
+    /// any of it is read), with the room its read took (`reads`: hold it while the value is
+    /// in memory).
     async fn fetch(
         &self,
         who: &Requester,
         ns: String,
         key: String,
         max: u64,
-    ) -> AppResult<Vec<u8>> {
+    ) -> AppResult<(Vec<u8>, Option<ReadRoom>)> {
         check_entry(&ns, &key)?;
         let cache = self.cache()?;
         let caller = who.caller();
@@ -231,18 +233,35 @@ impl App {
         if let Some(v) = cache.get_in_memory(&ns, &key, &caller, GET_ON_TASK_BYTES) {
             latency.get.observe(t0.elapsed());
             self.stats_touched();
-            return Ok(v);
+            return Ok((v, None));
         }
-        let value = blocking(move || {
-            match latency
-                .get
-                .time(|| cache.get_within(&ns, &key, &caller, max))
-            {
-                Err(StoreError::TooLarge { size, limit }) => Err(inline_too_large(size, limit)),
-                r => Ok(r?),
+        // Room for the value's size by the entry map, then a read limited to it: a value a
+        // Put grew meanwhile is refused unread and read again with room for its new size
+        // (twice; then with room for `max`).
+        let mut want = cache.size_hint(&ns, &key).unwrap_or(0).min(max);
+        let mut tries = 0;
+        let value = loop {
+            let room = self.reads.room(want).await?;
+            let limit = room.allows().min(max);
+            let (c, n, k, who) = (Arc::clone(&cache), ns.clone(), key.clone(), caller);
+            let lat = Arc::clone(&latency);
+            let read = blocking(
+                move || match lat.get.time(|| c.get_within(&n, &k, &who, limit)) {
+                    Err(StoreError::TooLarge { size, .. }) => Ok(Err(size)),
+                    r => Ok(Ok(r?)),
+                },
+            )
+            .await;
+            match read {
+                Ok(Ok(v)) => break Ok((v, Some(room))),
+                Ok(Err(size)) if size > max => break Err(inline_too_large(size, max)),
+                Ok(Err(size)) => {
+                    tries += 1;
+                    want = if tries > 2 { max } else { size };
+                }
+                Err(e) => break Err(e),
             }
-        })
-        .await;
+        };
         // Hits and misses both move the counters.
         self.stats_touched();
         value
@@ -253,7 +272,7 @@ impl App {
         let _call = self.enter()?;
         let inline = self.limits.max_inline_bytes;
         // A value over the limit is refused before it is read (the client then asks GetFd).
-        let value = self.fetch(who, namespace, key, inline).await?;
+        let (value, _room) = self.fetch(who, namespace, key, inline).await?;
         if value.len() as u64 > inline {
             return Err(inline_too_large(value.len() as u64, inline));
         }
@@ -282,12 +301,13 @@ impl App {
         key: String,
     ) -> AppResult<(OwnedFd, u64)> {
         let _call = self.enter()?;
-        let value = self.fetch(who, namespace, key, u64::MAX).await?;
+        let (value, room) = self.fetch(who, namespace, key, u64::MAX).await?;
         let size = value.len() as u64;
         let fd = blocking(move || {
             memfd::sealed_memfd(&value).map_err(|e| AppError::from(memfd::MemfdError::Create(e)))
         })
         .await?;
+        drop(room);
         Ok((fd, size))
     }
 
@@ -548,6 +568,14 @@ impl App {
             self.stats_touched();
             return Ok(found);
         }
+        // Room for what the rest take by the entry map (at most a message's worth), held
+        // until the reply is made; each key's read is limited to what is left of a message.
+        let want = rest
+            .iter()
+            .filter_map(|k| cache.size_hint(&namespace, k))
+            .fold(0u64, u64::saturating_add)
+            .min(inline);
+        let _room = self.reads.room(want).await?;
         let found = blocking(move || {
             let mut bytes = bytes;
             for key in rest {

@@ -20,6 +20,7 @@ pub mod stats;
 
 mod data;
 pub mod lease;
+pub mod reads;
 mod strategy;
 mod topology;
 
@@ -83,6 +84,8 @@ pub struct App {
     events: broadcast::Sender<Event>,
     stats_changed: watch::Sender<u64>,
     leases: lease::Leases,
+    /// Room for reading large values (one owner: reads take and give it back).
+    reads: reads::ReadGate,
 }
 
 /// How many events a slow subscriber may fall behind before it misses some.
@@ -111,6 +114,11 @@ impl App {
             events: broadcast::channel(EVENT_BACKLOG).0,
             stats_changed: watch::channel(0).0,
             leases: lease::Leases::default(),
+            // As for puts in flight (the engine's bound): many reads of the largest value.
+            reads: reads::ReadGate::new(
+                limits.max_value_bytes.saturating_mul(2).max(64 << 20),
+                reads::READ_WAIT,
+            ),
         }
     }
 
