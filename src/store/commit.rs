@@ -610,10 +610,10 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
-                c.gather(&rx, &mut batch);
+                let taken = batch.len() + c.gather(&rx, &mut batch);
                 // Taken, and run before the state is let go: a caller that finds nothing
                 // queued runs after all of them.
-                q.queued.fetch_sub(batch.len(), SeqCst);
+                q.queued.fetch_sub(taken, SeqCst);
                 batch.retain(|op| !matches!(op, Op::Wake));
                 if batch.iter().any(|op| matches!(op, Op::Stop(_))) {
                     c.stopping = true;
@@ -666,9 +666,12 @@ impl Committer {
     }
 
     /// A batch that will flush: puts still writing their record will be here in a moment, so
-    /// wait for them (briefly) to share this flush instead of paying for the next one. A
-    /// batch without a flush commits at once (its commit costs no fdatasync).
-    fn gather(&mut self, rx: &Receiver<Op>, batch: &mut Vec<Op>) {
+    /// wait for them (briefly) to share this flush instead of paying for the next one,
+    /// writing the records of those already here meanwhile (a failed one is answered and
+    /// leaves the batch; a full disk's pressure joins it as `Op::Pressure`). A batch without
+    /// a flush commits at once (its commit costs no fdatasync). Returns how many ops it took
+    /// from the queue.
+    fn gather(&mut self, rx: &Receiver<Op>, batch: &mut Vec<Op>) -> usize {
         let is_put = |op: &Op| matches!(op, Op::Put { .. } | Op::PutMany { .. });
         let flushes = self.sync_interval().is_zero()
             || batch.iter().any(|op| {
@@ -679,7 +682,7 @@ impl Committer {
             });
         let mut queued = batch.iter().filter(|op| is_put(op)).count() as u64;
         if queued == 0 || !flushes {
-            return;
+            return 0;
         }
         // Puts that flush: keep a prepared segment ready (`prepare_segments`).
         self.put_flush_at = Some(Instant::now());
@@ -690,6 +693,8 @@ impl Committer {
         let want = self.last_group;
         let cap = (self.last_flush_time / 2).clamp(MIN_GATHER, MAX_GATHER);
         let deadline = Instant::now() + cap;
+        let mut taken = 0;
+        let mut pressure = 0;
         while (queued < self.shared.puts_in_flight.load(Relaxed) || queued < want)
             && batch.len() < MAX_BATCH
         {
@@ -697,8 +702,11 @@ impl Committer {
             if left.is_zero() {
                 break;
             }
+            // The records of the puts here go to their segments while the others come.
+            pressure = pressure.max(self.write_pending(batch));
             match rx.recv_timeout(left) {
                 Ok(op) => {
+                    taken += 1;
                     queued += u64::from(is_put(&op));
                     let stop = matches!(op, Op::Stop(_));
                     batch.push(op);
@@ -709,6 +717,10 @@ impl Committer {
                 Err(_) => break,
             }
         }
+        if pressure > 0 {
+            batch.push(Op::Pressure(pressure));
+        }
+        taken
     }
 
     fn sync_interval(&self) -> Duration {
