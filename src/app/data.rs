@@ -8,7 +8,7 @@
 
 use crate::app::authz::{Action, Requester};
 use crate::app::error::{AppError, AppResult, Invalid};
-use crate::app::reads::ReadRoom;
+use crate::app::reads::{GROWN_TRIES, ReadRoom};
 use crate::app::stats::StatsReport;
 use crate::app::topology::node_arg;
 use crate::app::{App, blocking};
@@ -237,7 +237,7 @@ impl App {
         }
         // Room for the value's size by the entry map, then a read limited to it: a value a
         // Put grew meanwhile is refused unread and read again with room for its new size
-        // (twice; then with room for `max`).
+        // (`GROWN_TRIES` times; then with room for `max`).
         let mut want = cache.size_hint(&ns, &key).unwrap_or(0).min(max);
         let mut tries = 0;
         let value = loop {
@@ -257,7 +257,7 @@ impl App {
                 Ok(Err(size)) if size > max => break Err(inline_too_large(size, max)),
                 Ok(Err(size)) => {
                     tries += 1;
-                    want = if tries > 2 { max } else { size };
+                    want = if tries > GROWN_TRIES { max } else { size };
                 }
                 Err(e) => break Err(e),
             }
@@ -281,7 +281,7 @@ impl App {
 
     /// The bytes the values of `keys` in `namespace` take now, by the engine's in-memory
     /// entry map (no I/O, no wait): what a direct connection reserves for a Get, GetMany or
-    /// GetOrLease reply before it reads. An estimate only (a Put may change a value before
+    /// GetOrLease reply before it reads, and what a GetMany takes room for (`reads`). An estimate only (a Put may change a value before
     /// the read), never returned to a caller; missing keys, bad names and a closed cache
     /// count 0.
     pub fn reply_size_hint(&self, namespace: &str, keys: &[&str]) -> u64 {
@@ -570,11 +570,8 @@ impl App {
         }
         // Room for what the rest take by the entry map (at most a message's worth), held
         // until the reply is made; each key's read is limited to what is left of a message.
-        let want = rest
-            .iter()
-            .filter_map(|k| cache.size_hint(&namespace, k))
-            .fold(0u64, u64::saturating_add)
-            .min(inline);
+        let names: Vec<&str> = rest.iter().map(String::as_str).collect();
+        let want = self.reply_size_hint(&namespace, &names).min(inline);
         let _room = self.reads.room(want).await?;
         let found = blocking(move || {
             let mut bytes = bytes;

@@ -25,6 +25,9 @@ pub const READS_IN_FLIGHT: u64 = 512 << 20;
 pub const COUNTED_FROM: u64 = 1 << 20;
 /// How long a read waits for room before it is refused.
 pub const READ_WAIT: Duration = Duration::from_secs(10);
+/// How often a read goes around with room for a value a Put grew meanwhile, before it
+/// takes room for the largest value it may return.
+pub const GROWN_TRIES: u32 = 2;
 
 /// The bound on bytes of counted values being read at once.
 #[derive(Debug)]
