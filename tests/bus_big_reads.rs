@@ -9,14 +9,8 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon};
-use numa_cache_client::{Client, names};
-
-async fn daemon_pid(c: &Client) -> u32 {
-    let dbus = zbus::fdo::DBusProxy::new(c.connection()).await.unwrap();
-    let name = zbus::names::BusName::try_from(names::BUS_NAME).unwrap();
-    dbus.get_connection_unix_process_id(name).await.unwrap()
-}
+use dbus::{Bus, Daemon, noise, status_kib};
+use numa_cache_client::Client;
 
 /// Bytes the process has read through read-like system calls (`rchar`), in MiB.
 fn read_mib(pid: u32) -> u64 {
@@ -36,23 +30,14 @@ async fn a_value_too_large_for_a_reply_is_refused_unread() {
     }
     let bus = Bus::start();
     // A memory tier of 1 MiB: every read of the value goes to its file.
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &bus,
         &bus.dir().join("state"),
         &[("OPDBUS_CACHE_MEMORY_BYTES", "1048576")],
     );
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
-    // Incompressible (zstd would store a pattern in a few KiB, and the reads would not show).
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let value: Vec<u8> = (0..64u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let pid = daemon.pid();
+    let value = noise(64 << 20, 1);
     c.put("big", "v", &value)
         .await
         .expect("put of 64 MiB (PutFd)");
@@ -99,43 +84,24 @@ async fn a_value_too_large_for_a_reply_is_refused_unread() {
     c.ping().await.expect("the daemon is up");
 }
 
-/// A field of /proc/PID/status in MiB.
-fn status_mib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    kib >> 10
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_of_large_values_hold_at_most_the_read_bound() {
     if !dbus::prerequisites() {
         return;
     }
     let bus = Bus::start();
-    let _daemon = Daemon::start(
+    let daemon = Daemon::start(
         &bus,
         &bus.dir().join("state"),
         &[("OPDBUS_CACHE_MEMORY_BYTES", "1048576")],
     );
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let value: Vec<u8> = (0..128u32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let pid = daemon.pid();
+    let value = noise(128 << 20, 2);
     c.put("big", "v", &value)
         .await
         .expect("put of 128 MiB (PutFd)");
-    let hwm0 = status_mib(pid, "VmHWM:");
+    let hwm0 = status_kib(pid, "VmHWM:") >> 10;
     // Eight GetFd of 128 MiB at once: 1 GiB if every read held its value at the same time;
     // the bound on reads in flight (twice the largest value: 512 MiB) lets four at a time.
     let reads = (0..8).map(|_| {
@@ -146,7 +112,7 @@ async fn concurrent_reads_of_large_values_hold_at_most_the_read_bound() {
         let got = r.expect("GetFd").expect("the value");
         assert!(got == value, "the bytes read back differ");
     }
-    let grew = status_mib(pid, "VmHWM:").saturating_sub(hwm0);
+    let grew = (status_kib(pid, "VmHWM:") >> 10).saturating_sub(hwm0);
     eprintln!("8 concurrent GetFd of 128 MiB: daemon peak RSS +{grew} MiB");
     // Measured: +662 MiB with the bound, +1514 MiB without it (every read at once).
     assert!(

@@ -15,13 +15,6 @@ use numa_cache_client::names;
 use numa_cache_client::{Client, Error, Lease, PutOptions};
 use std::time::{Duration, Instant};
 
-/// The daemon's pid, as the bus knows it.
-async fn daemon_pid(c: &Client) -> u32 {
-    let dbus = zbus::fdo::DBusProxy::new(c.connection()).await.unwrap();
-    let name = zbus::names::BusName::try_from(names::BUS_NAME).unwrap();
-    dbus.get_connection_unix_process_id(name).await.unwrap()
-}
-
 /// The unix sockets the daemon holds open (its bus connection, direct connections, ...).
 fn daemon_sockets(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -257,7 +250,7 @@ async fn direct_connections_are_capped_and_closed_on_hang_up_and_at_stop() {
     let bus = Bus::start();
     let daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
+    let pid = daemon.pid();
     c.ping().await.unwrap();
     let base = daemon_sockets(pid);
 

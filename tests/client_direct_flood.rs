@@ -9,27 +9,12 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon, TEST_USER};
+use dbus::{Bus, Daemon, TEST_USER, noise, status_kib};
 use numa_cache_client::Client;
 use numa_cache_client::names;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
-
-async fn daemon_pid(c: &Client) -> u32 {
-    let dbus = zbus::fdo::DBusProxy::new(c.connection()).await.unwrap();
-    let name = zbus::names::BusName::try_from(names::BUS_NAME).unwrap();
-    dbus.get_connection_unix_process_id(name).await.unwrap()
-}
-
-/// A field of /proc/PID/status in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 /// `calls` pipelined PutMany calls of `per` entries of 1 MiB each on `d`, all sent before
 /// any reply is awaited: (calls stored, errors of the refused ones).
@@ -78,9 +63,9 @@ async fn a_flood_of_pipelined_put_many_on_four_direct_connections_is_bounded() {
     // A memory tier of 1 MiB, so that the peak RSS shows what the calls hold, not the
     // values the cache keeps in memory.
     let memory = [("OPDBUS_CACHE_MEMORY_BYTES", "1M")];
-    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &memory);
+    let daemon = Daemon::start(&bus, &bus.dir().join("state"), &memory);
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
+    let pid = daemon.pid();
     c.put("calm", "before", b"v").await.unwrap();
     let hwm0 = status_kib(pid, "VmHWM:");
     let mut direct = Vec::new();
@@ -244,7 +229,7 @@ async fn sixteen_direct_connections_announcing_big_messages_and_stalling_cost_on
     let bus = Bus::start();
     let daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
+    let pid = daemon.pid();
     c.put("calm", "before", b"v").await.unwrap();
     let hwm0 = status_kib(pid, "VmHWM:");
 
@@ -333,7 +318,7 @@ async fn a_direct_message_announced_past_the_limit_closes_its_connection_unread(
     let bus = Bus::start();
     let daemon = Daemon::start(&bus, &bus.dir().join("state"), &[]);
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
+    let pid = daemon.pid();
     let hwm0 = status_kib(pid, "VmHWM:");
 
     // 128 MiB (the D-Bus maximum, more than any legit call) on 15 connections, and a body
@@ -437,19 +422,6 @@ where
     msg.data().to_vec()
 }
 
-/// A value of `len` bytes that does not compress, from `seed`.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// The env var that makes the test binary the other user's process ([`other_user_calls`]).
 const OTHER_ROLE: &str = "NUMA_CACHE_FLOOD_OTHER_USER";
 
@@ -539,9 +511,9 @@ async fn replies_never_read() {
     // A memory tier of 1 MiB, so that the peak RSS shows what the calls hold, not the
     // values the cache keeps in memory.
     let memory = [("OPDBUS_CACHE_MEMORY_BYTES", "1M")];
-    let _daemon = Daemon::start(&bus, &bus.dir().join("state"), &memory);
+    let daemon = Daemon::start(&bus, &bus.dir().join("state"), &memory);
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
+    let pid = daemon.pid();
     // Four values of 16 MiB (the most a Get returns) and two of 8 MiB (a GetMany of both is
     // 16 MiB, the most it returns).
     let big: Vec<Vec<u8>> = (0..4).map(|i| noise(16 << 20, i)).collect();
@@ -848,7 +820,7 @@ async fn sixty_four_gets_of_small_values_on_direct_connections_read_at_once() {
     let off = [("OPDBUS_CACHE_MEMORY_BYTES", "0")];
     let daemon = Daemon::start(&bus, &disk.mount, &off);
     let c = Client::connect(&bus.address).await.unwrap();
-    let pid = daemon_pid(&c).await;
+    let pid = daemon.pid();
     disk.enter(pid);
     let values: Vec<Vec<u8>> = (0..64).map(|i| noise(4 << 10, 200 + i)).collect();
     for (i, v) in values.iter().enumerate() {
