@@ -267,6 +267,68 @@ pub struct CommitQueue {
     /// Ops sent and not yet taken into a batch under `state` (a caller runs its own put
     /// only when this is 0).
     queued: AtomicUsize,
+    /// How a gathering committer is told that the puts it waits for are queued.
+    arrivals: Arrivals,
+}
+
+/// How the committer waits in [`Committer::gather`] for the rest of a batch: once for the
+/// count it needs, not once per op. A send into the channel wakes a committer blocked in
+/// `recv`; while gathering it is not in `recv` (the sends cost no system call) but waits on
+/// `epoch`, which a sender rings only when its op makes `sent` reach `wake_at`.
+struct Arrivals {
+    /// Ops sent into the channel so far (counted after the op is in it).
+    sent: AtomicUsize,
+    /// The `sent` count the gathering committer waits for (usize::MAX: nobody waits).
+    wake_at: AtomicUsize,
+    /// Futex word, bumped by the ring.
+    epoch: AtomicU32,
+}
+
+impl Arrivals {
+    /// After an op went into the channel.
+    fn sent_one(&self) {
+        let n = self.sent.fetch_add(1, SeqCst) + 1;
+        if n >= self.wake_at.load(SeqCst) {
+            self.wake_at.store(usize::MAX, SeqCst);
+            self.epoch.fetch_add(1, SeqCst);
+            // SAFETY: FUTEX_WAKE on a valid, aligned u32 owned by the queue, which the
+            // caller holds; no other memory is read or written.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.epoch.as_ptr(),
+                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                    1,
+                );
+            }
+        }
+    }
+
+    /// Wait until `more` ops beyond `seen` (a `sent` count) were sent, or `left` passed.
+    fn wait_for(&self, seen: usize, more: usize, left: Duration) {
+        let epoch = self.epoch.load(SeqCst);
+        let target = seen.saturating_add(more.max(1));
+        self.wake_at.store(target, SeqCst);
+        if self.sent.load(SeqCst) < target {
+            let ts = libc::timespec {
+                tv_sec: left.as_secs().min(1) as libc::time_t,
+                tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+            };
+            // SAFETY: FUTEX_WAIT on a valid, aligned u32 owned by the queue, with a relative
+            // timeout read from `ts` for the length of the call; it returns at once when the
+            // word is no longer `epoch` (a sender rang after the read above).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.epoch.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    epoch,
+                    &ts as *const libc::timespec,
+                );
+            }
+        }
+        self.wake_at.store(usize::MAX, SeqCst);
+    }
 }
 
 impl CommitQueue {
@@ -277,6 +339,11 @@ impl CommitQueue {
             state: Mutex::new(committer),
             tx,
             queued: AtomicUsize::new(0),
+            arrivals: Arrivals {
+                sent: AtomicUsize::new(0),
+                wake_at: AtomicUsize::new(usize::MAX),
+                epoch: AtomicU32::new(0),
+            },
         };
         (Arc::new(q), rx)
     }
@@ -288,7 +355,9 @@ impl CommitQueue {
         self.tx.send(op).map_err(|_| {
             self.queued.fetch_sub(1, SeqCst);
             Stopped
-        })
+        })?;
+        self.arrivals.sent_one();
+        Ok(())
     }
 
     /// Run `op` on this thread when it is a put the committer would answer at once (see
@@ -610,7 +679,7 @@ impl Committer {
                         Err(_) => break,
                     }
                 }
-                let taken = batch.len() + c.gather(&rx, &mut batch);
+                let taken = batch.len() + c.gather(&q.arrivals, &rx, &mut batch);
                 // Taken, and run before the state is let go: a caller that finds nothing
                 // queued runs after all of them.
                 q.queued.fetch_sub(taken, SeqCst);
@@ -671,7 +740,7 @@ impl Committer {
     /// leaves the batch; a full disk's pressure joins it as `Op::Pressure`). A batch without
     /// a flush commits at once (its commit costs no fdatasync). Returns how many ops it took
     /// from the queue.
-    fn gather(&mut self, rx: &Receiver<Op>, batch: &mut Vec<Op>) -> usize {
+    fn gather(&mut self, arrivals: &Arrivals, rx: &Receiver<Op>, batch: &mut Vec<Op>) -> usize {
         let is_put = |op: &Op| matches!(op, Op::Put { .. } | Op::PutMany { .. });
         let flushes = self.sync_interval().is_zero()
             || batch.iter().any(|op| {
@@ -695,26 +764,33 @@ impl Committer {
         let deadline = Instant::now() + cap;
         let mut taken = 0;
         let mut pressure = 0;
-        while (queued < self.shared.puts_in_flight.load(Relaxed) || queued < want)
-            && batch.len() < MAX_BATCH
-        {
+        'gather: loop {
+            let need = self.shared.puts_in_flight.load(Relaxed).max(want);
+            if queued >= need || batch.len() >= MAX_BATCH {
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
             // The records of the puts here go to their segments while the others come.
             pressure = pressure.max(self.write_pending(batch));
-            match rx.recv_timeout(left) {
-                Ok(op) => {
-                    taken += 1;
-                    queued += u64::from(is_put(&op));
-                    let stop = matches!(op, Op::Stop(_));
-                    batch.push(op);
-                    if stop {
-                        break;
-                    }
+            // Wait once for the rest (not once per op); the ops that came meanwhile are
+            // taken first.
+            let seen = arrivals.sent.load(SeqCst);
+            let mut got = false;
+            while let Ok(op) = rx.try_recv() {
+                got = true;
+                taken += 1;
+                queued += u64::from(is_put(&op));
+                let stop = matches!(op, Op::Stop(_));
+                batch.push(op);
+                if stop {
+                    break 'gather;
                 }
-                Err(_) => break,
+            }
+            if !got {
+                arrivals.wait_for(seen, (need - queued) as usize, left);
             }
         }
         if pressure > 0 {
@@ -2129,6 +2205,67 @@ pub fn flush_data(shared: &Shared) -> Result<u64, StoreError> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    fn arrivals() -> Arrivals {
+        Arrivals {
+            sent: AtomicUsize::new(0),
+            wake_at: AtomicUsize::new(usize::MAX),
+            epoch: AtomicU32::new(0),
+        }
+    }
+
+    /// A gathering committer is rung once, by the op that reaches the count it waits for,
+    /// not by every op sent.
+    #[test]
+    fn arrivals_ring_once_at_the_count_waited_for() {
+        let a = arrivals();
+        a.sent_one();
+        assert_eq!(a.epoch.load(SeqCst), 0, "nobody waits: no ring");
+        a.wake_at.store(4, SeqCst);
+        a.sent_one();
+        a.sent_one();
+        assert_eq!(a.epoch.load(SeqCst), 0, "below the count: no ring");
+        a.sent_one();
+        assert_eq!(a.epoch.load(SeqCst), 1, "the count reached: one ring");
+        assert_eq!(a.wake_at.load(SeqCst), usize::MAX);
+        a.sent_one();
+        assert_eq!(a.epoch.load(SeqCst), 1, "rung once");
+    }
+
+    /// `wait_for` returns when the ops it waits for are sent by other threads, and after its
+    /// time when they never come.
+    #[test]
+    fn arrivals_wait_ends_at_the_count_or_the_time() {
+        let a = Arc::new(arrivals());
+        let t0 = Instant::now();
+        let senders: Vec<_> = (0..3)
+            .map(|i| {
+                let a = Arc::clone(&a);
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20 * (i + 1)));
+                    a.sent_one();
+                })
+            })
+            .collect();
+        while a.sent.load(SeqCst) < 3 {
+            a.wait_for(
+                a.sent.load(SeqCst),
+                3 - a.sent.load(SeqCst),
+                Duration::from_secs(1),
+            );
+        }
+        for s in senders {
+            s.join().unwrap();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "woken by the sends"
+        );
+        let t1 = Instant::now();
+        a.wait_for(3, 1, Duration::from_millis(30));
+        assert!(t1.elapsed() >= Duration::from_millis(30), "waited its time");
+        assert_eq!(a.wake_at.load(SeqCst), usize::MAX, "nobody waits after");
+    }
 
     /// Writers waiting on the bell all wake from one batch's answers given inside
     /// `answering` (one ring, at its end), and from an answer given outside it (rung at once).
