@@ -157,8 +157,17 @@ fn put_figure(base: &Path, secs: f64, vals: &[Vec<u8>], me: &Caller) {
 fn sync_figure(base: &Path, secs: f64, vals: &[Vec<u8>], me: &Caller) {
     // 2. Sync puts, 8 writers, against 8 / (one pwrite + fdatasync of a small file). The
     // probe and the puts take turns in SLICES slices, so that both see the same load on a
-    // shared machine (one fdatasync's time there varies by 2x from one second to the next).
-    const SLICES: u32 = 5;
+    // shared machine (one fdatasync's time there varies by 2x from one second to the next;
+    // 20 slices of a quarter second track it more closely than 5 of a second did). The
+    // figure starts with the filesystem flushed (`sync -f`), so that the writeback of the
+    // figure before it is not charged to either side.
+    const SLICES: u32 = 20;
+    let flushed = std::process::Command::new("sync")
+        .arg("-f")
+        .arg(base)
+        .status()
+        .expect("sync -f");
+    assert!(flushed.success(), "sync -f {}: {flushed}", base.display());
     let slice = secs / f64::from(SLICES);
     let f = std::fs::File::create(base.join("fsync-probe")).expect("probe file");
     let block = vec![7u8; SIZE];
