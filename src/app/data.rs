@@ -241,7 +241,7 @@ impl App {
         let mut want = cache.size_hint(&ns, &key).unwrap_or(0).min(max);
         let mut tries = 0;
         let value = loop {
-            let room = self.reads.room(want).await?;
+            let room = self.reads.room(who.uid, want).await?;
             let limit = room.allows().min(max);
             let (c, n, k, who) = (Arc::clone(&cache), ns.clone(), key.clone(), caller);
             let lat = Arc::clone(&latency);
@@ -572,7 +572,7 @@ impl App {
         // until the reply is made; each key's read is limited to what is left of a message.
         let names: Vec<&str> = rest.iter().map(String::as_str).collect();
         let want = self.reply_size_hint(&namespace, &names).min(inline);
-        let _room = self.reads.room(want).await?;
+        let _room = self.reads.room(who.uid, want).await?;
         let found = blocking(move || {
             let mut bytes = bytes;
             for key in rest {
