@@ -86,21 +86,49 @@ thread_local! {
     static ANSWERING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
+/// Wake up to `n` threads waiting on `word` (FUTEX_WAKE, private).
+fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32 that the reference keeps alive for the
+    // call; no other memory is read or written.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        );
+    }
+}
+
+/// Sleep while `word` holds `expected`, until woken or `timeout` (None: no timeout) passed
+/// (FUTEX_WAIT, private; it returns at once when the word no longer holds `expected`).
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 that the reference keeps alive for the
+    // call, with a relative timeout read from `ts` (alive for the call) or none.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
 impl Bell {
     /// Wake every caller waiting (they check their slots).
     fn ring(&self) {
         self.epoch.fetch_add(1, SeqCst);
         if self.waiters.load(SeqCst) > 0 {
-            // SAFETY: FUTEX_WAKE on a valid, aligned u32 that lives for the whole process;
-            // no other memory is read or written.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.epoch.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    i32::MAX,
-                );
-            }
+            futex_wake(&self.epoch, i32::MAX);
         }
     }
 
@@ -129,17 +157,7 @@ impl Bell {
             if answered() {
                 break;
             }
-            // SAFETY: FUTEX_WAIT on a valid, aligned u32 that lives for the whole process,
-            // no timeout; it returns at once when the word is no longer `epoch`.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.epoch.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    epoch,
-                    std::ptr::null::<libc::timespec>(),
-                );
-            }
+            futex_wait(&self.epoch, epoch, None);
         }
         self.waiters.fetch_sub(1, SeqCst);
     }
@@ -291,16 +309,7 @@ impl Arrivals {
         if n >= self.wake_at.load(SeqCst) {
             self.wake_at.store(usize::MAX, SeqCst);
             self.epoch.fetch_add(1, SeqCst);
-            // SAFETY: FUTEX_WAKE on a valid, aligned u32 owned by the queue, which the
-            // caller holds; no other memory is read or written.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.epoch.as_ptr(),
-                    libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-                    1,
-                );
-            }
+            futex_wake(&self.epoch, 1);
         }
     }
 
@@ -310,22 +319,8 @@ impl Arrivals {
         let target = seen.saturating_add(more.max(1));
         self.wake_at.store(target, SeqCst);
         if self.sent.load(SeqCst) < target {
-            let ts = libc::timespec {
-                tv_sec: left.as_secs().min(1) as libc::time_t,
-                tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
-            };
-            // SAFETY: FUTEX_WAIT on a valid, aligned u32 owned by the queue, with a relative
-            // timeout read from `ts` for the length of the call; it returns at once when the
-            // word is no longer `epoch` (a sender rang after the read above).
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.epoch.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    epoch,
-                    &ts as *const libc::timespec,
-                );
-            }
+            // Returns at once when a sender rang after the read above.
+            futex_wait(&self.epoch, epoch, Some(left));
         }
         self.wake_at.store(usize::MAX, SeqCst);
     }
