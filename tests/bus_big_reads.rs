@@ -9,8 +9,25 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon, noise, status_kib};
+use dbus::{Bus, Daemon, noise, peak_growth, status_kib};
 use numa_cache_client::Client;
+
+/// A daemon with a memory tier of 1 MiB (every read of a large value goes to its file),
+/// a client, and a value of `mib` MiB of noise stored under big/v (by PutFd).
+async fn with_big_value(mib: usize, seed: u64) -> (Bus, Daemon, Client, Vec<u8>) {
+    let bus = Bus::start();
+    let daemon = Daemon::start(
+        &bus,
+        &bus.dir().join("state"),
+        &[("OPDBUS_CACHE_MEMORY_BYTES", "1048576")],
+    );
+    let c = Client::connect(&bus.address).await.unwrap();
+    let value = noise(mib << 20, seed);
+    c.put("big", "v", &value)
+        .await
+        .unwrap_or_else(|e| panic!("put of {mib} MiB (PutFd): {e}"));
+    (bus, daemon, c, value)
+}
 
 /// Bytes the process has read through read-like system calls (`rchar`), in MiB.
 fn read_mib(pid: u32) -> u64 {
@@ -28,19 +45,8 @@ async fn a_value_too_large_for_a_reply_is_refused_unread() {
     if !dbus::prerequisites() {
         return;
     }
-    let bus = Bus::start();
-    // A memory tier of 1 MiB: every read of the value goes to its file.
-    let daemon = Daemon::start(
-        &bus,
-        &bus.dir().join("state"),
-        &[("OPDBUS_CACHE_MEMORY_BYTES", "1048576")],
-    );
-    let c = Client::connect(&bus.address).await.unwrap();
+    let (_bus, daemon, c, value) = with_big_value(64, 1).await;
     let pid = daemon.pid();
-    let value = noise(64 << 20, 1);
-    c.put("big", "v", &value)
-        .await
-        .expect("put of 64 MiB (PutFd)");
     c.put("big", "small", b"s").await.unwrap();
 
     // Eight Gets of it at once, through the bus: each refused by name, none read.
@@ -89,21 +95,12 @@ async fn concurrent_reads_of_large_values_hold_at_most_the_read_bound() {
     if !dbus::prerequisites() {
         return;
     }
-    let bus = Bus::start();
-    let daemon = Daemon::start(
-        &bus,
-        &bus.dir().join("state"),
-        &[("OPDBUS_CACHE_MEMORY_BYTES", "1048576")],
-    );
-    let c = Client::connect(&bus.address).await.unwrap();
+    let (_bus, daemon, c, value) = with_big_value(128, 2).await;
     let pid = daemon.pid();
-    let value = noise(128 << 20, 2);
-    c.put("big", "v", &value)
-        .await
-        .expect("put of 128 MiB (PutFd)");
-    let hwm0 = status_kib(pid, "VmHWM:") >> 10;
-    // Eight GetFd of 128 MiB at once: 1 GiB if every read held its value at the same time;
-    // the bound on reads in flight (twice the largest value: 512 MiB) lets four at a time.
+    let hwm0 = status_kib(pid, "VmHWM:");
+    // Eight GetFd of 128 MiB at once, by one uid: 1 GiB if every read held its value at the
+    // same time; the bound on reads in flight (twice the largest value: 512 MiB) lets four
+    // at a time, and one uid's share of it (half) two.
     let reads = (0..8).map(|_| {
         let c = c.clone();
         async move { c.get_fd("big", "v").await }
@@ -112,8 +109,7 @@ async fn concurrent_reads_of_large_values_hold_at_most_the_read_bound() {
         let got = r.expect("GetFd").expect("the value");
         assert!(got == value, "the bytes read back differ");
     }
-    let grew = (status_kib(pid, "VmHWM:") >> 10).saturating_sub(hwm0);
-    eprintln!("8 concurrent GetFd of 128 MiB: daemon peak RSS +{grew} MiB");
+    let (_, grew) = peak_growth(pid, hwm0, "8 concurrent GetFd of 128 MiB");
     // Measured: +662 MiB with the bound, +1514 MiB without it (every read at once).
     assert!(
         grew < 1024,

@@ -9,7 +9,7 @@
 mod dbus;
 mod support;
 
-use dbus::{Bus, Daemon, TEST_USER, noise, status_kib};
+use dbus::{Bus, Daemon, TEST_USER, noise, peak_growth, status_kib};
 use numa_cache_client::Client;
 use numa_cache_client::names;
 use std::io::{Read, Write};
@@ -91,13 +91,7 @@ async fn a_flood_of_pipelined_put_many_on_four_direct_connections_is_bounded() {
         matches!(calm, Ok(Ok(_))),
         "the calm caller was not served: {calm:?}"
     );
-    let hwm = status_kib(pid, "VmHWM:");
-    let grew_mib = hwm.saturating_sub(hwm0) >> 10;
-    eprintln!(
-        "4 x 16 pipelined PutMany of 16 MiB (1 GiB): daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
-        hwm0 >> 10,
-        hwm >> 10
-    );
+    let (hwm, grew_mib) = peak_growth(pid, hwm0, "4 x 16 pipelined PutMany of 16 MiB (1 GiB)");
     // The uid's budget (64 MiB) admits four 16 MiB calls at a time across its connections
     // until they are answered; each is held by zbus and copied by the handler. Measured:
     // +165-196 MiB; +333-345 MiB when a call's share is given back on receipt instead of
@@ -241,13 +235,7 @@ async fn sixteen_direct_connections_announcing_big_messages_and_stalling_cost_on
         stalled.push(open_raw(&c, &primary_header(announce)).await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let hwm = status_kib(pid, "VmHWM:");
-    let grew_mib = hwm.saturating_sub(hwm0) >> 10;
-    eprintln!(
-        "16 x 32 MiB announced, 256 bytes sent: daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
-        hwm0 >> 10,
-        hwm >> 10
-    );
+    let (_, grew_mib) = peak_growth(pid, hwm0, "16 x 32 MiB announced, 256 bytes sent");
     // Unbounded, this is 16 x 32 MiB = 512 MiB; the per-uid budget (64 MiB) admits two.
     assert!(
         grew_mib < 64 + 32,
@@ -340,13 +328,7 @@ async fn a_direct_message_announced_past_the_limit_closes_its_connection_unread(
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let hwm = status_kib(pid, "VmHWM:");
-    let grew_mib = hwm.saturating_sub(hwm0) >> 10;
-    eprintln!(
-        "16 oversized announcements: daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
-        hwm0 >> 10,
-        hwm >> 10
-    );
+    let (_, grew_mib) = peak_growth(pid, hwm0, "16 oversized announcements");
     assert!(
         grew_mib < 32,
         "oversized announcements raised the daemon's peak RSS by {grew_mib} MiB"
@@ -549,13 +531,7 @@ async fn replies_never_read() {
     // second or two on its own).
     tokio::time::sleep(Duration::from_secs(6)).await;
 
-    let hwm = status_kib(pid, "VmHWM:");
-    let grew_mib = hwm.saturating_sub(hwm0) >> 10;
-    eprintln!(
-        "64 pipelined Get/GetMany of 16 MiB never read: daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
-        hwm0 >> 10,
-        hwm >> 10
-    );
+    let (_, grew_mib) = peak_growth(pid, hwm0, "64 pipelined Get/GetMany of 16 MiB never read");
     // The uid's reply budget (64 MiB) lets four replies of 16 MiB be read at a time and
     // held until written. While one is read it exists up to four times over (the shard's
     // read buffer, the decoded value, the copy offered to the memory tier, the message

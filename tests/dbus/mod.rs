@@ -723,6 +723,19 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The peak resident size (VmHWM) of `pid` now, in KiB, and how many MiB it grew since
+/// `from_kib`; printed with `what`, for the test's log.
+pub fn peak_growth(pid: u32, from_kib: u64, what: &str) -> (u64, u64) {
+    let hwm = status_kib(pid, "VmHWM:");
+    let grew_mib = hwm.saturating_sub(from_kib) >> 10;
+    eprintln!(
+        "{what}: daemon VmHWM {} MiB -> {} MiB (+{grew_mib})",
+        from_kib >> 10,
+        hwm >> 10
+    );
+    (hwm, grew_mib)
+}
+
 /// A value of `len` bytes that does not compress, from `seed` (zstd would store a pattern
 /// in a few KiB, and what the daemon reads or holds for it would not show).
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
