@@ -40,22 +40,6 @@ serve() { # serve daemon|write|nowrite: stop whoever holds the name, start that 
   for _ in $(seq 100); do owned && return 0; sleep 0.1; done
   echo "$1 did not take the name" >&2; tail -5 "$RUN/daemon.log" "$RUN/floor.log" >&2; exit 1
 }
-TCK=$(getconf CLK_TCK)
-server_ticks() { awk '{print $14 + $15}' "/proc/$(cat "$RUN/daemon.pid")/stat"; }
-rate() { # rate MODE LABEL -> calls per second over all processes; "LABEL us-per-call" to $RUN/cpu
-  local pids=() total=0 f w t0 t1
-  t0=$(server_ticks)
-  for w in $(seq "$PROCS"); do
-    /usr/bin/python3 scripts/bench_bus_client.py "$ADDR" "$1" "$SECS" "$w$RANDOM" > "$RUN/out.$1.$w" & pids+=($!)
-  done
-  wait "${pids[@]}"
-  t1=$(server_ticks)
-  for f in "$RUN"/out."$1".*; do total=$((total + $(cat "$f" 2>/dev/null || echo 0))); done
-  rm -f "$RUN"/out."$1".*
-  echo "$2 $(( (t1 - t0) * 1000000 / TCK / (total > 0 ? total : 1) ))" >> "$RUN/cpu"
-  echo $((total / ${SECS%.*}))
-}
-
 echo "bus Put floor: $PROCS processes x ${SECS}s per round, $ROUNDS rounds, 4 KiB values, $(bus_version)"
 echo "numa-cached: ping, put, refused (the same Put refused after parsing its options);"
 echo "bus_floor (examples/bus_floor.rs): ping, put with no I/O, put with the contract's one pwrite."
@@ -63,11 +47,11 @@ echo "Ratios are to the mean of the round's two Ping rates (both zbus's own Peer
 echo "round ping/s put/s refused/s floor-ping/s nowrite/s pwrite/s | put refused nowrite pwrite"
 for r in $(seq "$ROUNDS"); do
   serve daemon
-  p=$(rate ping ping); u=$(rate put put); f=$(rate floor refused)
+  p=$(bus_rate ping ping); u=$(bus_rate put put); f=$(bus_rate floor refused)
   serve nowrite
-  fp=$(rate ping floor-ping); n=$(rate put nowrite)
+  fp=$(bus_rate ping floor-ping); n=$(bus_rate put nowrite)
   serve write
-  w=$(rate put pwrite)
+  w=$(bus_rate put pwrite)
   awk -v r="$r" -v p="$p" -v u="$u" -v f="$f" -v fp="$fp" -v n="$n" -v w="$w" \
     'BEGIN{b = (p + fp) / 2; printf "%d %d %d %d %d %d %d | %.2fx %.2fx %.2fx %.2fx\n", r, p, u, f, fp, n, w, u/b, f/b, n/b, w/b}'
 done

@@ -21,26 +21,10 @@ bench_daemon_up bus 4G OPDBUS_CACHE_MAX_BYTES=3G
 ADDR=$DBUS_SYSTEM_BUS_ADDRESS
 /usr/bin/python3 scripts/bench_bus_client.py "$ADDR" seed 0 0 >/dev/null
 
-DPID=$(cat "$RUN/daemon.pid")
-TCK=$(getconf CLK_TCK)
-daemon_ticks() { awk '{print $14 + $15}' "/proc/$DPID/stat"; }
-rate() { # rate MODE -> calls per second over all processes; appends "MODE us-per-call" to $RUN/cpu
-  local pids=() total=0 f t0 t1
-  t0=$(daemon_ticks)
-  for w in $(seq "$PROCS"); do
-    /usr/bin/python3 scripts/bench_bus_client.py "$ADDR" "$1" "$SECS" "$w$RANDOM" > "$RUN/out.$1.$w" & pids+=($!)
-  done
-  wait "${pids[@]}"
-  t1=$(daemon_ticks)
-  for f in "$RUN"/out."$1".*; do total=$((total + $(cat "$f" 2>/dev/null || echo 0))); done
-  rm -f "$RUN"/out."$1".*
-  echo "$1 $(( (t1 - t0) * 1000000 / TCK / (total > 0 ? total : 1) ))" >> "$RUN/cpu"
-  echo $((total / ${SECS%.*}))
-}
 echo "bus throughput: $PROCS processes x ${SECS}s per round, $ROUNDS rounds, 4 KiB values, daemon $DAEMON"
 echo "round ping/s get/s floor/s put/s put-sync/s get/ping floor/ping put/ping put-sync/ping put/floor"
 for r in $(seq "$ROUNDS"); do
-  p=$(rate ping); g=$(rate get); f=$(rate floor); u=$(rate put); s=$(rate put-sync)
+  p=$(bus_rate ping); g=$(bus_rate get); f=$(bus_rate floor); u=$(bus_rate put); s=$(bus_rate put-sync)
   awk -v r="$r" -v p="$p" -v g="$g" -v f="$f" -v u="$u" -v s="$s" \
     'BEGIN{printf "%d %d %d %d %d %d %.2fx %.2fx %.2fx %.2fx %.2fx\n", r, p, g, f, u, s, g/p, f/p, u/p, s/p, (f > 0 ? u/f : 0)}'
 done

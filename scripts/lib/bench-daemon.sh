@@ -85,3 +85,21 @@ bus_pid() {
     broker) pgrep -P "$(cat "$RUN/bus.pid")" -x dbus-broker ;;
   esac
 }
+
+# Calls per second of PROCS dbus-python clients (scripts/bench_bus_client.py), each calling
+# MODE for SECS seconds on ADDR; appends "LABEL us-per-call" (default LABEL: MODE) to
+# $RUN/cpu: the user+system CPU, from /proc, of the server whose pid is in $RUN/daemon.pid.
+bus_rate() {
+  local mode=$1 label=${2:-$1} pids=() total=0 f w t0 t1 pid
+  pid=$(cat "$RUN/daemon.pid")
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  for w in $(seq "$PROCS"); do
+    /usr/bin/python3 scripts/bench_bus_client.py "$ADDR" "$mode" "$SECS" "$w$RANDOM" > "$RUN/out.$mode.$w" & pids+=($!)
+  done
+  wait "${pids[@]}"
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  for f in "$RUN"/out."$mode".*; do total=$((total + $(cat "$f" 2>/dev/null || echo 0))); done
+  rm -f "$RUN"/out."$mode".*
+  echo "$label $(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / (total > 0 ? total : 1) ))" >> "$RUN/cpu"
+  echo $((total / ${SECS%.*}))
+}
