@@ -303,6 +303,14 @@ struct Arrivals {
 }
 
 impl Arrivals {
+    fn new() -> Arrivals {
+        Arrivals {
+            sent: AtomicUsize::new(0),
+            wake_at: AtomicUsize::new(usize::MAX),
+            epoch: AtomicU32::new(0),
+        }
+    }
+
     /// After an op went into the channel.
     fn sent_one(&self) {
         let n = self.sent.fetch_add(1, SeqCst) + 1;
@@ -334,11 +342,7 @@ impl CommitQueue {
             state: Mutex::new(committer),
             tx,
             queued: AtomicUsize::new(0),
-            arrivals: Arrivals {
-                sent: AtomicUsize::new(0),
-                wake_at: AtomicUsize::new(usize::MAX),
-                epoch: AtomicU32::new(0),
-            },
+            arrivals: Arrivals::new(),
         };
         (Arc::new(q), rx)
     }
@@ -774,7 +778,9 @@ impl Committer {
             // taken first.
             let seen = arrivals.sent.load(SeqCst);
             let mut got = false;
-            while let Ok(op) = rx.try_recv() {
+            while batch.len() < MAX_BATCH
+                && let Ok(op) = rx.try_recv()
+            {
                 got = true;
                 taken += 1;
                 queued += u64::from(is_put(&op));
@@ -2201,19 +2207,11 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
 
-    fn arrivals() -> Arrivals {
-        Arrivals {
-            sent: AtomicUsize::new(0),
-            wake_at: AtomicUsize::new(usize::MAX),
-            epoch: AtomicU32::new(0),
-        }
-    }
-
     /// A gathering committer is rung once, by the op that reaches the count it waits for,
     /// not by every op sent.
     #[test]
     fn arrivals_ring_once_at_the_count_waited_for() {
-        let a = arrivals();
+        let a = Arrivals::new();
         a.sent_one();
         assert_eq!(a.epoch.load(SeqCst), 0, "nobody waits: no ring");
         a.wake_at.store(4, SeqCst);
@@ -2231,7 +2229,7 @@ mod tests {
     /// time when they never come.
     #[test]
     fn arrivals_wait_ends_at_the_count_or_the_time() {
-        let a = Arc::new(arrivals());
+        let a = Arc::new(Arrivals::new());
         let t0 = Instant::now();
         let senders: Vec<_> = (0..3)
             .map(|i| {
