@@ -13,6 +13,7 @@
 //! app owns; the latency histograms are the app's.
 
 pub mod authz;
+pub mod budget;
 pub mod error;
 pub mod events;
 pub mod gate;

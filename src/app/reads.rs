@@ -18,9 +18,9 @@
 //! limited to the room taken (`Cache::get_within`): a value a Put grew in between is refused
 //! unread, and read again with room for its new size.
 
+use crate::app::budget::PerUid;
 use crate::app::error::{AppError, AppResult};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -35,16 +35,13 @@ pub const READ_WAIT: Duration = Duration::from_secs(10);
 /// takes room for the largest value it may return.
 pub const GROWN_TRIES: u32 = 2;
 
-/// Per-uid shares kept before the idle ones are dropped.
-const SHARES_KEPT: usize = 256;
-
 /// The bound on bytes of counted values being read at once, and each uid's share of it.
 #[derive(Debug)]
 pub struct ReadGate {
     sem: Arc<Semaphore>,
     bound: u64,
     share: u64,
-    shares: Mutex<HashMap<u32, Arc<Semaphore>>>,
+    shares: PerUid,
     wait: Duration,
 }
 
@@ -78,11 +75,12 @@ impl ReadGate {
     /// A gate admitting `bound` bytes of counted reads at once, half of it to any one uid; a
     /// read waits `wait` for room.
     pub fn new(bound: u64, wait: Duration) -> ReadGate {
+        let share = (bound / 2).max(COUNTED_FROM);
         ReadGate {
             sem: Arc::new(Semaphore::new(units(bound) as usize)),
             bound,
-            share: (bound / 2).max(COUNTED_FROM),
-            shares: Mutex::new(HashMap::new()),
+            share,
+            shares: PerUid::new(units(share) as usize),
             wait,
         }
     }
@@ -90,20 +88,6 @@ impl ReadGate {
     /// The most bytes one uid's reads may hold at once.
     pub fn share(&self) -> u64 {
         self.share
-    }
-
-    fn share_of(&self, uid: u32) -> Arc<Semaphore> {
-        let mut shares = self.shares.lock().unwrap_or_else(|p| p.into_inner());
-        if shares.len() >= SHARES_KEPT {
-            // A share in use is also held by its permits.
-            shares.retain(|_, s| Arc::strong_count(s) > 1);
-        }
-        let units = units(self.share) as usize;
-        Arc::clone(
-            shares
-                .entry(uid)
-                .or_insert_with(|| Arc::new(Semaphore::new(units))),
-        )
     }
 
     /// Room for `uid` (None: a caller inside the daemon, not counted per uid) to read a value
@@ -130,7 +114,8 @@ impl ReadGate {
             None => None,
             Some(uid) => {
                 let acquire = self
-                    .share_of(uid)
+                    .shares
+                    .of(uid)
                     .acquire_many_owned(units(take.min(self.share)));
                 match tokio::time::timeout_at(deadline, acquire).await {
                     Ok(Ok(p)) => Some(p),

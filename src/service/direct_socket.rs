@@ -42,8 +42,8 @@
 //! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
 //! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
 
+use crate::app::budget::PerUid;
 use crate::policy::sockq;
-use std::collections::HashMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -201,12 +201,11 @@ fn sasl_byte(line: &mut Vec<u8>, first: &mut bool, b: u8) -> io::Result<Line> {
 /// The budgets of direct connections: one per uid, and one for all.
 #[derive(Debug)]
 pub struct Budgets {
-    per_uid: Mutex<HashMap<u32, Weak<Semaphore>>>,
+    per_uid: PerUid,
     total: Arc<Semaphore>,
-    uid_bytes: u64,
     message_limit: Duration,
     /// Of replies: per uid, and for all.
-    replies_per_uid: Mutex<HashMap<u32, Weak<Semaphore>>>,
+    replies_per_uid: PerUid,
     replies_total: Arc<Semaphore>,
     reply_uid_bytes: u64,
 }
@@ -232,11 +231,10 @@ impl Budgets {
         reply_total_bytes: u64,
     ) -> Budgets {
         Budgets {
-            per_uid: Mutex::new(HashMap::new()),
+            per_uid: PerUid::new(units(uid_bytes)),
             total: Arc::new(Semaphore::new(units(total_bytes))),
-            uid_bytes,
             message_limit: MESSAGE_LIMIT,
-            replies_per_uid: Mutex::new(HashMap::new()),
+            replies_per_uid: PerUid::new(units(reply_uid_bytes.min(reply_total_bytes))),
             replies_total: Arc::new(Semaphore::new(units(reply_total_bytes))),
             reply_uid_bytes: reply_uid_bytes.min(reply_total_bytes),
         }
@@ -244,25 +242,13 @@ impl Budgets {
 
     /// The message budget of `uid`, shared by its connections while any holds it.
     fn of_uid(&self, uid: u32) -> Arc<Semaphore> {
-        shared_of(&self.per_uid, uid, self.uid_bytes)
+        self.per_uid.of(uid)
     }
 
     /// The reply budget of `uid`, shared likewise.
     fn replies_of_uid(&self, uid: u32) -> Arc<Semaphore> {
-        shared_of(&self.replies_per_uid, uid, self.reply_uid_bytes)
+        self.replies_per_uid.of(uid)
     }
-}
-
-/// The semaphore of `uid` in `map` (made with `bytes` if no connection holds one).
-fn shared_of(map: &Mutex<HashMap<u32, Weak<Semaphore>>>, uid: u32, bytes: u64) -> Arc<Semaphore> {
-    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(s) = map.get(&uid).and_then(Weak::upgrade) {
-        return s;
-    }
-    map.retain(|_, w| w.strong_count() > 0);
-    let s = Arc::new(Semaphore::new(units(bytes)));
-    map.insert(uid, Arc::downgrade(&s));
-    s
 }
 
 /// Semaphore permits count KiB, so that any budget fits a u32 request.
