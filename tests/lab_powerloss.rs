@@ -63,9 +63,7 @@ fn script(name: &str, args: &[&Path]) -> Option<String> {
     if out.status.success() {
         return Some(String::from_utf8_lossy(&out.stdout).trim().to_string());
     }
-    let msg = format!("{name} failed ({}); run it as root", out.status);
-    assert!(!support::in_ci(), "{msg}");
-    eprintln!("SKIP: {msg}");
+    support::skip(&format!("{name} failed ({}); run it as root", out.status));
     None
 }
 

@@ -294,11 +294,7 @@ mod tests {
         use std::os::unix::process::CommandExt;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "needs root to start a process as another user"
-            );
-            eprintln!("SKIP: needs root to start a process as another user");
+            crate::policy::error::test_skip("needs root to start a process as another user");
             return;
         }
         let mut child = std::process::Command::new("sleep")

@@ -14,9 +14,7 @@ pub fn in_ci() -> bool {
 }
 
 fn missing(what: &str, how: &str) -> bool {
-    skip(&format!(
-        "missing prerequisite: {what} (install with: {how})"
-    ));
+    skip(&format!("missing prerequisite: {what} ({how})"));
     false
 }
 
@@ -46,6 +44,8 @@ pub fn skip(reason: &str) {
 }
 
 /// Is `tool` on PATH (or an absolute path that exists)? `package` names the Debian package.
+/// No test installs anything: scripts/test.sh installs every package up front, so under CI a
+/// missing tool fails the test at once, naming the tool and its package.
 pub fn require_tool(tool: &str, package: &str) -> bool {
     let found = if tool.starts_with('/') {
         Path::new(tool).exists()
@@ -57,7 +57,11 @@ pub fn require_tool(tool: &str, package: &str) -> bool {
             .map(|o| o.status.success())
             .unwrap_or(false)
     };
-    found || missing(tool, &format!("apt-get install -y {package}"))
+    found
+        || missing(
+            tool,
+            &format!("Debian package {package}; scripts/test.sh installs every test's packages"),
+        )
 }
 
 /// Are we root? Loop mounts, private system buses and `runuser` need it.

@@ -8,6 +8,12 @@ set -euo pipefail
 out=${1:?usage: build-initramfs.sh OUT.cpio.gz PROBE MODULE_DIR}
 probe=${2:?probe path}
 mods=${3:?module folder}
+die() { echo "build-initramfs.sh: $*" >&2; exit 2; }
+for pair in busybox:busybox-static cpio:cpio gzip:gzip ldd:libc-bin; do
+  command -v "${pair%%:*}" >/dev/null || die "${pair%%:*} is missing (package ${pair##*:})"
+done
+[[ -s $mods/order ]] || die "$mods/order is missing (tests/lab/powerloss/fetch-modules.sh)"
+while read -r m; do [[ -s $mods/$m ]] || die "$mods/$m is missing"; done < "$mods/order"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/init
@@ -18,7 +24,8 @@ for l in $(ldd "$probe" | grep -o '/lib[^ ]*'); do
   mkdir -p "$root$(dirname "$l")"
   cp -L "$l" "$root$l"
 done
-cp "$mods"/*.ko "$mods/order" "$root/lib/pl/"
+while read -r m; do cp "$mods/$m" "$root/lib/pl/"; done < "$mods/order"
+cp "$mods/order" "$root/lib/pl/"
 cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -41,5 +48,9 @@ umount /mnt
 poweroff -f
 INIT
 chmod +x "$root/init"
-(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out.tmp"
-mv "$out.tmp" "$out"
+# Written beside OUT and renamed: a killed build never leaves a cut-short OUT behind.
+tmp=$(mktemp "$out.XXXXXX")
+trap 'rm -rf "$work" "$tmp"' EXIT
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$tmp"
+gzip -t "$tmp"
+mv "$tmp" "$out"
