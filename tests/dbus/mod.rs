@@ -31,58 +31,22 @@ pub fn prerequisites() -> bool {
 /// polkitd reads actions only from /usr/share/polkit-1/actions: put ours there (it is the
 /// file `make install` installs, so this is the real configuration).
 pub fn install_polkit_policy() {
-    let src = repo().join("polkit/org.opdbus.NumaCache.policy");
-    let dst = Path::new("/usr/share/polkit-1/actions/org.opdbus.NumaCache.policy");
-    let want = std::fs::read(&src).expect("reading polkit/org.opdbus.NumaCache.policy");
-    if std::fs::read(dst).ok().as_deref() != Some(&want[..]) {
-        std::fs::create_dir_all(dst.parent().unwrap()).expect("creating the polkit actions dir");
-        std::fs::write(dst, want).expect("installing the polkit policy");
-    }
+    super::support::install_polkit_actions();
 }
 
 /// A system user in group `numacache` for the namespace-ownership tests; created once.
 pub const TEST_USER: &str = "numacache-test";
 
-/// Make sure group numacache and user numacache-test (a member) exist.
+/// Make sure group numacache and user numacache-test (a member) exist: once per process,
+/// under the machine-wide set-up lock, "already exists" being success (parallel test threads
+/// and test processes all call it).
 pub fn ensure_test_user() {
-    if !group_exists("numacache") {
-        run_ok(Command::new("groupadd").args(["--system", "numacache"]));
-    }
-    let has_user = Command::new("id")
-        .arg(TEST_USER)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has_user {
-        run_ok(Command::new("useradd").args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            "--groups",
-            "numacache",
-            TEST_USER,
-        ]));
-    }
-}
-
-fn group_exists(g: &str) -> bool {
-    Command::new("getent")
-        .args(["group", g])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let _lock = super::support::setup_lock();
+        super::support::ensure_group("numacache");
+        super::support::ensure_user(TEST_USER, None, &["numacache"]);
+    });
 }
 
 /// A private system-like bus with polkitd on it.
@@ -517,54 +481,27 @@ pub fn curl(user: Option<&str>, extra: &[&str], url: &str) -> Http {
 
 /// A polkit rule granting every org.opdbus.NumaCache action to members of `groups`, in
 /// polkitd's rules directory, removed again on drop.
-pub struct PolkitRule(PathBuf);
+pub struct PolkitRule(super::support::TestPolkitRule);
 
 impl PolkitRule {
-    /// Install the rule (polkitd picks it up through inotify, after a moment).
+    /// Grant the org.opdbus.NumaCache actions to members of `groups` (polkitd picks the rule
+    /// up through inotify, after a moment).
     pub fn install(groups: &[&str]) -> PolkitRule {
-        let path = PathBuf::from(format!(
-            "/etc/polkit-1/rules.d/49-numa-cache-test-{}.rules",
-            std::process::id()
-        ));
         let checks: Vec<String> = groups
             .iter()
             .map(|g| format!("subject.isInGroup(\"{g}\")"))
             .collect();
-        let js = format!(
-            "polkit.addRule(function(action, subject) {{\n  if (action.id.indexOf(\"org.opdbus.NumaCache.\") == 0 && ({})) {{\n    return polkit.Result.YES;\n  }}\n}});\n",
-            checks.join(" || ")
-        );
-        std::fs::create_dir_all("/etc/polkit-1/rules.d").unwrap();
-        std::fs::write(&path, js).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        PolkitRule(path)
+        PolkitRule::install_js("groups", &checks.join(" || "), "YES")
     }
-}
 
-impl PolkitRule {
     /// Install a rule answering `result` (`YES`, `NO`, `AUTH_ADMIN`, ...) for the
     /// org.opdbus.NumaCache actions when the JavaScript `condition` on `subject` holds;
-    /// `tag` keeps two rules of one test process apart.
+    /// `tag` keeps two rules of one test apart. The file's name is the test's own, and it
+    /// grants nothing once its test is gone (support::TestPolkitRule).
     pub fn install_js(tag: &str, condition: &str, result: &str) -> PolkitRule {
-        let path = PathBuf::from(format!(
-            "/etc/polkit-1/rules.d/49-numa-cache-test-{}-{tag}.rules",
-            std::process::id()
-        ));
-        let js = format!(
-            "polkit.addRule(function(action, subject) {{\n  if (action.id.indexOf(\"org.opdbus.NumaCache.\") == 0 && ({condition})) {{\n    return polkit.Result.{result};\n  }}\n}});\n"
-        );
-        std::fs::create_dir_all("/etc/polkit-1/rules.d").unwrap();
-        std::fs::write(&path, js).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        PolkitRule(path)
-    }
-}
-
-impl Drop for PolkitRule {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        PolkitRule(super::support::TestPolkitRule::install(
+            tag, condition, result,
+        ))
     }
 }
 

@@ -1,9 +1,9 @@
 //! A private system bus with a real polkitd on it, our polkit actions installed, and a rules
-//! file that grants them to a test group; plus that group and a member. Everything is removed
-//! again when the fixture is dropped.
+//! file that grants them to a test group; plus that group and a member. The rules file (named
+//! after the test, inert once the test is gone) goes when the fixture is dropped; the group
+//! and its member, created once and race-free, stay for the next test (test-only, no login).
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,27 +13,6 @@ pub const GRANTED_GROUP: &str = "numacache-gwtest";
 pub const GRANTED_USER: &str = "numacache-gwtest";
 
 const POLKITD: &str = "/usr/lib/polkit-1/polkitd";
-const SYSTEM_ACTIONS: &str = "/usr/share/polkit-1/actions";
-const SYSTEM_RULES: &str = "/etc/polkit-1/rules.d";
-/// What the service installs; used as is when present.
-const INSTALLED_POLICY: &str = "/usr/share/polkit-1/actions/org.opdbus.NumaCache.policy";
-
-/// A minimal copy of the actions, for when neither the installed nor the repository's
-/// policy file is there.
-const MINIMAL_POLICY: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE policyconfig PUBLIC "-//freedesktop//DTD PolicyKit Policy Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/PolicyKit/1/policyconfig.dtd">
-<policyconfig>
-  <action id="org.opdbus.NumaCache.set-strategy"><description>set strategy</description><message>m</message>
-    <defaults><allow_any>no</allow_any><allow_inactive>no</allow_inactive><allow_active>auth_admin_keep</allow_active></defaults></action>
-  <action id="org.opdbus.NumaCache.optimize"><description>optimize</description><message>m</message>
-    <defaults><allow_any>no</allow_any><allow_inactive>no</allow_inactive><allow_active>auth_admin_keep</allow_active></defaults></action>
-  <action id="org.opdbus.NumaCache.manage-cache"><description>manage</description><message>m</message>
-    <defaults><allow_any>no</allow_any><allow_inactive>no</allow_inactive><allow_active>auth_admin_keep</allow_active></defaults></action>
-  <action id="org.opdbus.NumaCache.bind-process"><description>bind</description><message>m</message>
-    <defaults><allow_any>no</allow_any><allow_inactive>no</allow_inactive><allow_active>auth_admin_keep</allow_active></defaults></action>
-</policyconfig>
-"#;
 
 /// A bus like Debian's system bus (default deny for method calls, polkit's own bus policy).
 const BUS_CONFIG: &str = r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -67,7 +46,7 @@ pub struct PolkitBus {
     pub address: String,
     bus: Child,
     polkitd: Child,
-    installed: Vec<PathBuf>,
+    _rule: crate::support::TestPolkitRule,
     _dir: tempfile::TempDir,
 }
 
@@ -83,24 +62,12 @@ impl PolkitBus {
             BUS_CONFIG.replace("@SOCKET@", &socket.display().to_string()),
         )
         .expect("write bus config");
-        let mut installed = Vec::new();
-        if !Path::new(INSTALLED_POLICY).exists() {
-            let repo_policy =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("polkit/org.opdbus.NumaCache.policy");
-            let text = fs::read_to_string(&repo_policy).unwrap_or_else(|_| MINIMAL_POLICY.into());
-            let path = Path::new(SYSTEM_ACTIONS).join("org.opdbus.NumaCache.gateway-test.policy");
-            fs::write(&path, text).expect("install the polkit actions");
-            installed.push(path);
-        }
-        let rules = Path::new(SYSTEM_RULES).join("50-numa-cache-gateway-test.rules");
-        fs::write(
-            &rules,
-            format!(
-                "polkit.addRule(function(action, subject) {{\n  if (action.id.indexOf(\"org.opdbus.NumaCache.\") == 0 && subject.isInGroup(\"{GRANTED_GROUP}\")) {{\n    return polkit.Result.YES;\n  }}\n}});\n"
-            ),
-        )
-        .expect("install the polkit rule");
-        installed.push(rules);
+        crate::support::install_polkit_actions();
+        let rule = crate::support::TestPolkitRule::install(
+            "gateway",
+            &format!("subject.isInGroup(\"{GRANTED_GROUP}\")"),
+            "YES",
+        );
 
         let address = format!("unix:path={}", socket.display());
         let bus = Command::new("dbus-daemon")
@@ -122,7 +89,7 @@ impl PolkitBus {
             address,
             bus,
             polkitd,
-            installed,
+            _rule: rule,
             _dir: dir,
         };
         wait_for(|| this.polkit_ready(), "polkitd on the private bus");
@@ -157,65 +124,24 @@ impl Drop for PolkitBus {
         let _ = self.polkitd.wait();
         let _ = self.bus.kill();
         let _ = self.bus.wait();
-        for path in &self.installed {
-            let _ = fs::remove_file(path);
-        }
     }
 }
 
-/// A system user in [`GRANTED_GROUP`], removed on drop (unless it was already there).
-pub struct TestUser {
-    created: bool,
-}
+/// A system user in [`GRANTED_GROUP`] (the group is its primary group). Created once per
+/// process under the machine-wide set-up lock, "already exists" being success; kept
+/// afterwards, so no test removes it from under another.
+pub struct TestUser;
 
 impl TestUser {
-    /// Create the group and the user (no home, no login shell).
+    /// Make sure the group and the user (no home, no login shell) exist.
     pub fn create() -> TestUser {
-        let exists = Command::new("id")
-            .arg(GRANTED_USER)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if exists {
-            return TestUser { created: false };
-        }
-        let _ = Command::new("groupadd")
-            .args(["--system", GRANTED_GROUP])
-            .status();
-        let ok = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "--gid",
-                GRANTED_GROUP,
-                GRANTED_USER,
-            ])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "useradd {GRANTED_USER} failed");
-        TestUser { created: true }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        if self.created {
-            let quiet = |cmd: &str, arg: &str| {
-                let _ = Command::new(cmd)
-                    .arg(arg)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            };
-            quiet("userdel", GRANTED_USER);
-            // userdel may already have removed the user's primary group.
-            quiet("groupdel", GRANTED_GROUP);
-        }
+        static DONE: std::sync::Once = std::sync::Once::new();
+        DONE.call_once(|| {
+            let _lock = crate::support::setup_lock();
+            crate::support::ensure_group(GRANTED_GROUP);
+            crate::support::ensure_user(GRANTED_USER, Some(GRANTED_GROUP), &[]);
+        });
+        TestUser
     }
 }
 
