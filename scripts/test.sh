@@ -86,10 +86,11 @@ if ((${#apt_missing[@]})); then
     sleep 10
   done
   args=(--no-install-recommends "${apt_missing[@]}")
-  # A newer qemu-utils (a backport some images carry) can break the suite's
-  # qemu-system-common: then take the suite's qemu-utils along with it. Asked of a dry run, so
+  # A newer qemu-utils (the backport a fresh machine of this kind carries) conflicts with the
+  # suite's qemu-system-common: apt then either refuses or quietly removes qemu-utils (and
+  # qemu-img with it). Either way, take the suite's qemu-utils along. Asked of a dry run, so
   # the install itself is one call.
-  if ! "${apt[@]}" install -s "${args[@]}" >/dev/null 2>&1; then
+  if ! plan=$("${apt[@]}" install -s "${args[@]}" 2>&1) || grep -q '^Remv ' <<<"$plan"; then
     suite=$(. /etc/os-release && echo "$VERSION_CODENAME")
     echo "==> installing qemu-utils from $suite along with qemu-system-x86"
     args+=(--allow-downgrades "qemu-utils/$suite")
