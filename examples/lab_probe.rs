@@ -977,8 +977,8 @@ const BUS_CONFIG: &str = "/etc/numalab-bus.conf";
 /// How long the daemon may take to open its cache and serve its name under emulation.
 const DAEMON_READY_WITHIN: Duration = Duration::from_secs(180);
 /// Values the daemon sections put per node or spread: 1 MiB each.
-const DAEMON_VALUES: u64 = 16;
-const SPREAD_VALUES: u64 = 32;
+const DAEMON_VALUES: u64 = 8;
+const SPREAD_VALUES: u64 = 16;
 
 /// Kills and reaps a child process when dropped (the section may fail half-way).
 struct Reaped(Child);

@@ -115,12 +115,14 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev
 # Kernel messages would interleave with our output on the console.
 echo 1 > /proc/sys/kernel/printk
+# Each section's end line says how long it ran (s=, seconds of the guest's uptime).
 run() {
   name=$1; shift
   echo "@@BEGIN $name"
+  t0=$(cut -d. -f1 /proc/uptime)
   "$@" 2>/tmp/stderr
   rc=$?
-  echo "@@END $name rc=$rc"
+  echo "@@END $name rc=$rc s=$(( $(cut -d. -f1 /proc/uptime) - t0 ))"
   if [ -s /tmp/stderr ]; then echo "@@STDERR $name"; cat /tmp/stderr; echo "@@END-STDERR $name"; fi
 }
 run topology /bin/numacachectl topology --json
