@@ -136,8 +136,13 @@ fn pool_threads(pid: &str) -> Res<BTreeMap<String, Vec<Value>>> {
         else {
             continue;
         };
-        let mut v = task_allowed(pid, &tid)?;
-        v["policy"] = json!(task_policy(pid, &tid)?);
+        // A worker of a pool that is being stopped (hotplug) may be gone by now.
+        let (mut v, policy) = match (task_allowed(pid, &tid), task_policy(pid, &tid)) {
+            (Ok(v), Ok(p)) => (v, p),
+            _ if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() => continue,
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        v["policy"] = json!(policy);
         out.entry(node).or_default().push(v);
     }
     Ok(out)
