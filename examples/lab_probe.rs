@@ -678,41 +678,27 @@ fn vmstat(field: &str) -> Res<u64> {
         .ok_or_else(|| format!("no {field} in /proc/vmstat").into())
 }
 
-/// Word `i` of value `seed`: splitmix64, so any word can be checked without the others.
-fn noise_word(seed: u64, i: u64) -> u64 {
-    let mut z = (seed << 40 ^ i).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Incompressible bytes, so the blob on disk is as large as the value.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + 8);
-    let mut i = 0;
-    while v.len() < len {
-        v.extend_from_slice(&noise_word(seed, i).to_le_bytes());
-        i += 1;
+/// A value of `len` bytes for `seed`: each 4 KiB page starts with the seed and the page's
+/// number, the rest is zeros. The `tier` section stores values raw (compression off), so
+/// the blob on disk is as large as the value; made and checked in a few instructions a page
+/// (the pseudo-random fill this replaced took minutes of the emulated guest's time).
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    for (i, page) in v.chunks_mut(4096).enumerate() {
+        let head = [seed.to_le_bytes(), (i as u64).to_le_bytes()].concat();
+        let n = head.len().min(page.len());
+        page[..n].copy_from_slice(&head[..n]);
     }
-    v.truncate(len);
     v
 }
 
-/// Does `v` look like `noise(seed, len)`? The length, and one word in every 4 KiB page at
-/// a position that moves with the page (a full compare would dominate the probe's time
-/// under emulation).
-fn is_noise(v: &[u8], seed: u64, len: usize) -> bool {
-    if v.len() != len {
-        return false;
-    }
-    let words = len / 8;
-    (0..words)
-        .step_by(512)
-        .chain([words.saturating_sub(1)])
-        .enumerate()
-        .all(|(k, w)| {
-            let w = (w + k * 7) % words.max(1);
-            v[w * 8..w * 8 + 8] == noise_word(seed, w as u64).to_le_bytes()
+/// Is `v` exactly `pattern(seed, len)`?
+fn is_pattern(v: &[u8], seed: u64, len: usize) -> bool {
+    v.len() == len
+        && v.chunks(4096).enumerate().all(|(i, page)| {
+            let head = [seed.to_le_bytes(), (i as u64).to_le_bytes()].concat();
+            let n = head.len().min(page.len());
+            page[..n] == head[..n] && page[n..].iter().all(|&b| b == 0)
         })
 }
 
@@ -757,7 +743,7 @@ fn put_all(
             let got = cache.put(
                 ns,
                 &key,
-                &noise(seed, TIER_VALUE_BYTES),
+                &pattern(seed, TIER_VALUE_BYTES),
                 &opts,
                 &Caller::default(),
             )?;
@@ -780,7 +766,7 @@ fn read_node(
     let mut ok = 0;
     for (n, key, seed) in values.iter().filter(|v| v.0 == node) {
         let v = cache.get(ns, key, &numa_cache::store::Caller::default())?;
-        if is_noise(&v, *seed, TIER_VALUE_BYTES) {
+        if is_pattern(&v, *seed, TIER_VALUE_BYTES) {
             ok += 1;
         } else {
             return Err(format!("{key} on node {n} read back different bytes").into());
@@ -1099,15 +1085,18 @@ fn run_client(cpus: &[u32], args: &[String]) -> Res<Value> {
     Ok(v)
 }
 
-/// A value of 1 MiB for `key`: each 4 KiB page starts with the key's hash and the page's
-/// number (zstd packs it at once, so the daemon's compression costs little under
-/// emulation; the memory tier holds it whole).
+/// The 1 MiB value of `key`: incompressible (an xorshift stream seeded by the key), so
+/// the daemon stores it raw and a read served from the shard's file instead of the memory
+/// tier shows as a whole MiB in pgpgin and FilePages (a compressible value read from disk
+/// would show as a few KiB and pass for a memory-tier hit: seen when the tier was broken).
 fn page_value(key: &str) -> Vec<u8> {
-    let seed = key_seed(key);
-    let mut v = vec![0u8; TIER_VALUE_BYTES];
-    for (i, page) in v.chunks_mut(4096).enumerate() {
-        page[..8].copy_from_slice(&seed.to_le_bytes());
-        page[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+    let mut x = key_seed(key) | 1;
+    let mut v = Vec::with_capacity(TIER_VALUE_BYTES);
+    while v.len() < TIER_VALUE_BYTES {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
     }
     v
 }
@@ -1259,7 +1248,7 @@ fn daemon(dir: &str) -> Res<Value> {
     }
     let after_put = daemon_view(&pid)?;
     // Each node's values read by a client on another node, for long enough for NUMA
-    // balancing's scanner to act on the tier if it could.
+    // balancing's scanner (1 s delay, 1 s period) to act on the tier if it could.
     let readers: Vec<(u32, Vec<String>)> = cpu_nodes
         .iter()
         .enumerate()
@@ -1273,7 +1262,7 @@ fn daemon(dir: &str) -> Res<Value> {
             )
         })
         .collect();
-    let reads = daemon_reads(&address, &nodes, &readers, &t, 6)?;
+    let reads = daemon_reads(&address, &nodes, &readers, &t, 3)?;
     let after_reads = daemon_view(&pid)?;
     stop_daemon(d)?;
     let local = json!({
