@@ -149,7 +149,10 @@ fn pool_threads(pid: &str) -> Res<BTreeMap<String, Vec<Value>>> {
 }
 
 /// One line of numa_maps: start address, policy, pages per node (`N<node>=<pages>`).
-fn numa_maps(path: &str) -> Res<Vec<(usize, String, BTreeMap<String, u64>)>> {
+type MapLine = (usize, String, BTreeMap<String, u64>);
+
+/// Every line of the numa_maps file at `path`.
+fn numa_maps(path: &str) -> Res<Vec<MapLine>> {
     let text = std::fs::read_to_string(path)?;
     let mut out = Vec::new();
     for line in text.lines() {
