@@ -512,3 +512,93 @@ fn fd_sendmsg(fd: BorrowedFd<'_>, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Res
         SendFlags::NOSIGNAL,
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::Message;
+
+    fn call(member: &str) -> zbus::message::Builder<'_> {
+        Message::method_call(names::ROOT_PATH, member).interface(names::iface::CACHE)
+    }
+
+    fn devnull() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    fn parts(m: &Message) -> ([u8; PRIMARY_HEADER], Vec<u8>) {
+        let b = m.data();
+        (
+            b[..PRIMARY_HEADER].try_into().unwrap(),
+            b[PRIMARY_HEADER..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn the_header_fields_name_the_method_and_where_unix_fds_is() {
+        let m = call("PutFd")
+            .build(&("ns", "k", zbus::Fd::from(devnull())))
+            .unwrap();
+        let (header, rest) = parts(&m);
+        assert_eq!(rest_len(&header), rest.len());
+        let f = fields(&header, &rest).unwrap();
+        assert_eq!(f.interface.as_deref(), Some(names::iface::CACHE));
+        assert_eq!(f.member.as_deref(), Some("PutFd"));
+        assert_eq!(f.unix_fds, 1);
+        let at = f.unix_fds_at.unwrap();
+        assert_eq!(read_u32(header[0], &rest[at..]), Some(1));
+        let plain = call("Get").build(&("ns", "k")).unwrap();
+        let (header, rest) = parts(&plain);
+        let f = fields(&header, &rest).unwrap();
+        assert_eq!((f.member.as_deref(), f.unix_fds_at), (Some("Get"), None));
+    }
+
+    /// A reader past the handshake, and the bus's end of its socket.
+    fn reader() -> (Reader, std::os::unix::net::UnixStream) {
+        let (mine, bus) = std::os::unix::net::UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let s = BusSocket::new(UnixStream::from_std(mine).unwrap());
+        s.sasl.begun.store(true, Ordering::Release);
+        let (r, _w) = s.split().take();
+        (r, bus)
+    }
+
+    async fn receive(r: &mut Reader) -> Message {
+        r.receive_message(1, &mut Vec::new(), &mut Vec::new())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn descriptors_a_call_does_not_take_are_closed_and_the_call_goes_on() {
+        let (mut r, bus) = reader();
+        let fds: Vec<OwnedFd> = (0..16).map(|_| devnull()).collect();
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        // A GetOrLease with 16 descriptors named by no argument (no UNIX_FDS field either).
+        let m = call("GetOrLease").build(&("ns", "k", 20_000u32)).unwrap();
+        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed).unwrap();
+        let got = receive(&mut r).await;
+        assert!(got.data().fds().is_empty());
+        let (ns, k, ms): (String, String, u32) = got.body().deserialize().unwrap();
+        assert_eq!((ns.as_str(), k.as_str(), ms), ("ns", "k", 20_000));
+        // A Get whose argument is a descriptor: announced, closed, UNIX_FDS now 0; zbus
+        // takes the message, and its argument names no descriptor.
+        let m = call("Get").build(&(zbus::Fd::from(devnull()),)).unwrap();
+        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed[..1]).unwrap();
+        let got = receive(&mut r).await;
+        assert!(got.data().fds().is_empty());
+        assert_eq!(got.header().unix_fds(), Some(0));
+        assert!(got.body().deserialize::<(zbus::OwnedFd,)>().is_err());
+        // PutFd takes its one, and only one.
+        let m = call("PutFd")
+            .build(&("ns", "k", zbus::Fd::from(devnull())))
+            .unwrap();
+        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed[..1]).unwrap();
+        assert_eq!(receive(&mut r).await.data().fds().len(), 1);
+        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed).unwrap();
+        assert!(receive(&mut r).await.data().fds().is_empty());
+        // Logged once (then at most every 10 s), counted since.
+        assert!(r.notes.logged.is_some());
+        assert_eq!(r.notes.closed, 1 + 16);
+    }
+}
