@@ -357,7 +357,19 @@ async fn waiters_on_direct_connections_get_a_fill_larger_than_their_room() {
             tokio::spawn(async move { d.get_or_lease("grow", "k", Duration::from_secs(10)).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // All 8 wait (the daemon counts them) before the value is put.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting = c.get_stats().await.unwrap()["lease_waiters"].as_u64();
+        if waiting == Some(8) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "8 waiters never queued: the daemon counts {waiting:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     c.put("grow", "k", &value).await.unwrap();
     for w in waiters {
         match tokio::time::timeout(Duration::from_secs(20), w)

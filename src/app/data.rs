@@ -429,6 +429,8 @@ impl App {
         let cache = self.cache()?;
         let mut report = blocking(move || Ok(StatsReport::from(cache.stats()))).await?;
         report.request_latency = Some(self.latency.snapshot());
+        (report.lease_waiters, report.lease_waits_refused) =
+            (self.leases.waiting(), self.leases.refused());
         Ok(report)
     }
 

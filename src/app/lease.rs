@@ -22,6 +22,27 @@ pub const MAX_LEASES_PER_UID: usize = 4096;
 /// The most leases held at once in all.
 pub const MAX_LEASES: usize = 65_536;
 
+/// The most calls of one uid waiting at once for another caller's lease (each is a
+/// D-Bus call held open, ~6 KB, whether or not it wants a reply). Past it, `Unavailable` at
+/// once (a call flagged no-reply is dropped), until some end.
+pub const MAX_WAITERS_PER_UID: usize = 1024;
+/// The most calls waiting for leases at once in all.
+pub const MAX_WAITERS: usize = 8192;
+/// Refusals past the waiting bounds are logged at most this often, with their count.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Refuse a `lease_ms` outside 1 to [`MAX_LEASE`], naming the caller's own number.
+pub fn check_lease_ms(lease_ms: u32) -> AppResult<Duration> {
+    let lease = Duration::from_millis(lease_ms.into());
+    if lease.is_zero() || lease > MAX_LEASE {
+        return Err(AppError::invalid(format!(
+            "lease_ms {lease_ms} is out of range: 1 to {} ms",
+            MAX_LEASE.as_millis()
+        )));
+    }
+    Ok(lease)
+}
+
 /// One held lease: until when, who holds it, and who to wake when the key is put.
 #[derive(Debug)]
 struct Held {
@@ -30,9 +51,40 @@ struct Held {
     put: Arc<Notify>,
 }
 
-/// The leases in force, by (namespace, key), with a count per holder. Owned by [`App`].
+/// The leases in force, by (namespace, key), with a count per holder, and the calls waiting
+/// for them. Owned by [`App`].
 #[derive(Debug, Default)]
-pub struct Leases(Mutex<Table>);
+pub struct Leases {
+    table: Mutex<Table>,
+    waiters: Mutex<Waiters>,
+}
+
+/// The calls waiting for another caller's lease, per uid and in all.
+#[derive(Debug, Default)]
+struct Waiters {
+    per_uid: HashMap<Option<u32>, usize>,
+    all: usize,
+    /// Calls refused past the bounds, since the start.
+    refused: u64,
+    /// Refused since the last log line, and when that was.
+    unlogged: u64,
+    logged: Option<Instant>,
+}
+
+/// One waiting call's place, given back when the call ends, however it ends.
+#[derive(Debug)]
+pub struct Waiting<'a> {
+    leases: &'a Leases,
+    uid: Option<u32>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut w = self.leases.waiters();
+        w.all -= 1;
+        release(&mut w.per_uid, self.uid);
+    }
+}
 
 #[derive(Debug, Default)]
 struct Table {
@@ -90,9 +142,55 @@ enum Miss {
 }
 
 impl Leases {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for one more call of `uid` to wait, or `Unavailable` past the bounds.
+    fn wait(&self, uid: Option<u32>) -> AppResult<Waiting<'_>> {
+        let mut w = self.waiters();
+        let mine = w.per_uid.get(&uid).copied().unwrap_or(0);
+        if mine >= MAX_WAITERS_PER_UID || w.all >= MAX_WAITERS {
+            w.refused += 1;
+            w.unlogged += 1;
+            let now = Instant::now();
+            if w.logged.is_none_or(|t| now >= t + REFUSAL_LOG_EVERY) {
+                tracing::warn!(
+                    "{} GetOrLease calls refused since the last such line: too many calls \
+                     waiting for leases ({mine} of uid {}, {} in all; the limits are \
+                     {MAX_WAITERS_PER_UID} per user and {MAX_WAITERS} in all)",
+                    w.unlogged,
+                    uid.map_or_else(|| "none".to_string(), |u| u.to_string()),
+                    w.all
+                );
+                w.unlogged = 0;
+                w.logged = Some(now);
+            }
+            return Err(AppError::Unavailable(format!(
+                "too many calls waiting for leases ({mine} by this user, {} in all; the \
+                 limits are {MAX_WAITERS_PER_UID} per user and {MAX_WAITERS} in all): retry \
+                 later",
+                w.all
+            )));
+        }
+        w.all += 1;
+        *w.per_uid.entry(uid).or_insert(0) += 1;
+        Ok(Waiting { leases: self, uid })
+    }
+
+    /// Calls waiting for a lease now.
+    pub fn waiting(&self) -> u64 {
+        self.waiters().all as u64
+    }
+
+    /// Calls refused past the waiting bounds since the start.
+    pub fn refused(&self) -> u64 {
+        self.waiters().refused
+    }
+
     fn on_miss(&self, ns: &str, key: &str, uid: Option<u32>, lease: Duration) -> AppResult<Miss> {
         let now = Instant::now();
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         t.prune(now, uid);
         let k = (ns.to_string(), key.to_string());
         match t.held.get(&k) {
@@ -131,7 +229,7 @@ impl Leases {
 
     /// A put of (ns, key) ends its lease and wakes the waiters.
     pub fn ended_by_put(&self, ns: &str, key: &str) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = t.remove(&(ns.to_string(), key.to_string())) {
             h.put.notify_waiters();
         }
@@ -148,14 +246,10 @@ impl App {
         key: String,
         lease_ms: u32,
     ) -> AppResult<(bool, Vec<u8>)> {
-        let lease = Duration::from_millis(lease_ms.into());
-        if lease.is_zero() || lease > MAX_LEASE {
-            return Err(AppError::invalid(format!(
-                "lease_ms {lease_ms} is out of range: 1 to {} ms",
-                MAX_LEASE.as_millis()
-            )));
-        }
+        let lease = check_lease_ms(lease_ms)?;
         let deadline = Instant::now() + lease;
+        // Taken at the first wait and held until the call ends.
+        let mut waiting = None;
         loop {
             match self.get(who, namespace.clone(), key.clone()).await {
                 Ok(v) => return Ok((true, v)),
@@ -170,6 +264,9 @@ impl App {
                 Miss::Ours => return Ok((false, Vec::new())),
                 Miss::Theirs { until, put } => (until, put),
             };
+            if waiting.is_none() {
+                waiting = Some(self.leases.wait(who.uid)?);
+            }
             let woken = put.notified();
             let mut woken = std::pin::pin!(woken);
             // Registered before the second look, so a Put after it cannot be missed.
@@ -230,7 +327,7 @@ mod tests {
         // Once they expire, the user may lease again, and the counts are back to zero.
         std::thread::sleep(Duration::from_millis(5100));
         assert!(ours(&l, "later", 1000, 5000).unwrap());
-        let t = l.0.lock().unwrap();
+        let t = l.table.lock().unwrap();
         assert_eq!(t.held.len(), 1);
         assert_eq!(t.per_uid.get(&Some(1000)), Some(&1));
     }
@@ -242,8 +339,43 @@ mod tests {
         assert!(!ours(&l, "k", 2, 100).unwrap());
         std::thread::sleep(Duration::from_millis(150));
         assert!(ours(&l, "k", 2, 100).unwrap());
-        let t = l.0.lock().unwrap();
+        let t = l.table.lock().unwrap();
         assert_eq!(t.per_uid.get(&Some(1)), None);
         assert_eq!(t.per_uid.get(&Some(2)), Some(&1));
+    }
+
+    #[test]
+    fn waiting_calls_are_bounded_per_uid_and_in_all_and_come_back() {
+        let l = Leases::default();
+        let mine: Vec<_> = (0..MAX_WAITERS_PER_UID)
+            .map(|_| l.wait(Some(7)).unwrap())
+            .collect();
+        let err = l.wait(Some(7)).unwrap_err();
+        assert!(
+            matches!(&err, AppError::Unavailable(m) if m.contains("too many calls waiting")),
+            "{err:?}"
+        );
+        assert_eq!((l.waiting(), l.refused()), (MAX_WAITERS_PER_UID as u64, 1));
+        // Others fill the rest of the bound, then everyone is refused.
+        let others: Vec<_> = (0..MAX_WAITERS - MAX_WAITERS_PER_UID)
+            .map(|i| l.wait(Some(100 + (i % 7) as u32)).unwrap())
+            .collect();
+        assert!(l.wait(Some(99)).is_err());
+        assert_eq!(l.refused(), 2);
+        drop(mine);
+        assert!(l.wait(Some(7)).is_ok());
+        drop(others);
+        assert_eq!(l.waiting(), 0);
+        assert!(l.waiters().per_uid.is_empty());
+    }
+
+    #[test]
+    fn lease_ms_is_checked_as_given() {
+        for bad in [0, 20_001, u32::MAX] {
+            let e = check_lease_ms(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("lease_ms {bad} ")), "{e}");
+        }
+        assert_eq!(check_lease_ms(1).unwrap(), Duration::from_millis(1));
+        assert_eq!(check_lease_ms(20_000).unwrap(), MAX_LEASE);
     }
 }

@@ -279,6 +279,8 @@ impl CacheIface {
         lease_ms: u32,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(bool, ByteBuf), ServiceError> {
+        // The caller's own number, before any time passes.
+        crate::app::lease::check_lease_ms(lease_ms)?;
         let who = self.requester(&header).await?;
         // On a direct connection the room is taken before the call (a fill may bring the
         // value while it waits); going around again asks only for what is left of lease_ms.

@@ -134,7 +134,9 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
     let fs_root = args.fs_root.clone().unwrap_or_else(|| "/".into());
 
     // Before anything touches the state: is the service already running on this bus?
-    let conn = zbus::connection::Builder::system().build().await?;
+    // Our own socket: it closes descriptors a message does not take, and a message whose
+    // descriptors the kernel could not pass does not end the connection (issue 21).
+    let conn = crate::service::bus_socket::connect_system().await?;
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
     if let Some(owner) = name_owner(&dbus).await {
         return Err(DaemonError::AlreadyRunning { owner });
@@ -241,7 +243,11 @@ pub async fn run(args: &DaemonArgs) -> Result<(), DaemonError> {
         // connection, or says NameLost. A daemon nobody can reach must not keep running.
         lost = lost.next() => Err(match lost {
             Some(_) => DaemonError::NameLost,
-            None => DaemonError::BusGone,
+            None => {
+                let (open, limit) = crate::service::bus_socket::descriptors();
+                tracing::info!("numa-cached had {open} file descriptors open (limit {limit}) when the bus connection ended");
+                DaemonError::BusGone
+            }
         }),
     };
     match &outcome {

@@ -4,6 +4,7 @@
 //! subject with the uid and pid the bus reports), calls the use case in `app`, and maps its
 //! error once, in `errors`. Signals follow the application's events (`daemon`).
 
+pub mod bus_socket;
 pub mod cache;
 pub mod caller;
 pub mod config;

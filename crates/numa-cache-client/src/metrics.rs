@@ -129,6 +129,12 @@ pub struct StatsReport {
     /// Get/Put engine-time histograms (absent in a report from an older daemon).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_latency: Option<LatencySnapshot>,
+    /// GetOrLease calls waiting now for another caller's lease (0 from an older daemon).
+    #[serde(default)]
+    pub lease_waiters: u64,
+    /// GetOrLease calls refused since the start because too many were waiting already.
+    #[serde(default)]
+    pub lease_waits_refused: u64,
 }
 
 /// A point-in-time copy of a latency histogram, as the daemon serializes it into the
@@ -315,6 +321,25 @@ pub fn render_prometheus(input: &MetricsInput<'_>) -> String {
     );
     let _ = writeln!(out, "numa_cache_btrfs {}", u8::from(report.btrfs));
 
+    header(
+        &mut out,
+        "numa_cache_lease_waiters",
+        "gauge",
+        "GetOrLease calls waiting now for another caller's lease.",
+    );
+    let _ = writeln!(out, "numa_cache_lease_waiters {}", report.lease_waiters);
+    header(
+        &mut out,
+        "numa_cache_lease_waits_refused_total",
+        "counter",
+        "GetOrLease calls refused because too many were waiting already.",
+    );
+    let _ = writeln!(
+        out,
+        "numa_cache_lease_waits_refused_total {}",
+        report.lease_waits_refused
+    );
+
     if let Some(latency) = &report.request_latency {
         let name = "numa_cache_request_duration_seconds";
         header(
@@ -389,6 +414,8 @@ mod tests {
             "numa_benefits": {"latency_improvement_ms": 0.3, "memory_bandwidth_gain": 1.25},
             "totals": {"entries": 28310, "evictions": 7, "local_hit_ratio": 0.75},
             "btrfs": true,
+            "lease_waiters": 8,
+            "lease_waits_refused": 2,
             "a_field_a_newer_daemon_adds": 1
         })
     }
@@ -436,6 +463,9 @@ mod tests {
         );
         pos("numa_cache_topology_generation 3");
         pos("numa_cache_btrfs 1");
+        pos("# TYPE numa_cache_lease_waiters gauge");
+        pos("numa_cache_lease_waiters 8");
+        pos("numa_cache_lease_waits_refused_total 2");
         pos("numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"0.00005\"} 1");
         pos("numa_cache_request_duration_seconds_bucket{op=\"get\",le=\"+Inf\"} 1");
         pos("numa_cache_request_duration_seconds_sum{op=\"get\"} 0.00004");
@@ -470,6 +500,10 @@ mod tests {
         assert_eq!(again, stats);
         assert_eq!(stats.node_distribution[&1].cache_entries, 12890);
         assert_eq!(stats.totals.evictions, 7);
+        assert_eq!((stats.lease_waiters, stats.lease_waits_refused), (8, 2));
+        // A report of an older daemon, without the waiting figures, reads them as 0.
+        let old: StatsReport = serde_json::from_value(serde_json::json!({"btrfs": false})).unwrap();
+        assert_eq!((old.lease_waiters, old.lease_waits_refused), (0, 0));
     }
 
     #[test]
