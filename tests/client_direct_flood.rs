@@ -10,9 +10,11 @@ mod dbus;
 mod support;
 
 use dbus::{Bus, Daemon, TEST_USER, noise, peak_growth, status_kib};
+use numa_cache::policy::sockq;
 use numa_cache_client::Client;
 use numa_cache_client::names;
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -812,7 +814,16 @@ async fn sixty_four_gets_of_small_values_on_direct_connections_read_at_once() {
         Some(&values[0][..])
     );
     disk.drop_caches();
-    let before = threads_in_d(pid);
+    // Counted from no thread in D: a baseline taken in passing could catch a flush waiting
+    // for the device, and the Gets would then need more than 64 threads in D to pass.
+    let quiet = Instant::now() + Duration::from_secs(60);
+    while threads_in_d(pid) > 0 {
+        assert!(
+            Instant::now() < quiet,
+            "threads of the idle daemon stayed in D for 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     disk.throttle(512);
     let gets: Vec<_> = (0..64)
         .map(|i| {
@@ -820,14 +831,15 @@ async fn sixty_four_gets_of_small_values_on_direct_connections_read_at_once() {
             tokio::spawn(async move { d.get("inflight", &format!("k{i}")).await })
         })
         .collect();
-    let until = Instant::now() + Duration::from_secs(10);
-    let mut most = 0;
-    while Instant::now() < until && most < before + 64 {
-        most = most.max(threads_in_d(pid));
+    // Until all 64 are seen reading at once; a generous deadline, as each Get must first be
+    // scheduled on a loaded machine.
+    let until = Instant::now() + Duration::from_secs(60);
+    let mut reading = 0;
+    while Instant::now() < until && reading < 64 {
+        reading = reading.max(threads_in_d(pid));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     disk.throttle(0);
-    let reading = most.saturating_sub(before);
     eprintln!("Gets of 4 KiB reading at once from a disk that does not answer: {reading} of 64");
     let got = tokio::time::timeout(Duration::from_secs(30), async {
         let mut got = Vec::new();
@@ -893,12 +905,41 @@ async fn memfds_a_direct_peer_never_reads_are_bounded() {
     for serial in 1..=32u32 {
         calls.extend(raw_call("GetFd", serial, &("memfds", "v")));
     }
+    let sent = Instant::now();
     let hostile = open_raw_with(&c, &calls, true).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let made = hits().await - hits0;
+    // Wait for the daemon to have taken in all 32 calls (none left unread in the socket)
+    // and made its four memfds.
+    let deadline = sent + Duration::from_secs(60);
+    loop {
+        let unread = sockq::unread_by_peer(hostile.as_fd()).expect("SIOCOUTQ");
+        let made = hits().await - hits0;
+        assert!(
+            made <= 4,
+            "{made} memfds of 16 MiB made for a peer that reads none"
+        );
+        if made == 4 && unread == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 60 s: {made} memfds made, {unread} bytes of the calls unread"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The other 28 calls are in the daemon: without the hold their memfds would follow at
+    // least as fast as the first four came. Watch that long (a second at least): no fifth.
+    let watch = sent.elapsed().max(Duration::from_secs(1));
+    let until = Instant::now() + watch;
+    while Instant::now() < until {
+        let made = hits().await - hits0;
+        assert_eq!(made, 4, "memfds of 16 MiB made for a peer that reads none");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let grew = shmem_mib().saturating_sub(shmem0);
-    eprintln!("32 pipelined GetFd of 16 MiB never read: {made} memfds made, Shmem +{grew} MiB");
-    assert_eq!(made, 4, "memfds of 16 MiB made for a peer that reads none");
+    eprintln!(
+        "32 pipelined GetFd of 16 MiB never read: 4 memfds made (and no more for {watch:?}), \
+         Shmem +{grew} MiB"
+    );
 
     drop(hostile);
     let d = c.open_direct().await.expect("OpenDirect");

@@ -438,7 +438,7 @@ fn without_numa_the_cache_works_and_says_so_once() {
 
 /// Without CAP_SYS_NICE (dropped from every set by setpriv before exec) the daemon starts and
 /// serves the cache; moving another user's process is refused with an error naming the
-/// capability; the log says it at most once per cause.
+/// capability, and the log says so exactly once.
 #[test]
 fn without_cap_sys_nice_the_cache_works_and_binding_others_names_the_capability() {
     if !dbus::prerequisites() || !support::require_tool("setpriv", "util-linux") {
@@ -501,6 +501,20 @@ fn without_cap_sys_nice_the_cache_works_and_binding_others_names_the_capability(
     let _ = kid.kill();
     let _ = kid.wait();
     let log = std::fs::read_to_string(&log_path).unwrap();
+    // Said exactly once: the refused call's audit line names the capability. Pinning the
+    // daemon's own workers needs no CAP_SYS_NICE, so nothing else here is about it.
+    let named = lines_with(&log, &["CAP_SYS_NICE"]);
+    assert_eq!(
+        named.len(),
+        1,
+        "lines naming CAP_SYS_NICE (one: the refused BindProcess):\n{log}"
+    );
+    assert!(
+        named[0].contains("bind-process failed") && named[0].contains(&target.to_string()),
+        "the line naming CAP_SYS_NICE is not the refusal of pid {target}: {}",
+        named[0]
+    );
+    // A worker placement that does fail here is said once, not once per worker.
     for cause in ["is not possible here", "failed ("] {
         let n = lines_with(&log, &[cause]).len();
         assert!(n <= 1, "`{cause}` logged {n} times:\n{log}");

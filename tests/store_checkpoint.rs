@@ -9,7 +9,7 @@ mod store_util;
 
 use numa_cache::store::{Cache, Caller, PutOptions, StoreError};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use store_util::{Mount, check_value, config, topo2, value_for};
 
@@ -182,13 +182,10 @@ fn a_clean_stop_checkpoint_round_trips() {
     cache.close().expect("close");
 }
 
-/// The child: open (from the checkpoint), overwrite, add and delete, then die by SIGKILL.
-#[test]
-fn checkpoint_child_changes_then_dies() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let cache = Cache::open(config(Path::new(&dir)), topo2()).expect("child opens");
+/// The child (the test re-run, see store_util::child_spec): open (from the checkpoint),
+/// overwrite, add and delete, then die by SIGKILL.
+fn checkpoint_child_changes_then_dies(dir: &str) -> ! {
+    let cache = Cache::open(config(Path::new(dir)), topo2()).expect("child opens");
     assert!(
         cache.opened_from_checkpoint(),
         "child: loaded the checkpoint"
@@ -220,6 +217,9 @@ fn checkpoint_child_changes_then_dies() {
 
 #[test]
 fn a_stale_checkpoint_is_never_used() {
+    if let Some(dir) = store_util::child_spec(CHILD_ENV) {
+        checkpoint_child_changes_then_dies(&dir);
+    }
     let Some(m) = Mount::btrfs(512, false) else {
         return;
     };
@@ -232,24 +232,9 @@ fn a_stale_checkpoint_is_never_used() {
     let old = m.path.join("old.ckpt");
     std::fs::copy(dir.join(CKPT), &old).expect("copy the checkpoint");
 
-    let exe = std::env::current_exe().expect("test binary");
-    let status = Command::new(&exe)
-        .args([
-            "--exact",
-            "checkpoint_child_changes_then_dies",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .status()
-        .expect("run the child");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the child dies by SIGKILL: {status}"
+    store_util::expect_death(
+        &mut store_util::child_command(CHILD_ENV, &dir),
+        libc::SIGKILL,
     );
 
     std::fs::copy(&old, dir.join(CKPT)).expect("plant the old checkpoint back");

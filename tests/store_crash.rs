@@ -1,10 +1,10 @@
-//! Crash safety: a child process (this test binary, re-executed) does concurrent puts (default
-//! and sync) and deletes and dies abruptly (abort: no destructor, no flush, the same as a
-//! SIGKILL for what reaches the disk) once a set number of operations have been acknowledged,
-//! 20 times with 20 different counts: the kill points are reproducible by count, not by clock.
-//! After each restart every key reads back byte-identical to its last acknowledged operation
-//! (or to the one in flight), never torn; no temporary file remains; every large-value file on
-//! disk belongs to a live entry.
+//! Crash safety: a child process (the test, re-run: store_util::child_spec) does concurrent
+//! puts (default and sync) and deletes and dies abruptly (abort: no destructor, no flush, the
+//! same as a SIGKILL for what reaches the disk) once a set number of operations have been
+//! acknowledged, 20 times with 20 different counts: the kill points are reproducible by
+//! count, not by clock. After each restart every key reads back byte-identical to its last
+//! acknowledged operation (or to the one in flight), never torn; no temporary file remains;
+//! every large-value file on disk belongs to a live entry.
 
 mod store_util;
 
@@ -36,14 +36,10 @@ fn kill_after(round: u64) -> u64 {
     30 + (round * 97) % 600
 }
 
-/// The child: run until it has `kill_after` acknowledged operations, then abort. Each thread
-/// owns its keys, so per key the operations are sequential and the last acknowledged one is
-/// known from its log. Odd threads use sync puts.
-#[test]
-fn crash_child_writer() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+/// The child (`dir|namespace|count`): run until it has `count` acknowledged operations, then
+/// abort. Each thread owns its keys, so per key the operations are sequential and the last
+/// acknowledged one is known from its log. Odd threads use sync puts.
+fn crash_writer(spec: &str) -> ! {
     let mut parts = spec.split('|');
     let (Some(dir), Some(ns), Some(limit)) = (parts.next(), parts.next(), parts.next()) else {
         panic!("dir|namespace|count expected");
@@ -93,6 +89,7 @@ fn crash_child_writer() {
     for h in handles {
         let _ = h.join();
     }
+    panic!("every writer thread ended before {limit} acknowledged operations");
 }
 
 fn last_acks(root: &Path, ns: &str) -> (std::collections::HashMap<String, u64>, usize) {
@@ -114,8 +111,8 @@ fn last_acks(root: &Path, ns: &str) -> (std::collections::HashMap<String, u64>, 
 
 #[test]
 fn sigkill_during_concurrent_puts_20_times() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
+    if let Some(spec) = store_util::child_spec(CHILD_ENV) {
+        crash_writer(&spec);
     }
     let Some(m) = Mount::btrfs(1024, false) else {
         return;
@@ -125,12 +122,10 @@ fn sigkill_during_concurrent_puts_20_times() {
     for round in 0..20u64 {
         let ns = format!("r{round}");
         let limit = kill_after(round);
-        let status = store_util::run_child(
-            "crash_child_writer",
+        store_util::expect_abort(&mut store_util::child_command(
             CHILD_ENV,
             format!("{}|{ns}|{limit}", dir.display()),
-        );
-        assert!(!status.success(), "round {round}: the child was to die");
+        ));
 
         let cache = Cache::open(config(&dir), topo1()).unwrap();
         let (acks, ops) = last_acks(&m.path, &ns);

@@ -550,14 +550,11 @@ fn deletes_clears_and_expiries_stay_gone_after_an_index_rebuild() {
 
 const LOSS_CHILD_ENV: &str = "NUMA_CACHE_ROWLOSS_CHILD";
 
-/// The child of `sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush`: default
-/// puts, a full flush, a copy of the index as it is then (the state a power loss leaves when
-/// the rows written since did not reach the disk), then sync puts and deletes, then abort.
-#[test]
-fn rowloss_child() {
-    let Ok(dir) = std::env::var(LOSS_CHILD_ENV) else {
-        return;
-    };
+/// The child of `sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush` (the
+/// test re-run, see store_util::child_spec): default puts, a full flush, a copy of the index
+/// as it is then (the state a power loss leaves when the rows written since did not reach
+/// the disk), then sync puts and deletes, then abort.
+fn rowloss_child(dir: &str) -> ! {
     let dir = std::path::PathBuf::from(dir);
     let mut cfg = config(&dir);
     cfg.sync_interval = Duration::from_secs(3600);
@@ -608,15 +605,14 @@ fn rowloss_child() {
 /// records (segment and large-value file) and the deletes' tombstones.
 #[test]
 fn sync_puts_and_deletes_survive_losing_the_rows_after_the_last_flush() {
-    if std::env::var(LOSS_CHILD_ENV).is_ok() {
-        return;
+    if let Some(dir) = store_util::child_spec(LOSS_CHILD_ENV) {
+        rowloss_child(&dir);
     }
     let Some(m) = Mount::btrfs(256, false) else {
         return;
     };
     let dir = m.dir();
-    let status = store_util::run_child("rowloss_child", LOSS_CHILD_ENV, &dir);
-    assert!(!status.success(), "the child was to abort");
+    store_util::expect_abort(&mut store_util::child_command(LOSS_CHILD_ENV, &dir));
     assert!(
         dir.join("index.db.at-flush").exists(),
         "the child did not get to its flush"
@@ -764,14 +760,11 @@ fn compaction_keeps_needed_tombstones_and_drops_the_rest() {
 
 const TORN_CHILD_ENV: &str = "NUMA_CACHE_TORN_CHILD";
 
-/// The child of `a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version`:
-/// a sync put of `k` v1 and a full flush, then default puts of `k` v2 and `solo` v1 (rows
-/// committed, records only in the kernel), then abort.
-#[test]
-fn torn_child() {
-    let Ok(dir) = std::env::var(TORN_CHILD_ENV) else {
-        return;
-    };
+/// The child of `a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version`
+/// (the test re-run, see store_util::child_spec): a sync put of `k` v1 and a full flush, then
+/// default puts of `k` v2 and `solo` v1, their rows committed without a full flush (records
+/// only in the kernel), then abort.
+fn torn_child(dir: &str) -> ! {
     let dir = std::path::PathBuf::from(dir);
     let mut cfg = config(&dir);
     cfg.sync_interval = Duration::from_secs(3600);
@@ -791,38 +784,90 @@ fn torn_child() {
     cache
         .put("torn", "solo", &value_for("solo", 1, 3000), &o, &ME)
         .unwrap();
+    // The rows of those two wait up to commit::DEFER_FOR for their commit, or go with the
+    // first commit of anything else: a put that claims a new namespace commits (FULL, not a
+    // full flush) before it is answered, so once it is, both rows are in the index's WAL.
+    cache.put("torn-commit", "x", b"x", &o, &ME).unwrap();
     std::process::abort();
+}
+
+/// The index's rows of namespace `torn` (key -> id, segment, offset) and its
+/// `verified_below` mark, read from the files a dead child left.
+fn torn_rows(dir: &std::path::Path) -> (std::collections::HashMap<String, (u64, u32, u64)>, u64) {
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("index.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut q = db
+        .prepare("SELECT key, id, segment, seg_offset FROM entries WHERE namespace = 'torn'")
+        .unwrap();
+    let rows = q
+        .query_map([], |r| {
+            let n = |i| r.get::<_, i64>(i).map(|v| v as u64);
+            Ok((r.get(0)?, (n(1)?, n(2)? as u32, n(3)?)))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mark: i64 = db
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'verified_below'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (rows, mark as u64)
+}
+
+/// The segment number of a segment file (`0000000a.seg`).
+fn segment_of(f: &std::path::Path) -> u32 {
+    let stem = f.file_stem().and_then(|s| s.to_str()).unwrap();
+    u32::from_str_radix(stem, 16).unwrap()
 }
 
 /// The writeback race: after a power loss a row reached the disk but its record did not
 /// (here: the record is torn by hand). That put was a default put younger than the
 /// interval, never durable; the key must read as its last durable version (sync-acknowledged
 /// here), not miss, and never the torn bytes; a key with no older version misses.
+///
+/// The precondition is checked on disk first: both rows are in the index, above the last
+/// full flush's mark, and point at the records torn here. Without it (rows still waiting at
+/// the abort) recovery never meets a torn record of a row, and its fall-back goes untested.
 #[test]
 fn a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version() {
-    if std::env::var(TORN_CHILD_ENV).is_ok() {
-        return;
+    if let Some(dir) = store_util::child_spec(TORN_CHILD_ENV) {
+        torn_child(&dir);
     }
     let Some(m) = Mount::btrfs(256, false) else {
         return;
     };
     let dir = m.dir();
-    let status = store_util::run_child("torn_child", TORN_CHILD_ENV, &dir);
-    assert!(!status.success(), "the child was to abort");
-    let recs: Vec<_> = store_util::records(&dir)
-        .into_iter()
-        .filter(|(_, _, _, ns, _)| ns == "torn")
-        .collect();
-    let newest = |key: &str| {
-        recs.iter()
-            .filter(|r| r.4 == key)
-            .max_by_key(|r| r.1)
-            .cloned()
-            .unwrap()
+    store_util::expect_abort(&mut store_util::child_command(TORN_CHILD_ENV, &dir));
+    let intact = |key: &str| {
+        let mut recs: Vec<_> = store_util::records(&dir)
+            .into_iter()
+            .filter(|(_, _, _, ns, k)| ns == "torn" && k == key)
+            .collect();
+        recs.sort_by_key(|r| (segment_of(&r.0), r.1));
+        recs
     };
-    assert_eq!(recs.iter().filter(|r| r.4 == "k").count(), 2, "{recs:?}");
+    assert_eq!(intact("k").len(), 2, "{:?}", intact("k"));
+    let (rows, mark) = torn_rows(&dir);
     for key in ["k", "solo"] {
-        let (f, off, len, ..) = newest(key);
+        let (f, off, len, ..) = intact(key).pop().unwrap();
+        let (id, seg, at) = *rows
+            .get(key)
+            .unwrap_or_else(|| panic!("{key}: its row did not reach the index: {rows:?}"));
+        assert_eq!(
+            (seg, at),
+            (segment_of(&f), off),
+            "{key}: the row does not name the newest record"
+        );
+        assert!(
+            id >= mark,
+            "{key}: row {id} is below the full flush's mark {mark}: its record counts as durable"
+        );
         std::fs::OpenOptions::new()
             .write(true)
             .open(&f)
@@ -830,6 +875,8 @@ fn a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version() 
             .write_all_at(&[0u8; 64], off + len / 2)
             .unwrap();
     }
+    assert_eq!(intact("k").len(), 1, "k v2's record is not torn");
+    assert!(intact("solo").is_empty(), "solo's record is not torn");
     let cache = Cache::open(config(&dir), topo1()).unwrap();
     assert_eq!(
         check_value("k", &cache.get("torn", "k", &ME).unwrap()),
@@ -837,5 +884,5 @@ fn a_torn_record_whose_row_reached_the_disk_falls_back_to_the_durable_version() 
         "k: not its durable version"
     );
     assert!(miss(&cache, "torn", "solo"));
-    assert_eq!(cache.totals().entries, 1);
+    assert_eq!(cache.totals().entries, 2, "k and torn-commit/x");
 }

@@ -1,8 +1,8 @@
 //! Rows of default puts are committed after the put is answered (within
-//! `commit::DEFER_FOR`): the record is the truth until then. A child process (this test
-//! binary, re-executed) stores values and dies by abort (no destructor, no flush: what
-//! reaches the disk is what a SIGKILL leaves) right after, while the newest rows are still
-//! waiting for their commit; the parent reopens the cache and checks what reads back.
+//! `commit::DEFER_FOR`): the record is the truth until then. A child process (the test,
+//! re-run: store_util::child_spec) stores values and dies by abort (no destructor, no flush:
+//! what reaches the disk is what a SIGKILL leaves) right after, while the newest rows are
+//! still waiting for their commit; the parent reopens the cache and checks what reads back.
 
 mod store_util;
 
@@ -15,11 +15,8 @@ const KEYS: u64 = 200;
 
 /// The child: `dir|mode`. Mode `puts`: store KEYS values in namespace `p` (default
 /// durability) and abort. Mode `clear`: the same in namespace `c`, then clear `c` and abort.
-#[test]
-fn deferred_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+/// Before the abort it writes `answered` (what it was answered) beside the cache.
+fn deferred_child(spec: &str) -> ! {
     let (dir, mode) = spec.split_once('|').expect("dir|mode expected");
     let cache = Cache::open(config(Path::new(dir)), topo1()).expect("child opens the cache");
     let me = Caller::default();
@@ -44,26 +41,37 @@ fn deferred_child() {
             "clear removed every key"
         );
     }
+    // The marker is not the cache's: a write of its own, done before the abort.
+    std::fs::write(answered(Path::new(dir)), format!("{mode} {KEYS}")).expect("marker");
     // Dies with the newest rows (and, for `clear`, its removals) as the last commit left
     // them: no flush, no clean stop.
     std::process::abort();
 }
 
+fn answered(dir: &Path) -> std::path::PathBuf {
+    dir.with_file_name("answered")
+}
+
+/// Run the child in `mode`: it must have been answered for all its calls, then died by abort
+/// (a child that failed before or during its puts fails here).
 fn run_child(dir: &Path, mode: &str) {
-    let status = store_util::run_child(
-        "deferred_child",
+    store_util::expect_abort(&mut store_util::child_command(
         CHILD_ENV,
         format!("{}|{mode}", dir.display()),
+    ));
+    assert_eq!(
+        std::fs::read_to_string(answered(dir)).ok().as_deref(),
+        Some(format!("{mode} {KEYS}").as_str()),
+        "the {mode} child did not finish its calls before the abort"
     );
-    assert!(!status.success(), "the {mode} child was to die by abort");
 }
 
 /// Every answered default put reads back after the crash, byte for byte, though the rows
 /// of the last ones were never committed (recovery restores them from their records).
 #[test]
 fn answered_default_puts_survive_a_crash_before_their_rows_commit() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
+    if let Some(spec) = store_util::child_spec(CHILD_ENV) {
+        deferred_child(&spec);
     }
     let Some(m) = Mount::btrfs(512, false) else {
         return;
@@ -87,8 +95,8 @@ fn answered_default_puts_survive_a_crash_before_their_rows_commit() {
 /// of the records would bring the cleared values back after a crash.
 #[test]
 fn clear_of_waiting_rows_stays_cleared_after_a_crash() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
+    if let Some(spec) = store_util::child_spec(CHILD_ENV) {
+        deferred_child(&spec);
     }
     let Some(m) = Mount::btrfs(512, false) else {
         return;

@@ -30,13 +30,10 @@ fn ns(i: usize) -> String {
     format!("r{i}")
 }
 
-/// The child: default puts of 100-byte values, one at a time, each into a new namespace,
-/// until one is refused; it writes that key's number to `refused`, then aborts.
-#[test]
-fn refused_child() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+/// The child (the test re-run under the limit, see store_util::child_spec): default puts of
+/// 100-byte values, one at a time, each into a new namespace, until one is refused; it
+/// writes that key's number to `refused`, then aborts.
+fn refused_child(dir: &str) -> ! {
     let dir = std::path::PathBuf::from(dir);
     let mut cfg = config(&dir);
     cfg.sync_interval = Duration::from_secs(3600);
@@ -55,32 +52,26 @@ fn refused_child() {
 
 #[test]
 fn a_put_refused_by_a_failed_commit_stays_gone_after_a_crash() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
+    if let Some(dir) = store_util::child_spec(CHILD_ENV) {
+        refused_child(&dir);
     }
     let Some(m) = Mount::btrfs(256, false) else {
         return;
     };
     let dir = m.dir();
     let exe = std::env::current_exe().expect("test binary");
-    let status = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "trap '' XFSZ; ulimit -f {FSIZE_KIB} && exec \"$0\" \"$@\""
-        ))
-        .arg(&exe)
-        .args([
-            "--exact",
-            "refused_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("running the child");
-    assert!(!status.success(), "the child was to abort");
+    store_util::expect_abort(
+        std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "trap '' XFSZ; ulimit -f {FSIZE_KIB} && exec \"$0\" \"$@\""
+            ))
+            .arg(&exe)
+            .args(store_util::child_args())
+            .env(CHILD_ENV, &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
     let marker = std::fs::read_to_string(dir.join("refused")).expect("the child's marker");
     let (n, why) = marker.split_once('\n').unwrap_or((marker.as_str(), ""));
     let n: usize = n

@@ -284,18 +284,61 @@ pub fn records(cache: &Path) -> Vec<(PathBuf, u64, u64, String, String)> {
     out
 }
 
-/// Run test `name` of this test binary as a child process (the crash tests' writer), with
-/// `var=value` in its environment and its output discarded; returns how it ended.
-pub fn run_child(
-    name: &str,
-    var: &str,
-    value: impl AsRef<std::ffi::OsStr>,
-) -> std::process::ExitStatus {
-    Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+/// The crash tests' writer runs in a child process that ends by dying (abort, SIGKILL). It is
+/// the test itself, re-run: [`child_command`] starts this test binary with `--exact` the
+/// calling test's name and `var` set, and that test's first line hands over to the child's
+/// work when [`child_spec`] finds `var`. So the child is no test of its own (nothing that
+/// passes in every run without doing anything) and cannot be run apart from its parent.
+///
+/// The value of `var` in the child (what the parent passed), None in the parent.
+pub fn child_spec(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+/// The command that re-runs the calling test as its child with `var=value` (see
+/// [`child_spec`]): its stdout discarded, its stderr kept for the failure message.
+pub fn child_command(var: &str, value: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("the test binary"));
+    cmd.args(child_args())
         .env(var, value)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("running the child")
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
+/// The test harness's arguments that run only the calling test (libtest names each test's
+/// thread after the test), for a command that wraps the test binary.
+pub fn child_args() -> [String; 4] {
+    let name = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .expect("called from a test's own thread (libtest names it after the test)")
+        .to_string();
+    [
+        "--exact".into(),
+        name,
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]
+}
+
+/// Run `cmd` (a [`child_command`]) and require that it died by `signal`, the child's own
+/// end: a child that panicked, ran no test or could not start fails here, with its stderr.
+pub fn expect_death(cmd: &mut Command, signal: i32) {
+    use std::os::unix::process::ExitStatusExt;
+    let out = cmd.output().expect("running the child");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail = &stderr[stderr.len().saturating_sub(4000)..];
+    assert_eq!(
+        out.status.signal(),
+        Some(signal),
+        "the child was to die by signal {signal}, it ended with {}:\n{tail}",
+        out.status
+    );
+}
+
+/// [`expect_death`] by SIGABRT: the writer's `std::process::abort()` (no destructor, no
+/// flush: what reaches the disk is what a SIGKILL leaves).
+pub fn expect_abort(cmd: &mut Command) {
+    expect_death(cmd, libc::SIGABRT);
 }
