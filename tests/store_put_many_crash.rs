@@ -44,12 +44,12 @@ fn version(b: u64) -> u64 {
     2 * b + 1
 }
 
-/// The `pwritev` the child is killed at in round `round`: 1 to 10, each value in turn.
+/// The `pwritev` the child is killed at in round `round`: 1 to 6, each value in turn.
 /// Batch b's halves are calls 2b+1 and 2b+2, so an even one dies between the two halves of
 /// a batch, an odd one just before a batch (the earlier ones answered, their rows perhaps
 /// still waiting for their commit).
 fn kill_at(round: u64) -> u64 {
-    1 + (round * 3) % 10
+    1 + (round * 5) % 6
 }
 
 /// The child: `dir|namespace`. Streams batches into the namespace and logs each answered
