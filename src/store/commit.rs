@@ -35,7 +35,10 @@
 //!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
 //!   out of the index and answered with the error (its deletes are done and answered so);
 //!   either way a refused put's segment record is zeroed (`discard_record`), so no scan
-//!   after a crash brings it back: what is visible and what was answered agree;
+//!   after a crash brings it back: what is visible and what was answered agree. Not so an
+//!   entry of a visible PutMany that a newer version or a delete kept out: its record stays
+//!   whole (`leave_in_batch`), for recovery indexes a batch only when it finds all of its
+//!   records;
 //! - never `syncfs`.
 //!
 //! Each full flush (records first, then the mark's commit) records `verified_below`: every
