@@ -7,16 +7,31 @@
 //! version 1 wrote 0 here), namespace, key, xxh3-64 of everything before it (the header
 //! checksum), then the payload. The same record is a file of its own (large values, and every
 //! value a version-1 cache wrote) or one record of an append-only segment (`segment.rs`).
+//!
+//! Version 3 (written only for the records of a PutMany; every other record stays version 2,
+//! so an older build still reads them) adds `FLAG_BATCH`: the stored payload ends with a
+//! 16-byte batch trailer, counted in the payload length: the id of the batch's first record
+//! u64, the number of records in the batch u32 (their ids are `first..first + count`), and
+//! the low 32 bits of the xxh3-64 of (id, first, count) u32. Recovery indexes a batch's
+//! records only when all of them are there and intact (recovery.rs), so a crash between the
+//! writes of a batch leaves it whole or absent.
 
 use std::cell::RefCell;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// File magic.
 pub const MAGIC: &[u8; 4] = b"NCB1";
-/// Format version written by this build (2: the owner field).
+/// Format version written by this build for a record of its own (2: the owner field).
 pub const VERSION: u16 = 2;
+/// Format version of a record in a batch (3: `FLAG_BATCH` and its trailer).
+pub const VERSION_BATCH: u16 = 3;
 /// Flag: the payload is a zstd frame.
 pub const FLAG_ZSTD: u16 = 1;
+/// Flag (version 3): the stored payload ends with a batch trailer (`TRAILER_LEN` bytes).
+/// (Flag 2 is segment.rs's `FLAG_TOMBSTONE`.)
+pub const FLAG_BATCH: u16 = 4;
+/// Length of a batch trailer: first id u64, count u32, check u32.
+pub const TRAILER_LEN: usize = 16;
 /// Size of the fixed part of the header.
 pub const FIXED_LEN: usize = 64;
 /// Largest header: fixed part, longest namespace and key, header checksum.
@@ -27,6 +42,42 @@ const MIN_SAVING: f64 = 0.10;
 const SAMPLE_ABOVE: usize = 128 << 10;
 const SAMPLE_LEN: usize = 64 << 10;
 
+/// The PutMany a record belongs to: records `first..first + count`, written together and
+/// indexed together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Batch {
+    /// Id of its first record.
+    pub first: u64,
+    /// Records in it (their ids follow each other).
+    pub count: u32,
+}
+
+impl Batch {
+    /// Is record `id` one of this batch's?
+    pub fn holds(&self, id: u64) -> bool {
+        id >= self.first && id - self.first < u64::from(self.count)
+    }
+
+    /// The trailer record `id` of this batch ends with.
+    fn trailer(&self, id: u64) -> [u8; TRAILER_LEN] {
+        let mut t = [0u8; TRAILER_LEN];
+        t[..8].copy_from_slice(&self.first.to_le_bytes());
+        t[8..12].copy_from_slice(&self.count.to_le_bytes());
+        let check = trailer_check(id, &t[..12]);
+        t[12..].copy_from_slice(&check.to_le_bytes());
+        t
+    }
+}
+
+/// The check of a trailer: low 32 bits of the xxh3-64 of the record's id and the trailer's
+/// first 12 bytes (a torn trailer, or one copied to another record, fails it).
+fn trailer_check(id: u64, fields: &[u8]) -> u32 {
+    let mut b = [0u8; 20];
+    b[..8].copy_from_slice(&id.to_le_bytes());
+    b[8..].copy_from_slice(fields);
+    xxh3_64(&b) as u32
+}
+
 /// What a blob header says about its entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
@@ -36,7 +87,7 @@ pub struct Header {
     pub flags: u16,
     /// Logical (uncompressed) length.
     pub logical_len: u64,
-    /// Payload length on disk.
+    /// Bytes on disk after the header (the batch trailer included).
     pub payload_len: u64,
     /// xxh3-64 of the logical bytes.
     pub checksum: u64,
@@ -93,7 +144,8 @@ fn pays(raw: usize, compressed: usize) -> bool {
 }
 
 /// Encode a whole blob file: header then payload, compressed when the value has at least
-/// `min_compress` bytes and compression saves ≥ 10%. Returns the file and the checksum.
+/// `min_compress` bytes and compression saves ≥ 10%; a record of a `batch` ends with its
+/// trailer (version 3). Returns the file and the checksum.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     id: u64,
@@ -105,6 +157,7 @@ pub fn encode(
     created: u64,
     expires: u64,
     owner: Option<u32>,
+    batch: Option<Batch>,
 ) -> (Vec<u8>, u64) {
     let checksum = xxh3_64(value);
     let worth_trying = value.len() >= min_compress.max(64)
@@ -131,12 +184,16 @@ pub fn encode(
             created,
             expires,
             owner,
+            batch,
         },
         namespace,
         key,
     );
-    out.reserve_exact(payload.len());
+    out.reserve_exact(payload.len() + batch.map_or(0, |_| TRAILER_LEN));
     out.extend_from_slice(payload);
+    if let Some(b) = batch {
+        out.extend_from_slice(&b.trailer(id));
+    }
     (out, checksum)
 }
 
@@ -148,7 +205,7 @@ pub struct HeaderFields {
     pub flags: u16,
     /// Logical length.
     pub logical_len: u64,
-    /// Payload length.
+    /// Payload length (the batch trailer not included: it is added for a `batch`).
     pub payload_len: u64,
     /// xxh3-64 of the logical bytes.
     pub checksum: u64,
@@ -158,6 +215,9 @@ pub struct HeaderFields {
     pub expires: u64,
     /// Namespace owner.
     pub owner: Option<u32>,
+    /// The PutMany the record belongs to: version 3, `FLAG_BATCH`, the trailer counted in
+    /// the payload length.
+    pub batch: Option<Batch>,
 }
 
 /// Length of the header of a record of `namespace`/`key`.
@@ -168,13 +228,21 @@ pub fn header_len(namespace: &str, key: &str) -> usize {
 /// Encode just a header (a streamed put writes the payload first, then this in front).
 pub fn encode_header(f: &HeaderFields, namespace: &str, key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(header_len(namespace, key));
+    let (version, flags, payload_len) = match f.batch {
+        Some(_) => (
+            VERSION_BATCH,
+            f.flags | FLAG_BATCH,
+            f.payload_len + TRAILER_LEN as u64,
+        ),
+        None => (VERSION, f.flags, f.payload_len),
+    };
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&f.flags.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&flags.to_le_bytes());
     for v in [
         f.id,
         f.logical_len,
-        f.payload_len,
+        payload_len,
         f.checksum,
         f.created,
         f.expires,
@@ -221,9 +289,14 @@ pub fn parse_header(b: &[u8]) -> Result<Header, BlobError> {
         return Err(BlobError::Header("wrong magic".into()));
     }
     let version = u16_at(b, 4);
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION_BATCH).contains(&version) {
         return Err(BlobError::Header(format!(
-            "format version {version}, this build reads 1-{VERSION}"
+            "format version {version}, this build reads 1-{VERSION_BATCH}"
+        )));
+    }
+    if u16_at(b, 6) & FLAG_BATCH != 0 && version < VERSION_BATCH {
+        return Err(BlobError::Header(format!(
+            "a batch flag in a version {version} header"
         )));
     }
     let ns_len = u16_at(b, 56) as usize;
@@ -262,7 +335,8 @@ pub fn parse_header(b: &[u8]) -> Result<Header, BlobError> {
     })
 }
 
-/// Decode the payload that follows `h` in `file` and verify it against the header checksum.
+/// Decode the payload that follows `h` in `file` and verify it against the header checksum
+/// (and a batch trailer against its check).
 pub fn decode_payload(h: &Header, file: &[u8]) -> Result<Vec<u8>, BlobError> {
     let payload = file
         .get(h.header_len..)
@@ -274,7 +348,39 @@ pub fn decode_payload(h: &Header, file: &[u8]) -> Result<Vec<u8>, BlobError> {
                 h.payload_len
             ))
         })?;
-    decode_payload_bytes(h, payload)
+    let value_len = payload.len() - trailer_len(h, payload)?;
+    decode_payload_bytes(h, &payload[..value_len])
+}
+
+/// The batch of the record whose header is `h` and stored payload (trailer included)
+/// `payload`: None for a record of its own (no `FLAG_BATCH`); an error when the trailer is
+/// torn, or does not name this record.
+pub fn batch_of(h: &Header, payload: &[u8]) -> Result<Option<Batch>, BlobError> {
+    if h.flags & FLAG_BATCH == 0 {
+        return Ok(None);
+    }
+    let t = payload
+        .len()
+        .checked_sub(TRAILER_LEN)
+        .map(|at| &payload[at..])
+        .ok_or_else(|| BlobError::Payload("payload shorter than its batch trailer".into()))?;
+    let b = Batch {
+        first: u64_at(t, 0),
+        count: u32::from_le_bytes([t[8], t[9], t[10], t[11]]),
+    };
+    let check = u32::from_le_bytes([t[12], t[13], t[14], t[15]]);
+    if check != trailer_check(h.id, &t[..12]) || !b.holds(h.id) {
+        return Err(BlobError::Payload(format!(
+            "the batch trailer of record {} is torn or not its own",
+            h.id
+        )));
+    }
+    Ok(Some(b))
+}
+
+/// Bytes of `payload` that are the batch trailer (0 without one), checked.
+fn trailer_len(h: &Header, payload: &[u8]) -> Result<usize, BlobError> {
+    Ok(batch_of(h, payload)?.map_or(0, |_| TRAILER_LEN))
 }
 
 fn decode_payload_bytes(h: &Header, payload: &[u8]) -> Result<Vec<u8>, BlobError> {
@@ -325,6 +431,10 @@ pub fn decode_parts(
             h.payload_len
         )));
     }
+    // The trailer goes without a copy: the value is what precedes it.
+    let value_len = payload.len() - trailer_len(&h, &payload)?;
+    let mut payload = payload;
+    payload.truncate(value_len);
     if h.flags & FLAG_ZSTD != 0 {
         return decode_payload_bytes(&h, &payload);
     }
@@ -375,7 +485,7 @@ mod tests {
     #[test]
     fn round_trip_compressed_and_raw() {
         let text = b"hello world ".repeat(500);
-        let (f, _) = encode(7, "ns", "k", &text, 3, 0, 10, 0, Some(1000));
+        let (f, _) = encode(7, "ns", "k", &text, 3, 0, 10, 0, Some(1000), None);
         let h = parse_header(&f).unwrap();
         assert_eq!((h.flags, h.owner), (FLAG_ZSTD, Some(1000)));
         assert!(f.len() < text.len() / 4);
@@ -390,7 +500,7 @@ mod tests {
                 (x >> 24) as u8
             })
             .collect();
-        let (f, _) = encode(8, "ns", "k2", &noise, 3, 0, 10, 99, None);
+        let (f, _) = encode(8, "ns", "k2", &noise, 3, 0, 10, 99, None, None);
         let h = parse_header(&f).unwrap();
         assert_eq!(
             (h.flags, h.expires, h.key.as_str(), h.owner),
@@ -400,9 +510,61 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_record_carries_its_batch_and_decodes_to_the_value() {
+        let b = Batch {
+            first: 40,
+            count: 3,
+        };
+        let text = b"batched text ".repeat(300);
+        for value in [&text[..], &b"short raw value"[..]] {
+            let (f, sum) = encode(41, "ns", "k", value, 3, 0, 10, 0, Some(5), Some(b));
+            let h = parse_header(&f).unwrap();
+            assert_eq!(u16_at(&f, 4), VERSION_BATCH);
+            assert_eq!(h.stored_len(), f.len() as u64);
+            let payload = &f[h.header_len..];
+            assert_eq!(batch_of(&h, payload).unwrap(), Some(b));
+            assert_eq!(decode(&f, 41, sum).unwrap(), value);
+            let parts = decode_parts(&f[..h.header_len], payload.to_vec(), 41, sum).unwrap();
+            assert_eq!(parts, value);
+            // A record of its own is still written as version 2, without a trailer.
+            let (g, _) = encode(41, "ns", "k", value, 3, 0, 10, 0, Some(5), None);
+            assert_eq!((u16_at(&g, 4), g.len() + TRAILER_LEN), (VERSION, f.len()));
+            let hg = parse_header(&g).unwrap();
+            assert_eq!(batch_of(&hg, &g[hg.header_len..]).unwrap(), None);
+        }
+        // A trailer copied from another record of the batch does not check.
+        let (f, _) = encode(41, "ns", "k", b"v", 3, 0, 1, 0, None, Some(b));
+        let (g, _) = encode(42, "ns", "k", b"v", 3, 0, 1, 0, None, Some(b));
+        let mut h = f.clone();
+        let n = h.len();
+        h[n - TRAILER_LEN..].copy_from_slice(&g[n - TRAILER_LEN..]);
+        let hh = parse_header(&h).unwrap();
+        assert!(batch_of(&hh, &h[hh.header_len..]).is_err());
+        // A record outside the batch it names is refused when encoded by hand.
+        let (f, _) = encode(45, "ns", "k", b"v", 3, 0, 1, 0, None, Some(b));
+        let hf = parse_header(&f).unwrap();
+        assert!(batch_of(&hf, &f[hf.header_len..]).is_err());
+    }
+
+    #[test]
+    fn any_flipped_byte_of_a_batch_record_is_detected() {
+        let b = Batch { first: 1, count: 2 };
+        let text = b"some text to compress ".repeat(40);
+        let (f, sum) = encode(2, "ns", "key", &text, 3, 0, 1, 0, Some(0), Some(b));
+        let hl = parse_header(&f).unwrap().header_len;
+        for i in 0..f.len() {
+            let mut g = f.clone();
+            g[i] ^= 0x20;
+            assert!(decode(&g, 2, sum).is_err(), "flip at {i} went unnoticed");
+            let parts = decode_parts(&g[..hl], g[hl..].to_vec(), 2, sum);
+            assert!(parts.is_err(), "flip at {i} went unnoticed by decode_parts");
+        }
+    }
+
+    #[test]
     fn any_flipped_byte_is_detected() {
         let text = b"some text to compress ".repeat(40);
-        let (f, _) = encode(1, "ns", "key", &text, 3, 0, 1, 0, Some(0));
+        let (f, _) = encode(1, "ns", "key", &text, 3, 0, 1, 0, Some(0), None);
         let sum = parse_header(&f).unwrap().checksum;
         for i in 0..f.len() {
             let mut g = f.clone();

@@ -35,7 +35,10 @@
 //!   with the error; when a sync batch's records cannot be flushed, its puts are taken back
 //!   out of the index and answered with the error (its deletes are done and answered so);
 //!   either way a refused put's segment record is zeroed (`discard_record`), so no scan
-//!   after a crash brings it back: what is visible and what was answered agree;
+//!   after a crash brings it back: what is visible and what was answered agree. Not so an
+//!   entry of a visible PutMany that a newer version or a delete kept out: its record stays
+//!   whole (`leave_in_batch`), for recovery indexes a batch only when it finds all of its
+//!   records;
 //! - never `syncfs`.
 //!
 //! Each full flush (records first, then the mark's commit) records `verified_below`: every
@@ -444,6 +447,10 @@ pub struct Committer {
     unwritten: Vec<Change>,
     /// When the oldest change in `unwritten` was answered (None: nothing is waiting).
     unwritten_since: Option<Instant>,
+    /// Large-value files (node, id) of PutMany entries never made visible (a newer version
+    /// or a delete came first), removed once a commit has written their batch's rows: until
+    /// then recovery must find every record of the batch to index the rest of it.
+    batch_leftovers: Vec<(u32, u64)>,
     /// Puts in the last batch that flushed, and how long its flush took (gather's aim).
     last_group: u64,
     last_flush_time: Duration,
@@ -594,6 +601,7 @@ impl Committer {
             last_flush_time: MAX_GATHER,
             unwritten: Vec::new(),
             unwritten_since: None,
+            batch_leftovers: Vec::new(),
             id_ceiling,
             put_flush_at: None,
             prepare_after: None,
@@ -917,6 +925,36 @@ impl Committer {
         self.discard(&Placed::of(row, 0));
     }
 
+    /// A PutMany entry that is never visible (a newer version of its key, or a delete, came
+    /// first), while the rest of its batch is. Its record stays whole: recovery indexes a
+    /// batch's records only when it finds all of them, and ids (or the delete's tombstone)
+    /// keep this one out anyway, in recovery's scan as in a rebuild. A segment record is
+    /// dead space; a large value's file goes once the batch's rows are committed.
+    /// The file goes into `leftovers`, for [`Committer::remove_leftovers`].
+    fn leave_in_batch(&self, row: &Row, leftovers: &mut Vec<(u32, u64)>) {
+        if let Some(t) = self.shared.layout().tiers.get(&row.node) {
+            t.remove(row.id);
+        }
+        if row.loc.is_none() {
+            leftovers.push((row.node, row.id));
+        }
+    }
+
+    /// Remove the files of [`Committer::leave_in_batch`]: now when their batch's rows are
+    /// committed (or the batch failed), else with the commit of the waiting rows.
+    fn remove_leftovers(&mut self, leftovers: Vec<(u32, u64)>, rows_waiting: bool) {
+        if rows_waiting {
+            self.batch_leftovers.extend(leftovers);
+            return;
+        }
+        let layout = self.shared.layout();
+        for (node, id) in leftovers {
+            if let Some(s) = layout.shards.get(&node) {
+                let _ = s.remove_blob(id);
+            }
+        }
+    }
+
     /// [`Committer::discard_record`] of an answered put's row.
     fn discard(&self, p: &Placed) {
         let layout = self.shared.layout();
@@ -1163,6 +1201,8 @@ impl Committer {
         let mut want_sync = self.sync_interval().is_zero();
         let mut puts = 0u64;
         let mut tomb_targets: Vec<TombTarget> = Vec::new();
+        // Files of PutMany entries left out of their (visible) batch.
+        let mut leftovers: Vec<(u32, u64)> = Vec::new();
         for op in batch {
             match op {
                 Op::Put {
@@ -1255,14 +1295,14 @@ impl Committer {
                         if cur.is_some_and(|(old, _)| old > row.id) {
                             // A newer put of this key is in: as in the Put arm, this version
                             // is never visible.
-                            self.discard_record(&row);
+                            self.leave_in_batch(&row, &mut leftovers);
                             continue;
                         }
                         if cur.is_none() && self.recent_tombs.get(&h).is_some_and(|&u| u >= row.id)
                         {
                             // Deleted after this batch began: as in the Put arm, the delete
                             // came later.
-                            self.discard_record(&row);
+                            self.leave_in_batch(&row, &mut leftovers);
                             continue;
                         }
                         if let Some((old, _)) = cur {
@@ -1457,6 +1497,7 @@ impl Committer {
                 self.discard(&p);
                 r(Err(clone_err(e)));
             }
+            self.remove_leftovers(leftovers, false);
             for (r, v) in bool_replies {
                 let _ = r.send(Ok(v));
             }
@@ -1480,6 +1521,7 @@ impl Committer {
                     }
                     self.unwritten.extend(changes);
                 }
+                self.remove_leftovers(leftovers, deferred != Defer::No);
                 self.shared.stats.corrupted.fetch_add(broken, Relaxed);
                 self.shared.stats.evictions.fetch_add(expired, Relaxed);
                 answering(|| {
@@ -1513,6 +1555,7 @@ impl Committer {
                     self.discard(&p);
                     r(Err(clone_err(e)));
                 }
+                self.remove_leftovers(leftovers, false);
                 for (r, _) in bool_replies {
                     let _ = r.send(Err(clone_err(e)));
                 }
@@ -1680,6 +1723,8 @@ impl Committer {
         res?;
         self.unwritten_since = None;
         self.commits_since_checkpoint += 1;
+        let leftovers = std::mem::take(&mut self.batch_leftovers);
+        self.remove_leftovers(leftovers, false);
         let mut owners = self
             .shared
             .namespaces

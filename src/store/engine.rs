@@ -487,12 +487,19 @@ impl Cache {
     /// A new entry id, registered as in flight until the guard drops (under one lock, so a
     /// flush never sees an id handed out but not yet registered).
     fn new_id(&self) -> IdGuard {
+        self.new_ids(1)
+    }
+
+    /// `n` new entry ids that follow each other, `guard.id..guard.id + n` (a PutMany's batch,
+    /// which its records name by its first id and count). Only the first is registered as in
+    /// flight: the flush point stays below it, so below every id of the batch.
+    fn new_ids(&self, n: u64) -> IdGuard {
         let mut set = self
             .shared
             .inflight_ids
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let id = self.shared.next_id.fetch_add(1, Relaxed);
+        let id = self.shared.next_id.fetch_add(n.max(1), Relaxed);
         set.insert(id);
         IdGuard {
             shared: Arc::clone(&self.shared),
@@ -694,6 +701,7 @@ impl Cache {
             created,
             expires.unwrap_or(0),
             self.record_owner(ns, &writer),
+            None,
         );
         let stored = bytes.len() as u64;
         if stored > self.shared.cfg.max_bytes {
@@ -869,6 +877,7 @@ impl Cache {
                             created,
                             expires: expires.unwrap_or(0),
                             owner,
+                            batch: None,
                         },
                         &ns2,
                         &key2,
@@ -914,8 +923,11 @@ impl Cache {
     /// failure before that (a record that cannot be written, a full disk) discards the
     /// records already written and stores none; a refusal by the committer (the namespace is
     /// another uid's) or a failed commit stores none either. Returns how many were stored.
-    /// Keys must be distinct (a later duplicate would win over an earlier one). Same options,
-    /// contract and errors as `put`; the batch is not split into separate commits.
+    /// A crash between its writes (one batch may take several `pwritev` calls, and shards)
+    /// leaves it whole or absent too: each record names its batch, and recovery indexes the
+    /// batch's records only when it finds all of them. Keys must be distinct (a later
+    /// duplicate would win over an earlier one). Same options, contract and errors as `put`;
+    /// the batch is not split into separate commits.
     pub fn put_many(
         &self,
         ns: &str,
@@ -950,18 +962,24 @@ impl Cache {
         let owner = self.record_owner(ns, &writer);
         let _gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
         let _bytes = self.shared.inflight_bytes.acquire(total)?;
-        // Encode every record (ids registered as in flight until the commit is answered),
-        // grouped by node so each node's worker writes its records in one trip.
-        let mut ids = Vec::with_capacity(entries.len());
+        // Encode every record, grouped by node so each node's worker writes its records in
+        // one trip. The batch's ids follow each other (in flight until the commit is
+        // answered) and every record names the batch: recovery indexes them only all
+        // together, so a crash between the writes leaves the batch whole or absent.
+        let ids = self.new_ids(u64::from(count));
+        let batch = blob::Batch {
+            first: ids.id,
+            count,
+        };
         let mut rows = Vec::with_capacity(entries.len());
         // Per node: (row index, encoded record, the value for the memory tier).
         type Pending = (usize, Vec<u8>, Option<Vec<u8>>);
         let mut by_node: BTreeMap<u32, Vec<Pending>> = BTreeMap::new();
         for (key, value) in entries {
             let node = Self::target_node(&layout, &key, opts, caller)?;
-            let id = self.new_id();
+            let id = batch.first + rows.len() as u64;
             let (bytes, checksum) = blob::encode(
-                id.id,
+                id,
                 ns,
                 &key,
                 &value,
@@ -970,6 +988,7 @@ impl Cache {
                 created,
                 expires.unwrap_or(0),
                 owner,
+                Some(batch),
             );
             let stored = bytes.len() as u64;
             if stored > self.shared.cfg.max_bytes {
@@ -991,7 +1010,7 @@ impl Cache {
                 checksum,
             };
             rows.push(Row::fresh(
-                id.id,
+                id,
                 ns,
                 key,
                 node,
@@ -999,7 +1018,6 @@ impl Cache {
                 (created, expires),
                 None,
             ));
-            ids.push(id);
         }
         // The committer answers (and un-counts) the one op this batch becomes.
         self.shared.puts_in_flight.fetch_add(1, Relaxed);
@@ -1054,7 +1072,8 @@ impl Cache {
         }
         if let Some(e) = failed {
             // Nothing of the batch is indexed: the records written so far go (a large value's
-            // file now, a segment record is dead space reclaimed with its segment).
+            // file now, a segment record is dead space reclaimed with its segment; recovery
+            // after a crash never indexes it, its batch being incomplete).
             self.shared.puts_in_flight.fetch_sub(1, Relaxed);
             for i in written {
                 let row = &rows[i];

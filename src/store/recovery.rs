@@ -13,15 +13,21 @@
 //! row at or above the mark lost its record, and that the scan gave nothing newer, goes back
 //! to its newest intact older version (a search of every segment, only in that case): that
 //! put was never durable, and the version before it is the one the key had.
+//! A PutMany is all or nothing here too: its records name their batch (blob.rs, version 3),
+//! and the records of a batch at or above the mark are indexed only when every one of them
+//! is found intact (a crash between the batch's writes leaves part of it); a batch one of
+//! whose rows lost its record is taken out whole, its keys back at their older versions.
 //! A missing or corrupt `index.db` is rebuilt from the records alone (segment scans and
-//! large-value files, tombstones honoured by id), namespace owners included.
+//! large-value files, tombstones honoured by id), namespace owners included; a rebuild takes
+//! records one by one (it cannot tell a batch cut by a crash from one whose dead records were
+//! reclaimed).
 use crate::store::blob;
 use crate::store::error::StoreError;
 use crate::store::index::{self, Row};
 use crate::store::segment;
 use crate::store::shard::{self, Shard};
 use rusqlite::Connection;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -48,6 +54,78 @@ struct Repairs {
     scanned_indexed: u64,
     tombstones_applied: u64,
     older_restored: u64,
+    partial_batches: u64,
+}
+
+/// The PutMany batches in recovery's window (records at or above `verified_below`): which of
+/// their records were found intact, and which lost a record that had a row.
+struct Batches {
+    verified_below: u64,
+    /// First id -> (count, ids of its records found intact).
+    found: BTreeMap<u64, (u32, HashSet<u64>)>,
+    /// First ids of batches one of whose rows lost its record.
+    torn: HashSet<u64>,
+}
+
+impl Batches {
+    fn new(verified_below: u64) -> Batches {
+        Batches {
+            verified_below,
+            found: BTreeMap::new(),
+            torn: HashSet::new(),
+        }
+    }
+
+    /// Record `id` (of `batch`, if any) is there and intact.
+    fn saw(&mut self, batch: Option<blob::Batch>, id: u64) {
+        if let Some(b) = batch {
+            self.found
+                .entry(b.first)
+                .or_insert_with(|| (b.count, HashSet::new()))
+                .1
+                .insert(id);
+        }
+    }
+
+    /// The batch record `id` belongs to, when one of its records was found.
+    fn of(&self, id: u64) -> Option<blob::Batch> {
+        let (&first, &(count, _)) = self.found.range(..=id).next_back()?;
+        let b = blob::Batch { first, count };
+        b.holds(id).then_some(b)
+    }
+
+    /// A row of record `id` lost its record: its batch, if any, is torn.
+    fn lost(&mut self, id: u64) {
+        if let Some(b) = self.of(id) {
+            self.torn.insert(b.first);
+        }
+    }
+
+    /// Is record `id` in a torn batch?
+    fn in_torn(&self, id: u64) -> bool {
+        self.of(id).is_some_and(|b| self.torn.contains(&b.first))
+    }
+
+    /// May a record of `batch` be indexed? Yes for a record of its own and for a batch below
+    /// the mark (answered and durable whole: its ids were in flight together, so no flush
+    /// point fell inside it); else only when every record of the batch was found intact.
+    fn whole(&self, batch: Option<blob::Batch>) -> bool {
+        let Some(b) = batch else { return true };
+        b.first < self.verified_below
+            || !self.torn.contains(&b.first)
+                && self
+                    .found
+                    .get(&b.first)
+                    .is_some_and(|(count, ids)| ids.len() == *count as usize)
+    }
+
+    /// Batches in the window that are not whole.
+    fn partial(&self) -> u64 {
+        self.found
+            .iter()
+            .filter(|&(&first, &(count, _))| !self.whole(Some(blob::Batch { first, count })))
+            .count() as u64
+    }
 }
 
 /// What recovery after an unclean stop must look at beyond the rows: records at or above
@@ -181,6 +259,7 @@ pub fn recover(
             + rep.scanned_indexed
             + rep.tombstones_applied
             + rep.older_restored
+            + rep.partial_batches
             > 0
     {
         tracing::warn!(
@@ -191,6 +270,7 @@ pub fn recover(
             scanned_records_indexed = rep.scanned_indexed,
             tombstones_applied = rep.tombstones_applied,
             older_versions_restored = rep.older_restored,
+            partial_batches_left_out = rep.partial_batches,
             stale_files_removed = rep.files_removed,
             "repaired the cache after an unclean stop"
         );
@@ -263,32 +343,38 @@ fn blob_files(s: &Shard) -> Vec<(u64, std::path::PathBuf, u64)> {
     out
 }
 
-/// Read and check the record of `r` (the whole value).
-fn record_ok(s: &Shard, r: &Row) -> bool {
-    let header_len = blob::FIXED_LEN + r.namespace.len() + r.key.len() + 8;
-    let Some(payload_len) = (r.stored as usize).checked_sub(header_len) else {
-        return false;
-    };
-    let parts = match r.loc {
+/// Read and check the record of `r` (the whole value): Some(its batch, if any) when intact.
+fn checked_record(s: &Shard, r: &Row) -> Option<Option<blob::Batch>> {
+    let header_len = blob::header_len(&r.namespace, &r.key);
+    let payload_len = (r.stored as usize).checked_sub(header_len)?;
+    let (h, p) = match r.loc {
         Some((seg, off)) => s.segments.read(seg, off, header_len, payload_len),
         None => s.read_blob(r.id, header_len, payload_len),
-    };
-    match parts {
-        Ok((h, p)) => blob::decode_parts(&h, p, r.id, r.checksum).is_ok(),
-        Err(_) => false,
     }
+    .ok()?;
+    let batch = blob::batch_of(&blob::parse_header(&h).ok()?, &p).ok()?;
+    blob::decode_parts(&h, p, r.id, r.checksum).ok()?;
+    Some(batch)
 }
 
-/// A large-value file's record, whole and checked (None: torn, foreign or expired).
-fn checked_file(path: &Path, id: u64, now: u64) -> Option<blob::Header> {
+/// A large-value file's record, whole and checked, with its batch (None: torn or foreign).
+fn checked_file(path: &Path, id: u64) -> Option<(blob::Header, Option<blob::Batch>)> {
     let bytes = std::fs::read(path).ok()?;
     let h = blob::parse_header(&bytes).ok()?;
-    (h.id == id
-        && h.flags & segment::FLAG_TOMBSTONE == 0
-        && h.stored_len() == bytes.len() as u64
-        && (h.expires == 0 || h.expires > now)
-        && blob::decode_payload(&h, &bytes).is_ok())
-    .then_some(h)
+    if h.id != id
+        || h.flags & segment::FLAG_TOMBSTONE != 0
+        || h.stored_len() != bytes.len() as u64
+        || blob::decode_payload(&h, &bytes).is_err()
+    {
+        return None;
+    }
+    let batch = blob::batch_of(&h, &bytes[h.header_len..]).ok()?;
+    Some((h, batch))
+}
+
+/// Has the record of `h` expired by `now`?
+fn expired(h: &blob::Header, now: u64) -> bool {
+    h.expires != 0 && h.expires <= now
 }
 
 fn reconcile(
@@ -321,6 +407,7 @@ fn reconcile(
     let mut dropped = Vec::new();
     // Keys whose row at or above the mark lost its record (the writeback race): id dropped.
     let mut torn: HashMap<(String, String), u64> = HashMap::new();
+    let mut batches = Batches::new(verified_below);
     for r in rows {
         let present = match r.loc {
             Some((seg, off)) => seg_len
@@ -331,7 +418,13 @@ fn reconcile(
         let ok = present
             && (r.id < verified_below || {
                 rep.records_checked += 1;
-                by_node.get(&r.node).is_some_and(|s| record_ok(s, &r))
+                match by_node.get(&r.node).and_then(|s| checked_record(s, &r)) {
+                    Some(batch) => {
+                        batches.saw(batch, r.id);
+                        true
+                    }
+                    None => false,
+                }
             });
         if ok {
             keep.push(r);
@@ -350,7 +443,7 @@ fn reconcile(
     }
     rep.rows_dropped = dropped.len() as u64;
     // The scan: records at or above the mark whose rows may not have reached the disk.
-    let mut found: Vec<(Row, Option<u32>)> = Vec::new();
+    let mut found: Vec<(Row, Option<u32>, Option<blob::Batch>)> = Vec::new();
     let mut tombs: HashMap<(String, String), u64> = HashMap::new();
     for s in shards {
         let Some(&from) = win.scan_from.get(&s.node) else {
@@ -362,9 +455,12 @@ fn reconcile(
                 if let Some(t) = r.tomb {
                     let e = tombs.entry((h.namespace, h.key)).or_insert(t.upto);
                     *e = (*e).max(t.upto);
-                } else if h.id >= verified_below && (h.expires == 0 || h.expires > now) {
-                    let owner = h.owner;
-                    found.push((row_of(&h, s.node, Some((seg, r.off))), owner));
+                } else if h.id >= verified_below {
+                    batches.saw(r.batch, h.id);
+                    if !expired(&h, now) {
+                        let owner = h.owner;
+                        found.push((row_of(&h, s.node, Some((seg, r.off))), owner, r.batch));
+                    }
                 }
             }
         }
@@ -378,13 +474,57 @@ fn reconcile(
         };
         let path = s.blob_path(id);
         match (id >= verified_below)
-            .then(|| checked_file(&path, id, now))
+            .then(|| checked_file(&path, id))
             .flatten()
         {
-            Some(h) => found.push((row_of(&h, node, None), h.owner)),
+            Some((h, batch)) => {
+                batches.saw(batch, id);
+                if expired(&h, now) {
+                    remove.push(path);
+                } else {
+                    found.push((row_of(&h, node, None), h.owner, batch));
+                }
+            }
             None => remove.push(path),
         }
     }
+    // All or nothing per PutMany. A batch one of whose rows lost its record (a power loss
+    // tore it) goes whole: its other rows are dropped as torn too, so their keys go back to
+    // their older versions. A batch not found whole (a crash between its writes) is not
+    // indexed from its records.
+    for &id in dropped.iter().filter(|&&id| id >= verified_below) {
+        batches.lost(id);
+    }
+    if !batches.torn.is_empty() {
+        keep.retain(|r| {
+            if r.id < verified_below || !batches.in_torn(r.id) {
+                return true;
+            }
+            if r.loc.is_none()
+                && let Some(s) = by_node.get(&r.node)
+            {
+                remove.push(s.blob_path(r.id));
+            }
+            let e = torn
+                .entry((r.namespace.clone(), r.key.clone()))
+                .or_insert(r.id);
+            *e = (*e).max(r.id);
+            dropped.push(r.id);
+            false
+        });
+        rep.rows_dropped = dropped.len() as u64;
+    }
+    rep.partial_batches = batches.partial();
+    found.retain(|(r, _, batch)| {
+        let whole = batches.whole(*batch);
+        if !whole
+            && r.loc.is_none()
+            && let Some(s) = by_node.get(&r.node)
+        {
+            remove.push(s.blob_path(r.id));
+        }
+        whole
+    });
     let owners: HashMap<String, Option<u32>> = index::load_namespaces(conn)
         .map_err(|e| StoreError::sql("loading namespaces", e))?
         .into_iter()
@@ -397,10 +537,10 @@ fn reconcile(
         .chain(
             found
                 .iter()
-                .map(|(r, _)| (r.namespace.as_str(), r.key.as_str())),
+                .map(|(r, _, _)| (r.namespace.as_str(), r.key.as_str())),
         )
         .collect();
-    let found_ids: std::collections::HashSet<u64> = found.iter().map(|(r, _)| r.id).collect();
+    let found_ids: std::collections::HashSet<u64> = found.iter().map(|(r, _, _)| r.id).collect();
     let mut at: HashMap<(String, String), usize> = HashMap::new();
     let mut row_ids: std::collections::HashSet<u64> = Default::default();
     for (i, r) in slots.iter().enumerate() {
@@ -431,9 +571,9 @@ fn reconcile(
         }
     }
     // Then the newest intact record of each key, when newer than its row.
-    found.sort_by_key(|(r, _)| std::cmp::Reverse(r.id));
+    found.sort_by_key(|(r, _, _)| std::cmp::Reverse(r.id));
     let mut seen: std::collections::HashSet<(String, String)> = Default::default();
-    for (r, owner) in found {
+    for (r, owner, _) in found {
         if row_ids.contains(&r.id) {
             continue;
         }
@@ -475,7 +615,7 @@ fn reconcile(
         torn.remove(&(r.namespace.clone(), r.key.clone()));
     }
     if !torn.is_empty() {
-        inserted.extend(older_versions(shards, &torn, &owners, now, rep)?);
+        inserted.extend(older_versions(shards, &torn, &owners, &batches, now, rep)?);
     }
     let tx = conn
         .transaction()
@@ -498,12 +638,14 @@ fn reconcile(
 }
 
 /// For each key of `torn` (key -> id of the version whose record was torn), its newest intact
-/// segment record with a smaller id that no tombstone covers and that carries its
-/// namespace's owner: a search of every segment, done only after a power loss tore a record.
+/// segment record with a smaller id that no tombstone covers, that carries its namespace's
+/// owner and whose batch, if any, is whole: a search of every segment, done only after a
+/// power loss tore a record.
 fn older_versions(
     shards: &[Arc<Shard>],
     torn: &HashMap<(String, String), u64>,
     owners: &HashMap<String, Option<u32>>,
+    batches: &Batches,
     now: u64,
     rep: &mut Repairs,
 ) -> Result<Vec<Row>, StoreError> {
@@ -523,7 +665,8 @@ fn older_versions(
                     continue;
                 }
                 if h.id >= torn_id
-                    || (h.expires != 0 && h.expires <= now)
+                    || expired(&h, now)
+                    || !batches.whole(r.batch)
                     || owners.get(&h.namespace) != Some(&h.owner)
                     || best.get(&k).is_some_and(|b| b.id >= h.id)
                 {
@@ -589,7 +732,7 @@ fn rebuild(
                     *e = (*e).max(t.upto);
                     continue;
                 }
-                if h.expires != 0 && h.expires <= now {
+                if expired(&h, now) {
                     continue;
                 }
                 let owner = h.owner;
@@ -597,8 +740,8 @@ fn rebuild(
             }
         }
         for (id, path, _) in blob_files(s) {
-            match checked_file(&path, id, now) {
-                Some(h) => found.push((row_of(&h, s.node, None), h.owner)),
+            match checked_file(&path, id).filter(|(h, _)| !expired(h, now)) {
+                Some((h, _)) => found.push((row_of(&h, s.node, None), h.owner)),
                 None => remove.push(path),
             }
         }

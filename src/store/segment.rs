@@ -26,6 +26,11 @@
 //! to: every older version of the key lies in a segment up to that one, so the tombstone is
 //! needed while one of those segments exists). `scan` never returns tombstones;
 //! `scan_records` does.
+//!
+//! The records of one PutMany carry their batch (blob.rs, version 3: the first id and the
+//! count); `scan_records` reports it. One batch may take several writes (at most IOV_MAX
+//! pieces each) and several shards, so a crash can leave part of it: recovery indexes a
+//! batch's records only when every one of them is found intact.
 
 use crate::store::blob;
 use crate::store::error::StoreError;
@@ -89,6 +94,7 @@ pub fn encode_tombstone(
             created,
             expires: 0,
             owner,
+            batch: None,
         },
         namespace,
         key,
@@ -121,6 +127,8 @@ pub struct Scanned {
     pub header: blob::Header,
     /// Some: a tombstone.
     pub tomb: Option<Tomb>,
+    /// Some: a record of a PutMany (blob.rs, version 3).
+    pub batch: Option<blob::Batch>,
 }
 
 /// Bytes a record of `len` stored bytes takes in a segment.
@@ -905,6 +913,7 @@ impl SegmentLog {
                 && let Some(end) = off.checked_add(h.stored_len() as usize)
                 && end <= buf.len()
                 && let Ok(payload) = blob::decode_payload(&h, &buf[off..end])
+                && let Ok(batch) = blob::batch_of(&h, &buf[off + h.header_len..end])
             {
                 let step = padded(h.stored_len()) as usize;
                 let tomb = tomb_of(&h, &payload);
@@ -913,6 +922,7 @@ impl SegmentLog {
                         off: off as u64,
                         header: h,
                         tomb,
+                        batch,
                     });
                 }
                 off += step;
@@ -999,6 +1009,7 @@ mod tests {
                 1,
                 0,
                 None,
+                None,
             );
             assert_ne!(
                 rec.len() as u64 % ALIGN,
@@ -1020,7 +1031,7 @@ mod tests {
         let mut locs = Vec::new();
         for i in 0..5u64 {
             let v = vec![i as u8; 100 + i as usize];
-            let (rec, sum) = blob::encode(i, "ns", &format!("k{i}"), &v, 3, 0, 1, 0, Some(7));
+            let (rec, sum) = blob::encode(i, "ns", &format!("k{i}"), &v, 3, 0, 1, 0, Some(7), None);
             let (seg, off) = log.append(&rec).unwrap();
             locs.push((seg, off, rec.len(), sum));
         }
@@ -1052,13 +1063,46 @@ mod tests {
     fn a_prepared_segment_takes_the_next_records_in_place_and_voided_ones_scan_out() {
         let dir = tempfile::tempdir().unwrap();
         let log = SegmentLog::open(dir.path(), 0, 1 << 20).unwrap();
-        let (a, _) = blob::encode(1, "ns", "a", &[1u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let (a, _) = blob::encode(
+            1,
+            "ns",
+            "a",
+            &[1u8; 100],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
         let (s1, _) = log.append(&a).unwrap();
         // Prepare until ready: the unprepared active segment is sealed then.
         prepare(&log);
         assert_eq!(log.active_id(), None, "the unprepared segment is sealed");
-        let (b, _) = blob::encode(2, "ns", "b", &[2u8; 100], 3, usize::MAX, 1, 0, Some(7));
-        let (c, _) = blob::encode(3, "ns", "c", &[3u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let (b, _) = blob::encode(
+            2,
+            "ns",
+            "b",
+            &[2u8; 100],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
+        let (c, _) = blob::encode(
+            3,
+            "ns",
+            "c",
+            &[3u8; 100],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
         let locs = log.append_many(&[&b, &c]).unwrap();
         let s2 = locs[0].0;
         assert!(s2 > s1);
@@ -1072,7 +1116,18 @@ mod tests {
         let ids: Vec<u64> = log.scan(s2).unwrap().iter().map(|(_, h)| h.id).collect();
         assert_eq!(ids, vec![3]);
         // A record that does not fit in the prepared length starts a new segment.
-        let (big, _) = blob::encode(4, "ns", "d", &[4u8; 1 << 20], 3, usize::MAX, 1, 0, None);
+        let (big, _) = blob::encode(
+            4,
+            "ns",
+            "d",
+            &[4u8; 1 << 20],
+            3,
+            usize::MAX,
+            1,
+            0,
+            None,
+            None,
+        );
         let (s3, _) = log.append(&big).unwrap();
         assert!(s3 > s2);
         // A prepared file left by a stopped run is removed at open, never taken as a segment.
@@ -1107,12 +1162,45 @@ mod tests {
         // holding that id, or a crash recovery would skip it.
         let dir = tempfile::tempdir().unwrap();
         let log = SegmentLog::open(dir.path(), 0, 64 << 10).unwrap();
-        let (a, _) = blob::encode(5, "ns", "a", &[1u8; 100], 3, usize::MAX, 1, 0, Some(7));
-        let (b, _) = blob::encode(9, "ns", "b", &[2u8; 100], 3, usize::MAX, 1, 0, Some(7));
+        let (a, _) = blob::encode(
+            5,
+            "ns",
+            "a",
+            &[1u8; 100],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
+        let (b, _) = blob::encode(
+            9,
+            "ns",
+            "b",
+            &[2u8; 100],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
         let locs = log.append_many(&[&a, &b]).unwrap();
         let s1 = locs[0].0;
         // The next append goes to a new segment: s1 is no longer the active one.
-        let (big, _) = blob::encode(10, "ns", "c", &[3u8; 70_000], 3, usize::MAX, 1, 0, Some(7));
+        let (big, _) = blob::encode(
+            10,
+            "ns",
+            "c",
+            &[3u8; 70_000],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
         let (s2, _) = log.append(&big).unwrap();
         assert!(s2 > s1);
         assert_eq!(
@@ -1127,7 +1215,18 @@ mod tests {
     fn tombstones_scan_apart_and_the_scan_start_covers_records_in_flight() {
         let dir = tempfile::tempdir().unwrap();
         let log = SegmentLog::open(dir.path(), 0, 64 << 10).unwrap();
-        let (rec, _) = blob::encode(10, "ns", "k", &[1u8; 40_000], 3, usize::MAX, 1, 0, Some(7));
+        let (rec, _) = blob::encode(
+            10,
+            "ns",
+            "k",
+            &[1u8; 40_000],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
         let (s1, _) = log.append(&rec).unwrap();
         let t = Tomb {
             upto: 10,
@@ -1148,7 +1247,18 @@ mod tests {
         // A record with id 12 goes to a second segment (the first is full). The scan start
         // for mark 12 is the second; for mark 11 the first (it holds the tombstone, id 11);
         // for a mark above every id, the active one.
-        let (rec, _) = blob::encode(12, "ns", "k2", &[2u8; 40_000], 3, usize::MAX, 1, 0, Some(7));
+        let (rec, _) = blob::encode(
+            12,
+            "ns",
+            "k2",
+            &[2u8; 40_000],
+            3,
+            usize::MAX,
+            1,
+            0,
+            Some(7),
+            None,
+        );
         let (s2, _) = log.append(&rec).unwrap();
         assert!(s2 > s1);
         assert_eq!(log.scan_start(12), s2);
@@ -1157,7 +1267,7 @@ mod tests {
         // Ids are never reused, even when the newest segment goes.
         log.seal();
         log.remove(s2).unwrap();
-        let (rec, _) = blob::encode(13, "ns", "k3", &[3u8; 100], 3, 0, 1, 0, Some(7));
+        let (rec, _) = blob::encode(13, "ns", "k3", &[3u8; 100], 3, 0, 1, 0, Some(7), None);
         let (s3, _) = log.append(&rec).unwrap();
         assert!(s3 > s2, "segment id {s3} reused");
     }
