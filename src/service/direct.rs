@@ -166,7 +166,7 @@ impl DirectServer {
         let (mine, theirs) = UnixStream::pair().map_err(unavailable)?;
         mine.set_nonblocking(true).map_err(unavailable)?;
         let mine = tokio::net::UnixStream::from_std(mine).map_err(unavailable)?;
-        let mine = DirectSocket::new(mine, uid, &self.budgets);
+        let mine = DirectSocket::new(mine, uid, &self.budgets).map_err(unavailable)?;
         let caller = Arc::new(DirectCaller::new(who, mine.replies()));
         let iface = iface(Arc::clone(&caller));
         tokio::spawn(serve(mine, uid, iface, slot));
