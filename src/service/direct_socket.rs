@@ -11,16 +11,29 @@
 //! - a message is handed on only once its announced length (at least [`MIN_CHARGE`]) fits
 //!   the budget of its uid ([`UID_BUDGET`], shared by that uid's direct connections) and the
 //!   budget of all direct connections ([`TOTAL_BUDGET`]); until then the read waits, which
-//!   stalls that peer only. A method call expecting a reply holds its share until the reply
-//!   has been written (so a flood of real calls is bounded as well as a stalled one); any
-//!   other message, once it has been received in full. A closed connection gives back all
-//!   it held;
+//!   stalls that peer only, and watches the socket: a peer hanging up meanwhile ends the
+//!   connection, which gives back all it held. A method call holds its share until its
+//!   handler's reply has been written (so a flood of real calls is bounded as well as a
+//!   stalled one); a call that asked for no reply is handed to zbus as one that does, so
+//!   that it holds its share until its handler ends too, and its reply is not sent. Any
+//!   other message holds its share until received in full;
 //! - a message let in must arrive in full within [`MESSAGE_LIMIT`], else the connection
 //!   closes: a peer that announces and stalls holds its share for that long at most;
 //! - file descriptors count too (each [`FD_CHARGE`], so the descriptors a uid has in the
 //!   daemon stay far under the unit's `LimitNOFILE`); they must come with a message's first
-//!   bytes, as every D-Bus library sends them, at most [`FDS_MAX`] of them, and never
-//!   during the handshake;
+//!   bytes, as every D-Bus library sends them, at most [`FDS_PER_MESSAGE`] of them (what
+//!   PutFd takes; a read has room for no more, so the kernel closes any others unread and
+//!   the connection closes), and never during the handshake;
+//! - every byte must come from a process of the opener's uid: the socket has SO_PASSCRED,
+//!   so the kernel attaches the writer's credentials to each read (and never merges bytes
+//!   of two writers in one); bytes of another uid (the descriptor was passed on) close the
+//!   connection, with a log line naming both uids. The SASL EXTERNAL claim is then only
+//!   checked for consistency by zbus: no claim, or the opener's uid;
+//! - each message zbus makes of the bytes is checked before it is handled
+//!   ([`Reader::receive_message`]): its descriptors must be those its header announces and
+//!   no more than its arguments take (none for a signature without `h`), and its body must
+//!   hold exactly the values of its signature (zbus's `Body::validate`): bytes past them,
+//!   which the handler would hold for nothing, close the connection;
 //! - a call's serial must not repeat one still unanswered on that connection (the budget
 //!   gives a call's share back by the serial of its reply);
 //! - replies that carry values (Get, GetMany, GetOrLease) count against a second pair of
@@ -39,8 +52,8 @@
 //!   message budgets so that calls holding the whole message budget, each waiting for room
 //!   for its reply, cannot wait on each other forever.
 //!
-//! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
-//! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
+//! Bytes, file descriptors and the writer's credentials go through `recvmsg`/`sendmsg` on
+//! the tokio socket (rustix, no `unsafe`).
 
 use crate::app::budget::PerUid;
 use crate::policy::sockq;
@@ -644,20 +657,29 @@ async fn recv(
 
 /// Resolves once the peer of `stream` has hung up (bytes it sent and the daemon has not
 /// read yet do not count), or the socket fails: for a read waiting for room in the
-/// budgets, which reads nothing meanwhile.
+/// budgets, which reads nothing meanwhile. It watches a duplicate of the descriptor, a
+/// registration of its own, so that forgetting the readiness of bytes waiting (to sleep
+/// until the next event: more bytes, or the hang-up) leaves the stream's own readiness as
+/// it is for the read that follows.
 async fn hung_up(stream: &UnixStream) -> io::Error {
+    let watch = match stream
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)))
+    {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
     loop {
-        match stream.ready(Interest::READABLE).await {
+        match watch.ready(Interest::READABLE).await {
             Ok(ready) if ready.is_read_closed() => {
                 return io::Error::new(
                     io::ErrorKind::BrokenPipe,
                     "the peer of a direct connection hung up while a message waited for room",
                 );
             }
-            // Bytes wait: forget this readiness, so that only a new event (more bytes, or
-            // the hang-up) wakes the loop again.
             Ok(_) => {
-                let _ = stream.try_io(Interest::READABLE, || {
+                let _ = watch.try_io(Interest::READABLE, || {
                     Err::<(), _>(io::ErrorKind::WouldBlock.into())
                 });
             }
@@ -711,6 +733,7 @@ impl Framed {
         // Nothing of the message reaches zbus (which would allocate all of it) before its
         // length fits the budgets.
         let share = tokio::select! {
+            biased;
             share = self.ledger.reserve(charge) => share?,
             e = hung_up(&self.stream) => return Err(e),
         };
