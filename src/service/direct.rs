@@ -7,9 +7,11 @@
 //!   bus reported them then, the last CPU of that pid read again as over the bus. The bus
 //!   policy decided who may call OpenDirect; namespace ownership is checked per call as
 //!   usual.
-//! - The handshake must claim that uid (SASL EXTERNAL with the uid the bus reported), so a
-//!   descriptor passed on to a process of another user is refused, and it must finish within
-//!   [`HANDSHAKE_LIMIT`].
+//! - Bound to its opener: every byte read must have been written by a process of that uid
+//!   (the kernel's SCM_CREDENTIALS, see [`crate::service::direct_socket`]), so a descriptor
+//!   passed on to a process of another user is closed at its first byte, whatever its
+//!   handshake claims; the SASL EXTERNAL claim must be that uid or empty. The handshake must
+//!   finish within [`HANDSHAKE_LIMIT`].
 //! - Bounded: at most [`MAX_PER_UID`] open per uid and [`MAX_TOTAL`] in all (a hostile
 //!   member must not exhaust the daemon's descriptors); past either, `Unavailable` naming the
 //!   limit. A connection closes when its peer hangs up; [`DirectServer::close_all`] (the
@@ -166,7 +168,7 @@ impl DirectServer {
         let (mine, theirs) = UnixStream::pair().map_err(unavailable)?;
         mine.set_nonblocking(true).map_err(unavailable)?;
         let mine = tokio::net::UnixStream::from_std(mine).map_err(unavailable)?;
-        let mine = DirectSocket::new(mine, uid, &self.budgets);
+        let mine = DirectSocket::new(mine, uid, &self.budgets).map_err(unavailable)?;
         let caller = Arc::new(DirectCaller::new(who, mine.replies()));
         let iface = iface(Arc::clone(&caller));
         tokio::spawn(serve(mine, uid, iface, slot));
@@ -229,7 +231,8 @@ async fn serve<I: Interface>(socket: DirectSocket, uid: u32, iface: I, slot: Slo
         .server(guid)
         .p2p()
         .max_queued(MAX_QUEUED)
-        // SASL EXTERNAL must name the uid the bus reported for the OpenDirect caller.
+        // A SASL EXTERNAL claim must name the opener's uid, or none (the bytes themselves
+        // must come from that uid: the socket checks the credentials of every read).
         .user_id(uid)
         .serve_at(ROOT_PATH, iface)
         .build();

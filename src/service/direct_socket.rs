@@ -11,16 +11,29 @@
 //! - a message is handed on only once its announced length (at least [`MIN_CHARGE`]) fits
 //!   the budget of its uid ([`UID_BUDGET`], shared by that uid's direct connections) and the
 //!   budget of all direct connections ([`TOTAL_BUDGET`]); until then the read waits, which
-//!   stalls that peer only. A method call expecting a reply holds its share until the reply
-//!   has been written (so a flood of real calls is bounded as well as a stalled one); any
-//!   other message, once it has been received in full. A closed connection gives back all
-//!   it held;
+//!   stalls that peer only, and watches the socket: a peer hanging up meanwhile ends the
+//!   connection, which gives back all it held. A method call holds its share until its
+//!   handler's reply has been written (so a flood of real calls is bounded as well as a
+//!   stalled one); a call that asked for no reply is handed to zbus as one that does, so
+//!   that it holds its share until its handler ends too, and its reply is not sent. Any
+//!   other message holds its share until received in full;
 //! - a message let in must arrive in full within [`MESSAGE_LIMIT`], else the connection
 //!   closes: a peer that announces and stalls holds its share for that long at most;
 //! - file descriptors count too (each [`FD_CHARGE`], so the descriptors a uid has in the
 //!   daemon stay far under the unit's `LimitNOFILE`); they must come with a message's first
-//!   bytes, as every D-Bus library sends them, at most [`FDS_MAX`] of them, and never
-//!   during the handshake;
+//!   bytes, as every D-Bus library sends them, at most [`FDS_PER_MESSAGE`] of them (what
+//!   PutFd takes; a read has room for no more, so the kernel closes any others unread and
+//!   the connection closes), and never during the handshake;
+//! - every byte must come from a process of the opener's uid: the socket has SO_PASSCRED,
+//!   so the kernel attaches the writer's credentials to each read (and never merges bytes
+//!   of two writers in one); bytes of another uid (the descriptor was passed on) close the
+//!   connection, with a log line naming both uids. The SASL EXTERNAL claim is then only
+//!   checked for consistency by zbus: no claim, or the opener's uid;
+//! - each message zbus makes of the bytes is checked before it is handled
+//!   ([`Reader::receive_message`]): its descriptors must be those its header announces and
+//!   no more than its arguments take (none for a signature without `h`), and its body must
+//!   hold exactly the values of its signature (zbus's `Body::validate`): bytes past them,
+//!   which the handler would hold for nothing, close the connection;
 //! - a call's serial must not repeat one still unanswered on that connection (the budget
 //!   gives a call's share back by the serial of its reply);
 //! - replies that carry values (Get, GetMany, GetOrLease) count against a second pair of
@@ -39,8 +52,8 @@
 //!   message budgets so that calls holding the whole message budget, each waiting for room
 //!   for its reply, cannot wait on each other forever.
 //!
-//! Bytes and file descriptors go through `recvmsg`/`sendmsg` on the tokio socket (rustix,
-//! no `unsafe`); the credentials are the socket's, for the SASL EXTERNAL check.
+//! Bytes, file descriptors and the writer's credentials go through `recvmsg`/`sendmsg` on
+//! the tokio socket (rustix, no `unsafe`).
 
 use crate::app::budget::PerUid;
 use crate::policy::sockq;
@@ -86,9 +99,12 @@ pub const FD_CHARGE: u64 = 1 << 20;
 
 /// The longest SASL line accepted (zbus's client sends lines of under 100 bytes).
 const SASL_LINE_MAX: usize = 4096;
-/// The most file descriptors one message may carry, and one `recvmsg` takes (the kernel's
-/// SCM_MAX_FD).
-pub const FDS_MAX: usize = 253;
+/// The most file descriptors one message may carry: what the call taking the most takes
+/// (PutFd, one). One `recvmsg` has room for no more, so the kernel closes any others sent
+/// with the same bytes before they reach the daemon's table (and flags the read truncated).
+pub const FDS_PER_MESSAGE: usize = 1;
+/// The most file descriptors the daemon sends with one message (the kernel's SCM_MAX_FD).
+const FDS_MAX: usize = 253;
 /// The D-Bus primary header: endianness, type, flags, version, body length, serial,
 /// header-fields length.
 const PRIMARY_HEADER: usize = 16;
@@ -106,6 +122,8 @@ pub struct Framing {
     pub serial: u32,
     /// A method call that expects a reply.
     pub wants_reply: bool,
+    /// A method call, expecting a reply or not.
+    pub call: bool,
 }
 
 /// The framing of the message `h` opens, or what is wrong with it.
@@ -129,6 +147,7 @@ pub fn parse_primary_header(h: &[u8; PRIMARY_HEADER]) -> io::Result<Framing> {
         total: header.next_multiple_of(8) + body,
         serial,
         wants_reply: h[1] == METHOD_CALL && h[2] & NO_REPLY_EXPECTED == 0,
+        call: h[1] == METHOD_CALL,
     })
 }
 
@@ -202,6 +221,7 @@ fn sasl_byte(line: &mut Vec<u8>, first: &mut bool, b: u8) -> io::Result<Line> {
 #[derive(Debug)]
 pub struct Budgets {
     per_uid: PerUid,
+    uid_bytes: u64,
     total: Arc<Semaphore>,
     message_limit: Duration,
     /// Of replies: per uid, and for all.
@@ -232,6 +252,7 @@ impl Budgets {
     ) -> Budgets {
         Budgets {
             per_uid: PerUid::new(units(uid_bytes)),
+            uid_bytes,
             total: Arc::new(Semaphore::new(units(total_bytes))),
             message_limit: MESSAGE_LIMIT,
             replies_per_uid: PerUid::new(units(reply_uid_bytes.min(reply_total_bytes))),
@@ -301,6 +322,9 @@ async fn acquire(uid: &Arc<Semaphore>, total: &Arc<Semaphore>, bytes: u64) -> io
 #[derive(Debug)]
 struct Pending {
     serial: u32,
+    /// The call asked for no reply: zbus was handed it as one that does (so that the share
+    /// is held until its handler ends), and the reply is not sent.
+    silent: bool,
     _call: Share,
     reply: Option<Share>,
     /// The reply carries a memfd: its share is held until the peer has read it.
@@ -330,6 +354,8 @@ struct Unread {
 struct Ledger {
     uid: u32,
     message_limit: Duration,
+    /// The uid's whole message budget: a message charged more could never be let in.
+    uid_bytes: u64,
     uid_budget: Arc<Semaphore>,
     total: Arc<Semaphore>,
     reply_uid: Arc<Semaphore>,
@@ -356,11 +382,13 @@ impl Ledger {
         self.lock().iter().any(|p| p.serial == serial)
     }
 
-    /// A message has been received in full: a call keeps its share until answered.
+    /// A message has been received in full: a call keeps its share until answered (one
+    /// that asked for no reply, until its handler's reply, which is not sent).
     fn received(&self, framing: Framing, share: Share) {
-        if framing.wants_reply {
+        if framing.call {
             self.lock().push(Pending {
                 serial: framing.serial,
+                silent: !framing.wants_reply,
                 _call: share,
                 reply: None,
                 until_read: false,
@@ -377,6 +405,18 @@ impl Ledger {
             p.reply = Some(share);
             p.until_read = until_read;
         }
+    }
+
+    /// The reply to `serial` is to a call that asked for none: give back its shares; true
+    /// when so (the reply is not to be sent).
+    fn take_silent(&self, serial: u32) -> bool {
+        let pending = {
+            let mut v = self.lock();
+            v.iter()
+                .position(|p| p.serial == serial && p.silent)
+                .map(|i| v.swap_remove(i))
+        };
+        pending.is_some()
     }
 
     /// A reply to `serial` has been written: give back that call's share and its reply's,
@@ -478,14 +518,17 @@ pub struct DirectSocket {
 }
 
 impl DirectSocket {
-    /// `stream` (the daemon's end, non-blocking, in this tokio runtime) for `uid`, drawing
-    /// on `budgets`.
-    pub fn new(stream: UnixStream, uid: u32, budgets: &Budgets) -> DirectSocket {
-        DirectSocket {
+    /// `stream` (the daemon's end, non-blocking, in this tokio runtime, not read yet) for
+    /// `uid`, the opener, drawing on `budgets`. The kernel is asked to tell the sender of
+    /// every byte read from it (SO_PASSCRED), which must be of `uid`.
+    pub fn new(stream: UnixStream, uid: u32, budgets: &Budgets) -> io::Result<DirectSocket> {
+        rustix::net::sockopt::set_socket_passcred(&stream, true)?;
+        Ok(DirectSocket {
             stream: Arc::new(stream),
             ledger: Arc::new(Ledger {
                 uid,
                 message_limit: budgets.message_limit,
+                uid_bytes: budgets.uid_bytes,
                 uid_budget: budgets.of_uid(uid),
                 total: Arc::clone(&budgets.total),
                 reply_uid: budgets.replies_of_uid(uid),
@@ -494,7 +537,7 @@ impl DirectSocket {
                 unanswered: Mutex::new(Vec::new()),
                 closed: watch::Sender::new(false),
             }),
-        }
+        })
     }
 
     /// The handle on this connection's reply budget its handlers reserve from.
@@ -515,13 +558,15 @@ impl Socket for DirectSocket {
 
     fn split(self) -> Split<Reader, Writer> {
         let reader = Reader {
-            stream: Arc::clone(&self.stream),
-            ledger: Arc::clone(&self.ledger),
-            phase: Phase::Sasl {
-                line: Vec::new(),
-                first: true,
+            framed: Framed {
+                stream: Arc::clone(&self.stream),
+                ledger: Arc::clone(&self.ledger),
+                phase: Phase::Sasl {
+                    line: Vec::new(),
+                    first: true,
+                },
+                fds: Vec::new(),
             },
-            fds: Vec::new(),
         };
         let writer = Writer {
             stream: self.stream,
@@ -532,9 +577,16 @@ impl Socket for DirectSocket {
     }
 }
 
-/// The read half: follows the stream (see the module).
+/// The read half: the stream followed byte by byte ([`Framed`]), and each message zbus
+/// makes of it checked before it is handled (see the module).
 #[derive(Debug)]
 pub struct Reader {
+    framed: Framed,
+}
+
+/// Follows the stream (see the module), handing zbus its bytes.
+#[derive(Debug)]
+struct Framed {
     stream: Arc<UnixStream>,
     ledger: Arc<Ledger>,
     phase: Phase,
@@ -542,22 +594,101 @@ pub struct Reader {
     fds: Vec<OwnedFd>,
 }
 
-/// Read up to `buf.len()` bytes (at least one) from `stream` and the descriptors sent with
-/// them; the peer hanging up is an error, as zbus's own sockets have it.
-async fn recv(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+/// What one read brought.
+struct Received {
+    bytes: usize,
+    fds: Vec<OwnedFd>,
+    /// The sender's credentials, as the kernel attached them (SO_PASSCRED).
+    sender: Option<rustix::net::UCred>,
+    /// More descriptors came than a read has room for: the kernel closed the rest.
+    truncated: bool,
+}
+
+/// Log that the peer of `uid`'s direct connection `did` something a direct connection
+/// refuses; the error that closes the connection.
+fn refuse(uid: u32, did: &str) -> io::Error {
+    tracing::warn!("a direct connection of uid {uid} {did}: closing it");
+    io::Error::new(io::ErrorKind::InvalidData, format!("the peer {did}"))
+}
+
+/// Read up to `buf.len()` bytes (at least one) from `ledger`'s connection, and the
+/// descriptors sent with them. The peer hanging up is an error, as zbus's own sockets have
+/// it; so are bytes written by a process of another uid than the opener's (the descriptor
+/// was passed on), and more descriptors than a message may carry.
+async fn recv(
+    stream: &UnixStream,
+    ledger: &Ledger,
+    buf: &mut [u8],
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     let got = stream
         .async_io(Interest::READABLE, || fd_recvmsg(stream.as_fd(), buf))
         .await?;
-    if got.0 == 0 {
+    if got.bytes == 0 {
         return Err(io::Error::new(
             io::ErrorKind::BrokenPipe,
             "the peer of a direct connection hung up",
         ));
     }
-    Ok(got)
+    let uid = ledger.uid;
+    match got.sender.map(|c| c.uid.as_raw()) {
+        Some(sender) if sender == uid => (),
+        Some(sender) => {
+            return Err(refuse(
+                uid,
+                &format!(
+                    "was written to by a process of uid {sender}, not by the opener's \
+                     (uid {uid}): its descriptor was passed on"
+                ),
+            ));
+        }
+        None => return Err(refuse(uid, "sent bytes without the sender's credentials")),
+    }
+    if got.truncated {
+        return Err(refuse(
+            uid,
+            &format!(
+                "sent more than {FDS_PER_MESSAGE} file descriptor with one message, the most a \
+                 call takes (the rest were closed unread)"
+            ),
+        ));
+    }
+    Ok((got.bytes, got.fds))
 }
 
-impl Drop for Reader {
+/// Resolves once the peer of `stream` has hung up (bytes it sent and the daemon has not
+/// read yet do not count), or the socket fails: for a read waiting for room in the
+/// budgets, which reads nothing meanwhile. It watches a duplicate of the descriptor, a
+/// registration of its own, so that forgetting the readiness of bytes waiting (to sleep
+/// until the next event: more bytes, or the hang-up) leaves the stream's own readiness as
+/// it is for the read that follows.
+async fn hung_up(stream: &UnixStream) -> io::Error {
+    let watch = match stream
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)))
+    {
+        Ok(w) => w,
+        Err(e) => return e,
+    };
+    loop {
+        match watch.ready(Interest::READABLE).await {
+            Ok(ready) if ready.is_read_closed() => {
+                return io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the peer of a direct connection hung up while a message waited for room",
+                );
+            }
+            Ok(_) => {
+                let _ = watch.try_io(Interest::READABLE, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+impl Drop for Framed {
     fn drop(&mut self) {
         // zbus drops the read half when the connection ends (the peer hung up, or was
         // refused): nothing it holds can be answered usefully any more.
@@ -565,20 +696,65 @@ impl Drop for Reader {
     }
 }
 
-impl Reader {
-    /// Log that the peer `did` something a direct connection refuses; the error that closes
-    /// the connection.
+impl Framed {
     fn refuse(&self, did: &str) -> io::Error {
-        tracing::warn!(
-            "a direct connection of uid {} {did}: closing it",
-            self.ledger.uid
-        );
-        io::Error::new(io::ErrorKind::InvalidData, format!("the peer {did}"))
+        refuse(self.ledger.uid, did)
+    }
+
+    /// The primary header `h` just read in full, with `self.fds` sent with it: the
+    /// message's phase once it may be received, after waiting for room in the budgets
+    /// (while noticing the peer hanging up); an error that closes the connection if it
+    /// never may.
+    async fn admit(&mut self, mut h: [u8; PRIMARY_HEADER]) -> io::Result<Phase> {
+        let framing = parse_primary_header(&h)?;
+        if framing.total > MAX_DIRECT_MESSAGE {
+            return Err(self.refuse(&format!(
+                "announced a message of {} bytes, more than the {MAX_DIRECT_MESSAGE} a direct \
+                 connection accepts (larger values go by PutFd)",
+                framing.total
+            )));
+        }
+        if framing.call && self.ledger.unanswered(framing.serial) {
+            return Err(self.refuse(&format!(
+                "sent a call with serial {}, which an unanswered call has",
+                framing.serial
+            )));
+        }
+        let charge = framing.total.max(MIN_CHARGE) + self.fds.len() as u64 * FD_CHARGE;
+        if charge > self.ledger.uid_bytes {
+            return Err(self.refuse(&format!(
+                "sent a message of {} bytes with {} file descriptors, more than its uid's whole \
+                 budget of {} bytes",
+                framing.total,
+                self.fds.len(),
+                self.ledger.uid_bytes
+            )));
+        }
+        // Nothing of the message reaches zbus (which would allocate all of it) before its
+        // length fits the budgets.
+        let share = tokio::select! {
+            biased;
+            share = self.ledger.reserve(charge) => share?,
+            e = hung_up(&self.stream) => return Err(e),
+        };
+        // A call that wants no reply is handed on as one that does: its reply, which is not
+        // sent, tells when its handler is done with it, and so when its share comes back.
+        if framing.call {
+            h[2] &= !NO_REPLY_EXPECTED;
+        }
+        Ok(Phase::Message {
+            header: h,
+            given: 0,
+            body: framing.total - PRIMARY_HEADER as u64,
+            framing,
+            share: Some(share),
+            deadline: tokio::time::Instant::now() + self.ledger.message_limit,
+        })
     }
 }
 
 #[async_trait]
-impl ReadHalf for Reader {
+impl ReadHalf for Framed {
     async fn recvmsg(&mut self, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
         if buf.is_empty() {
             return Ok((0, Vec::new()));
@@ -586,7 +762,7 @@ impl ReadHalf for Reader {
         loop {
             match &mut self.phase {
                 Phase::Sasl { line, first } => {
-                    let (n, fds) = recv(&self.stream, &mut buf[..1]).await?;
+                    let (n, fds) = recv(&self.stream, &self.ledger, &mut buf[..1]).await?;
                     if !fds.is_empty() {
                         return Err(self.refuse("sent file descriptors during the handshake"));
                     }
@@ -601,11 +777,13 @@ impl ReadHalf for Reader {
                 Phase::Header { header, got } => {
                     let mut h = *header;
                     let at = *got;
-                    let (n, fds) = recv(&self.stream, &mut h[at..]).await?;
+                    let (n, fds) = recv(&self.stream, &self.ledger, &mut h[at..]).await?;
                     self.fds.extend(fds);
-                    if self.fds.len() > FDS_MAX {
+                    if self.fds.len() > FDS_PER_MESSAGE {
                         return Err(self.refuse(&format!(
-                            "sent more than {FDS_MAX} file descriptors with one message"
+                            "sent {} file descriptors with one message, more than the \
+                             {FDS_PER_MESSAGE} a call takes",
+                            self.fds.len()
                         )));
                     }
                     if at + n < PRIMARY_HEADER {
@@ -615,44 +793,7 @@ impl ReadHalf for Reader {
                         };
                         continue;
                     }
-                    let framing = parse_primary_header(&h)?;
-                    if framing.total > MAX_DIRECT_MESSAGE {
-                        tracing::warn!(
-                            "a direct connection of uid {} announced a message of {} bytes, more \
-                             than the {MAX_DIRECT_MESSAGE} a direct connection accepts (larger \
-                             values go by PutFd): closing it",
-                            self.ledger.uid,
-                            framing.total
-                        );
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "a message of {} bytes, more than {MAX_DIRECT_MESSAGE}",
-                                framing.total
-                            ),
-                        ));
-                    }
-                    if framing.wants_reply && self.ledger.unanswered(framing.serial) {
-                        return Err(self.refuse(&format!(
-                            "sent a call with serial {}, which an unanswered call has",
-                            framing.serial
-                        )));
-                    }
-                    // Nothing of the message reaches zbus (which would allocate all of it)
-                    // before its length fits the budgets.
-                    let fds = self.fds.len() as u64 * FD_CHARGE;
-                    let share = self
-                        .ledger
-                        .reserve(framing.total.max(MIN_CHARGE) + fds)
-                        .await?;
-                    self.phase = Phase::Message {
-                        header: h,
-                        given: 0,
-                        body: framing.total - PRIMARY_HEADER as u64,
-                        framing,
-                        share: Some(share),
-                        deadline: tokio::time::Instant::now() + self.ledger.message_limit,
-                    };
+                    self.phase = self.admit(h).await?;
                 }
                 Phase::Message {
                     header,
@@ -669,7 +810,7 @@ impl ReadHalf for Reader {
                         (n, std::mem::take(&mut self.fds))
                     } else {
                         let want = usize::try_from(*body).unwrap_or(usize::MAX).min(buf.len());
-                        let read = recv(&self.stream, &mut buf[..want]);
+                        let read = recv(&self.stream, &self.ledger, &mut buf[..want]);
                         let Ok(got) = tokio::time::timeout_at(*deadline, read).await else {
                             tracing::warn!(
                                 "a direct connection of uid {} sent {} of the {} bytes of a \
@@ -714,9 +855,70 @@ impl ReadHalf for Reader {
     fn can_pass_unix_fd(&self) -> bool {
         true
     }
+}
+
+/// What is wrong with `msg`, a message a peer sent in full, for a direct connection: its
+/// descriptors are not those its header announces or more than its arguments take, or its
+/// body does not hold exactly the values of its signature (bytes past them would be held
+/// by the handler for nothing). None when it may be handled.
+fn misfit(msg: &Message) -> Option<String> {
+    let header = msg.header();
+    let carried = msg.data().fds().len();
+    let announced = header.unix_fds().unwrap_or(0) as usize;
+    if carried != announced {
+        return Some(format!(
+            "sent {carried} file descriptors with a message whose header announces {announced}"
+        ));
+    }
+    let signature = header.signature().to_string();
+    let takes = signature.matches('h').count().min(FDS_PER_MESSAGE);
+    if carried > takes {
+        return Some(format!(
+            "sent {carried} file descriptors with a message of signature {signature:?}, which \
+             takes {takes}"
+        ));
+    }
+    match msg.body().validate() {
+        Ok(()) => None,
+        Err(zbus::Error::ExcessData) => Some(format!(
+            "sent a message of {} bytes with bytes past its arguments (signature {signature:?})",
+            msg.data().len()
+        )),
+        Err(e) => Some(format!(
+            "sent a message whose body does not hold the values of its signature \
+             {signature:?}: {e}"
+        )),
+    }
+}
+
+#[async_trait]
+impl ReadHalf for Reader {
+    async fn receive_message(
+        &mut self,
+        seq: u64,
+        already_received_bytes: &mut Vec<u8>,
+        already_received_fds: &mut Vec<OwnedFd>,
+    ) -> zbus::Result<Message> {
+        let msg = self
+            .framed
+            .receive_message(seq, already_received_bytes, already_received_fds)
+            .await?;
+        match misfit(&msg) {
+            None => Ok(msg),
+            Some(did) => Err(self.framed.refuse(&did).into()),
+        }
+    }
+
+    async fn recvmsg(&mut self, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+        self.framed.recvmsg(buf).await
+    }
+
+    fn can_pass_unix_fd(&self) -> bool {
+        true
+    }
 
     async fn peer_credentials(&mut self) -> io::Result<zbus::fdo::ConnectionCredentials> {
-        peer_credentials(&self.stream)
+        peer_credentials(&self.framed.stream)
     }
 }
 
@@ -779,6 +981,17 @@ fn give_back_if_read(stream: &UnixStream, unread: &Mutex<Unread>, task: bool) ->
 #[async_trait]
 impl WriteHalf for Writer {
     async fn send_message(&mut self, msg: &Message) -> zbus::Result<()> {
+        let reply_to = match msg.message_type() {
+            Type::MethodReturn | Type::Error => msg.header().reply_serial(),
+            _ => None,
+        };
+        // The handler of a call that asked for no reply is done: its shares come back, and
+        // the reply stays here.
+        if let Some(serial) = reply_to
+            && self.ledger.take_silent(serial.get())
+        {
+            return Ok(());
+        }
         // Before this message goes out: memfds of earlier replies the peer has read by now.
         give_back_if_read(&self.stream, &self.unread, false);
         let data = msg.data();
@@ -800,8 +1013,7 @@ impl WriteHalf for Writer {
         }
         // Given back once written (or failed): a peer that does not read its replies keeps
         // its own budget taken, no one else's.
-        if matches!(msg.message_type(), Type::MethodReturn | Type::Error)
-            && let Some(serial) = msg.header().reply_serial()
+        if let Some(serial) = reply_to
             && let Some(share) = self.ledger.answered(serial.get())
             && sent.is_ok()
         {
@@ -843,26 +1055,30 @@ fn peer_credentials(stream: &UnixStream) -> io::Result<zbus::fdo::ConnectionCred
     })
 }
 
-/// recvmsg(2) of bytes into `buf` and of the descriptors sent with them.
-fn fd_recvmsg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+/// recvmsg(2) of bytes into `buf`, of the descriptors sent with them (room for
+/// [`FDS_PER_MESSAGE`]: the kernel closes any more, and says so), and of the sender's
+/// credentials (on a socket with SO_PASSCRED).
+fn fd_recvmsg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_MAX))];
+    let mut space =
+        [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE), ScmCredentials(1))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = rustix::net::recvmsg(fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)?;
-    let mut fds = Vec::new();
+    let mut got = Received {
+        bytes: msg.bytes,
+        fds: Vec::new(),
+        sender: None,
+        truncated: msg.flags.contains(rustix::net::ReturnFlags::CTRUNC),
+    };
     for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(got) = m {
-            fds.extend(got);
+        match m {
+            RecvAncillaryMessage::ScmRights(fds) => got.fds.extend(fds),
+            RecvAncillaryMessage::ScmCredentials(c) => got.sender = Some(c),
+            _ => (),
         }
     }
-    if msg.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("more than {FDS_MAX} file descriptors in one read"),
-        ));
-    }
-    Ok((msg.bytes, fds))
+    Ok(got)
 }
 
 /// sendmsg(2) of `buf`, with `fds` attached.
@@ -977,9 +1193,14 @@ mod tests {
         assert!(feed(&vec![b'A'; SASL_LINE_MAX + 1]).is_err());
     }
 
-    /// Both ends of a direct socket for uid 0 with small budgets; the peer end is a plain
-    /// socket written to by hand.
-    fn pair(uid_bytes: u64) -> (Reader, Writer, std::os::unix::net::UnixStream, Arc<Budgets>) {
+    /// The uid of this test, the opener of its direct sockets (the writer of their bytes).
+    fn me() -> u32 {
+        rustix::process::getuid().as_raw()
+    }
+
+    /// Both ends of a direct socket opened by this test's uid with small budgets; the peer
+    /// end is a plain socket written to by hand.
+    fn pair(uid_bytes: u64) -> (Framed, Writer, std::os::unix::net::UnixStream, Arc<Budgets>) {
         let (r, w, peer, budgets, _) = pair_with_replies(uid_bytes, 1 << 20);
         (r, w, peer, budgets)
     }
@@ -989,7 +1210,7 @@ mod tests {
         uid_bytes: u64,
         reply_bytes: u64,
     ) -> (
-        Reader,
+        Framed,
         Writer,
         std::os::unix::net::UnixStream,
         Arc<Budgets>,
@@ -1000,10 +1221,10 @@ mod tests {
         let mut budgets = Budgets::with_replies(uid_bytes, 1 << 30, reply_bytes, 1 << 30);
         budgets.message_limit = Duration::from_millis(300);
         let budgets = Arc::new(budgets);
-        let s = DirectSocket::new(UnixStream::from_std(mine).unwrap(), 0, &budgets);
+        let s = DirectSocket::new(UnixStream::from_std(mine).unwrap(), me(), &budgets).unwrap();
         let replies = s.replies();
         let (r, w) = s.split().take();
-        (r, w, peer, budgets, replies)
+        (r.framed, w, peer, budgets, replies)
     }
 
     /// The reply zbus would write to the call `serial`.
@@ -1018,7 +1239,7 @@ mod tests {
     }
 
     /// The handshake, then a whole call with `serial` and an 8-byte body, handed on.
-    async fn one_call(r: &mut Reader, peer: &mut std::os::unix::net::UnixStream, serial: u32) {
+    async fn one_call(r: &mut Framed, peer: &mut std::os::unix::net::UnixStream, serial: u32) {
         use std::io::Write;
         if matches!(r.phase, Phase::Sasl { .. }) {
             peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
@@ -1034,7 +1255,7 @@ mod tests {
     async fn a_reply_keeps_what_it_needs_until_written_and_gives_back_the_rest_at_once() {
         let (mut r, mut w, mut peer, budgets, replies) = pair_with_replies(1 << 20, 1 << 20);
         one_call(&mut r, &mut peer, 7).await;
-        let room = budgets.replies_of_uid(0);
+        let room = budgets.replies_of_uid(me());
         let first = replies.reserve(600 << 10).await.unwrap();
         assert_eq!(room.available_permits(), 1024 - 600);
         // A second reservation does not fit: it waits.
@@ -1069,7 +1290,7 @@ mod tests {
     async fn reservations_waiting_give_up_and_kept_replies_come_back_when_the_connection_ends() {
         let (mut r, w, mut peer, budgets, replies) = pair_with_replies(1 << 20, 1 << 20);
         one_call(&mut r, &mut peer, 3).await;
-        let room = budgets.replies_of_uid(0);
+        let room = budgets.replies_of_uid(me());
         replies.reserve(1 << 20).await.unwrap().keep(3, 1 << 20);
         assert_eq!(room.available_permits(), 0);
         let waiting = tokio::spawn({
@@ -1095,7 +1316,7 @@ mod tests {
         use std::io::Read;
         let (mut r, mut w, mut peer, budgets, replies) = pair_with_replies(4 << 20, 4 << 20);
         one_call(&mut r, &mut peer, 7).await;
-        let room = budgets.replies_of_uid(0);
+        let room = budgets.replies_of_uid(me());
         // A memfd of 100 KiB counts as a descriptor does, 1 MiB.
         replies
             .reserve(2 << 20)
@@ -1136,7 +1357,7 @@ mod tests {
         assert!(e.to_string().contains("serial 5"), "{e}");
     }
 
-    async fn read_n(r: &mut Reader, n: usize, chunk: usize) -> Vec<u8> {
+    async fn read_n(r: &mut Framed, n: usize, chunk: usize) -> Vec<u8> {
         let mut out = Vec::new();
         while out.len() < n {
             let mut buf = vec![0u8; chunk];
@@ -1218,7 +1439,7 @@ mod tests {
         peer.write_all(&first).unwrap();
         assert_eq!(read_n(&mut r, first.len(), 1 << 20).await, first);
         // The call is received but not answered: its share is still held.
-        let uid = budgets.of_uid(0);
+        let uid = budgets.of_uid(me());
         assert_eq!(uid.available_permits(), 50);
         // A second header: the read waits, handing on nothing.
         peer.write_all(&header(b'l', body, 42, 0)).unwrap();
@@ -1260,7 +1481,7 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         drop(r);
         drop(_w);
-        assert_eq!(budgets.of_uid(0).available_permits(), 1024);
+        assert_eq!(budgets.of_uid(me()).available_permits(), 1024);
     }
 
     /// Send `bytes` on `peer` with `n` descriptors (of /dev/null) attached.
@@ -1276,14 +1497,14 @@ mod tests {
         let (mut r, _w, mut peer, budgets) = pair(8 << 20);
         peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
         read_n(&mut r, 26, 64).await;
-        // Two descriptors with the header: handed on with its first bytes, counted 1 MiB each.
+        // A descriptor with the header: handed on with its first bytes, counted 1 MiB.
         let mut call = header(b'l', 8, 1, 0).to_vec();
         call.extend_from_slice(&[0; 8]);
-        send_with_fds(&peer, &call, 2);
+        send_with_fds(&peer, &call, 1);
         let mut buf = [0u8; 64];
         let (n, fds) = r.recvmsg(&mut buf).await.unwrap();
-        assert_eq!((n, fds.len()), (16, 2));
-        assert_eq!(budgets.of_uid(0).available_permits(), 8192 - 2048 - 64);
+        assert_eq!((n, fds.len()), (16, 1));
+        assert_eq!(budgets.of_uid(me()).available_permits(), 8192 - 1024 - 64);
         read_n(&mut r, 8, 64).await;
         // A descriptor with a later byte of a message closes the connection.
         peer.write_all(&header(b'l', 8, 2, 0)).unwrap();
@@ -1291,6 +1512,151 @@ mod tests {
         send_with_fds(&peer, &[0; 8], 1);
         let e = r.recvmsg(&mut buf).await.unwrap_err();
         assert!(e.to_string().contains("after the first bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn more_descriptors_than_a_call_takes_close_the_connection_and_never_reach_the_table() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, _b) = pair(8 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
+        send_with_fds(&peer, &header(b'l', 8, 1, 0), 253);
+        let mut buf = [0u8; 64];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains("more than 1 file descriptor"), "{e}");
+        // The kernel closed the 252 that found no room; the one received went with the error.
+        assert!(std::fs::read_dir("/proc/self/fd").unwrap().count() <= before);
+    }
+
+    #[tokio::test]
+    async fn a_peer_hanging_up_while_its_message_waits_for_room_gives_everything_back() {
+        use std::io::Write;
+        let (mut r, _w, mut peer, budgets) = pair(150 << 10);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let mut first = header(b'l', 100 << 10, 1, 0).to_vec();
+        first.resize(16 + (100 << 10), 0);
+        peer.write_all(&first).unwrap();
+        read_n(&mut r, first.len(), 1 << 20).await;
+        // The second does not fit: the read waits for room, with bytes unread behind it.
+        let mut second = header(b'l', 8, 2, 0).to_vec();
+        second.extend_from_slice(&[0; 8]);
+        peer.write_all(&second).unwrap();
+        let reading = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let e = r.recvmsg(&mut buf).await.unwrap_err();
+            (e, r)
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!reading.is_finished(), "a header let in past the budget");
+        drop(peer);
+        let (e, r) = tokio::time::timeout(Duration::from_secs(5), reading)
+            .await
+            .expect("the hang-up noticed while the message waited")
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+        drop(r);
+        assert_eq!(budgets.of_uid(me()).available_permits(), 150);
+    }
+
+    #[tokio::test]
+    async fn a_call_asking_no_reply_holds_its_share_until_its_reply_which_is_not_sent() {
+        use std::io::{Read, Write};
+        let (mut r, mut w, mut peer, budgets) = pair(1 << 20);
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        read_n(&mut r, 26, 64).await;
+        let mut call = header(b'l', 8, 9, 0).to_vec();
+        call[2] = NO_REPLY_EXPECTED;
+        call.extend_from_slice(&[0; 8]);
+        peer.write_all(&call).unwrap();
+        // Handed on as a call wanting a reply, and held once received.
+        let got = read_n(&mut r, call.len(), 64).await;
+        assert_eq!(got[2], 0);
+        assert_eq!(budgets.of_uid(me()).available_permits(), 1024 - 64);
+        // Its handler's reply gives the share back and is not sent.
+        w.send_message(&reply_to(9)).await.unwrap();
+        assert_eq!(budgets.of_uid(me()).available_permits(), 1024);
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 64];
+        let e = peer.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "a reply was sent");
+    }
+
+    /// The handshake, then `msg`'s bytes, through zbus's receive_message of the read half.
+    async fn receive(msg: &[u8], fds: usize) -> zbus::Result<Message> {
+        use std::io::Write;
+        let (mine, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        mine.set_nonblocking(true).unwrap();
+        let budgets = Budgets::new(64 << 20, 64 << 20);
+        let s = DirectSocket::new(UnixStream::from_std(mine).unwrap(), me(), &budgets).unwrap();
+        let (mut r, _w) = s.split().take();
+        peer.write_all(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").unwrap();
+        let mut buf = [0u8; 1];
+        for _ in 0..26 {
+            r.recvmsg(&mut buf).await.unwrap();
+        }
+        send_with_fds(&peer, msg, fds);
+        r.receive_message(1, &mut Vec::new(), &mut Vec::new()).await
+    }
+
+    /// A Cache call as a client sends it.
+    fn call_bytes<B>(member: &str, body: &B) -> Vec<u8>
+    where
+        B: serde::Serialize + zbus::DynamicType,
+    {
+        Message::method_call("/", member)
+            .serial(std::num::NonZeroU32::new(1).unwrap())
+            .build(body)
+            .unwrap()
+            .data()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_message_with_bytes_past_its_arguments_or_descriptors_it_does_not_take_is_refused() {
+        let get = call_bytes("Get", &("ns", "k"));
+        assert!(receive(&get, 0).await.is_ok());
+        // 1 KiB of padding after the arguments, the body length grown to match.
+        let mut padded = get.clone();
+        let body = u32::from_le_bytes(padded[4..8].try_into().unwrap()) + 1024;
+        padded[4..8].copy_from_slice(&body.to_le_bytes());
+        padded.resize(padded.len() + 1024, 0);
+        let e = receive(&padded, 0).await.unwrap_err();
+        assert!(e.to_string().contains("past its arguments"), "{e}");
+        // A descriptor with a call that takes none (the header does not announce it).
+        let e = receive(&get, 1).await.unwrap_err();
+        assert!(e.to_string().contains("announces 0"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn bytes_written_by_another_uid_close_the_connection() {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, UCred};
+        let (mut r, _w, peer, _b) = pair(1 << 20);
+        let other = if me() == 0 { 65534 } else { 0 };
+        let forged = UCred {
+            pid: rustix::process::getpid(),
+            uid: rustix::process::Uid::from_raw(other),
+            gid: rustix::process::getgid(),
+        };
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmCredentials(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmCredentials(forged)));
+        let sent = rustix::net::sendmsg(
+            peer.as_fd(),
+            &[IoSlice::new(b"\0AUTH EXTERNAL\r\n")],
+            &mut control,
+            SendFlags::empty(),
+        );
+        if me() != 0 {
+            // Only root may send another uid's credentials: the kernel refuses the forgery.
+            assert_eq!(sent, Err(rustix::io::Errno::PERM));
+            return;
+        }
+        sent.unwrap();
+        let mut buf = [0u8; 64];
+        let e = r.recvmsg(&mut buf).await.unwrap_err();
+        assert!(e.to_string().contains(&format!("uid {other}")), "{e}");
     }
 
     #[tokio::test]
@@ -1315,7 +1681,7 @@ mod tests {
         read_n(&mut r, call.len(), 64).await;
         peer.write_all(&header(b'l', 200 << 10, 2, 0)).unwrap();
         read_n(&mut r, 16, 64).await;
-        let uid = budgets.of_uid(0);
+        let uid = budgets.of_uid(me());
         assert_eq!(uid.available_permits(), 1024 - 64 - 201);
         drop((r, w));
         assert_eq!(uid.available_permits(), 1024);
