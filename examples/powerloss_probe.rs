@@ -69,8 +69,9 @@ fn open(dir: &str) -> Cache {
     })
 }
 
-/// Latest acknowledged (version, ms since start) per (mode, key) since the last print.
-type Acks = Arc<Mutex<BTreeMap<(char, String), (u64, u128)>>>;
+/// Latest acknowledged (version, ms since start, full flushes completed before the answer)
+/// per (mode, key) since the last print.
+type Acks = Arc<Mutex<BTreeMap<(char, String), (u64, u128, u64)>>>;
 
 fn write(dir: &str, ns: &str, secs: u64) {
     let cache = Arc::new(open(dir));
@@ -96,9 +97,10 @@ fn write(dir: &str, ns: &str, secs: u64) {
                         continue;
                     }
                     let ms = t0.elapsed().as_millis();
+                    let flushes = cache.full_flushes();
                     acks.lock()
                         .unwrap()
-                        .insert((if sync { 's' } else { 'd' }, key), (v, ms));
+                        .insert((if sync { 's' } else { 'd' }, key), (v, ms, flushes));
                     if !sync {
                         std::thread::sleep(Duration::from_millis(3));
                     }
@@ -112,12 +114,17 @@ fn write(dir: &str, ns: &str, secs: u64) {
         std::thread::sleep(Duration::from_millis(100));
         let batch = std::mem::take(&mut *acks.lock().unwrap());
         let mut o = out.lock();
-        for ((mode, key), (v, ms)) in batch {
-            let _ = writeln!(o, "A {mode} {key} {v} {ms}");
+        for ((mode, key), (v, ms, flushes)) in batch {
+            let _ = writeln!(o, "A {mode} {key} {v} {ms} {flushes}");
         }
         let _ = o.flush();
         if Instant::now() >= deadline {
-            let _ = writeln!(o, "@@CUT {}", t0.elapsed().as_millis());
+            let _ = writeln!(
+                o,
+                "@@CUT {} {}",
+                t0.elapsed().as_millis(),
+                cache.full_flushes()
+            );
             let _ = o.flush();
             drop(o);
             // The serial port drains its buffer meanwhile (the puts go on); acknowledgements

@@ -54,12 +54,9 @@ fn kill_at(round: u64) -> u64 {
 }
 
 /// The child: `dir|namespace`. Streams batches into the namespace and logs each answered
-/// batch (an unbuffered append: the line is in the kernel before the next batch starts).
-#[test]
-fn put_many_crash_child() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+/// batch (an unbuffered append: the line is in the kernel before the next batch starts). It
+/// is the parent test re-run (store_util::child_spec), and exits 0 only if no kill came.
+fn put_many_crash_child(spec: &str) -> ! {
     let (dir, ns) = spec.split_once('|').expect("dir|namespace expected");
     let dir = Path::new(dir);
     let cache = Cache::open(config(dir), topo1()).expect("child opens the cache");
@@ -83,6 +80,7 @@ fn put_many_crash_child() {
         assert_eq!(n as usize, ENTRIES);
         writeln!(log, "{b}").expect("ack");
     }
+    std::process::exit(0)
 }
 
 /// Run the child under strace, killed on entry to its `when`-th `pwritev` (that call writes
@@ -95,8 +93,7 @@ fn run_child(dir: &Path, ns: &str, when: u64) -> std::process::ExitStatus {
         .arg("-e")
         .arg(format!("inject=pwritev:signal=KILL:when={when}"))
         .arg(exe)
-        .args(["--exact", "put_many_crash_child", "--nocapture"])
-        .args(["--test-threads=1"])
+        .args(store_util::child_args())
         .env(CHILD_ENV, format!("{}|{ns}", dir.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -142,8 +139,8 @@ fn readable(cache: &Cache, ns: &str, b: u64) -> usize {
 
 #[test]
 fn sigkill_between_the_writes_of_a_put_many_leaves_each_batch_whole_or_absent() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
+    if let Some(spec) = store_util::child_spec(CHILD_ENV) {
+        put_many_crash_child(&spec);
     }
     if !support::require_tool("strace", "strace") {
         return;
@@ -226,11 +223,7 @@ const TORN_KEYS: usize = 8;
 /// PutMany batches of version 2 into namespaces `torn` and `kept`, their rows committed (a
 /// lookup reads the index, so the waiting rows are committed first; no flush point passes
 /// them: the interval is an hour), then abort.
-#[test]
-fn put_many_torn_child() {
-    let Ok(dir) = std::env::var(TORN_CHILD_ENV) else {
-        return;
-    };
+fn put_many_torn_child(dir: &str) -> ! {
     let mut cfg = config(Path::new(&dir));
     cfg.sync_interval = std::time::Duration::from_secs(3600);
     let cache = Cache::open(cfg, topo1()).expect("child opens the cache");
@@ -255,8 +248,8 @@ fn put_many_torn_child() {
 /// stays whole.
 #[test]
 fn a_batch_whose_rows_were_committed_but_one_record_was_torn_goes_whole() {
-    if std::env::var(TORN_CHILD_ENV).is_ok() {
-        return;
+    if let Some(dir) = store_util::child_spec(TORN_CHILD_ENV) {
+        put_many_torn_child(&dir);
     }
     let Some(m) = Mount::btrfs(256, false) else {
         return;
@@ -275,8 +268,7 @@ fn a_batch_whose_rows_were_committed_but_one_record_was_torn_goes_whole() {
         }
         cache.close().unwrap();
     }
-    let status = store_util::run_child("put_many_torn_child", TORN_CHILD_ENV, &dir);
-    assert!(!status.success(), "the child was to abort");
+    store_util::expect_abort(&mut store_util::child_command(TORN_CHILD_ENV, &dir));
     // Tear the newest record of torn/k3: the batch's.
     let (f, off, len, ..) = records(&dir)
         .into_iter()

@@ -1634,6 +1634,7 @@ impl Committer {
     fn flushed(&mut self) {
         self.last_flush = Instant::now();
         self.dirty = false;
+        self.shared.stats.full_flushes.fetch_add(1, SeqCst);
         let layout = self.shared.layout();
         let mut going = std::mem::take(&mut self.to_unlink).into_iter();
         while let Some((node, seg)) = going.next() {

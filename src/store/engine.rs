@@ -1498,6 +1498,15 @@ impl Cache {
         self.shared.stats.totals()
     }
 
+    /// Full flushes completed since the open (see `Stats::full_flushes`): what a caller
+    /// watches to know that default puts it saw answered are durable.
+    pub fn full_flushes(&self) -> u64 {
+        self.shared
+            .stats
+            .full_flushes
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Entries removed in the background (eviction, TTL expiry), to wait on.
     pub fn removals(&self) -> Arc<crate::store::Removals> {
         Arc::clone(&self.shared.stats.removals)

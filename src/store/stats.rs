@@ -106,6 +106,9 @@ pub struct Stats {
     pub corrupted: AtomicU64,
     /// Hits served on the caller's own node.
     pub local_hits: AtomicU64,
+    /// Full flushes completed since the open: a default put answered while this read `n`
+    /// is durable once it reads `n + 2` (a whole flush began after the put's answer).
+    pub full_flushes: AtomicU64,
     /// [tier][remote as usize]
     latency: [[Latency; 2]; 2],
 }
@@ -118,6 +121,7 @@ impl Default for Stats {
             evictions: AtomicU64::new(0),
             corrupted: AtomicU64::new(0),
             local_hits: AtomicU64::new(0),
+            full_flushes: AtomicU64::new(0),
             latency: Default::default(),
         }
     }
