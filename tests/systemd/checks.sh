@@ -235,13 +235,16 @@ echo "# t=${SECONDS}s"
 anon_pages() {
     grep -v 'file=' /proc/"$1"/numa_maps 2>/dev/null | grep 'anon=' | grep -o "N$2=[0-9]*" | cut -d= -f2 | awk '{s+=$1} END {print s+0}'
 }
-# start_target FILE [as_lab]: a bash started on node 0's CPUs (first touch allocates on node 0)
-# that fills 4 MB of heap, writes FILE, then blocks on a fifo; its pid in FILE.pid.
+# start_target FILE UID: a bash of UID started on node 0's CPUs (first touch allocates on
+# node 0) that fills 4 MB of heap, writes FILE, then blocks on a fifo; its pid in FILE.pid
+# (setpriv and taskset exec it: $! is its pid).
 mkfifo -m 0666 /tmp/lab-hold
 start_target() {
-    local ready=$1; shift
+    local ready=$1 uid=$2
     rm -f "$ready"
-    "$@" taskset -c 0-1 bash -c 'x=$(head -c 4194304 /dev/zero | tr "\0" a); echo "${#x}" > '"$ready"'; read -r _ < /tmp/lab-hold' >/dev/null 2>&1 < /dev/null &
+    setpriv --reuid="$uid" --regid="$uid" --init-groups -- taskset -c 0-1 \
+        bash -c 'x=$(head -c 4194304 /dev/zero | tr "\0" a); echo "${#x}" > '"$ready"'; read -r _ < /tmp/lab-hold' \
+        >/dev/null 2>&1 < /dev/null &
     echo $! > "$ready.pid"
     wait_for 120 test -s "$ready"
 }
@@ -266,12 +269,12 @@ bind_check() {   # bind_check LABEL PID: CPUs 0-1 and anonymous memory on node 0
     fi
 }
 # A root process (full capabilities, as lab-run.service gives) and a process of labuser.
-start_target /tmp/lab-root.ready || bad "BindProcess target started" "no ready file from the root target"
+start_target /tmp/lab-root.ready 0 || bad "BindProcess target started" "no ready file from the root target"
 rootpid=$(cat /tmp/lab-root.ready.pid)
 capeff=$(awk '/CapEff/ {print $2}' /proc/"$rootpid"/status)
 if [ "$capeff" != 0000000000000000 ]; then ok "BindProcess target is a root process with capabilities ($capeff)"; else bad "BindProcess target is a root process with capabilities" "CapEff $capeff"; fi
 bind_check "on a root process with capabilities" "$rootpid"
-start_target /tmp/lab-user.ready as_lab || bad "BindProcess target started" "no ready file from labuser's target"
+start_target /tmp/lab-user.ready 1000 || bad "BindProcess target started" "no ready file from labuser's target"
 labpid=$(cat /tmp/lab-user.ready.pid)
 expect "BindProcess target belongs to labuser" 1000 "$(awk '/^Uid:/ {print $2}' /proc/"$labpid"/status)"
 bind_check "on another user's process" "$labpid"
