@@ -16,19 +16,30 @@
 //! only. The guest prints `ok - NAME` / `not ok - NAME: detail`; this
 //! test fails on any `not ok` and on any required check that did not run.
 //!
-//! A third test builds the package and runs lintian on it: no errors allowed.
+//! A third test runs lintian on the package: no errors allowed.
 //!
-//! The executables are the ones `cargo test` built (debug); the package is built from them
-//! with `dpkg-buildpackage` in a copy of the sources (CARGO=true: no second cargo build).
-//! Needs root, QEMU, mmdebstrap (the image, 1-2 minutes once, cached in
-//! /var/cache/numa-cache-systemd-lab), debhelper and lintian: installed with apt-get when
-//! missing. Under CI=true nothing skips.
+//! The package is the one `make deb` builds, as a user runs it: the release build of
+//! numa-cached and the `cli` profile build of numacachectl (debian/rules), in a copy of the
+//! sources (so the tree under test is only read) whose target/ is kept in
+//! target/tmp/systemd-lab/deb-target, so a later run rebuilds only what cargo finds changed.
+//! Built once per test process (both tests needing it wait for the one build), under an flock
+//! against other processes of this checkout. The `make install` boot stages the executables
+//! `cargo test` built (debug).
+//!
+//! Nothing here installs anything: scripts/test.sh installs every tool up front, and a
+//! missing one fails the test at once naming it and its package (under CI=true; outside CI
+//! it skips). The image (mmdebstrap, 1-2 minutes once, cached in
+//! /var/cache/numa-cache-systemd-lab) is built by recipe.sh under its own flock, in a
+//! temporary folder renamed into place only once checked; here once per process.
 
 mod support;
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,41 +63,92 @@ fn work_dir() -> PathBuf {
     d
 }
 
-/// Install Debian packages whose `tool` is missing (as root, with apt-get); false (skip)
-/// outside CI when that is impossible.
-fn ensure(tool: &str, package: &str) -> bool {
-    let have = |t: &str| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
+/// What the lab (recipe.sh: the image build and the boots) runs on the host.
+const LAB_TOOLS: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("qemu-img", "qemu-utils"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("e2fsck", "e2fsprogs"),
+    ("debugfs", "e2fsprogs"),
+    ("make", "make"),
+    ("strip", "binutils"),
+    ("flock", "util-linux"),
+    ("tar", "tar"),
+];
+
+/// What `make deb` runs: dpkg-buildpackage, debhelper, dpkg-checkbuilddeps's implicit build
+/// dependency build-essential (its list file), and cargo (rustup).
+const DEB_TOOLS: &[(&str, &str)] = &[
+    ("dpkg-buildpackage", "dpkg-dev"),
+    ("dpkg-parsechangelog", "dpkg-dev"),
+    ("dh", "debhelper"),
+    ("/usr/share/build-essential/list", "build-essential"),
+    ("make", "make"),
+    ("cargo", "cargo from rustup, see README"),
+];
+
+/// Root and every tool of `tools`: the first missing one fails the test (CI) or skips it.
+fn have(tools: &[(&str, &str)]) -> bool {
+    support::require_root() && tools.iter().all(|(t, p)| support::require_tool(t, p))
+}
+
+/// An exclusive flock on `path` (created if missing), held while the File lives.
+fn lock(path: &Path) -> File {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // SAFETY: flock on a descriptor this File owns; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(
+        rc,
+        0,
+        "flock {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    f
+}
+
+/// The lab's image, built (or found current) once per test process; recipe.sh takes its
+/// cache's flock, so concurrent processes wait for one build.
+fn image() -> &'static Result<(), String> {
+    static IMAGE: OnceLock<Result<(), String>> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let t0 = Instant::now();
+        let out = Command::new("bash")
+            .arg(recipe())
+            .arg("build")
             .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !have(tool) {
-        let _ = Command::new("apt-get").args(["update", "-q"]).status();
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-    }
-    support::require_tool(tool, package)
+            .map_err(|e| format!("running recipe.sh build: {e}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        eprintln!(
+            "systemd lab image: {:.0} s\n{log}",
+            t0.elapsed().as_secs_f64()
+        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("recipe.sh build failed:\n{log}"))
+        }
+    })
 }
 
-fn prerequisites() -> bool {
-    support::require_root()
-        && ensure("dpkg-buildpackage", "dpkg-dev")
-        && ensure("dh", "debhelper")
-        && ensure("make", "make")
-}
-
-/// The .deb built from this tree and the test executables, once per test run.
+/// The .deb `make deb` built from this tree, once per test process.
 fn deb() -> &'static Result<PathBuf, String> {
     static DEB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DEB.get_or_init(build_deb)
 }
 
+/// Held (shared) for the rest of the process once the package is built: another process of
+/// this checkout waits before it rebuilds the package this one may still be booting.
+static DEB_LOCK: OnceLock<File> = OnceLock::new();
+
 fn build_deb() -> Result<PathBuf, String> {
+    let lockf = lock(&work_dir().join("deb.lock"));
     let pkg = work_dir().join("pkg");
     let _ = std::fs::remove_dir_all(&pkg);
     let src = pkg.join("numa-cache");
@@ -103,33 +165,48 @@ fn build_deb() -> Result<PathBuf, String> {
     if !copy.success() {
         return Err("copying the sources failed".into());
     }
-    let out = Command::new("dpkg-buildpackage")
-        .args(["-us", "-uc", "-b"])
+    // target/ outlives the copy: cargo rebuilds only what changed (tar keeps the mtimes).
+    let target = work_dir().join("deb-target");
+    let _ = std::fs::remove_dir_all(target.join("debian"));
+    std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&target, src.join("target")).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let log_path = work_dir().join("make-deb.log");
+    let log = File::create(&log_path).map_err(|e| e.to_string())?;
+    let status = Command::new("make")
+        .arg("deb")
         .current_dir(&src)
-        .env("CARGO", "true")
-        .env("TARGET_DIR", bin_dir())
-        // The test's own numacachectl, not the `cli` profile build `make` would install.
-        .env("CLI_BIN", bin_dir().join("numacachectl"))
-        .env("DEB_BUILD_OPTIONS", "noautodbgsym nocheck")
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        let log = String::from_utf8_lossy(&out.stdout);
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        // The build a user gets: no folder of ours redirects cargo's output.
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR")
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .status()
+        .map_err(|e| format!("running make deb: {e}"))?;
+    eprintln!(
+        "make deb took {:.0} s (log: {})",
+        t0.elapsed().as_secs_f64(),
+        log_path.display()
+    );
+    if !status.success() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(60).collect();
         return Err(format!(
-            "dpkg-buildpackage failed:\n{}\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-            String::from_utf8_lossy(&out.stderr)
+            "make deb failed ({status}):\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ));
     }
-    std::fs::read_dir(&pkg)
+    // SAFETY: flock on a descriptor the File owns: from exclusive to shared.
+    unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_SH) };
+    let _ = DEB_LOCK.set(lockf);
+    std::fs::read_dir(target.join("debian"))
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             name.starts_with("numa-cache_") && name.ends_with(".deb")
         })
-        .ok_or_else(|| "dpkg-buildpackage wrote no numa-cache_*.deb".into())
+        .ok_or_else(|| "make deb wrote no target/debian/numa-cache_*.deb".into())
 }
 
 /// The checks every boot must report (by name prefix), whatever the install path and bus.
@@ -147,10 +224,18 @@ const REQUIRED: &[&str] = &[
     "numacachectl topology --json",
     "busctl Strategy.SetStrategy",
     "numacachectl strategy set round_robin",
-    "numacachectl optimize balanced",
+    "busctl Strategy.Optimize cpu_intensive on node 1: the reply",
+    "Optimize cpu_intensive on node 1: the Strategy properties",
+    "Optimize cpu_intensive on node 1: a put from node 0's CPU lands on node 1",
+    "busctl Strategy.Optimize memory_intensive: the reply",
+    "busctl Strategy.Optimize memory_intensive: the Strategy properties",
+    "numacachectl optimize balanced: local_node, preferred, no preference",
     "busctl CacheStats.GetStats",
     "numacachectl stats --json",
-    "busctl CacheStats.ResetCounters",
+    "busctl CacheStats.ResetCounters zeroes hits, misses, evictions",
+    "busctl CacheStats.GetHistory shows the put",
+    "busctl CacheStats.GetHistory keeps to the range",
+    "numacachectl history shows node 1",
     "numacachectl get returns the same bytes",
     "busctl Cache.Get",
     "busctl Cache.Delete",
@@ -160,6 +245,7 @@ const REQUIRED: &[&str] = &[
     "workers pinned: node0 on 0-1, node1 on 2-3",
     "BindProcess target is a root process with capabilities",
     "BindProcess on a root process with capabilities",
+    "BindProcess target belongs to labuser",
     "BindProcess on another user's process",
     "BindProcess on a missing pid is NotFound",
     "polkit denies labuser SetStrategy (AccessDenied)",
@@ -170,9 +256,9 @@ const REQUIRED: &[&str] = &[
     "Cache refused by the bus to labuser outside group numacache",
     "Cache Put works for labuser in group numacache",
     "Cache Get by labuser returns the bytes",
-    "hotplug: Generation bumped",
+    "hotplug: Generation bumped by the uevent",
     "hotplug: node1 workers re-pinned to CPU 2",
-    "hotplug: CPU 3 back, node1 workers on 2-3",
+    "hotplug: CPU 3 back, node1 workers on 2-3, by the uevent",
     "SIGKILL: restarted",
     "SIGKILL: data intact",
     "SIGKILL: the next start checks the cache as after a crash",
@@ -194,8 +280,11 @@ static VM: Mutex<()> = Mutex::new(());
 /// Boot the lab with `bus`, run checks.sh with LAB_INSTALL=`install`; returns the guest's
 /// output and the test's exit code.
 fn run_lab(install: &str, checks: &str, bus: &str, stage: Option<&Path>) -> (String, i32) {
+    if let Err(e) = image() {
+        panic!("{e}");
+    }
     let _one = VM.lock().unwrap_or_else(|e| e.into_inner());
-    let script = work_dir().join(format!("run-{install}.sh"));
+    let script = work_dir().join(format!("run-{install}-{}.sh", std::process::id()));
     std::fs::write(
         &script,
         format!(
@@ -255,7 +344,7 @@ fn assert_checks(label: &str, output: &str, rc: i32, extra: &[&str]) {
 
 #[test]
 fn make_install_under_dbus_daemon() {
-    if !prerequisites() {
+    if !have(LAB_TOOLS) {
         return;
     }
     let (out, rc) = run_lab("make", "full", "dbus", None);
@@ -272,7 +361,7 @@ fn make_install_under_dbus_daemon() {
 
 #[test]
 fn debian_package_under_dbus_broker() {
-    if !prerequisites() {
+    if !have(LAB_TOOLS) || !have(DEB_TOOLS) {
         return;
     }
     let deb = match deb() {
@@ -297,7 +386,7 @@ fn debian_package_under_dbus_broker() {
 
 #[test]
 fn the_debian_package_is_lintian_clean() {
-    if !prerequisites() || !ensure("lintian", "lintian") {
+    if !have(DEB_TOOLS) || !have(&[("lintian", "lintian")]) {
         return;
     }
     let deb = match deb() {

@@ -34,7 +34,8 @@
 # RAM per run. No KVM: nested KVM hangs on these machines, so QEMU runs with -accel tcg.
 #
 # Environment (all optional):
-#   LAB_CACHE          cache directory (default /var/cache/numa-cache-systemd-lab): root.img, vmlinuz, initrd
+#   LAB_CACHE          cache directory (default /var/cache/numa-cache-systemd-lab): lock, and KEY/ with
+#                      root.img, vmlinuz, initrd.img (renamed into place only once built and checked)
 #   LAB_STAGE_FILES    more host files, space-separated, copied to /lab/in/files/ ($LAB_IN/files)
 #   LAB_SUITE          Debian suite (default: this host's VERSION_CODENAME)
 #   LAB_SOURCES        apt sources file(s) to build from, space-separated (default: this host's
@@ -194,55 +195,86 @@ cache_key() {
         | sha256sum | cut -c1-16
 }
 
-host_packages() {
-    local need=""
-    command -v mmdebstrap >/dev/null || need="$need mmdebstrap"
-    command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
-    command -v mkfs.ext4 >/dev/null || need="$need e2fsprogs"
-    command -v qemu-img >/dev/null || need="$need qemu-utils"
-    command -v make >/dev/null || need="$need make"
-    if [ -n "$need" ]; then
-        apt-get update -q >/dev/null
-        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $need >/dev/null; then
-            # A newer qemu-utils (a backport) breaks the suite's qemu-system-common: take the
-            # suite's qemu-utils with it.
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-                --allow-downgrades $need qemu-system-x86 "qemu-utils/$LAB_SUITE" >/dev/null \
-                || die "cannot install$need"
-        fi
-    fi
+# Host tools: installed by the project's one installer (scripts/test.sh), never here. A
+# missing one stops the script with its name and its Debian package.
+host_tools() {
+    local pair missing=""
+    for pair in mmdebstrap:mmdebstrap qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils \
+        mkfs.ext4:e2fsprogs e2fsck:e2fsprogs debugfs:e2fsprogs make:make strip:binutils \
+        flock:util-linux sha256sum:coreutils; do
+        command -v "${pair%%:*}" >/dev/null || missing="$missing ${pair%%:*} (package ${pair#*:})"
+    done
+    [ -z "$missing" ] || die "missing host tools:$missing; scripts/test.sh installs them"
 }
 
+# The image's own checks, before it is renamed into place: a complete image or none.
+check_image() {   # $1 build folder
+    local d=$1 f kver
+    for f in root.img vmlinuz initrd.img; do [ -s "$d/$f" ] || die "image check: $f is missing or empty"; done
+    e2fsck -fn "$d/root.img" >/dev/null 2>&1 || die "image check: e2fsck finds root.img damaged"
+    in_img() { debugfs -R "stat $1" "$d/root.img" 2>/dev/null | grep -q '^Inode:'; }
+    for f in /usr/local/sbin/lab-run /etc/systemd/system/lab-run.service \
+        /etc/systemd/system-generators/lab-bus /usr/lib/polkit-1/polkitd; do
+        in_img "$f" || die "image check: $f is not in root.img"
+    done
+    for f in make busctl gdbus mkfs.btrfs dbus-broker dbus-daemon setpriv taskset logger; do
+        in_img "/usr/bin/$f" || in_img "/usr/sbin/$f" || in_img "/bin/$f" || in_img "/sbin/$f" \
+            || die "image check: no $f in root.img"
+    done
+    kver=$(debugfs -R "ls -p /usr/lib/modules" "$d/root.img" 2>/dev/null | awk -F/ '$6 ~ /^[0-9]/ {print $6; exit}')
+    [ -n "$kver" ] || die "image check: no kernel modules folder in root.img"
+    for f in kernel/fs/btrfs kernel/fs/9p kernel/net/9p; do
+        debugfs -R "stat /usr/lib/modules/$kver/$f" "$d/root.img" 2>/dev/null | grep -q '^Inode:' \
+            || die "image check: modules $f of kernel $kver are not in root.img"
+    done
+}
+
+# The image lives in $LAB_CACHE/<key>/, a folder renamed into place only once built and
+# checked, so a killed or failed build never leaves an image later runs would trust. Builds
+# and runs take $LAB_CACHE/lock: a build holds it exclusively, a run shared while its VM uses
+# the image (so no concurrent build removes an image in use), so concurrent callers wait
+# instead of racing. Sets IMG to the image folder; the lock stays held on fd 9 (shared).
 cmd_build() {
-    host_packages
+    host_tools
     local key; key=$(cache_key)
-    if [ -f "$LAB_CACHE/root.img" ] && [ "$(cat "$LAB_CACHE/key" 2>/dev/null)" = "$key" ]; then
-        echo "recipe.sh: cached image $LAB_CACHE/root.img is current ($key)"; return 0
+    mkdir -p "$LAB_CACHE"
+    exec 9>"$LAB_CACHE/lock"
+    flock -x 9
+    IMG="$LAB_CACHE/$key"
+    if [ -d "$IMG" ]; then
+        echo "recipe.sh: cached image $IMG is current" >&2
+        flock -s 9; return 0
     fi
     local sources=${LAB_SOURCES:-$(default_sources)}
     [ -n "$sources" ] || die "no apt sources for $LAB_SUITE found; set LAB_SOURCES"
-    mkdir -p "$LAB_CACHE"
-    local t0=$SECONDS tmp="$LAB_CACHE/build.tmp"
-    rm -rf "$tmp"; mkdir -p "$tmp"
+    # Left by a killed build (never trusted), and images of other keys (and the old layout).
+    rm -rf "$LAB_CACHE"/.build.* "$LAB_CACHE/build.tmp" "$LAB_CACHE/root.img" "$LAB_CACHE/vmlinuz" \
+        "$LAB_CACHE/initrd.img" "$LAB_CACHE/key"
+    find "$LAB_CACHE" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
+    local t0=$SECONDS tmp; tmp=$(mktemp -d "$LAB_CACHE/.build.XXXXXX")
     local hook="$tmp/customize.sh"
     { echo 'set -e'; declare -f customize guest_lab_run guest_lab_run_unit guest_bus_generator; echo 'customize "$1"'; } > "$hook"
-    echo "recipe.sh: mmdebstrap $LAB_SUITE from$sources (log: $tmp/mmdebstrap.log)"
+    echo "recipe.sh: mmdebstrap $LAB_SUITE from$sources (log: $tmp/mmdebstrap.log)" >&2
     # shellcheck disable=SC2086
     mmdebstrap --mode=root --variant=apt --include="$PKGS" \
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
         --customize-hook="bash $hook \"\$1\"" \
         "$LAB_SUITE" "$tmp/root" $sources > "$tmp/mmdebstrap.log" 2>&1 \
-        || { tail -30 "$tmp/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
+        || { tail -30 "$tmp/mmdebstrap.log" >&2; rm -rf "$tmp"; die "mmdebstrap failed"; }
     cp "$tmp"/root/boot/vmlinuz-* "$tmp/vmlinuz"
     cp "$tmp"/root/boot/initrd.img-* "$tmp/initrd.img"
     # ext4 image from the directory: used size + 1.5 GiB free for what tests install.
     local mb; mb=$(( $(du -sm "$tmp/root" | cut -f1) + 1536 ))
-    mkfs.ext4 -q -L labroot -d "$tmp/root" "$tmp/root.img" "${mb}M" >/dev/null
-    rm -rf "$tmp/root"
-    mv "$tmp/root.img" "$tmp/vmlinuz" "$tmp/initrd.img" "$LAB_CACHE/"
-    echo "$key" > "$LAB_CACHE/key"; rm -rf "$tmp"
-    echo "recipe.sh: built $LAB_CACHE in $((SECONDS - t0)) s ($(du -sh "$LAB_CACHE" | cut -f1) on disk)"
+    mkfs.ext4 -q -L labroot -d "$tmp/root" "$tmp/root.img" "${mb}M" >/dev/null \
+        || { rm -rf "$tmp"; die "mkfs.ext4 failed"; }
+    rm -rf "$tmp/root" "$hook"
+    # A failed image stays in its .build folder to be looked at; no run uses it, the next
+    # build deletes it.
+    ( check_image "$tmp" ) || die "the built image failed its checks (kept in $tmp); nothing cached"
+    mv -T "$tmp" "$IMG"
+    echo "recipe.sh: built $IMG in $((SECONDS - t0)) s ($(du -sh "$IMG" | cut -f1) on disk)" >&2
+    flock -s 9
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +320,7 @@ stage_repo() {   # $1 repo, $2 bin dir, $3 destination (share/in)
 
 boot() {   # $1 run dir, $2 "run" or "shell"
     local run=$1 mode=$2 append
-    qemu-img create -q -f qcow2 -F raw -b "$LAB_CACHE/root.img" "$run/root.qcow2"
+    qemu-img create -q -f qcow2 -F raw -b "$IMG/root.img" "$run/root.qcow2"
     if [ -n "${LAB_SCRATCH_IMG:-}" ]; then
         # A scratch disk that outlives the run: a second run sees what the first left on it.
         [ -e "$LAB_SCRATCH_IMG" ] || truncate -s "$LAB_SCRATCH_SIZE" "$LAB_SCRATCH_IMG"
@@ -301,7 +333,7 @@ boot() {   # $1 run dir, $2 "run" or "shell"
     append="$append ${LAB_APPEND:-}"
     # shellcheck disable=SC2046
     set -- qemu-system-x86_64 -accel tcg -cpu max $(numa_args) \
-        -kernel "$LAB_CACHE/vmlinuz" -initrd "$LAB_CACHE/initrd.img" -append "$append" \
+        -kernel "$IMG/vmlinuz" -initrd "$IMG/initrd.img" -append "$append" \
         -drive "file=$run/root.qcow2,if=virtio,format=qcow2,cache=unsafe" \
         -drive "file=$run/scratch.img,if=none,id=scratch,format=raw,cache=unsafe" \
         -device virtio-blk-pci,drive=scratch,serial=scratch \
