@@ -10,6 +10,7 @@ pub mod memfd;
 mod mempolicy;
 mod pages;
 mod privilege;
+pub mod scm;
 pub mod sockq;
 mod uevent;
 

@@ -19,7 +19,7 @@
 //! through `recvmsg`/`sendmsg` on the tokio socket (rustix, no `unsafe`).
 
 use numa_cache_client::names;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -358,7 +358,9 @@ impl WriteHalf for Writer {
         }
         let stream = &self.stream;
         stream
-            .async_io(Interest::WRITABLE, || fd_sendmsg(stream.as_fd(), buf, fds))
+            .async_io(Interest::WRITABLE, || {
+                crate::policy::scm::send_with_fds(stream.as_fd(), buf, fds)
+            })
             .await
     }
 
@@ -494,25 +496,6 @@ fn fd_recvmsg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<Owne
     Ok((msg.bytes, fds, msg.flags.contains(ReturnFlags::CTRUNC)))
 }
 
-/// sendmsg(2) of `buf`, with `fds` attached.
-fn fd_sendmsg(fd: BorrowedFd<'_>, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_MAX))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("more than {FDS_MAX} file descriptors in one message"),
-        ));
-    }
-    Ok(rustix::net::sendmsg(
-        fd,
-        &[IoSlice::new(buf)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,7 +559,7 @@ mod tests {
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         // A GetOrLease with 16 descriptors named by no argument (no UNIX_FDS field either).
         let m = call("GetOrLease").build(&("ns", "k", 20_000u32)).unwrap();
-        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed).unwrap();
+        crate::policy::scm::send_with_fds(bus.as_fd(), &m.data()[..], &borrowed).unwrap();
         let got = receive(&mut r).await;
         assert!(got.data().fds().is_empty());
         let (ns, k, ms): (String, String, u32) = got.body().deserialize().unwrap();
@@ -584,7 +567,7 @@ mod tests {
         // A Get whose argument is a descriptor: announced, closed, UNIX_FDS now 0; zbus
         // takes the message, and its argument names no descriptor.
         let m = call("Get").build(&(zbus::Fd::from(devnull()),)).unwrap();
-        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed[..1]).unwrap();
+        crate::policy::scm::send_with_fds(bus.as_fd(), &m.data()[..], &borrowed[..1]).unwrap();
         let got = receive(&mut r).await;
         assert!(got.data().fds().is_empty());
         assert_eq!(got.header().unix_fds(), Some(0));
@@ -593,9 +576,9 @@ mod tests {
         let m = call("PutFd")
             .build(&("ns", "k", zbus::Fd::from(devnull())))
             .unwrap();
-        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed[..1]).unwrap();
+        crate::policy::scm::send_with_fds(bus.as_fd(), &m.data()[..], &borrowed[..1]).unwrap();
         assert_eq!(receive(&mut r).await.data().fds().len(), 1);
-        fd_sendmsg(bus.as_fd(), &m.data()[..], &borrowed).unwrap();
+        crate::policy::scm::send_with_fds(bus.as_fd(), &m.data()[..], &borrowed).unwrap();
         assert!(receive(&mut r).await.data().fds().is_empty());
         // Logged once (then at most every 10 s), counted since.
         assert!(r.notes.logged.is_some());

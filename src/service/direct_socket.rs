@@ -57,7 +57,7 @@
 
 use crate::app::budget::PerUid;
 use crate::policy::sockq;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
@@ -103,8 +103,6 @@ const SASL_LINE_MAX: usize = 4096;
 /// (PutFd, one). One `recvmsg` has room for no more, so the kernel closes any others sent
 /// with the same bytes before they reach the daemon's table (and flags the read truncated).
 pub const FDS_PER_MESSAGE: usize = 1;
-/// The most file descriptors the daemon sends with one message (the kernel's SCM_MAX_FD).
-const FDS_MAX: usize = 253;
 /// The D-Bus primary header: endianness, type, flags, version, body length, serial,
 /// header-fields length.
 const PRIMARY_HEADER: usize = 16;
@@ -1025,7 +1023,9 @@ impl WriteHalf for Writer {
     async fn sendmsg(&mut self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
         let stream = &self.stream;
         stream
-            .async_io(Interest::WRITABLE, || fd_sendmsg(stream.as_fd(), buf, fds))
+            .async_io(Interest::WRITABLE, || {
+                crate::policy::scm::send_with_fds(stream.as_fd(), buf, fds)
+            })
             .await
     }
 
@@ -1079,25 +1079,6 @@ fn fd_recvmsg(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
         }
     }
     Ok(got)
-}
-
-/// sendmsg(2) of `buf`, with `fds` attached.
-fn fd_sendmsg(fd: BorrowedFd<'_>, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_MAX))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("more than {FDS_MAX} file descriptors in one message"),
-        ));
-    }
-    Ok(rustix::net::sendmsg(
-        fd,
-        &[IoSlice::new(buf)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?)
 }
 
 #[cfg(test)]
@@ -1488,7 +1469,10 @@ mod tests {
     fn send_with_fds(peer: &std::os::unix::net::UnixStream, bytes: &[u8], n: usize) {
         let fd = std::fs::File::open("/dev/null").unwrap();
         let fds: Vec<BorrowedFd<'_>> = (0..n).map(|_| fd.as_fd()).collect();
-        assert_eq!(fd_sendmsg(peer.as_fd(), bytes, &fds).unwrap(), bytes.len());
+        assert_eq!(
+            crate::policy::scm::send_with_fds(peer.as_fd(), bytes, &fds).unwrap(),
+            bytes.len()
+        );
     }
 
     #[tokio::test]
@@ -1644,7 +1628,7 @@ mod tests {
         assert!(control.push(SendAncillaryMessage::ScmCredentials(forged)));
         let sent = rustix::net::sendmsg(
             peer.as_fd(),
-            &[IoSlice::new(b"\0AUTH EXTERNAL\r\n")],
+            &[std::io::IoSlice::new(b"\0AUTH EXTERNAL\r\n")],
             &mut control,
             SendFlags::empty(),
         );
