@@ -21,9 +21,9 @@
 //! The package is the one `make deb` builds, as a user runs it: the release build of
 //! numa-cached and the `cli` profile build of numacachectl (debian/rules), in a copy of the
 //! sources (so the tree under test is only read) whose target/ is kept in
-//! target/tmp/systemd-lab/deb-target, so a later run rebuilds only what cargo finds changed.
-//! Built once per test process (both tests needing it wait for the one build), under an flock
-//! against other processes of this checkout. The `make install` boot stages the executables
+//! /var/cache/numa-cache-deb, so a later run rebuilds only what cargo finds changed. Built
+//! once per test process (both tests needing it wait for the one build), under an flock
+//! against other processes. The `make install` boot stages the executables
 //! `cargo test` built (debug).
 //!
 //! Nothing here installs anything: scripts/test.sh installs every tool up front, and a
@@ -143,15 +143,28 @@ fn deb() -> &'static Result<PathBuf, String> {
     DEB.get_or_init(build_deb)
 }
 
-/// Held (shared) for the rest of the process once the package is built: another process of
-/// this checkout waits before it rebuilds the package this one may still be booting.
-static DEB_LOCK: OnceLock<File> = OnceLock::new();
+/// The package build's own folder, outside any checkout: the copy of the sources `make deb`
+/// runs in, and the target/ it builds into, kept across runs and checkouts so that cargo
+/// rebuilds only what its fingerprints find changed (dependencies are reused; this crate is
+/// rebuilt when its sources differ). One build at a time (its flock); the package is copied
+/// out to this checkout's work folder, so the lock is not held while it is used.
+const DEB_CACHE: &str = "/var/cache/numa-cache-deb";
 
 fn build_deb() -> Result<PathBuf, String> {
-    let lockf = lock(&work_dir().join("deb.lock"));
-    let pkg = work_dir().join("pkg");
-    let _ = std::fs::remove_dir_all(&pkg);
-    let src = pkg.join("numa-cache");
+    let cache = Path::new(DEB_CACHE);
+    std::fs::create_dir_all(cache).map_err(|e| format!("creating {DEB_CACHE}: {e}"))?;
+    let _one_build = lock(&cache.join("lock"));
+    let src = cache.join("src");
+    let _ = std::fs::remove_dir_all(&src);
+    // What a killed build left beside the sources (dpkg-buildpackage writes to ..).
+    for e in std::fs::read_dir(cache)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with("numa-cache") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     std::fs::create_dir_all(&src).map_err(|e| e.to_string())?;
     let copy = Command::new("sh")
         .arg("-c")
@@ -165,8 +178,7 @@ fn build_deb() -> Result<PathBuf, String> {
     if !copy.success() {
         return Err("copying the sources failed".into());
     }
-    // target/ outlives the copy: cargo rebuilds only what changed (tar keeps the mtimes).
-    let target = work_dir().join("deb-target");
+    let target = cache.join("target");
     let _ = std::fs::remove_dir_all(target.join("debian"));
     std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
     std::os::unix::fs::symlink(&target, src.join("target")).map_err(|e| e.to_string())?;
@@ -196,17 +208,20 @@ fn build_deb() -> Result<PathBuf, String> {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         ));
     }
-    // SAFETY: flock on a descriptor the File owns: from exclusive to shared.
-    unsafe { libc::flock(lockf.as_raw_fd(), libc::LOCK_SH) };
-    let _ = DEB_LOCK.set(lockf);
-    std::fs::read_dir(target.join("debian"))
+    let built = std::fs::read_dir(target.join("debian"))
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             name.starts_with("numa-cache_") && name.ends_with(".deb")
         })
-        .ok_or_else(|| "make deb wrote no target/debian/numa-cache_*.deb".into())
+        .ok_or("make deb wrote no target/debian/numa-cache_*.deb")?;
+    // Copied under a temporary name, renamed into place: never a half-written package.
+    let out = work_dir().join(built.file_name().unwrap());
+    let tmp = out.with_extension(format!("deb.{}", std::process::id()));
+    std::fs::copy(&built, &tmp).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+    Ok(out)
 }
 
 /// The checks every boot must report (by name prefix), whatever the install path and bus.
