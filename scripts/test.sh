@@ -140,7 +140,7 @@ step() { # step NAME CMD...: run every check even after one fails, so one run sh
 }
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings (also type-checks the benches)" cargo clippy --all-targets --quiet -- -D warnings
-step "cargo test" cargo test --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-2}"
+step "cargo test" cargo test --no-fail-fast --lib --bins --tests --examples -- --test-threads="${TEST_THREADS:-2}"
 step "doc tests" cargo test --doc --quiet
 skipped=$(cut -f1 "$skip_log" | sort -u | wc -l)
 if ((skipped)); then
